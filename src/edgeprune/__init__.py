@@ -1,0 +1,1 @@
+"""edgeprune: fine-grained pruning for edge devices."""
