@@ -56,9 +56,12 @@ def fine_grained_mask(tensor: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 @torch.no_grad()
 def fine_grained_prune(tensor: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Zero the ``round(sparsity * n)`` smallest-magnitude weights of ``tensor`` in place; return the mask."""
+    """Zero the ``round(sparsity * n)`` smallest-magnitude weights of ``tensor`` in place; return the mask.
+
+    Pruned weights become +0.0 (never -0.0), so a pruned tensor is bit-identical however it was reached.
+    """
     mask = fine_grained_mask(tensor, sparsity)
-    tensor.mul_(mask)
+    tensor.masked_fill_(~mask, 0.0)
     return mask
 
 

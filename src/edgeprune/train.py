@@ -41,3 +41,89 @@ def evaluate(
     if total == 0:
         raise ValueError("evaluate: the data loader yielded no samples")
     return 100.0 * correct / total
+
+
+@dataclass
+class TrainHistory:
+    """Per-epoch training loss and evaluation accuracy (%), and the epoch kept (1-based)."""
+
+    loss: list[float] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+
+
+def _train_epoch(model, loader, optimizer, device, after_step, desc) -> float:
+    model.train()
+    criterion = nn.CrossEntropyLoss()
+    total_loss, batches = 0.0, 0
+    for images, labels in tqdm(loader, desc=desc, leave=False):
+        images, labels = images.to(device), labels.to(device)
+        optimizer.zero_grad()
+        loss = criterion(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step(model)
+        total_loss += loss.item()
+        batches += 1
+    return total_loss / max(batches, 1)
+
+
+def train(
+    model: nn.Module,
+    train_loader: Iterable,
+    epochs: int,
+    eval_loader: Iterable | None = None,
+    lr: float = 1e-3,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    after_step=None,
+    keep_best: bool = False,
+) -> TrainHistory:
+    """Train with Adam and cross-entropy, as the seed does; evaluate after each epoch when given a loader.
+
+    ``after_step(model)`` runs after every optimizer step (fine-tuning re-applies masks there).
+    With ``keep_best`` the weights of the epoch with the best evaluation accuracy are restored at the end.
+    """
+    if epochs < 0:
+        raise ValueError(f"epochs must be at least 0, got {epochs}")
+    torch.manual_seed(seed)
+    device = pick_device(device)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    history = TrainHistory()
+    best_state, best_acc = None, -1.0
+    for epoch in range(1, epochs + 1):
+        history.loss.append(_train_epoch(model, train_loader, optimizer, device, after_step, f"epoch {epoch}/{epochs}"))
+        if eval_loader is not None:
+            acc = evaluate(model, eval_loader, device)
+            history.accuracy.append(acc)
+            tqdm.write(f"epoch {epoch}/{epochs}: loss {history.loss[-1]:.4f}, accuracy {acc:.2f} %")
+            if keep_best and acc > best_acc:
+                best_acc, history.best_epoch = acc, epoch
+                best_state = copy.deepcopy(model.state_dict())
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    elif epochs:
+        history.best_epoch = epochs
+    return history
+
+
+def finetune(
+    model: nn.Module,
+    pruner,
+    train_loader: Iterable,
+    epochs: int,
+    eval_loader: Iterable | None = None,
+    lr: float = 1e-3,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+) -> TrainHistory:
+    """Fine-tune a pruned model: the pruner's masks are re-applied after every optimizer step.
+
+    Keeps the best epoch by ``eval_loader`` accuracy; every pruned weight is exactly zero on return.
+    """
+    pruner.apply(model)
+    history = train(model, train_loader, epochs, eval_loader, lr, device, seed, after_step=pruner.apply, keep_best=True)
+    pruner.apply(model)
+    return history

@@ -1,0 +1,535 @@
+"""Compressed model files: sparse positions, quantized values, zstd, in a safetensors container.
+
+Each weight tensor (floating point, more than one dimension) is stored as its non-zero
+values plus their positions, in whichever layout is smallest before entropy coding:
+
+- ``"all"``: every element stored, zeros included (no positions),
+- ``"bitmap"``: 1 bit per element, packed with ``numpy.packbits``,
+- ``"relative"``: one byte per non-zero holding the number of zeros skipped since the
+  previous non-zero; a gap of 255 or more is written as escape bytes ``255`` (each skips
+  255 zeros and stores nothing) followed by the remainder, as in Deep Compression.
+
+The values are stored as fp32, fp16, int8 with a scale, or k-means codebook indices packed at
+``bits`` bits each (see :mod:`edgeprune.quantize`). Every other tensor (biases, BatchNorm
+statistics, ``num_batches_tracked``, ...) is stored ``"raw"``: its bytes, any dtype, bit for bit.
+
+Every byte stream is compressed with zstandard (with its content size and a checksum) and
+becomes a 1-D uint8 tensor of a safetensors file. The safetensors ``__metadata__`` holds
+``format`` (``edgeprune.compressed/1``) and ``tensors``: a JSON list with one record per
+state-dict entry (name, dtype, shape, layout, value mode, counts, bits, scale, codebook size,
+and per stream its key, compressed ``length`` and ``raw_length``).
+
+Zeros: a weight that is ``0.0`` or ``-0.0`` is a pruned position and loads as ``+0.0``
+(``tensor.mul_(mask)`` leaves ``-0.0`` for negative weights; the number is the same).
+Non-zero weights in fp32 mode and all non-weight tensors round-trip bit for bit.
+
+Loading never runs code (no pickle) and checks every header field before it decompresses
+anything; any malformed, truncated or hostile file raises :class:`CompressedFormatError`.
+Byte order is the host's, which is little-endian on every platform torch supports.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Mapping
+
+import numpy as np
+import safetensors
+import safetensors.numpy
+import torch
+import zstandard
+
+from edgeprune.quantize import MODES, QuantConfig, QuantizedValues, dequantize_values, quantize_values
+
+__all__ = [
+    "FORMAT",
+    "DEFAULT_LEVEL",
+    "DTYPES",
+    "CompressedFormatError",
+    "SizeBreakdown",
+    "TensorRecord",
+    "choose_layout",
+    "decode_bitmap",
+    "decode_relative",
+    "decode_tensor",
+    "default_max_bytes",
+    "encode_bitmap",
+    "encode_relative",
+    "encode_tensor",
+    "load_compressed",
+    "pack_codes",
+    "save_compressed",
+    "size_breakdown",
+    "unpack_codes",
+]
+
+FORMAT = "edgeprune.compressed/1"
+DEFAULT_LEVEL = 19
+ESCAPE = 255
+MAX_DIMS = 16
+MAX_NUMEL = 2**48
+RATIO_LIMIT = 1024
+"""Default decode budget: this many times the file's size, plus ``MIN_LIMIT`` (see ``default_max_bytes``)."""
+MIN_LIMIT = 64 * 2**20
+REEXPORT = "re-export the model with edgeprune export (save_compressed)"
+
+DTYPES: dict[str, torch.dtype] = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "int16": torch.int16,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+"""The dtypes a file may hold, by the name used in the header."""
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+LAYOUTS = ("raw", "all", "bitmap", "relative")
+VALUE_BITS = {"fp32": 32, "fp16": 16, "int8": 8}
+RECORD_FIELDS = ("name", "dtype", "shape", "layout", "values", "count", "bits", "scale", "codebook_size")
+
+
+class CompressedFormatError(ValueError):
+    """A compressed model file is truncated, corrupted, hostile, or not in this format version."""
+
+
+def _fail(where: str, problem: str) -> CompressedFormatError:
+    return CompressedFormatError(f"{where}: {problem}; the file is damaged or not an edgeprune export, {REEXPORT}")
+
+
+# --------------------------------------------------------------------------- pure primitives
+
+
+def encode_bitmap(mask: np.ndarray) -> bytes:
+    """1 bit per element of a boolean ``mask`` (True = stored), row-major, first element in the high bit."""
+    return np.packbits(np.asarray(mask, dtype=bool).ravel()).tobytes()
+
+
+def decode_bitmap(data: bytes, numel: int, count: int) -> np.ndarray:
+    """Flat boolean mask of ``numel`` elements from a bitmap that must hold exactly ``count`` ones."""
+    if len(data) != (numel + 7) // 8:
+        raise _fail("bitmap", f"{len(data)} bytes for {numel} elements, expected {(numel + 7) // 8}")
+    mask = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=numel).astype(bool)
+    if int(mask.sum()) != count:
+        raise _fail("bitmap", f"{int(mask.sum())} positions set, header says {count}")
+    return mask
+
+
+def relative_length_bound(numel: int, count: int) -> int:
+    """The longest relative-index stream ``count`` non-zeros among ``numel`` elements can need."""
+    return count + (numel - count) // ESCAPE
+
+
+def encode_relative(mask: np.ndarray) -> bytes:
+    """Relative indices of a boolean ``mask``: per True element, the zeros skipped since the previous one.
+
+    A gap ``g`` becomes ``g // 255`` escape bytes (255) then the byte ``g % 255``. Zeros after
+    the last True element are not written.
+    """
+    positions = np.flatnonzero(np.asarray(mask, dtype=bool).ravel())
+    gaps = np.diff(positions, prepend=-1) - 1
+    lengths = gaps // ESCAPE + 1
+    stream = np.full(int(lengths.sum()), ESCAPE, dtype=np.uint8)
+    stream[np.cumsum(lengths) - 1] = gaps % ESCAPE
+    return stream.tobytes()
+
+
+def decode_relative(data: bytes, numel: int, count: int) -> np.ndarray:
+    """Flat boolean mask of ``numel`` elements from relative indices that must mark exactly ``count``.
+
+    The k-th non-escape byte marks position ``(sum of all bytes up to it) + k``.
+    """
+    if len(data) > relative_length_bound(numel, count):
+        raise _fail("relative indices", f"{len(data)} bytes is too long for {count} of {numel} elements")
+    stream = np.frombuffer(data, dtype=np.uint8)
+    markers = stream != ESCAPE
+    if int(markers.sum()) != count:
+        raise _fail("relative indices", f"{int(markers.sum())} positions marked, header says {count}")
+    positions = np.cumsum(stream, dtype=np.int64)[markers] + np.arange(count, dtype=np.int64)
+    if count and positions[-1] >= numel:
+        raise _fail("relative indices", f"position {int(positions[-1])} is outside a tensor of {numel} elements")
+    mask = np.zeros(numel, dtype=bool)
+    mask[positions] = True
+    return mask
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> bytes:
+    """Pack integer codes in ``[0, 2**bits)`` at ``bits`` bits each, most significant bit first."""
+    shifts = np.arange(bits - 1, -1, -1, dtype=np.uint8)
+    planes = (np.asarray(codes, dtype=np.uint8)[:, None] >> shifts) & 1
+    return np.packbits(planes.ravel()).tobytes()
+
+
+def unpack_codes(data: bytes, count: int, bits: int) -> np.ndarray:
+    """The ``count`` int64 codes that ``pack_codes(codes, bits)`` wrote into ``data``."""
+    if len(data) != (count * bits + 7) // 8:
+        expected = (count * bits + 7) // 8
+        raise _fail("codes", f"{len(data)} bytes for {count} codes of {bits} bits, expected {expected}")
+    planes = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=count * bits).reshape(count, bits)
+    codes = np.zeros(count, dtype=np.int64)
+    for plane in range(bits):
+        codes = (codes << 1) | planes[:, plane]
+    return codes
+
+
+def choose_layout(numel: int, count: int, relative_bytes: int, value_bits: int, allow_all: bool = True) -> str:
+    """The layout with the fewest bytes before zstd; ties go to ``all``, then ``bitmap``.
+
+    ``all`` costs ``numel`` values, ``bitmap`` ``numel / 8`` bytes plus ``count`` values,
+    ``relative`` ``relative_bytes`` plus ``count`` values; a value is ``value_bits`` bits.
+    ``allow_all=False`` when zeros cannot be stored as values (k-means with zeros present).
+    """
+    stored = (count * value_bits + 7) // 8
+    costs = {"bitmap": (numel + 7) // 8 + stored, "relative": relative_bytes + stored}
+    if allow_all:
+        costs = {"all": (numel * value_bits + 7) // 8, **costs}
+    return min(costs, key=costs.get)
+
+
+# --------------------------------------------------------------------------- one tensor
+
+
+def _check_int(value: object, where: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _fail(where, f"expected an integer from {low} to {high}, got {value!r:.80}")
+    return value
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    """How one state-dict entry is stored. Checks its own consistency; raises ``CompressedFormatError``."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    layout: str
+    values: str | None = None
+    count: int = 0
+    bits: int | None = None
+    scale: float | None = None
+    codebook_size: int | None = None
+    numel: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise _fail("tensor record", f"name must be a string, got {self.name!r:.80}")
+        where = f"tensor {self.name!r:.120}"
+        if self.dtype not in DTYPES:
+            raise _fail(where, f"dtype {self.dtype!r:.40} is not one of {', '.join(DTYPES)}")
+        if not isinstance(self.shape, (list, tuple)) or len(self.shape) > MAX_DIMS:
+            raise _fail(where, f"shape must be a list of at most {MAX_DIMS} sizes, got {self.shape!r:.80}")
+        numel = 1
+        for size in self.shape:
+            numel *= _check_int(size, f"{where} shape", 0, MAX_NUMEL)
+            if numel > MAX_NUMEL:
+                raise _fail(where, f"shape {self.shape!r:.80} has more than {MAX_NUMEL} elements")
+        object.__setattr__(self, "shape", tuple(self.shape))
+        object.__setattr__(self, "numel", numel)
+        if self.layout not in LAYOUTS:
+            raise _fail(where, f"layout {self.layout!r:.40} is not one of {', '.join(LAYOUTS)}")
+        if self.layout == "raw":
+            if (self.values, self.bits, self.scale, self.codebook_size) != (None, None, None, None):
+                raise _fail(where, "a raw tensor has no value mode, bits, scale or codebook")
+            _check_int(self.count, f"{where} count", numel, numel)
+            return
+        if not DTYPES[self.dtype].is_floating_point:
+            raise _fail(where, f"layout {self.layout} needs a floating dtype, got {self.dtype}")
+        if self.values not in MODES:
+            raise _fail(where, f"value mode {self.values!r:.40} is not one of {', '.join(MODES)}")
+        _check_int(self.count, f"{where} count", numel if self.layout == "all" else 0, numel)
+        if self.values == "kmeans":
+            _check_int(self.bits, f"{where} bits", 2, 8)
+            _check_int(self.codebook_size, f"{where} codebook_size", 1 if self.count else 0, 2**self.bits)
+        else:
+            expected_bits = 8 if self.values == "int8" else None
+            if self.bits != expected_bits or self.codebook_size is not None:
+                raise _fail(where, f"value mode {self.values} has bits={expected_bits} and no codebook")
+        if self.values == "int8":
+            if not isinstance(self.scale, float) or not (math.isfinite(self.scale) and self.scale > 0):
+                raise _fail(where, f"int8 scale must be a positive finite float, got {self.scale!r:.40}")
+        elif self.scale is not None:
+            raise _fail(where, f"only int8 has a scale, value mode is {self.values}")
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes of the tensor this record decodes to."""
+        return self.numel * DTYPES[self.dtype].itemsize
+
+    def stream_lengths(self) -> dict[str, tuple[int, int]]:
+        """For each stream this record needs, the smallest and largest raw length it may have."""
+        if self.layout == "raw":
+            return {"data": (self.decoded_bytes, self.decoded_bytes)}
+        if self.values == "kmeans":
+            value_bytes = (self.count * self.bits + 7) // 8
+        else:
+            value_bytes = self.count * VALUE_BITS[self.values] // 8
+        lengths = {"values": (value_bytes, value_bytes)}
+        if self.layout == "bitmap":
+            lengths["positions"] = ((self.numel + 7) // 8,) * 2
+        elif self.layout == "relative":
+            lengths["positions"] = (self.count, relative_length_bound(self.numel, self.count))
+        if self.values == "kmeans":
+            lengths["codebook"] = (4 * self.codebook_size,) * 2
+        return lengths
+
+
+def _raw_bytes(tensor: torch.Tensor) -> bytes:
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _value_bytes(q: QuantizedValues) -> bytes:
+    if q.mode == "kmeans":
+        return pack_codes(q.data.numpy(), q.bits)
+    return _raw_bytes(q.data)
+
+
+def encode_tensor(
+    name: str, tensor: torch.Tensor, setting: tuple[str, int | None] | None
+) -> tuple[TensorRecord, dict[str, bytes]]:
+    """Encode one state-dict entry: its record and its uncompressed byte streams.
+
+    ``setting`` is ``(value mode, bits)`` for a weight tensor, ``None`` to store it raw.
+    """
+    tensor = tensor.detach().cpu()
+    if tensor.dtype not in DTYPE_NAMES:
+        raise ValueError(f"{name}: dtype {tensor.dtype} cannot be stored; convert it to one of {', '.join(DTYPES)}")
+    dtype, shape = DTYPE_NAMES[tensor.dtype], tuple(tensor.shape)
+    if setting is None:
+        return TensorRecord(name, dtype, shape, "raw", count=tensor.numel()), {"data": _raw_bytes(tensor)}
+    mode, bits = setting
+    mask = (tensor != 0).reshape(-1)
+    q = quantize_values(tensor.reshape(-1)[mask], mode, bits)
+    count, numel = int(mask.sum()), tensor.numel()
+    relative = encode_relative(mask.numpy())
+    value_bits = bits if mode == "kmeans" else VALUE_BITS[mode]
+    layout = choose_layout(numel, count, len(relative), value_bits, allow_all=mode != "kmeans" or count == numel)
+    streams = {}
+    if layout == "all" and count < numel:
+        full = torch.zeros(numel, dtype=q.data.dtype)
+        full[mask] = q.data
+        q = QuantizedValues(q.mode, full, q.scale, q.codebook, q.bits)
+        count = numel
+    elif layout == "bitmap":
+        streams["positions"] = encode_bitmap(mask.numpy())
+    elif layout == "relative":
+        streams["positions"] = relative
+    streams["values"] = _value_bytes(q)
+    codebook_size = None
+    if mode == "kmeans":
+        streams["codebook"] = _raw_bytes(q.codebook.to(torch.float32))
+        codebook_size = q.codebook.numel()
+    record_bits = {"kmeans": bits, "int8": 8}.get(mode)
+    record = TensorRecord(name, dtype, shape, layout, mode, count, record_bits, q.scale, codebook_size)
+    return record, streams
+
+
+def _from_bytes(data: bytes, dtype: torch.dtype, count: int) -> torch.Tensor:
+    if count == 0:
+        return torch.empty(0, dtype=dtype)
+    return torch.frombuffer(bytearray(data), dtype=dtype)
+
+
+def decode_tensor(record: TensorRecord, streams: Mapping[str, bytes]) -> torch.Tensor:
+    """The tensor a record and its uncompressed streams stand for; checks positions, counts and codes."""
+    dtype, where = DTYPES[record.dtype], f"tensor {record.name!r:.120}"
+    if record.layout == "raw":
+        flat = _from_bytes(streams["data"], dtype, record.numel)
+        if dtype == torch.bool and bool((flat.view(torch.uint8) > 1).any()):
+            raise _fail(where, "a bool tensor holds bytes other than 0 and 1")
+        return flat.reshape(record.shape)
+    if record.values == "kmeans":
+        codebook = _from_bytes(streams["codebook"], torch.float32, record.codebook_size)
+        codes = unpack_codes(streams["values"], record.count, record.bits)
+        if record.count and int(codes.max()) >= record.codebook_size:
+            raise _fail(where, f"code {int(codes.max())} is outside a codebook of {record.codebook_size}")
+        q = QuantizedValues("kmeans", torch.from_numpy(codes), codebook=codebook, bits=record.bits)
+    else:
+        stored = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.int8}[record.values]
+        q = QuantizedValues(record.values, _from_bytes(streams["values"], stored, record.count), scale=record.scale)
+    values = dequantize_values(q)
+    if record.layout == "all":
+        return values.reshape(record.shape).to(dtype)
+    decode = decode_bitmap if record.layout == "bitmap" else decode_relative
+    mask = torch.from_numpy(decode(streams["positions"], record.numel, record.count))
+    dense = torch.zeros(record.numel, dtype=torch.float32)
+    dense[mask] = values
+    return dense.reshape(record.shape).to(dtype)
+
+
+# --------------------------------------------------------------------------- the file
+
+
+def save_compressed(
+    state_dict: Mapping[str, torch.Tensor],
+    path: str | os.PathLike,
+    values: str | Mapping[str, str] = "fp32",
+    bits: int | Mapping[str, int] | None = None,
+    level: int = DEFAULT_LEVEL,
+) -> int:
+    """Write ``state_dict`` as a compressed model file; return its size in bytes.
+
+    ``values`` and ``bits`` choose each weight tensor's value mode as in
+    :class:`edgeprune.quantize.QuantConfig`; ``level`` is the zstd level (1..22).
+    ``load_compressed`` returns exactly ``quantize_state_dict(state_dict, values, bits)``.
+    """
+    config = QuantConfig(values, bits)
+    if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 22:
+        raise ValueError(f"zstd level must be an int from 1 to 22, got {level!r}; 19 compresses well, 3 is fast")
+    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
+    records, arrays = [], {}
+    for index, (name, tensor) in enumerate(state_dict.items()):
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{name}: only tensors can be stored, got {type(tensor).__name__}")
+        record, streams = encode_tensor(name, tensor, config.mode_for(name, tensor))
+        entry = asdict(record)
+        del entry["numel"]
+        entry["streams"] = {}
+        for kind, raw in streams.items():
+            key, frame = f"{index}.{kind}", compressor.compress(raw)
+            arrays[key] = np.frombuffer(frame, dtype=np.uint8)
+            entry["streams"][kind] = {"key": key, "length": len(frame), "raw_length": len(raw)}
+        records.append(entry)
+    metadata = {"format": FORMAT, "tensors": json.dumps(records, separators=(",", ":"))}
+    safetensors.numpy.save_file(arrays, os.fspath(path), metadata=metadata)
+    return os.path.getsize(path)
+
+
+def default_max_bytes(file_size: int) -> int:
+    """Decode budget for a file of ``file_size`` bytes: ``RATIO_LIMIT * file_size + MIN_LIMIT``.
+
+    zstd alone can expand data about 32000-fold, and a wholly pruned tensor costs only its
+    header record, so a hostile file could otherwise ask for any amount of memory. Real
+    exports decode to far less than 1024 times their size; pass ``max_bytes`` to allow more.
+    """
+    return RATIO_LIMIT * file_size + MIN_LIMIT
+
+
+def _read_container(path: str | os.PathLike) -> tuple[dict[str, str] | None, dict[str, bytes]]:
+    """The safetensors metadata and every uint8 stream of the file; wraps safetensors' own errors."""
+    try:
+        with safetensors.safe_open(os.fspath(path), framework="numpy") as f:
+            metadata, streams = f.metadata(), {}
+            for key in f.keys():
+                part = f.get_slice(key)
+                if part.get_dtype() != "U8" or len(part.get_shape()) != 1:
+                    got = f"{part.get_dtype()} {part.get_shape()}"
+                    raise _fail(f"stream {key!r:.80}", f"must be a 1-D uint8 tensor, got {got:.80}")
+                streams[key] = f.get_tensor(key).tobytes()
+    except safetensors.SafetensorError as exc:
+        raise _fail("safetensors container", str(exc)[:200]) from exc
+    return metadata, streams
+
+
+def _parse_header(
+    metadata: object, streams: Mapping[str, bytes]
+) -> list[tuple[TensorRecord, dict[str, tuple[str, int]]]]:
+    """Validated records and, per record, ``kind -> (stream key, raw length)``."""
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        found = metadata.get("format") if isinstance(metadata, dict) else None
+        raise CompressedFormatError(
+            f"not an {FORMAT} file (format field {found!r:.80}); {REEXPORT}, "
+            "or update edgeprune if the file comes from a newer version"
+        )
+    try:
+        entries = json.loads(metadata.get("tensors", ""))
+    except (ValueError, RecursionError) as exc:
+        raise _fail("header", f"the tensors list is not valid JSON ({str(exc)[:80]})") from exc
+    if not isinstance(entries, list):
+        raise _fail("header", "the tensors field must be a JSON list")
+    parsed, names, used = [], set(), set()
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise _fail(f"tensor #{index}", "record must be a JSON object")
+        record = TensorRecord(**{key: entry.get(key) for key in RECORD_FIELDS})
+        if record.name in names:
+            raise _fail(f"tensor {record.name!r:.120}", "name appears twice")
+        names.add(record.name)
+        declared = entry.get("streams")
+        expected = record.stream_lengths()
+        if not isinstance(declared, dict) or set(declared) != set(expected):
+            listed = f"{declared!r:.120}"
+            raise _fail(f"tensor {record.name!r:.120}", f"needs streams {sorted(expected)}, header lists {listed}")
+        links = {}
+        for kind, (low, high) in expected.items():
+            info, where = declared[kind], f"tensor {record.name!r:.120} {kind} stream"
+            if not isinstance(info, dict):
+                raise _fail(where, "stream description must be a JSON object")
+            key = info.get("key")
+            if not isinstance(key, str) or key not in streams or key in used:
+                raise _fail(where, f"key {key!r:.80} is missing from the file or used twice")
+            used.add(key)
+            _check_int(info.get("length"), f"{where} length", len(streams[key]), len(streams[key]))
+            links[kind] = (key, _check_int(info.get("raw_length"), f"{where} raw_length", low, high))
+        parsed.append((record, links))
+    if used != set(streams):
+        raise _fail("safetensors container", f"{len(set(streams) - used)} stream(s) belong to no tensor")
+    return parsed
+
+
+def _decompress(frame: bytes, raw_length: int, where: str) -> bytes:
+    """Decompress one zstd frame that must declare and hold exactly ``raw_length`` bytes."""
+    try:
+        declared = zstandard.frame_content_size(frame)
+        if declared != raw_length:
+            raise _fail(where, f"zstd frame declares {declared} bytes, header says {raw_length}")
+        data = zstandard.ZstdDecompressor().decompress(frame, max_output_size=raw_length, allow_extra_data=False)
+    except zstandard.ZstdError as exc:
+        raise _fail(where, f"zstd: {str(exc)[:120]}") from exc
+    if len(data) != raw_length:
+        raise _fail(where, f"zstd frame holds {len(data)} bytes, header says {raw_length}")
+    return data
+
+
+def _open(path: str | os.PathLike, max_bytes: int | None):
+    """Read and validate a file's header; returns the records with their streams and the file size."""
+    file_size = os.path.getsize(path)
+    metadata, streams = _read_container(path)
+    parsed = _parse_header(metadata, streams)
+    limit = default_max_bytes(file_size) if max_bytes is None else max_bytes
+    needed = sum(r.decoded_bytes + sum(raw for _, raw in links.values()) for r, links in parsed)
+    if needed > limit:
+        raise CompressedFormatError(
+            f"{os.fspath(path)}: decoding needs {needed} bytes, more than the limit of {limit} "
+            f"for a {file_size}-byte file; if you trust the file, pass max_bytes={needed}"
+        )
+    return parsed, streams, file_size
+
+
+def load_compressed(path: str | os.PathLike, max_bytes: int | None = None) -> dict[str, torch.Tensor]:
+    """Read a compressed model file back into a plain state dict (CPU tensors, original dtypes and shapes).
+
+    Raises ``CompressedFormatError`` for any malformed file; decoding allocates at most about
+    ``max_bytes`` (default :func:`default_max_bytes` of the file size) and a small multiple of it
+    in temporaries.
+    """
+    parsed, streams, _ = _open(path, max_bytes)
+    state_dict = {}
+    for record, links in parsed:
+        where = f"tensor {record.name!r:.120}"
+        raw = {kind: _decompress(streams[key], size, f"{where} {kind} stream") for kind, (key, size) in links.items()}
+        state_dict[record.name] = decode_tensor(record, raw)
+    return state_dict
+
+
+@dataclass(frozen=True)
+class SizeBreakdown:
+    """Where a compressed file's bytes go: per tensor (its zstd streams) and the container header."""
+
+    file_bytes: int
+    header_bytes: int
+    tensor_bytes: dict[str, int]
+    layouts: dict[str, str]
+
+
+def size_breakdown(path: str | os.PathLike, max_bytes: int | None = None) -> SizeBreakdown:
+    """Bytes per tensor of a compressed file, its layouts, and the header (safetensors + JSON) bytes."""
+    parsed, streams, file_size = _open(path, max_bytes)
+    tensor_bytes = {r.name: sum(len(streams[key]) for key, _ in links.values()) for r, links in parsed}
+    layouts = {r.name: r.layout if r.layout == "raw" else f"{r.layout}/{r.values}" for r, _ in parsed}
+    return SizeBreakdown(file_size, file_size - sum(tensor_bytes.values()), tensor_bytes, layouts)

@@ -1,0 +1,200 @@
+"""Datasets by name, found on disk first (a --data-dir, then Debian's packages), downloaded only when allowed."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import datasets, transforms
+
+from .fileio import atomic_path
+
+__all__ = ["DATASETS", "DataConfig", "DataSplits", "load_data", "make_loader", "cache_dir", "native_geometry"]
+
+DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagefolder")
+# name -> (torchvision class, channels, image size, Debian folder or None)
+_NATIVE = {
+    "fashion-mnist": (datasets.FashionMNIST, 1, 28, "/usr/share/datasets/fashion-mnist"),
+    "mnist": (datasets.MNIST, 1, 28, None),
+    "cifar10": (datasets.CIFAR10, 3, 32, None),
+}
+
+
+def native_geometry(name: str) -> tuple[int, int, int] | None:
+    """(channels, image size, classes) of a built-in data set as stored; None for ``imagefolder``."""
+    if name not in _NATIVE:
+        return None
+    _, channels, size, _ = _NATIVE[name]
+    return channels, size, 10
+
+
+def cache_dir() -> Path:
+    """Where prepared data sets are kept: ``$EDGEPRUNE_CACHE`` or ``~/.cache/edgeprune``."""
+    return Path(os.environ.get("EDGEPRUNE_CACHE", Path.home() / ".cache" / "edgeprune"))
+
+
+@dataclass
+class DataConfig:
+    """Which data set, where to find it, and how to preprocess and split it."""
+
+    name: str = "fashion-mnist"
+    data_dir: str | None = None
+    download: bool = False
+    channels: int | None = None  # convert images to this many channels (e.g. 3 for a torchvision model)
+    image_size: int | None = None  # resize images to this side length
+    mean: float = 0.5  # Normalize mean and std, the same for every channel (the seed's 0.5, 0.5)
+    std: float = 0.5
+    batch_size: int = 64
+    val_size: int = 5000  # images held out of the training set for scans and model selection
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASETS:
+            raise ValueError(f"unknown dataset {self.name!r}; choose one of {', '.join(DATASETS)}")
+        if self.name == "imagefolder" and not self.data_dir:
+            raise ValueError("dataset 'imagefolder' needs --data-dir, a folder with train/ and test/ class subfolders")
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.image_size is not None and self.image_size < 4:
+            raise ValueError(f"image_size must be at least 4, got {self.image_size}")
+        if self.std <= 0:
+            raise ValueError(f"std must be positive, got {self.std}")
+        if self.batch_size < 1 or self.val_size < 0:
+            raise ValueError("batch_size must be at least 1 and val_size at least 0")
+
+
+@dataclass
+class DataSplits:
+    """Train (minus the held-out validation part), validation and test sets, and the image geometry."""
+
+    train: Dataset
+    val: Dataset | None
+    test: Dataset
+    in_channels: int
+    image_size: int
+    num_classes: int
+    info: dict = field(default_factory=dict)
+
+
+def _idx_folder(name: str, candidates: list[Path], files: list[str]) -> Path | None:
+    """The first candidate folder holding every IDX file, gzipped or not."""
+    for folder in candidates:
+        if all((folder / f).is_file() or (folder / f.removesuffix(".gz")).is_file() for f in files):
+            return folder
+    return None
+
+
+def _stage_idx(tv_class: type, folder: Path) -> Path:
+    """Lay the IDX files out as torchvision expects (``root/<Class>/raw/`` uncompressed) in the cache; return root."""
+    root = cache_dir() / "datasets"
+    raw = root / tv_class.__name__ / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for url, _ in tv_class.resources:
+        gz_name = os.path.basename(url)
+        plain = raw / gz_name.removesuffix(".gz")
+        if plain.is_file():
+            continue
+        source = folder / gz_name
+        with atomic_path(plain) as tmp:
+            if source.is_file():
+                with gzip.open(source, "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            else:
+                shutil.copyfile(folder / gz_name.removesuffix(".gz"), tmp)
+    return root
+
+
+def _missing(cfg: DataConfig, looked: list[Path]) -> FileNotFoundError:
+    where = ", ".join(str(p) for p in looked) or "nowhere"
+    hint = {
+        "fashion-mnist": "install Debian's package (apt-get install dataset-fashion-mnist), ",
+        "imagefolder": "",
+    }.get(cfg.name, "")
+    layout = (
+        "a folder with train/<class>/*.png and test/<class>/*.png"
+        if cfg.name == "imagefolder"
+        else "the torchvision layout or the raw IDX/CIFAR files"
+    )
+    return FileNotFoundError(
+        f"dataset {cfg.name!r} not found (looked in: {where}). To get it: {hint}"
+        f"give --data-dir pointing at {layout}, or allow a download with --download (needs the network)."
+    )
+
+
+def _build_transform(cfg: DataConfig, channels: int, size: int, native_size: int | None) -> transforms.Compose:
+    steps: list = []
+    if native_size is None or size != native_size:
+        steps.append(transforms.Resize((size, size)))
+    if channels == 1 and cfg.channels == 3:
+        steps.append(transforms.Grayscale(num_output_channels=3))
+    elif cfg.channels == 1 and channels == 3:
+        steps.append(transforms.Grayscale(num_output_channels=1))
+    out_channels = cfg.channels or channels
+    steps += [transforms.ToTensor(), transforms.Normalize((cfg.mean,) * out_channels, (cfg.std,) * out_channels)]
+    return transforms.Compose(steps)
+
+
+def load_data(cfg: DataConfig) -> DataSplits:
+    """Load train/validation/test splits of ``cfg.name``; the validation split is held out of train, seeded."""
+    looked: list[Path] = []
+    if cfg.name == "imagefolder":
+        root = Path(cfg.data_dir)
+        looked = [root / "train", root / "test"]
+        if not all(p.is_dir() for p in looked):
+            raise _missing(cfg, looked)
+        size = cfg.image_size or 32
+        channels = cfg.channels or 3
+        tf = _build_transform(cfg, 3, size, None)
+        train = datasets.ImageFolder(str(root / "train"), transform=tf)
+        test = datasets.ImageFolder(str(root / "test"), transform=tf)
+        num_classes = len(train.classes)
+    else:
+        tv_class, channels, native, debian = _NATIVE[cfg.name]
+        size = cfg.image_size or native
+        tf = _build_transform(cfg, channels, size, native)
+        channels = cfg.channels or channels
+        if cfg.name == "cifar10":
+            root = Path(cfg.data_dir) if cfg.data_dir else cache_dir() / "datasets"
+            looked = [root / "cifar-10-batches-py"]
+            if not cfg.download and not looked[0].is_dir():
+                raise _missing(cfg, looked)
+        else:
+            candidates = []
+            if cfg.data_dir:
+                d = Path(cfg.data_dir)
+                candidates += [d, d / tv_class.__name__ / "raw"]
+            if debian:
+                candidates.append(Path(debian))
+            looked = candidates
+            folder = _idx_folder(cfg.name, candidates, [os.path.basename(u) for u, _ in tv_class.resources])
+            if folder is not None:
+                root = _stage_idx(tv_class, folder)
+            elif cfg.download:
+                root = Path(cfg.data_dir) if cfg.data_dir else cache_dir() / "datasets"
+            else:
+                raise _missing(cfg, looked)
+        train = tv_class(str(root), train=True, download=cfg.download, transform=tf)
+        test = tv_class(str(root), train=False, download=cfg.download, transform=tf)
+        num_classes = len(train.classes)
+    val = None
+    if cfg.val_size:
+        if cfg.val_size >= len(train):
+            raise ValueError(f"val_size {cfg.val_size} leaves no training images (the training set has {len(train)})")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        val = Subset(train, order[: cfg.val_size])
+        train = Subset(train, order[cfg.val_size :])
+    info = {**asdict(cfg), "train_images": len(train), "val_images": len(val) if val else 0, "test_images": len(test)}
+    return DataSplits(train, val, test, channels, size, num_classes, info)
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0, limit: int | None = None) -> DataLoader:
+    """A DataLoader; ``shuffle`` is seeded; ``limit`` keeps only the first ``limit`` samples."""
+    if limit is not None and limit < len(dataset):
+        dataset = Subset(dataset, range(limit))
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)

@@ -1,0 +1,93 @@
+"""Model numbers: parameters, non-zeros, sparsity, theoretical size and MACs, per layer and in total."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .masks import size_in_bits
+
+__all__ = ["LayerStats", "layer_stats", "model_stats", "count_macs", "file_size", "MIB"]
+
+MIB = 2**20
+
+
+@dataclass
+class LayerStats:
+    """One parameter tensor: its size, how much of it is zero, and its theoretical storage."""
+
+    name: str
+    shape: list[int]
+    params: int
+    nonzeros: int
+    sparsity: float
+    theoretical_bytes: float  # non-zeros x bit width / 8, the seed's memory usage
+
+    def to_dict(self) -> dict:
+        """Plain dict for JSON."""
+        return asdict(self)
+
+
+def layer_stats(model: nn.Module, bit_width: int = 32) -> list[LayerStats]:
+    """Statistics of every parameter of ``model``, in ``named_parameters`` order."""
+    stats = []
+    for name, p in model.named_parameters():
+        nonzeros = int(torch.count_nonzero(p.detach()))
+        stats.append(
+            LayerStats(
+                name=name,
+                shape=list(p.shape),
+                params=p.numel(),
+                nonzeros=nonzeros,
+                sparsity=1.0 - nonzeros / p.numel() if p.numel() else 0.0,
+                theoretical_bytes=size_in_bits(p.detach(), bit_width) / 8,
+            )
+        )
+    return stats
+
+
+def model_stats(model: nn.Module, bit_width: int = 32) -> dict:
+    """Whole-model totals: parameters, non-zeros, sparsity, theoretical bytes and MiB (the seed's MB)."""
+    stats = layer_stats(model, bit_width)
+    params = sum(s.params for s in stats)
+    nonzeros = sum(s.nonzeros for s in stats)
+    theoretical = sum(s.theoretical_bytes for s in stats)
+    return {
+        "params": params,
+        "nonzeros": nonzeros,
+        "sparsity": 1.0 - nonzeros / params if params else 0.0,
+        "bit_width": bit_width,
+        "theoretical_bytes": theoretical,
+        "theoretical_mib": theoretical / MIB,
+    }
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Dense multiply-accumulates of one forward pass on a batch of one, by module and in total.
+
+    Counted with ``torch.utils.flop_counter`` (FLOPs / 2); pruned weights are still counted,
+    as a dense kernel would compute them.
+    """
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    counter = FlopCounterMode(display=False)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, *input_shape, device=device))
+    model.train(was_training)
+    per_module = {
+        name: int(sum(counts.values())) // 2
+        for name, counts in counter.get_flop_counts().items()
+        if name != "Global" and name.count(".") == 1  # top-level entries look like "BasicCNN.conv1"
+    }
+    return {"total": int(counter.get_total_flops()) // 2, "by_module": per_module}
+
+
+def file_size(path: str | os.PathLike) -> int:
+    """Size of a file on disk in bytes."""
+    return os.path.getsize(path)

@@ -1,0 +1,82 @@
+"""The seed's plots, saved as PNG: weight histograms and parameters per layer (kept and pruned)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import matplotlib
+
+if not os.environ.get("DISPLAY"):
+    matplotlib.use("Agg")  # no screen: render to files only
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from .fileio import atomic_path  # noqa: E402
+from .models import prunable_parameters  # noqa: E402
+
+__all__ = ["plot_weight_distribution", "plot_num_parameters_distribution", "grid_shape", "save_figure"]
+
+
+def grid_shape(n: int) -> tuple[int, int]:
+    """Rows and columns of a near-square grid holding ``n`` panels (at most 4 columns)."""
+    cols = min(4, max(1, math.ceil(math.sqrt(n))))
+    return max(1, math.ceil(n / cols)), cols
+
+
+def save_figure(fig, path: str | os.PathLike, show: bool = False) -> None:
+    """Save ``fig`` as a PNG atomically; show it when asked and a display exists; close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    if show and os.environ.get("DISPLAY"):
+        plt.show()
+    plt.close(fig)
+
+
+def plot_weight_distribution(
+    model: nn.Module,
+    path: str | os.PathLike,
+    bins: int = 256,
+    count_nonzero_only: bool = False,
+    show: bool = False,
+) -> None:
+    """One histogram of weight values per prunable layer (dim > 1), in a grid that fits any number of layers."""
+    params = prunable_parameters(model)
+    if not params:
+        raise ValueError("the model has no prunable parameters (tensors with more than one dimension) to plot")
+    rows, cols = grid_shape(len(params))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, (name, p) in zip(axes.flat, params.items()):
+        values = p.detach().flatten().float().cpu()
+        if count_nonzero_only:
+            values = values[values != 0]
+        ax.hist(values.numpy(), bins=bins, density=True, color="tab:blue", alpha=0.8)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("weight", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(params):]:
+        ax.axis("off")
+    fig.suptitle("Weight distribution" + (" (non-zeros only)" if count_nonzero_only else ""))
+    fig.tight_layout()
+    save_figure(fig, path, show)
+
+
+def plot_num_parameters_distribution(model: nn.Module, path: str | os.PathLike, show: bool = False) -> None:
+    """Bar chart of parameters per prunable layer; pruned models get stacked bars of kept and pruned weights."""
+    params = prunable_parameters(model)
+    if not params:
+        raise ValueError("the model has no prunable parameters (tensors with more than one dimension) to plot")
+    names = list(params)
+    kept = [int(torch.count_nonzero(p.detach())) for p in params.values()]
+    pruned = [p.numel() - k for p, k in zip(params.values(), kept)]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(names) + 2), 4))
+    ax.bar(names, kept, color="tab:blue", label="kept (non-zero)")
+    if any(pruned):
+        ax.bar(names, pruned, bottom=kept, color="tab:gray", alpha=0.6, label="pruned (zero)")
+        ax.legend()
+    ax.set_ylabel("number of parameters")
+    ax.set_title("Parameters per layer")
+    ax.tick_params(axis="x", rotation=60 if len(names) > 6 else 0, labelsize=8)
+    fig.tight_layout()
+    save_figure(fig, path, show)

@@ -1,0 +1,108 @@
+"""Per-layer settings keyed by parameter name: exact name, then ``re:`` regex, then ``_default``.
+
+The sparsity dictionary of the seed (``{'conv1.weight': 0.4, ...}``) is one such
+setting; it is read from inline JSON or a JSON / TOML / YAML file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, TypeVar
+
+import yaml
+
+from .masks import check_sparsity
+
+__all__ = ["load_layer_settings", "resolve_layer_settings", "resolve_sparsity_dict"]
+
+T = TypeVar("T")
+DEFAULT_KEY = "_default"
+REGEX_PREFIX = "re:"
+
+
+def load_layer_settings(source: str | Path | Mapping) -> dict:
+    """A settings dict from a mapping, inline JSON (``'{"fc1.weight": 0.8}'``) or a .json/.toml/.yaml file."""
+    if isinstance(source, Mapping):
+        return dict(source)
+    text = str(source).strip()
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"inline sparsity dict is not valid JSON ({exc}); write e.g. '{{\"fc1.weight\": 0.8}}'") from exc
+    else:
+        path = Path(text)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file; give a .json, .toml or .yaml file, or inline JSON such as '{{\"_default\": 0.5}}'")
+        raw = path.read_text(encoding="utf-8")
+        suffix = path.suffix.lower()
+        try:
+            if suffix == ".json":
+                data = json.loads(raw)
+            elif suffix == ".toml":
+                data = tomllib.loads(raw)
+            elif suffix in (".yaml", ".yml"):
+                data = yaml.safe_load(raw)
+            else:
+                raise ValueError(f"{path}: unknown file type {suffix!r}; use .json, .toml, .yaml or .yml")
+        except (json.JSONDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+            raise ValueError(f"{path}: cannot be parsed as {suffix[1:].upper()} ({exc}); fix the syntax") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"a sparsity dict must map parameter names to numbers, got {type(data).__name__}")
+    return data
+
+
+def resolve_layer_settings(
+    spec: Mapping[str, object],
+    targets: Iterable[str],
+    valid_names: Iterable[str],
+    check: Callable[[object, str], T],
+) -> dict[str, T]:
+    """Give each target name its setting: exact key, else the first matching ``re:`` key, else ``_default``.
+
+    Every key must name a parameter of ``valid_names`` (or match one, for ``re:``);
+    a wrong name raises ``ValueError`` listing the valid ones. Each value passes ``check(value, key)``.
+    Explicit names outside ``targets`` (a bias, say) are included too: the user asked for them.
+    """
+    valid = list(valid_names)
+    valid_set = set(valid)
+    checked = {key: check(value, key) for key, value in spec.items()}
+    patterns = []
+    for key in checked:
+        if key == DEFAULT_KEY:
+            continue
+        if key.startswith(REGEX_PREFIX):
+            try:
+                pattern = re.compile(key[len(REGEX_PREFIX):])
+            except re.error as exc:
+                raise ValueError(f"{key!r}: not a valid regular expression ({exc})") from exc
+            if not any(pattern.fullmatch(name) for name in valid):
+                raise ValueError(f"{key!r} matches no parameter; valid names: {', '.join(valid)}")
+            patterns.append((pattern, key))
+        elif key not in valid_set:
+            raise ValueError(f"unknown parameter name {key!r}; valid names: {', '.join(valid)}")
+    resolved: dict[str, T] = {}
+    for name in list(targets) + [k for k in checked if k in valid_set]:
+        if name in checked:
+            resolved[name] = checked[name]
+        elif (match := next((key for pattern, key in patterns if pattern.fullmatch(name)), None)) is not None:
+            resolved[name] = checked[match]
+        elif DEFAULT_KEY in checked:
+            resolved[name] = checked[DEFAULT_KEY]
+    return resolved
+
+
+def resolve_sparsity_dict(
+    spec: Mapping[str, object], prunable: Iterable[str], valid_names: Iterable[str]
+) -> dict[str, float]:
+    """Resolve a sparsity dict to ``{parameter name: sparsity}``; warn about prunable layers it leaves dense."""
+    prunable = list(prunable)
+    resolved = resolve_layer_settings(spec, prunable, valid_names, check_sparsity)
+    dense = [name for name in prunable if name not in resolved]
+    if dense:
+        warnings.warn(f"the sparsity dict does not name {', '.join(dense)}; left dense", stacklevel=2)
+    return resolved
