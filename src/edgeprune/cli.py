@@ -35,7 +35,7 @@ def _data_config(args: argparse.Namespace) -> DataConfig:
     return DataConfig(
         name=args.dataset, data_dir=args.data_dir, download=args.download, channels=channels,
         image_size=args.image_size, mean=args.mean, std=args.std, batch_size=args.batch_size,
-        val_size=args.val_size, seed=args.seed,
+        val_size=args.val_size, seed=args.seed, limit=args.limit,
     )
 
 
@@ -192,6 +192,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--val-size", type=int, default=5000, help="images held out of the training set for scans and model selection")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--limit", type=int, help="use at most this many images of each split (quick trials)")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
 
 

@@ -52,6 +52,7 @@ class DataConfig:
     batch_size: int = 64
     val_size: int = 5000  # images held out of the training set for scans and model selection
     seed: int = 0
+    limit: int | None = None  # keep at most this many images of each split (quick trials, tests)
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
@@ -66,6 +67,8 @@ class DataConfig:
             raise ValueError(f"std must be positive, got {self.std}")
         if self.batch_size < 1 or self.val_size < 0:
             raise ValueError("batch_size must be at least 1 and val_size at least 0")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be at least 1 image, got {self.limit}")
 
 
 @dataclass
@@ -186,8 +189,12 @@ def load_data(cfg: DataConfig) -> DataSplits:
         if cfg.val_size >= len(train):
             raise ValueError(f"val_size {cfg.val_size} leaves no training images (the training set has {len(train)})")
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-        val = Subset(train, order[: cfg.val_size])
-        train = Subset(train, order[cfg.val_size :])
+        val = Subset(train, order[: cfg.val_size][: cfg.limit])
+        train = Subset(train, order[cfg.val_size :][: cfg.limit])
+    elif cfg.limit is not None:
+        train = Subset(train, range(min(cfg.limit, len(train))))
+    if cfg.limit is not None:
+        test = Subset(test, range(min(cfg.limit, len(test))))
     info = {**asdict(cfg), "train_images": len(train), "val_images": len(val) if val else 0, "test_images": len(test)}
     return DataSplits(train, val, test, channels, size, num_classes, info)
 

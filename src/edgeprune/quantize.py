@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 MODES = ("fp32", "fp16", "int8", "kmeans")
-KMEANS_ITERATIONS = 30
+KMEANS_ITERATIONS = 100
 """At most this many Lloyd iterations (assign, then move each centroid to its cluster's mean)."""
 
 BITS_HINT = "give an int from 2 to 8, e.g. bits=4 or bits={'_default': 4, 'fc1.weight': 3}"
@@ -198,16 +198,21 @@ def kmeans_quantize(
     distinct = torch.unique(values)
     if distinct.numel() <= k:
         return distinct.to(torch.float32), torch.searchsorted(distinct, values)
-    codebook = torch.linspace(float(values.min()), float(values.max()), k, dtype=torch.float64)
-    codes = _nearest(values, codebook)
+    # In one dimension every cluster is a run of the sorted values, so an iteration only
+    # needs the k-1 cut points and prefix sums, not a pass over every weight.
+    ordered = values.sort().values
+    prefix = torch.cat([torch.zeros(1, dtype=torch.float64), ordered.cumsum(0)])
+    codebook = torch.linspace(float(ordered[0]), float(ordered[-1]), k, dtype=torch.float64)
+    edges = None
     for _ in range(iterations):
-        sums = torch.zeros(k, dtype=torch.float64).index_add_(0, codes, values)
-        counts = torch.bincount(codes, minlength=k)
-        codebook = torch.where(counts > 0, sums / counts.clamp(min=1), codebook).sort().values
-        new_codes = _nearest(values, codebook)
-        if torch.equal(new_codes, codes):
+        cuts = torch.searchsorted(ordered, (codebook[1:] + codebook[:-1]) / 2, right=True)
+        new_edges = torch.cat([torch.zeros(1, dtype=torch.long), cuts, torch.tensor([ordered.numel()])])
+        if edges is not None and torch.equal(new_edges, edges):
             break
-        codes = new_codes
+        edges = new_edges
+        counts = edges[1:] - edges[:-1]
+        sums = prefix[edges[1:]] - prefix[edges[:-1]]
+        codebook = torch.where(counts > 0, sums / counts.clamp(min=1), codebook).sort().values
     codebook = codebook.to(torch.float32)
     return codebook, _nearest(values.to(torch.float32), codebook)
 

@@ -1,0 +1,30 @@
+# make demo: set everything up and run the whole experiment (report in runs/demo/report.md)
+# make test: set everything up and run the tests
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FASHION := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup dataset demo test clean
+
+setup: $(VENV)/.installed dataset
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+dataset:
+	@test -d $(FASHION) || $(SUDO) apt-get install -y dataset-fashion-mnist \
+	  || ($(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist)
+
+demo: setup
+	$(VENV)/bin/edgeprune run --out runs/demo
+
+test: setup
+	$(VENV)/bin/pytest
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
