@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import safetensors
 import safetensors.numpy
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+import zstandard
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 from torch import nn
 
 from edgeprune.compress import CompressedFormatError, load_compressed, save_compressed
 from edgeprune.masks import fine_grained_prune
 
 FUZZ = settings(
-    max_examples=1000,
+    max_examples=3000,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
@@ -45,14 +49,17 @@ def small_state_dict() -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory) -> dict[str, bytes]:
-    folder = tmp_path_factory.mktemp("exports")
-    blobs = {}
-    for name, options in EXPORTS.items():
-        save_compressed(small_state_dict(), folder / f"{name}.ep", level=3, **options)
-        blobs[name] = (folder / f"{name}.ep").read_bytes()
-    return blobs
+@functools.cache
+def export(kind: str) -> bytes:
+    """The bytes of the small model exported with ``EXPORTS[kind]``."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.ep"
+        save_compressed(small_state_dict(), path, level=3, **EXPORTS[kind])
+        return path.read_bytes()
+
+
+def draw_export(data) -> bytes:
+    return export(data.draw(st.sampled_from(sorted(EXPORTS)), label="export"))
 
 
 def read_parts(blob: bytes, path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
@@ -70,20 +77,22 @@ def loads_or_rejects(path) -> None:
     try:
         state_dict = load_compressed(path)
     except CompressedFormatError:
+        event("rejected")
         return
+    event("loaded")
     assert all(isinstance(t, torch.Tensor) for t in state_dict.values())
 
 
-def test_valid_exports_load(exports, tmp_path):
-    for blob in exports.values():
-        (tmp_path / "f.ep").write_bytes(blob)
+def test_valid_exports_load(tmp_path):
+    for kind in EXPORTS:
+        (tmp_path / "f.ep").write_bytes(export(kind))
         assert set(load_compressed(tmp_path / "f.ep")) == set(small_state_dict())
 
 
 @FUZZ
 @given(data=st.data())
-def test_truncated_files_are_rejected(exports, tmp_path, data):
-    blob = exports[data.draw(st.sampled_from(sorted(exports)))]
+def test_truncated_files_are_rejected(tmp_path, data):
+    blob = draw_export(data)
     cut = data.draw(st.integers(0, len(blob) - 1))
     (tmp_path / "f.ep").write_bytes(blob[:cut])
     with pytest.raises(CompressedFormatError):
@@ -92,8 +101,8 @@ def test_truncated_files_are_rejected(exports, tmp_path, data):
 
 @FUZZ
 @given(data=st.data())
-def test_flipped_and_inserted_bytes(exports, tmp_path, data):
-    blob = bytearray(exports[data.draw(st.sampled_from(sorted(exports)))])
+def test_flipped_and_inserted_bytes(tmp_path, data):
+    blob = bytearray(draw_export(data))
     for _ in range(data.draw(st.integers(1, 4))):
         where = data.draw(st.integers(0, len(blob) - 1))
         if data.draw(st.booleans()):
@@ -106,14 +115,14 @@ def test_flipped_and_inserted_bytes(exports, tmp_path, data):
 
 @FUZZ
 @given(data=st.data())
-def test_hostile_header_fields(exports, tmp_path, data):
-    metadata, streams = read_parts(exports[data.draw(st.sampled_from(sorted(exports)))], tmp_path / "in.ep")
+def test_hostile_header_fields(tmp_path, data):
+    metadata, streams = read_parts(draw_export(data), tmp_path / "in.ep")
     records = json.loads(metadata["tensors"])
     for _ in range(data.draw(st.integers(1, 3))):
         record = records[data.draw(st.integers(0, len(records) - 1))]
         field = data.draw(st.sampled_from(RECORD_FIELDS + STREAM_FIELDS))
         value = data.draw(st.sampled_from(HOSTILE_VALUES))
-        if field in STREAM_FIELDS:
+        if field in STREAM_FIELDS and isinstance(record["streams"], dict) and record["streams"]:
             record["streams"][data.draw(st.sampled_from(sorted(record["streams"])))][field] = value
         else:
             record[field] = value
@@ -124,11 +133,9 @@ def test_hostile_header_fields(exports, tmp_path, data):
 
 @FUZZ
 @given(data=st.data())
-def test_hostile_streams(exports, tmp_path, data):
+def test_hostile_streams(tmp_path, data):
     """Streams swapped, replaced by other zstd frames or garbage, while the header stays plausible."""
-    import zstandard
-
-    metadata, streams = read_parts(exports[data.draw(st.sampled_from(sorted(exports)))], tmp_path / "in.ep")
+    metadata, streams = read_parts(draw_export(data), tmp_path / "in.ep")
     key = data.draw(st.sampled_from(sorted(streams)))
     payload = data.draw(st.binary(max_size=64))
     choice = data.draw(st.sampled_from(["garbage", "frame", "swap"]))
@@ -148,3 +155,83 @@ def test_hostile_streams(exports, tmp_path, data):
     metadata["tensors"] = json.dumps(records)
     write_parts(tmp_path / "f.ep", metadata, streams)
     loads_or_rejects(tmp_path / "f.ep")
+
+
+# --------------------------------------------------------------------------- hand-made hostile files
+
+
+def edited(tmp_path, kind: str, edit) -> Path:
+    """Write the ``kind`` export after ``edit(records, streams)`` changed its header or streams."""
+    metadata, streams = read_parts(export(kind), tmp_path / "in.ep")
+    records = {record["name"]: record for record in json.loads(metadata["tensors"])}
+    edit(records, streams)
+    metadata["tensors"] = json.dumps(list(records.values()))
+    write_parts(tmp_path / "f.ep", metadata, streams)
+    return tmp_path / "f.ep"
+
+
+def test_not_a_compressed_file(tmp_path):
+    (tmp_path / "empty.ep").write_bytes(b"")
+    torch.save({"w": torch.ones(2)}, tmp_path / "model.pth")
+    safetensors.numpy.save_file({"w": np.ones(2, np.float32)}, str(tmp_path / "plain.safetensors"))
+    for name in ("empty.ep", "model.pth", "plain.safetensors"):
+        with pytest.raises(CompressedFormatError, match="re-export"):
+            load_compressed(tmp_path / name)
+
+
+def test_huge_shape_is_refused_before_allocating(tmp_path):
+    def edit(records, streams):
+        records["3.bias"].update(shape=[2**20, 2**20], count=2**40)
+        records["3.bias"]["streams"]["data"]["raw_length"] = 4 * 2**40
+
+    with pytest.raises(CompressedFormatError, match="max_bytes"):
+        load_compressed(edited(tmp_path, "fp32", edit))
+
+
+def test_zstd_bomb_is_refused(tmp_path):
+    bomb = zstandard.ZstdCompressor(level=3).compress(bytes(200 * 2**20))
+
+    def edit(records, streams):
+        streams["8.data"] = np.frombuffer(bomb, dtype=np.uint8)
+        records["3.bias"]["streams"]["data"]["length"] = len(bomb)
+
+    path = edited(tmp_path, "fp32", edit)
+    assert path.stat().st_size < 100_000
+    with pytest.raises(CompressedFormatError, match="declares"):
+        load_compressed(path)
+
+    def claim_it(records, streams):
+        edit(records, streams)
+        records["3.bias"].update(shape=[50 * 2**20], count=50 * 2**20)
+        records["3.bias"]["streams"]["data"]["raw_length"] = 200 * 2**20
+
+    with pytest.raises(CompressedFormatError, match="max_bytes"):
+        load_compressed(edited(tmp_path, "fp32", claim_it))
+
+
+def test_codes_outside_the_codebook(tmp_path):
+    def edit(records, streams):
+        record = records["3.weight"]
+        record["codebook_size"] = 2
+        codebook = zstandard.ZstdCompressor().compress(bytes(8))
+        streams[record["streams"]["codebook"]["key"]] = np.frombuffer(codebook, dtype=np.uint8)
+        record["streams"]["codebook"].update(length=len(codebook), raw_length=8)
+
+    with pytest.raises(CompressedFormatError, match="outside a codebook"):
+        load_compressed(edited(tmp_path, "kmeans", edit))
+
+
+@pytest.mark.parametrize("name", ["0.weight", "3.weight"])  # bitmap, relative
+def test_position_count_mismatch(tmp_path, name):
+    def edit(records, streams):
+        records[name]["count"] -= 1
+
+    with pytest.raises(CompressedFormatError):
+        load_compressed(edited(tmp_path, "fp16-int8", edit))
+
+
+def test_max_bytes_is_the_limit(tmp_path):
+    (tmp_path / "f.ep").write_bytes(export("fp32"))
+    with pytest.raises(CompressedFormatError, match="max_bytes"):
+        load_compressed(tmp_path / "f.ep", max_bytes=100)
+    assert load_compressed(tmp_path / "f.ep", max_bytes=10**6).keys() == small_state_dict().keys()

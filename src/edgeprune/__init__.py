@@ -1,3 +1,55 @@
-"""edgeprune: fine-grained pruning for edge devices."""
+"""edgeprune: fine-grained pruning for edge devices.
+
+Inspect a model, scan each layer's sensitivity, choose a sparsity dict, prune, fine-tune
+with fixed masks, export a file that really shrinks, and compare, from Python or the CLI.
+"""
 
 __version__ = "0.1.0"
+
+from .compress import load_compressed, save_compressed
+from .data import DataConfig, load_data, make_loader
+from .experiment import RunConfig, compare_models, run_experiment
+from .fileio import ModelSpec, load_checkpoint, save_checkpoint
+from .masks import fine_grained_mask, fine_grained_prune, sparsity_of
+from .metrics import count_macs, layer_stats, model_stats
+from .models import BasicCNN, build_model, prunable_parameters
+from .plan import plan_by_budget, plan_by_tolerance
+from .plots import plot_num_parameters_distribution, plot_weight_distribution
+from .pruner import FineGrainedPruner
+from .scan import ScanResult, sensitivity_scan
+from .sparsity import load_layer_settings
+from .train import evaluate, finetune, train
+
+__all__ = [
+    "BasicCNN",
+    "DataConfig",
+    "FineGrainedPruner",
+    "ModelSpec",
+    "RunConfig",
+    "ScanResult",
+    "build_model",
+    "compare_models",
+    "count_macs",
+    "evaluate",
+    "fine_grained_mask",
+    "fine_grained_prune",
+    "finetune",
+    "layer_stats",
+    "load_checkpoint",
+    "load_compressed",
+    "load_data",
+    "load_layer_settings",
+    "make_loader",
+    "model_stats",
+    "plan_by_budget",
+    "plan_by_tolerance",
+    "plot_num_parameters_distribution",
+    "plot_weight_distribution",
+    "prunable_parameters",
+    "run_experiment",
+    "save_checkpoint",
+    "save_compressed",
+    "sensitivity_scan",
+    "sparsity_of",
+    "train",
+]

@@ -13,6 +13,7 @@ from .data import DATASETS, DataConfig, load_data, make_loader, native_geometry
 from .experiment import RunConfig, compare_models, model_for_data, run_experiment
 from .fileio import ModelSpec, load_checkpoint, save_checkpoint, write_json_atomic, write_text_atomic
 from .metrics import count_macs, layer_stats, model_stats
+from .plan import plan_by_budget, plan_by_tolerance
 from .plots import plot_num_parameters_distribution, plot_weight_distribution
 from .pruner import FineGrainedPruner
 from .report import comparison_markdown, layers_markdown
@@ -102,16 +103,13 @@ def cmd_scan(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from .plan import plan_by_budget, plan_by_tolerance
-
     scan = ScanResult.from_json(args.scan)
     if args.max_drop is not None:
         plan = plan_by_tolerance(scan, max_drop=args.max_drop)
     else:
-        model, _, _ = _load(args, args.checkpoint) if args.checkpoint else (None, None, None)
-        if model is None:
+        if not args.checkpoint:
             raise ValueError("a budget plan needs the model's --checkpoint (to count weights per layer)")
-        plan = plan_by_budget(scan, model, target_sparsity=args.target_sparsity, target_bytes=args.target_bytes)
+        plan = plan_by_budget(scan, _load(args, args.checkpoint)[0], target_sparsity=args.target_sparsity, target_bytes=args.target_bytes)
     write_json_atomic(args.out, plan.sparsity_dict)
     write_json_atomic(Path(args.out).with_suffix(".plan.json"), plan.to_dict())
     if args.plot:

@@ -201,6 +201,12 @@ def _check_int(value: object, where: str, low: int, high: int) -> int:
     return value
 
 
+def _check_choice(value: object, options, where: str) -> str:
+    if not isinstance(value, str) or value not in options:
+        raise _fail(where, f"expected one of {', '.join(options)}, got {value!r:.40}")
+    return value
+
+
 @dataclass(frozen=True)
 class TensorRecord:
     """How one state-dict entry is stored. Checks its own consistency; raises ``CompressedFormatError``."""
@@ -220,8 +226,7 @@ class TensorRecord:
         if not isinstance(self.name, str):
             raise _fail("tensor record", f"name must be a string, got {self.name!r:.80}")
         where = f"tensor {self.name!r:.120}"
-        if self.dtype not in DTYPES:
-            raise _fail(where, f"dtype {self.dtype!r:.40} is not one of {', '.join(DTYPES)}")
+        _check_choice(self.dtype, DTYPES, f"{where} dtype")
         if not isinstance(self.shape, (list, tuple)) or len(self.shape) > MAX_DIMS:
             raise _fail(where, f"shape must be a list of at most {MAX_DIMS} sizes, got {self.shape!r:.80}")
         numel = 1
@@ -231,8 +236,7 @@ class TensorRecord:
                 raise _fail(where, f"shape {self.shape!r:.80} has more than {MAX_NUMEL} elements")
         object.__setattr__(self, "shape", tuple(self.shape))
         object.__setattr__(self, "numel", numel)
-        if self.layout not in LAYOUTS:
-            raise _fail(where, f"layout {self.layout!r:.40} is not one of {', '.join(LAYOUTS)}")
+        _check_choice(self.layout, LAYOUTS, f"{where} layout")
         if self.layout == "raw":
             if (self.values, self.bits, self.scale, self.codebook_size) != (None, None, None, None):
                 raise _fail(where, "a raw tensor has no value mode, bits, scale or codebook")
@@ -240,8 +244,7 @@ class TensorRecord:
             return
         if not DTYPES[self.dtype].is_floating_point:
             raise _fail(where, f"layout {self.layout} needs a floating dtype, got {self.dtype}")
-        if self.values not in MODES:
-            raise _fail(where, f"value mode {self.values!r:.40} is not one of {', '.join(MODES)}")
+        _check_choice(self.values, MODES, f"{where} value mode")
         _check_int(self.count, f"{where} count", numel if self.layout == "all" else 0, numel)
         if self.values == "kmeans":
             _check_int(self.bits, f"{where} bits", 2, 8)

@@ -31,7 +31,7 @@ from torch.utils._pytree import tree_leaves
 from tqdm.auto import tqdm
 
 from .fileio import write_json_atomic
-from .masks import fine_grained_mask, fine_grained_prune
+from .masks import fine_grained_prune, num_pruned
 from .models import prunable_parameters
 from .train import evaluate, pick_device
 
@@ -243,14 +243,15 @@ def _naive_scan(model, loader, params, originals, sparsities, device, progress, 
 
 @dataclass
 class _LayerRun:
-    """How to re-run the part of the graph that depends on one parameter."""
+    """How to re-run the part of the graph that depends on one parameter, and what it counted."""
 
     name: str
     param: nn.Parameter
-    masks: list[torch.Tensor]  # one keep-mask per sparsity
     downstream: list[Node]  # nodes that depend on the parameter, in graph order
     inputs: list[Node]  # other nodes whose values the downstream nodes read
     copied: set[Node]  # inputs that downstream nodes change in place: given a fresh copy for each run
+    free_after: dict[Node, list[Node]]  # values the re-run no longer needs after each node
+    masks: list[torch.Tensor] = field(default_factory=list)  # one keep-mask per sparsity
     correct: list[int] = field(default_factory=list)  # correct predictions so far, per sparsity
 
 
@@ -332,15 +333,17 @@ def _readers(model: nn.Module, nodes: list[Node], param: nn.Parameter) -> list[N
     return found
 
 
-def _plan_layer(model, nodes, position, uses, changes, name, param, masks) -> _LayerRun | str:
+def _plan_layer(model, nodes, position, uses, changes, name, param) -> _LayerRun | str:
     """Work out what to re-run for one parameter, or say why the fast method cannot scan it exactly."""
     readers = _readers(model, nodes, param)
     if not readers:
         return "its weight is not used by a module call or attribute in the traced graph"
-    down: set[Node] = set(readers)
-    for node in nodes:
-        if any(arg in down for arg in node.all_input_nodes):
+    down: set[Node] = set()
+    dirty: set[int] = set()  # storages that downstream nodes changed in place
+    for node in nodes:  # a node reading such a storage afterwards depends on the layer too
+        if node in readers or any(a in down or uses[a] & dirty for a in node.all_input_nodes):
             down.add(node)
+            dirty |= changes[node]
     downstream = [n for n in nodes if n in down]
     inputs = list(dict.fromkeys(a for n in downstream for a in n.all_input_nodes if a not in down))
     for a in inputs:  # a cached value must not change after it is made, except by the re-run nodes
@@ -351,14 +354,14 @@ def _plan_layer(model, nodes, position, uses, changes, name, param, masks) -> _L
     copied = {a for a in inputs if uses[a] & changed_by_down}
     if any(len([a for a in inputs if s in uses[a]]) > 1 for s in changed_by_down):
         return "its downstream part changes, in place, a tensor shared by several cached values"
-    return _LayerRun(name, param, masks, downstream, inputs, copied, [0] * len(masks))
+    return _LayerRun(name, param, downstream, inputs, copied, _last_uses(downstream))
 
 
 def _fast_scan(model, graph, loader, params, originals, sparsities, device, progress):
     """The fast method. Returns (dense accuracy, accuracies, {layer: why it needs the naive loop})."""
     nodes = list(graph.nodes)
     position = {node: i for i, node in enumerate(nodes)}
-    masks = {name: [fine_grained_mask(originals[name], s) for s in sparsities] for name in params}
+    free_after = _last_uses(nodes)
     runs: list[_LayerRun] | None = None
     naive_layers: dict[str, str] = {}
     dense_correct = total = 0
@@ -371,10 +374,12 @@ def _fast_scan(model, graph, loader, params, originals, sparsities, device, prog
                 return evaluate(model, loader, device=device), {}, naive_layers
             runs = []
             for name, param in params.items():
-                run = _plan_layer(model, nodes, position, uses, changes, name, param, masks[name])
+                run = _plan_layer(model, nodes, position, uses, changes, name, param)
                 if isinstance(run, str):
                     naive_layers[name] = run
                 else:
+                    run.masks = _masks(originals[name], sparsities)
+                    run.correct = [0] * len(sparsities)
                     runs.append(run)
             wanted: dict[Node, list[_LayerRun]] = {}
             for run in runs:
@@ -387,10 +392,13 @@ def _fast_scan(model, graph, loader, params, originals, sparsities, device, prog
                 env[node] = _run_node(model, node, env, images)
                 for run in wanted.get(node, ()):  # keep what the layers' downstream parts read
                     cached[run.name][node] = env[node].clone() if node in run.copied else env[node]
-            dense_correct += _num_correct(env[nodes[-1]], labels)
+                for done in free_after.get(node, ()):  # free memory early: reusing it is much faster
+                    del env[done]
+            dense_output = env[nodes[-1]]
+            dense_correct += _num_correct(dense_output, labels)
             total += labels.numel()
             for run in runs:
-                _rerun(model, run, cached.pop(run.name), env[nodes[-1]], images, labels, originals[run.name])
+                _rerun(model, run, cached.pop(run.name), dense_output, images, labels, originals[run.name])
     if total == 0:
         raise ValueError("sensitivity_scan: the data loader yielded no samples")
     accuracies = {run.name: [100.0 * c / total for c in run.correct] for run in runs}
@@ -399,14 +407,40 @@ def _fast_scan(model, graph, loader, params, originals, sparsities, device, prog
 
 def _rerun(model, run: _LayerRun, cached, dense_output, images, labels, original) -> None:
     """For each sparsity: prune the layer, re-run its downstream nodes on one batch, count correct predictions."""
+    output_node = run.downstream[-1] if run.downstream[-1].op == "output" else None
     for i, mask in enumerate(run.masks):
         run.param.copy_(original).mul_(mask)  # the same values fine_grained_prune writes
         env = {a: v.clone() if a in run.copied else v for a, v in cached.items()}
         for node in run.downstream:
             env[node] = _run_node(model, node, env, images)
-        output = env[run.downstream[-1]] if run.downstream[-1].op == "output" else dense_output
-        run.correct[i] += _num_correct(output, labels)
+            for done in run.free_after.get(node, ()):
+                del env[done]
+        run.correct[i] += _num_correct(dense_output if output_node is None else env[output_node], labels)
     run.param.copy_(original)
+
+
+def _last_uses(nodes: list[Node]) -> dict[Node, list[Node]]:
+    """For each node, the values (among ``nodes`` and their inputs) that nothing after it reads."""
+    last: dict[Node, Node] = {}
+    for node in nodes:
+        for arg in node.all_input_nodes:
+            last[arg] = node
+    free_after: dict[Node, list[Node]] = {}
+    for value, node in last.items():
+        free_after.setdefault(node, []).append(value)
+    return free_after
+
+
+def _masks(weight: torch.Tensor, sparsities: list[float]) -> list[torch.Tensor]:
+    """``fine_grained_mask(weight, s)`` for each ``s``, from a single sort of ``|weight|``."""
+    n = weight.numel()
+    order = torch.sort(weight.abs().flatten(), stable=True).indices
+    masks = []
+    for sparsity in sparsities:
+        mask = torch.ones(n, dtype=torch.bool, device=weight.device)
+        mask[order[: num_pruned(n, sparsity)]] = False
+        masks.append(mask.view_as(weight))
+    return masks
 
 
 def _num_correct(logits: torch.Tensor, labels: torch.Tensor) -> int:

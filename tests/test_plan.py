@@ -1,0 +1,142 @@
+"""Plans from a scan: tolerance picks the right sparsity; a budget is met when the plan is applied."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from edgeprune.masks import fine_grained_prune
+from edgeprune.plan import SparsityPlan, plan_by_budget, plan_by_tolerance
+from edgeprune.scan import ScanResult
+
+SPARSITIES = [0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+def two_layer_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(11, 23), nn.ReLU(), nn.Linear(23, 37))  # 253 and 851 weights
+
+
+def scan_for(model: nn.Module, accuracies: dict[str, list[float]], dense: float = 90.0) -> ScanResult:
+    sizes = {name: p.numel() for name, p in model.named_parameters() if name in accuracies}
+    return ScanResult(SPARSITIES, accuracies, dense, method="fast", layer_sizes=sizes)
+
+
+def apply(model: nn.Module, sparsity: dict[str, float]) -> int:
+    """Prune a copy of the weights as the pruner would; return the number of zero prunable weights."""
+    params = dict(model.named_parameters())
+    zeros = 0
+    for name, p in params.items():
+        if p.dim() > 1:
+            w = p.detach().clone()
+            if name in sparsity:
+                fine_grained_prune(w, sparsity[name])
+            zeros += int((w == 0).sum())
+    return zeros
+
+
+def test_tolerance_picks_largest_sparsity_above_the_seed_lower_bound() -> None:
+    scan = ScanResult(
+        SPARSITIES,
+        {
+            "a": [90.0, 89.0, 87.0, 84.0, 80.0, 60.0],
+            "b": [84.0, 80.0, 70.0, 60.0, 50.0, 40.0],
+            "c": [88.0, 80.0, 86.0, 70.0, 60.0, 50.0],  # not monotone: the largest qualifying point counts
+        },
+        dense_accuracy=90.0,
+        layer_sizes={"a": 100, "b": 10, "c": 30},
+    )
+    assert scan.lower_bound == 85.0  # 100 - 1.5 * (100 - 90)
+    plan = plan_by_tolerance(scan)
+    assert plan.sparsity_dict == {"a": 0.6, "b": 0.0, "c": 0.6}
+    assert plan.predicted_accuracy == {"a": 87.0, "b": 90.0, "c": 86.0}
+    assert plan.target == {"max_drop": 5.0}
+    assert plan.predicted_overall_sparsity == pytest.approx((60 + 0 + 18) / 140)
+    assert plan_by_tolerance(scan, max_drop=1.0).sparsity_dict == {"a": 0.5, "b": 0.0, "c": 0.0}
+    with pytest.raises(ValueError):
+        plan_by_tolerance(scan, max_drop=-1.0)
+
+
+def test_budget_prefers_the_insensitive_layer_and_meets_the_target() -> None:
+    model = two_layer_model()
+    scan = scan_for(model, {
+        "0.weight": [80.0, 70.0, 60.0, 50.0, 40.0, 30.0],  # sensitive
+        "2.weight": [90.0, 90.0, 89.9, 89.8, 89.0, 88.0],  # insensitive
+    })
+    total = 253 + 851
+    plan = plan_by_budget(scan, model, target_sparsity=0.6)
+    assert plan.sparsity_dict["0.weight"] == 0.0
+    assert 0.6 * total / 851 <= plan.sparsity_dict["2.weight"] <= 0.9
+    assert apply(model, plan.sparsity_dict) >= math.ceil(0.6 * total)
+    assert plan.predicted_overall_sparsity == apply(model, plan.sparsity_dict) / total
+    assert 89.0 < plan.predicted_accuracy["2.weight"] < 90.0
+    assert plan.method == "budget" and plan.target == {"target_sparsity": 0.6}
+
+
+def test_budget_in_bytes_counts_non_zero_weights() -> None:
+    model = two_layer_model()
+    scan = scan_for(model, {"0.weight": [89.0] * 6, "2.weight": [88.0] * 6})
+    plan = plan_by_budget(scan, model, target_bytes=1000, bit_width=8)  # at most 1000 non-zeros of 1104
+    assert 1104 - apply(model, plan.sparsity_dict) <= 1000
+    assert plan.target == {"target_bytes": 1000.0, "bit_width": 8}
+
+
+def test_budget_beyond_the_scanned_range_warns_and_still_meets_the_target() -> None:
+    model = two_layer_model()
+    scan = scan_for(model, {"0.weight": [89.0] * 6, "2.weight": [88.0] * 6})
+    with pytest.warns(UserWarning, match="toward sparsity 1.0"):
+        plan = plan_by_budget(scan, model, target_sparsity=0.95)
+    assert apply(model, plan.sparsity_dict) >= math.ceil(0.95 * 1104)
+    assert all(0.0 <= s <= 1.0 for s in plan.sparsity_dict.values())
+
+
+def test_budget_arguments_are_checked() -> None:
+    model = two_layer_model()
+    scan = scan_for(model, {"0.weight": [89.0] * 6})
+    with pytest.raises(ValueError, match="exactly one"):
+        plan_by_budget(scan, model)
+    with pytest.raises(ValueError, match="exactly one"):
+        plan_by_budget(scan, model, target_sparsity=0.5, target_bytes=100)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        plan_by_budget(scan, model, target_sparsity=1.5)
+    with pytest.raises(ValueError, match="cannot provide"), pytest.warns(UserWarning):
+        plan_by_budget(scan, model, target_sparsity=0.9)  # only 253 of 1104 weights are scanned
+    foreign = ScanResult(SPARSITIES, {"fc9.weight": [89.0] * 6}, 90.0)
+    with pytest.raises(ValueError, match="fc9.weight"):
+        plan_by_budget(foreign, model, target_sparsity=0.5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    target=st.floats(0.0, 1.0),
+    curves=st.lists(st.lists(st.floats(0.0, 100.0), min_size=6, max_size=6), min_size=2, max_size=2),
+)
+def test_budget_always_meets_target_when_applied(target: float, curves: list[list[float]]) -> None:
+    model = two_layer_model()
+    scan = scan_for(model, {"0.weight": curves[0], "2.weight": curves[1]})
+    required = math.ceil(round(target * 1104, 6))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = plan_by_budget(scan, model, target_sparsity=target)
+    assert bool(caught) == (required > 228 + 766)  # warns only past 0.9 of each layer
+    zeros = apply(model, plan.sparsity_dict)
+    assert zeros == required  # enough, and no more pruning than needed
+    assert plan.predicted_overall_sparsity == zeros / 1104
+
+
+def test_plan_json(tmp_path) -> None:
+    model = two_layer_model()
+    scan = scan_for(model, {"0.weight": [89.0] * 6, "2.weight": [88.0] * 6})
+    plan = plan_by_budget(scan, model, target_sparsity=0.5)
+    path = tmp_path / "plan.json"
+    plan.to_json(path)
+    data = json.loads(path.read_text())
+    assert data["format"] == "edgeprune.plan/1"
+    assert SparsityPlan(**{k: v for k, v in data.items() if k != "format"}) == plan
