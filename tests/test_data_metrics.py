@@ -35,6 +35,21 @@ def test_fashion_mnist_from_debian_with_seeded_split():
     assert rgb.test[0][0].shape == (3, 32, 32)
 
 
+@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+@pytest.mark.parametrize("channels", [None, 3])
+def test_in_memory_tensors_equal_the_per_image_transform(channels):
+    from torchvision import datasets
+
+    from edgeprune.data import _build_transform, cache_dir
+
+    cfg = DataConfig(channels=channels, mean=0.25, std=0.3)
+    splits = load_data(cfg)
+    raw = datasets.FashionMNIST(str(cache_dir() / "datasets"), train=False, transform=_build_transform(cfg, 1, 28, 28))
+    for i in (0, 1, 9999):
+        x, y = raw[i]
+        assert torch.equal(splits.test[i][0], x) and splits.test[i][1] == y
+
+
 def test_imagefolder(tmp_path):
     for split in ("train", "test"):
         for cls in ("cat", "dog"):

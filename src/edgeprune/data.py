@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets, transforms
 
 from .fileio import atomic_path
@@ -142,6 +142,22 @@ def _build_transform(cfg: DataConfig, channels: int, size: int, native_size: int
     return transforms.Compose(steps)
 
 
+def _in_memory(ds, cfg: DataConfig, channels: int) -> TensorDataset:
+    """The whole preprocessed data set as one tensor: the same numbers ToTensor + Normalize give, computed once.
+
+    ToTensor divides the uint8 pixels by 255 and Normalize subtracts the mean and divides by
+    the std; doing those element-wise steps on the whole array gives bit-identical floats
+    without the per-image PIL round trip (a test checks this against the transform).
+    """
+    pixels = torch.as_tensor(ds.data)
+    images = (pixels.unsqueeze(1) if pixels.dim() == 3 else pixels.permute(0, 3, 1, 2)).float().div(255)
+    if images.shape[1] == 3 and channels == 1:
+        return ds  # RGB to grey goes through PIL's formula: keep the per-image transform
+    images = images.expand(-1, channels, -1, -1).contiguous() if images.shape[1] != channels else images
+    images = images.sub(cfg.mean).div(cfg.std)
+    return TensorDataset(images, torch.as_tensor(ds.targets, dtype=torch.long))
+
+
 def load_data(cfg: DataConfig) -> DataSplits:
     """Load train/validation/test splits of ``cfg.name``; the validation split is held out of train, seeded."""
     looked: list[Path] = []
@@ -184,6 +200,8 @@ def load_data(cfg: DataConfig) -> DataSplits:
         train = tv_class(str(root), train=True, download=cfg.download, transform=tf)
         test = tv_class(str(root), train=False, download=cfg.download, transform=tf)
         num_classes = len(train.classes)
+        if size == native:
+            train, test = _in_memory(train, cfg, channels), _in_memory(test, cfg, channels)
     val = None
     if cfg.val_size:
         if cfg.val_size >= len(train):
