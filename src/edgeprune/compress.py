@@ -42,7 +42,8 @@ import safetensors.numpy
 import torch
 import zstandard
 
-from edgeprune.quantize import MODES, QuantConfig, QuantizedValues, dequantize_values, quantize_values
+from .fileio import atomic_path
+from .quantize import MODES, QuantConfig, QuantizedValues, dequantize_values, quantize_values
 
 __all__ = [
     "FORMAT",
@@ -61,6 +62,7 @@ __all__ = [
     "encode_tensor",
     "load_compressed",
     "pack_codes",
+    "relative_length_bound",
     "save_compressed",
     "size_breakdown",
     "unpack_codes",
@@ -399,7 +401,8 @@ def save_compressed(
             entry["streams"][kind] = {"key": key, "length": len(frame), "raw_length": len(raw)}
         records.append(entry)
     metadata = {"format": FORMAT, "tensors": json.dumps(records, separators=(",", ":"))}
-    safetensors.numpy.save_file(arrays, os.fspath(path), metadata=metadata)
+    with atomic_path(path) as tmp:
+        safetensors.numpy.save_file(arrays, os.fspath(tmp), metadata=metadata)
     return os.path.getsize(path)
 
 

@@ -28,6 +28,8 @@ from torch import nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .sparsity import setting_for
+
 __all__ = [
     "MODES",
     "KMEANS_ITERATIONS",
@@ -89,14 +91,7 @@ def lookup(spec: object, name: str) -> object:
 
     Returns ``None`` when a dict has no matching key and no ``_default``.
     """
-    if not isinstance(spec, Mapping):
-        return spec
-    if name in spec:
-        return spec[name]
-    for key, value in spec.items():
-        if key.startswith("re:") and re.fullmatch(key[3:], name):
-            return value
-    return spec.get("_default")
+    return setting_for(spec, name) if isinstance(spec, Mapping) else spec
 
 
 def _check_mode(mode: object, name: str) -> None:

@@ -17,7 +17,7 @@ import yaml
 
 from .masks import check_sparsity
 
-__all__ = ["load_layer_settings", "resolve_layer_settings", "resolve_sparsity_dict"]
+__all__ = ["load_layer_settings", "resolve_layer_settings", "resolve_sparsity_dict", "setting_for"]
 
 T = TypeVar("T")
 DEFAULT_KEY = "_default"
@@ -56,6 +56,16 @@ def load_layer_settings(source: str | Path | Mapping) -> dict:
     return data
 
 
+def setting_for(spec: Mapping[str, T], name: str) -> T | None:
+    """The setting of parameter ``name``: exact key, else the first ``re:`` key that fully matches, else ``_default``."""
+    if name in spec:
+        return spec[name]
+    for key, value in spec.items():
+        if key.startswith(REGEX_PREFIX) and re.fullmatch(key[len(REGEX_PREFIX):], name):
+            return value
+    return spec.get(DEFAULT_KEY)
+
+
 def resolve_layer_settings(
     spec: Mapping[str, object],
     targets: Iterable[str],
@@ -71,10 +81,7 @@ def resolve_layer_settings(
     valid = list(valid_names)
     valid_set = set(valid)
     checked = {key: check(value, key) for key, value in spec.items()}
-    patterns = []
     for key in checked:
-        if key == DEFAULT_KEY:
-            continue
         if key.startswith(REGEX_PREFIX):
             try:
                 pattern = re.compile(key[len(REGEX_PREFIX):])
@@ -82,17 +89,13 @@ def resolve_layer_settings(
                 raise ValueError(f"{key!r}: not a valid regular expression ({exc})") from exc
             if not any(pattern.fullmatch(name) for name in valid):
                 raise ValueError(f"{key!r} matches no parameter; valid names: {', '.join(valid)}")
-            patterns.append((pattern, key))
-        elif key not in valid_set:
+        elif key != DEFAULT_KEY and key not in valid_set:
             raise ValueError(f"unknown parameter name {key!r}; valid names: {', '.join(valid)}")
     resolved: dict[str, T] = {}
     for name in list(targets) + [k for k in checked if k in valid_set]:
-        if name in checked:
-            resolved[name] = checked[name]
-        elif (match := next((key for pattern, key in patterns if pattern.fullmatch(name)), None)) is not None:
-            resolved[name] = checked[match]
-        elif DEFAULT_KEY in checked:
-            resolved[name] = checked[DEFAULT_KEY]
+        value = setting_for(checked, name)
+        if value is not None:
+            resolved[name] = value
     return resolved
 
 
