@@ -169,3 +169,26 @@ def test_finetune_centroids_shares_weights_and_lowers_the_loss():
 def test_finetune_centroids_checks_names():
     with pytest.raises(ValueError, match="named_parameters"):
         finetune_centroids(nn.Linear(2, 2), {"nope": torch.zeros(2)}, [], epochs=1)
+
+
+def test_share_weights_gives_what_kmeans_export_stores():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from edgeprune.models import BasicCNN
+    from edgeprune.pruner import FineGrainedPruner
+    from edgeprune.quantize import share_weights
+
+    torch.manual_seed(0)
+    model = BasicCNN(in_channels=1, image_size=28)
+    pruner = FineGrainedPruner(model, {"_default": 0.8})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    share_weights(model, {"_default": 4, "fc1.weight": 3})
+    expected = quantize_state_dict(before, "kmeans", {"_default": 4, "fc1.weight": 3})
+    assert all(torch.equal(expected[k], v) for k, v in model.state_dict().items())
+    data = TensorDataset(torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,)))
+    share_weights(model, 4, DataLoader(data, batch_size=16), epochs=1, lr=1e-2)
+    after = model.state_dict()
+    assert all(torch.equal(quantize_state_dict(after, "kmeans", 4)[k], v) for k, v in after.items())
+    for name, mask in pruner.masks.items():
+        assert torch.all(after[name][~mask] == 0) and torch.all(after[name][mask] != 0)
+        assert after[name].unique().numel() <= 2**4 + 1

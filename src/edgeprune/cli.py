@@ -13,9 +13,11 @@ from .data import DATASETS, DataConfig, load_data, make_loader, native_geometry
 from .experiment import RunConfig, compare_models, model_for_data, run_experiment
 from .fileio import ModelSpec, load_checkpoint, save_checkpoint, write_json_atomic, write_text_atomic
 from .metrics import count_macs, layer_stats, model_stats
+from .compress import save_compressed
 from .plan import plan_by_budget, plan_by_tolerance
 from .plots import plot_num_parameters_distribution, plot_weight_distribution
 from .pruner import FineGrainedPruner
+from .quantize import share_weights
 from .report import comparison_markdown, layers_markdown
 from .scan import ScanResult, sensitivity_scan
 from .sparsity import load_layer_settings
@@ -155,10 +157,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .compress import save_compressed
-
     model, _, _ = _load(args, args.checkpoint)
-    bits = load_layer_settings(args.bits) if args.bits and not args.bits.isdigit() else (int(args.bits) if args.bits else None)
+    bits = None if args.bits is None else int(args.bits) if args.bits.isdigit() else load_layer_settings(args.bits)
+    if args.centroid_epochs:
+        if args.values != "kmeans":
+            raise ValueError("--centroid-epochs fine-tunes k-means centroids: use it with --values kmeans")
+        share_weights(model, bits, _loaders(args)[1], args.centroid_epochs, args.centroid_lr)
     save_compressed(model.state_dict(), args.out, values=args.values, bits=bits)
     print(f"wrote {args.out} ({Path(args.out).stat().st_size:,} bytes; the dense checkpoint is {Path(args.checkpoint).stat().st_size:,})")
 
@@ -169,7 +173,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         finetune_epochs=args.finetune_epochs, lr=args.lr, sparsity=args.sparsity,
         target_sparsity=args.target_sparsity, max_drop=args.max_drop, scan_split=args.scan_on,
         scan_start=args.scan_start, scan_step=args.scan_step, scan_end=args.scan_end,
-        export_values=args.export_values, export_bits=args.export_bits, out=args.out, device=args.device, seed=args.seed,
+        export_values=args.export_values, export_bits=args.export_bits, centroid_epochs=args.centroid_epochs, out=args.out, device=args.device, seed=args.seed,
     )
     results = run_experiment(cfg)
     print(comparison_markdown(results["comparison"]))
@@ -219,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scan_range(p, 0.0, 0.05)
     p.add_argument("--export-values", default="kmeans", choices=("fp32", "fp16", "int8", "kmeans"))
     p.add_argument("--export-bits", type=int, default=5, help="bits of the k-means codebook")
+    p.add_argument("--centroid-epochs", type=int, default=0, help="with kmeans: fine-tune the shared centroids this many epochs")
     p.add_argument("--out", default="runs/latest", help="report folder")
     p.set_defaults(func=cmd_run)
 
@@ -288,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--values", default="fp32", choices=("fp32", "fp16", "int8", "kmeans"))
     p.add_argument("--bits", help="k-means bits: a number, or per layer as inline JSON / a file like the sparsity dict")
+    p.add_argument("--centroid-epochs", type=int, default=0, help="fine-tune the k-means centroids for this many epochs first")
+    p.add_argument("--centroid-lr", type=float, default=1e-4)
     p.add_argument("--out", default="model.epz")
     p.set_defaults(func=cmd_export)
     return parser

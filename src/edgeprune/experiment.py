@@ -19,6 +19,7 @@ from .metrics import count_macs, file_size, layer_stats, model_stats
 from .plan import plan_by_budget, plan_by_tolerance
 from .plots import plot_num_parameters_distribution, plot_weight_distribution
 from .pruner import FineGrainedPruner
+from .quantize import share_weights
 from .report import comparison_markdown, layers_markdown, sparsity_markdown
 from .scan import sensitivity_scan
 from .sparsity import load_layer_settings
@@ -47,6 +48,7 @@ class RunConfig:
     scan_method: str = "auto"
     export_values: str = "kmeans"
     export_bits: int = 5
+    centroid_epochs: int = 0  # with kmeans export: epochs of Deep Compression's centroid fine-tuning
     out: str = "runs/latest"
     device: str | None = None
     seed: int = 0
@@ -61,6 +63,8 @@ class RunConfig:
         if self.scan_split == "val" and self.data.val_size == 0:
             raise ValueError("scanning on the validation split needs --val-size > 0 (or --scan-on test)")
         check_sparsity(self.target_sparsity, "target_sparsity")
+        if self.centroid_epochs and self.export_values != "kmeans":
+            raise ValueError("centroid_epochs fine-tunes k-means centroids: use it with export_values='kmeans'")
 
 
 def model_for_data(name: str, splits: DataSplits) -> ModelSpec:
@@ -176,9 +180,18 @@ def run_experiment(cfg: RunConfig) -> dict:
     plot_num_parameters_distribution(finetuned, out / "num_parameters.png")
     plot_weight_distribution(finetuned, out / "weight_distribution_finetuned.png", count_nonzero_only=True)
 
-    # 6. Compare on the test set, with the real compressed files.
+    compared = [("Baseline", model, baseline_path), ("Pruned", pruned, pruned_path), ("Fine-tuned + pruned", finetuned, finetuned_path)]
+
+    # 6. Optionally: share weights (k-means) and fine-tune the centroids, as Deep Compression does.
+    if cfg.centroid_epochs:
+        shared = copy.deepcopy(finetuned)
+        share_weights(shared, cfg.export_bits, train_loader, cfg.centroid_epochs, lr=1e-4)
+        shared_path = save_checkpoint(out / "shared.safetensors", shared, spec, pruner.masks, {"stage": "shared"})
+        compared.append((f"+ {cfg.export_bits}-bit centroids fine-tuned", shared, shared_path))
+
+    # 7. Compare on the test set, with the real compressed files.
     rows = compare_models(
-        [("Baseline", model, baseline_path), ("Pruned", pruned, pruned_path), ("Fine-tuned + pruned", finetuned, finetuned_path)],
+        compared,
         test_loader, device, export_dir=out, export_values=cfg.export_values, export_bits=cfg.export_bits,
     )
     results = {

@@ -45,6 +45,7 @@ __all__ = [
     "lookup",
     "quantize_state_dict",
     "quantize_values",
+    "share_weights",
     "dequantize_values",
 ]
 
@@ -347,3 +348,32 @@ def finetune_centroids(
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     return {name: c.detach().cpu().clone() for name, c in centroids.items()}
+
+
+def share_weights(
+    model: nn.Module,
+    bits: int | Mapping[str, int],
+    train_loader: Iterable | None = None,
+    epochs: int = 0,
+    lr: float = 1e-4,
+) -> dict[str, torch.Tensor]:
+    """Replace each weight tensor's non-zeros by its k-means codebook (in place); optionally fine-tune the centroids.
+
+    ``bits`` is one width or per layer (exact name, ``re:``, ``_default``). With ``epochs > 0``
+    the centroids are trained on ``train_loader`` as in :func:`finetune_centroids`. Exporting
+    the model afterwards with ``values="kmeans"`` and the same ``bits`` stores these exact values.
+    """
+    config = QuantConfig("kmeans", bits)
+    codebooks = {}
+    for name, param in model.named_parameters():
+        setting = config.mode_for(name, param)
+        if setting is None:
+            continue
+        codebooks[name] = kmeans_quantize(param.detach(), setting[1])[0]
+    if epochs and train_loader is not None:
+        return finetune_centroids(model, codebooks, train_loader, epochs=epochs, lr=lr, progress=True)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in codebooks:
+                param.copy_(quantize_state_dict({name: param.detach().cpu()}, "kmeans", bits)[name].to(param.device))
+    return codebooks
