@@ -44,3 +44,33 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert main(["run", "--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "--download" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+def test_step_by_step_commands(tmp_path, capsys):
+    d = ["--limit", "600", "--val-size", "200"]
+    base, pruned, tuned = tmp_path / "base.safetensors", tmp_path / "pruned.safetensors", tmp_path / "tuned.safetensors"
+    assert main(["train", *d, "--epochs", "1", "--out", str(base)]) == 0
+    assert main(["inspect", *d, str(base), "--out", str(tmp_path / "inspect")]) == 0
+    assert json.loads((tmp_path / "inspect" / "inspect.json").read_text())["params"] == 202738
+    assert main(["scan", *d, str(base), "--out", str(tmp_path / "scan")]) == 0
+    scan = json.loads((tmp_path / "scan" / "scan.json").read_text())
+    assert scan["sparsities"] == [0.4, 0.5, 0.6, 0.7, 0.8, 0.9] and scan["meta"]["split"] == "val"
+    plan = tmp_path / "sparsity.json"
+    assert main(["plan", *d, str(tmp_path / "scan" / "scan.json"), "--checkpoint", str(base),
+                 "--target-sparsity", "0.7", "--out", str(plan)]) == 0
+    assert main(["prune", *d, str(base), "--sparsity", str(plan), "--out", str(pruned)]) == 0
+    model, _, masks, _ = load_checkpoint(pruned)
+    zeros = sum(int((~m).sum()) for m in masks.values())
+    assert zeros >= 0.7 * sum(p.numel() for p in model.parameters() if p.dim() > 1)
+    assert main(["finetune", *d, str(pruned), "--epochs", "1", "--out", str(tuned)]) == 0
+    assert main(["export", *d, str(tuned), "--values", "int8", "--out", str(tmp_path / "tuned.epz")]) == 0
+    assert (tmp_path / "tuned.epz").stat().st_size < tuned.stat().st_size / 4
+    assert main(["compare", *d, str(base), str(pruned), str(tuned), "--labels", "base,pruned,tuned",
+                 "--export-values", "fp32", "--out", str(tmp_path / "cmp")]) == 0
+    rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert [r["model"] for r in rows] == ["base", "pruned", "tuned"]
+    assert rows[2]["decoded_accuracy"] == rows[2]["accuracy"]  # fp32 export is exact
+    assert main(["prune", *d, str(base), "--sparsity", '{"fc9.weight": 0.5}', "--out", str(pruned)]) == 2
+    assert "valid names: conv1.weight" in capsys.readouterr().err
