@@ -5,76 +5,63 @@ weights are cached), prunes it with two sparsity dicts, fine-tunes each keeping 
 then exports it in every value mode and measures each decoded model on the 10k test images.
 k-means modes are also shown after Deep Compression's centroid fine-tuning.
 
-    python benchmarks/bench_compress.py            # about 7 minutes on 2 CPU cores
+    python benchmarks/bench_compress.py
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import gzip
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
-import safetensors.torch
 import torch
-import torch.nn.functional as F
-import torchvision
-from torch.utils.data import DataLoader, TensorDataset
+from torch import nn
 
 from edgeprune.compress import load_compressed, save_compressed
-from edgeprune.masks import fine_grained_prune
-from edgeprune.models import BasicCNN
-from edgeprune.quantize import finetune_centroids, kmeans_quantize, quantize_state_dict
-from edgeprune.train import evaluate
+from edgeprune.data import DataConfig, cache_dir, load_data, make_loader
+from edgeprune.fileio import ModelSpec, load_checkpoint, save_checkpoint
+from edgeprune.pruner import FineGrainedPruner
+from edgeprune.quantize import share_weights
+from edgeprune.train import evaluate, finetune, train
 
+SPEC = ModelSpec("basiccnn", in_channels=1, num_classes=10, image_size=28)
+DEVICE = "cpu"  # the table is a CPU measurement
 SPARSITY_DICTS = {
     "seed": {"conv1.weight": 0.4, "conv2.weight": 0.6, "fc1.weight": 0.67, "fc2.weight": 0.5},
     "strong": {"conv1.weight": 0.5, "conv2.weight": 0.8, "fc1.weight": 0.9, "fc2.weight": 0.7},
 }
 MODES = [("fp32", None), ("fp16", None), ("int8", None)] + [("kmeans", bits) for bits in (8, 6, 5, 4, 3, 2)]
-FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 
 
-def load_fashion_mnist(data_dir: Path, cache_dir: Path, train: bool) -> TensorDataset:
-    """Fashion-MNIST normalized to [-1, 1] as ``ToTensor()`` then ``Normalize((0.5,), (0.5,))`` would."""
-    raw = cache_dir / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for name in FILES:
-        if not (raw / name).exists():
-            with gzip.open(data_dir / f"{name}.gz") as source, open(raw / name, "wb") as target:
-                shutil.copyfileobj(source, target)
-    dataset = torchvision.datasets.FashionMNIST(str(cache_dir), train=train, download=False)
-    images = (dataset.data.unsqueeze(1).float() / 255 - 0.5) / 0.5
-    return TensorDataset(images, dataset.targets)
-
-
-def train_epochs(model, loader, epochs: int, masks: dict[str, torch.Tensor] | None = None) -> None:
-    """Adam (lr 1e-3) on cross-entropy; with ``masks``, pruned weights are zeroed after every step."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    params = dict(model.named_parameters())
-    model.train()
-    for _ in range(epochs):
-        for images, labels in loader:
-            optimizer.zero_grad()
-            F.cross_entropy(model(images), labels).backward()
-            optimizer.step()
-            with torch.no_grad():
-                for name, mask in (masks or {}).items():
-                    params[name].mul_(mask)
-
-
-def cached_model(path: Path, build) -> BasicCNN:
-    """The model whose weights are cached at ``path``, else ``build()``'s, cached there."""
-    model = BasicCNN(in_channels=1, image_size=28)
-    if path.exists():
-        model.load_state_dict(safetensors.torch.load_file(path))
-        return model
-    model = build()
-    safetensors.torch.save_file(model.state_dict(), path)
+def train_dense(train_set, epochs: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    model = SPEC.build()
+    train(model, make_loader(train_set, 64, shuffle=True, seed=seed), epochs, device=DEVICE, seed=seed)
     return model
+
+
+def prune_and_finetune(dense: nn.Module, sparsities: dict, train_set, epochs: int, seed: int) -> nn.Module:
+    model = copy.deepcopy(dense)
+    pruner = FineGrainedPruner(model, sparsities)
+    finetune(model, pruner, make_loader(train_set, 64, shuffle=True, seed=seed + 1), epochs, device=DEVICE, seed=seed)
+    return model
+
+
+def cached(path: Path, build, *args) -> nn.Module:
+    """The model checkpointed at ``path``, else ``build(*args)``, checkpointed there."""
+    if path.exists():
+        return load_checkpoint(path)[0]
+    model = build(*args)
+    save_checkpoint(path, model, SPEC)
+    return model
+
+
+def fp32_bound(state_dict: dict[str, torch.Tensor], pruned_names) -> int:
+    """Non-zeros at 4 bytes, plus 1 bit per weight of each pruned tensor, plus 4 KiB."""
+    nonzeros = sum(int(t.count_nonzero()) for t in state_dict.values())
+    return nonzeros * 4 + sum(state_dict[name].numel() for name in pruned_names) // 8 + 4096
 
 
 def pth_bytes(state_dict, folder: Path) -> int:
@@ -84,8 +71,7 @@ def pth_bytes(state_dict, folder: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "edgeprune-bench")
+    parser.add_argument("--data-dir", help="Fashion-MNIST folder (default: found automatically)")
     parser.add_argument("--epochs", type=int, default=3, help="dense training epochs")
     parser.add_argument("--finetune-epochs", type=int, default=1, help="fine-tuning epochs after pruning")
     parser.add_argument("--centroid-samples", type=int, default=16000, help="training images for centroid fine-tuning")
@@ -94,60 +80,41 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     start = time.time()
-    args.cache_dir.mkdir(parents=True, exist_ok=True)
-    train_set = load_fashion_mnist(args.data_dir, args.cache_dir, train=True)
-    test_loader = DataLoader(load_fashion_mnist(args.data_dir, args.cache_dir, train=False), batch_size=1000)
-
-    def loader(dataset, seed: int) -> DataLoader:
-        return DataLoader(dataset, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed))
-
-    def train_dense() -> BasicCNN:
-        torch.manual_seed(args.seed)
-        model = BasicCNN(in_channels=1, image_size=28)
-        train_epochs(model, loader(train_set, args.seed), args.epochs)
-        return model
+    data = load_data(DataConfig(data_dir=args.data_dir, val_size=0))
+    test_loader = make_loader(data.test, 1000)
+    centroid_loader = make_loader(data.train, 64, shuffle=True, seed=args.seed + 2, limit=args.centroid_samples)
 
     def accuracy(state_dict) -> float:
-        model = BasicCNN(in_channels=1, image_size=28)
+        model = SPEC.build()
         model.load_state_dict(state_dict)
-        return evaluate(model, test_loader, device="cpu")
+        return evaluate(model, test_loader, device=DEVICE)
 
+    cache = cache_dir() / "bench"
     tag = f"basiccnn-fmnist-seed{args.seed}-e{args.epochs}"
-    dense = cached_model(args.cache_dir / f"{tag}.safetensors", train_dense)
+    dense = cached(cache / f"{tag}.safetensors", train_dense, data.train, args.epochs, args.seed)
     dense_acc = accuracy(dense.state_dict())
-    centroid_set = torch.utils.data.Subset(train_set, range(args.centroid_samples))
-    rows = []
+    rows, checks = [], []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         dense_pth = pth_bytes(dense.state_dict(), folder)
         rows.append(("dense", "`.pth` (torch.save)", dense_pth, dense_acc))
         for dict_name, sparsities in SPARSITY_DICTS.items():
-
-            def prune_and_finetune() -> BasicCNN:
-                model = copy.deepcopy(dense)
-                params = dict(model.named_parameters())
-                masks = {name: fine_grained_prune(params[name].data, s) for name, s in sparsities.items()}
-                train_epochs(model, loader(train_set, args.seed + 1), args.finetune_epochs, masks)
-                return model
-
-            pruned = cached_model(
-                args.cache_dir / f"{tag}-{dict_name}-ft{args.finetune_epochs}.safetensors", prune_and_finetune
-            ).state_dict()
-            rows.append((dict_name, "`.pth` (torch.save)", pth_bytes(pruned, folder), accuracy(pruned)))
+            path = cache / f"{tag}-{dict_name}-ft{args.finetune_epochs}.safetensors"
+            pruned = cached(path, prune_and_finetune, dense, sparsities, data.train, args.finetune_epochs, args.seed)
+            state = pruned.state_dict()
+            rows.append((dict_name, "`.pth` (torch.save)", pth_bytes(state, folder), accuracy(state)))
             for values, bits in MODES:
                 label = values if bits is None else f"{values} {bits}-bit"
-                size = save_compressed(pruned, folder / "m.ep", values=values, bits=bits, level=args.level)
+                size = save_compressed(state, folder / "m.ep", values=values, bits=bits, level=args.level)
                 rows.append((dict_name, label, size, accuracy(load_compressed(folder / "m.ep"))))
+                if values == "fp32":
+                    checks.append((dict_name, size, fp32_bound(state, sparsities)))
                 if values != "kmeans":
                     continue
-                model = BasicCNN(in_channels=1, image_size=28)
-                model.load_state_dict(quantize_state_dict(pruned, values, bits))
-                codebooks = {name: kmeans_quantize(p, bits)[0] for name, p in model.named_parameters() if p.dim() > 1}
-                torch.manual_seed(args.seed)
-                finetune_centroids(model, codebooks, loader(centroid_set, args.seed + 2), epochs=1, lr=args.centroid_lr)
+                model = copy.deepcopy(pruned)
+                share_weights(model, bits, centroid_loader, epochs=1, lr=args.centroid_lr)
                 size = save_compressed(model.state_dict(), folder / "m.ep", values=values, bits=bits, level=args.level)
-                tuned_acc = accuracy(load_compressed(folder / "m.ep"))
-                rows.append((dict_name, f"{label} + centroid fine-tuning", size, tuned_acc))
+                rows.append((dict_name, f"{label} + centroid fine-tuning", size, accuracy(load_compressed(folder / "m.ep"))))
                 print(f"[{time.time() - start:5.0f} s] {dict_name} {label} done", flush=True)
 
     print(f"\nBasicCNN on Fashion-MNIST, dense test accuracy {dense_acc:.2f} %, {time.time() - start:.0f} s in all\n")
@@ -155,6 +122,10 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|")
     for dict_name, label, size, acc in rows:
         print(f"| {dict_name} | {label} | {size:,} | {dense_pth / size:.1f}x | {acc:.2f} % | {acc - dense_acc:+.2f} |")
+    print()
+    for dict_name, size, bound in checks:
+        verdict = "within" if size <= bound else "OVER"
+        print(f"{dict_name} fp32: {size:,} bytes, bound (non-zeros x 4 + pruned weights / 8 + 4096) {bound:,}: {verdict}")
 
 
 if __name__ == "__main__":

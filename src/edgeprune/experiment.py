@@ -35,8 +35,8 @@ class RunConfig:
     model: str = "basiccnn"
     data: DataConfig = field(default_factory=DataConfig)
     weights: str | None = None  # a baseline checkpoint to start from instead of training
-    epochs: int = 3
-    finetune_epochs: int = 2
+    epochs: int = 5
+    finetune_epochs: int = 3
     lr: float = 1e-3
     sparsity: str | dict | None = None  # a sparsity dict (inline JSON, a file, or a dict); None: plan one
     target_sparsity: float = 0.8  # the planner's budget: fraction of prunable weights removed
