@@ -17,7 +17,7 @@ def test_run_writes_report_on_real_fashion_mnist(tmp_path, capsys):
     out = tmp_path / "report"
     code = main([
         "run", "--limit", "1500", "--val-size", "500", "--epochs", "1", "--finetune-epochs", "1",
-        "--scan-step", "0.25", "--export-values", "kmeans", "--export-bits", "4", "--out", str(out),
+        "--scan-step", "0.3", "--export-values", "kmeans", "--export-bits", "4", "--out", str(out),
     ])
     assert code == 0
     for name in ("report.md", "results.json", "config.json", "scan.json", "sparsity.json", "plan.json",
