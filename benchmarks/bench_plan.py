@@ -1,8 +1,8 @@
 """Does the budget planner beat simple rules at the same size? BasicCNN on Fashion-MNIST, 80 % pruned.
 
-Trains BasicCNN (Adam, lr 1e-3, batch 64, seeded; weights cached in the temp folder), scans it on
-a validation split held out from the training set, then removes 80 % of the prunable weights three
-ways and compares test accuracy before any fine-tuning:
+Trains BasicCNN (``edgeprune.train.train``: Adam, lr 1e-3, batch 64, seeded; the weights are cached),
+scans it on the validation split ``load_data`` holds out of the training set, then removes 80 % of
+the prunable weights three ways and compares test accuracy before any fine-tuning:
 
 * the budget plan (plan_by_budget on the scan),
 * uniform: sparsity 0.8 in every layer,
@@ -16,34 +16,34 @@ Run:
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
+import copy
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch import nn
 
-from bench_scan import fashion_mnist, train_briefly
-from edgeprune.masks import fine_grained_prune
-from edgeprune.models import BasicCNN, prunable_parameters
+from edgeprune.data import DataConfig, cache_dir, load_data, make_loader
+from edgeprune.fileio import ModelSpec, load_checkpoint, save_checkpoint
+from edgeprune.models import prunable_parameters
 from edgeprune.plan import plan_by_budget
+from edgeprune.pruner import FineGrainedPruner
 from edgeprune.scan import sensitivity_scan
-from edgeprune.train import evaluate
+from edgeprune.train import evaluate, train
+
+__all__: list[str] = []
+
+SPEC = ModelSpec("basiccnn", in_channels=1, num_classes=10, image_size=28)
 
 
-def prune_copy(model: BasicCNN, sparsity: dict[str, float]) -> BasicCNN:
+def pruned_copy(model: nn.Module, sparsity: dict[str, float]) -> nn.Module:
     """A copy of ``model`` with each named parameter pruned to its sparsity."""
-    pruned = BasicCNN(in_channels=1, image_size=28)
-    pruned.load_state_dict(model.state_dict())
-    params = prunable_parameters(pruned)
-    for name, s in sparsity.items():
-        fine_grained_prune(params[name], s)
+    pruned = copy.deepcopy(model)
+    FineGrainedPruner(pruned, sparsity)
     return pruned
 
 
-def global_magnitude_copy(model: BasicCNN, num_zeros: int) -> BasicCNN:
+def global_magnitude_copy(model: nn.Module, num_zeros: int) -> nn.Module:
     """A copy of ``model`` with the ``num_zeros`` smallest |w| of all prunable weights together set to zero."""
-    pruned = BasicCNN(in_channels=1, image_size=28)
-    pruned.load_state_dict(model.state_dict())
+    pruned = copy.deepcopy(model)
     params = list(prunable_parameters(pruned).values())
     flat = torch.cat([p.detach().abs().flatten() for p in params])
     keep = torch.ones_like(flat, dtype=torch.bool)
@@ -54,7 +54,7 @@ def global_magnitude_copy(model: BasicCNN, num_zeros: int) -> BasicCNN:
     return pruned
 
 
-def zero_fraction(model: BasicCNN) -> tuple[int, float]:
+def zero_fraction(model: nn.Module) -> tuple[int, float]:
     params = prunable_parameters(model).values()
     zeros = sum(int((p == 0).sum()) for p in params)
     return zeros, zeros / sum(p.numel() for p in params)
@@ -64,6 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--val-images", type=int, default=5000, help="held out from the training set for the scan")
+    parser.add_argument("--limit", type=int, help="use at most this many images of each split (quick trials)")
     parser.add_argument("--target", type=float, default=0.8, help="fraction of prunable weights removed")
     parser.add_argument("--scan-start", type=float, default=0.0)
     parser.add_argument("--scan-step", type=float, default=0.05)
@@ -73,36 +74,32 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    images, labels = fashion_mnist(train=True)
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))
-    val, fit = order[: args.val_images], order[args.val_images:]
-    test_x, test_y = fashion_mnist(train=False)
-    test = DataLoader(TensorDataset(test_x, test_y), batch_size=256)
+    data = load_data(DataConfig(val_size=args.val_images, seed=args.seed, limit=args.limit))
+    val, test = make_loader(data.val, 256), make_loader(data.test, 256)
 
-    model = BasicCNN(in_channels=1, image_size=28)
-    cache = Path(tempfile.gettempdir()) / f"edgeprune_bench_plan_e{args.epochs}_v{args.val_images}_s{args.seed}.pt"
+    tag = f"basiccnn-fmnist-seed{args.seed}-e{args.epochs}-val{args.val_images}" + (f"-limit{args.limit}" if args.limit else "")
+    cache = cache_dir() / "bench" / f"{tag}.safetensors"
     if cache.exists():
-        model.load_state_dict(torch.load(cache, weights_only=True))
+        model = load_checkpoint(cache)[0]
     else:
         torch.manual_seed(args.seed)
-        model = BasicCNN(in_channels=1, image_size=28)
-        train_briefly(model, images[fit], labels[fit], epochs=args.epochs, seed=args.seed)
-        torch.save(model.state_dict(), cache)
+        model = SPEC.build()
+        train(model, make_loader(data.train, 64, shuffle=True, seed=args.seed), args.epochs, seed=args.seed)
+        save_checkpoint(cache, model, SPEC)
     model.eval()
 
-    scan = sensitivity_scan(model, DataLoader(TensorDataset(images[val], labels[val]), batch_size=256),
-                            scan_step=args.scan_step, scan_start=args.scan_start, scan_end=args.scan_end,
-                            progress=False)
+    scan = sensitivity_scan(model, val, scan_step=args.scan_step, scan_start=args.scan_start,
+                            scan_end=args.scan_end, progress=False)
     plan = plan_by_budget(scan, model, target_sparsity=args.target)
-    budget = prune_copy(model, plan.sparsity_dict)
+    budget = pruned_copy(model, plan.sparsity_dict)
     num_zeros, _ = zero_fraction(budget)
     candidates = {
         "budget plan": budget,
-        f"uniform {args.target}": prune_copy(model, {name: args.target for name in prunable_parameters(model)}),
+        f"uniform {args.target}": pruned_copy(model, {name: args.target for name in prunable_parameters(model)}),
         "global magnitude": global_magnitude_copy(model, num_zeros),
     }
-    print(f"dense: validation {scan.dense_accuracy:.2f} % ({len(val)} images), "
-          f"test {evaluate(model, test):.2f} % ({len(test_x)} images)")
+    print(f"dense: validation {scan.dense_accuracy:.2f} % ({len(data.val)} images), "
+          f"test {evaluate(model, test):.2f} % ({len(data.test)} images)")
     print(f"scan: {scan.method}, sparsities {scan.sparsities[0]}..{scan.sparsities[-1]} step {args.scan_step}")
     print(f"\n{'method':18s} {'zeros':>8s} {'sparsity':>9s} {'test acc':>9s}  per-layer sparsity")
     for label, pruned in candidates.items():

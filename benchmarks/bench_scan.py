@@ -2,10 +2,12 @@
 
 (a) BasicCNN(in_channels=1, image_size=28), trained briefly, scanned on the Fashion-MNIST test set.
 (b) torchvision resnet18(num_classes=10) on 3 x 32 x 32 input. There is no CIFAR-10 on this machine,
-    so the input is Fashion-MNIST resized to 32 x 32 (bilinear) and repeated to 3 channels.
+    so the input is Fashion-MNIST as ``DataConfig(channels=3, image_size=32)`` gives it (resized to
+    32 x 32 and repeated to 3 channels).
 
-The images are decoded and normalized once into memory (as ToTensor + Normalize((0.5,), (0.5,))
-would), so the loader costs the same little for both methods. Run:
+Data and training come from the package (``edgeprune.data.load_data``, ``edgeprune.train.train``).
+The scanned images are held in memory as tensors, so the loader costs both methods the same little.
+Run:
 
     python benchmarks/bench_scan.py
 """
@@ -13,51 +15,25 @@ would), so the loader costs the same little for both methods. Run:
 from __future__ import annotations
 
 import argparse
-import gzip
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from edgeprune.data import DataConfig, load_data, make_loader
 from edgeprune.models import BasicCNN
 from edgeprune.scan import ScanResult, sensitivity_scan
+from edgeprune.train import train
 
-__all__ = ["fashion_mnist", "train_briefly"]
-
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-
-
-def fashion_mnist(train: bool, source: Path = FASHION_MNIST_DIR) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fashion-MNIST images normalized to [-1, 1] as (N, 1, 28, 28) floats, and labels, read by torchvision."""
-    with tempfile.TemporaryDirectory() as root:
-        raw = Path(root) / "FashionMNIST" / "raw"
-        raw.mkdir(parents=True)
-        for f in source.glob("*-ubyte.gz"):  # torchvision looks for the unpacked files
-            with gzip.open(f) as packed, open(raw / f.stem, "wb") as unpacked:
-                shutil.copyfileobj(packed, unpacked)
-        data = torchvision.datasets.FashionMNIST(root, train=train, download=False)
-        images = data.data.unsqueeze(1).float().div(255).sub(0.5).div(0.5)
-        return images, data.targets.clone()
+__all__: list[str] = []
 
 
-def train_briefly(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int, seed: int) -> None:
-    """Adam, lr 1e-3, batch 64, shuffled with ``seed``."""
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(TensorDataset(images, labels), batch_size=64, shuffle=True, generator=generator)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    for _ in range(epochs):
-        for x, y in loader:
-            optimizer.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-    model.eval()
+def in_memory(dataset: Dataset) -> TensorDataset:
+    """Every (image, label) of ``dataset`` transformed once and stacked, so a pass reads tensors, not PIL images."""
+    images, labels = zip(*(dataset[i] for i in range(len(dataset))))
+    return TensorDataset(torch.stack(images), torch.tensor(labels))
 
 
 def time_both(title: str, model: nn.Module, loader: DataLoader, **scan_args) -> None:
@@ -85,7 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--train-images", type=int, default=60000, help="training images for BasicCNN (1 epoch)")
     parser.add_argument("--test-images", type=int, default=10000, help="Fashion-MNIST test images BasicCNN is scanned on")
-    parser.add_argument("--resnet-images", type=int, default=2000, help="3x32x32 images resnet18 is scanned on")
+    parser.add_argument("--resnet-images", type=int, default=2000, help="3x32x32 test images resnet18 is scanned on")
     parser.add_argument("--resnet-train-images", type=int, default=5000, help="images resnet18 is trained on (1 epoch)")
     parser.add_argument("--resnet-start", type=float, default=0.5)
     parser.add_argument("--resnet-step", type=float, default=0.2)
@@ -95,31 +71,30 @@ def main() -> None:
     parser.add_argument("--skip", choices=["basiccnn", "resnet18"], help="leave one benchmark out")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    train_x, train_y = fashion_mnist(train=True)
-    test_x, test_y = fashion_mnist(train=False)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     if args.skip != "basiccnn":
+        data = load_data(DataConfig(val_size=0))
         torch.manual_seed(args.seed)
         model = BasicCNN(in_channels=1, image_size=28)
-        train_briefly(model, train_x[: args.train_images], train_y[: args.train_images], epochs=1, seed=args.seed)
-        loader = DataLoader(TensorDataset(test_x[: args.test_images], test_y[: args.test_images]),
-                            batch_size=args.batch_size)
+        train(model, make_loader(data.train, 64, shuffle=True, seed=args.seed, limit=args.train_images), 1,
+              seed=args.seed)
+        loader = make_loader(data.test, args.batch_size, limit=args.test_images)
         time_both(f"BasicCNN, Fashion-MNIST test set ({len(loader.dataset)} images), default scan 0.4..0.9",
                   model, loader)
 
     if args.skip != "resnet18":
-        def as_cifar(x: torch.Tensor) -> torch.Tensor:
-            return F.interpolate(x, size=32, mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
+        def cifar_sized(limit: int):
+            return load_data(DataConfig(channels=3, image_size=32, val_size=0, limit=limit))
 
+        train_set, test_set = cifar_sized(args.resnet_train_images).train, cifar_sized(args.resnet_images).test
         torch.manual_seed(args.seed)
         model = torchvision.models.resnet18(num_classes=10)
-        n = args.resnet_train_images
-        train_briefly(model, as_cifar(train_x[:n]), train_y[:n], epochs=1, seed=args.seed)
-        m = args.resnet_images
-        loader = DataLoader(TensorDataset(as_cifar(test_x[:m]), test_y[:m]), batch_size=args.batch_size)
-        time_both(f"resnet18, {m} Fashion-MNIST test images resized to 3x32x32 (no CIFAR-10 here), "
-                  f"trained 1 epoch on {n}", model, loader, scan_start=args.resnet_start, scan_step=args.resnet_step)
+        train(model, make_loader(train_set, 64, shuffle=True, seed=args.seed), 1, seed=args.seed)
+        loader = make_loader(in_memory(test_set), args.batch_size)
+        time_both(f"resnet18, {len(test_set)} Fashion-MNIST test images as 3x32x32 (no CIFAR-10 here), "
+                  f"trained 1 epoch on {len(train_set)}", model, loader,
+                  scan_start=args.resnet_start, scan_step=args.resnet_step)
 
 
 if __name__ == "__main__":

@@ -67,10 +67,11 @@ def test_step_by_step_commands(tmp_path, capsys):
     assert main(["finetune", *d, str(pruned), "--epochs", "1", "--out", str(tuned)]) == 0
     assert main(["export", *d, str(tuned), "--values", "int8", "--out", str(tmp_path / "tuned.epz")]) == 0
     assert (tmp_path / "tuned.epz").stat().st_size < tuned.stat().st_size / 4
-    assert main(["compare", *d, str(base), str(pruned), str(tuned), "--labels", "base,pruned,tuned",
-                 "--export-values", "fp32", "--out", str(tmp_path / "cmp")]) == 0
+    assert main(["compare", *d, str(base), str(pruned), str(tuned), str(tmp_path / "tuned.epz"),
+                 "--labels", "base,pruned,tuned,tuned-int8", "--out", str(tmp_path / "cmp")]) == 0
     rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
-    assert [r["model"] for r in rows] == ["base", "pruned", "tuned"]
-    assert rows[2]["decoded_accuracy"] == rows[2]["accuracy"]  # fp32 export is exact
+    assert [r["model"] for r in rows] == ["base", "pruned", "tuned", "tuned-int8"]
+    assert rows[2]["decoded_accuracy"] == rows[2]["accuracy"]  # the default fp32 export is exact
+    assert rows[3]["sparsity"] >= rows[2]["sparsity"] and abs(rows[3]["accuracy"] - rows[2]["accuracy"]) < 2
     assert main(["prune", *d, str(base), "--sparsity", '{"fc9.weight": 0.5}', "--out", str(pruned)]) == 2
     assert "valid names: conv1.weight" in capsys.readouterr().err

@@ -147,8 +147,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     models = [(label, _load(args, path)[0], Path(path)) for label, path in zip(labels, args.checkpoints)]
     _, _, _, test_loader = _loaders(args)
     out = Path(args.out)
-    export_dir = out if args.export_values else None
-    rows = compare_models(models, test_loader, args.device, export_dir, args.export_values or "fp32", args.export_bits)
+    export_dir = None if args.export_values == "none" else out
+    rows = compare_models(models, test_loader, args.device, export_dir, args.export_values, args.export_bits)
     table = comparison_markdown(rows)
     write_text_atomic(out / "comparison.md", table)
     write_json_atomic(out / "comparison.json", rows)
@@ -283,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("checkpoints", nargs="+")
     p.add_argument("--labels", help="comma-separated names for the rows")
-    p.add_argument("--export-values", choices=("fp32", "fp16", "int8", "kmeans"), help="also export each model compressed and evaluate it decoded")
+    p.add_argument("--export-values", default="fp32", choices=("fp32", "fp16", "int8", "kmeans", "none"),
+                   help="export each model compressed this way and evaluate it decoded ('none' to skip)")
     p.add_argument("--export-bits", type=int, default=None)
     p.add_argument("--out", default="compare")
     p.set_defaults(func=cmd_compare)

@@ -108,10 +108,17 @@ def save_checkpoint(
 
 
 def load_state_dict_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read tensors from a ``.safetensors`` file or a plain PyTorch ``.pth``/``.pt`` state_dict, without running code."""
+    """Read tensors from a ``.safetensors`` file, a compressed ``.epz`` export or a plain PyTorch ``.pth`` state_dict.
+
+    Nothing is unpickled: ``.pth`` files go through ``torch.load(weights_only=True)``.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; give the path of a checkpoint written by 'edgeprune train'")
+    if path.suffix == ".epz":
+        from .compress import load_compressed  # compress imports this module
+
+        return load_compressed(path), {}
     if path.suffix == ".safetensors":
         try:
             with safe_open(str(path), framework="pt") as f:
