@@ -75,3 +75,22 @@ def test_step_by_step_commands(tmp_path, capsys):
     assert rows[3]["sparsity"] >= rows[2]["sparsity"] and abs(rows[3]["accuracy"] - rows[2]["accuracy"]) < 2
     assert main(["prune", *d, str(base), "--sparsity", '{"fc9.weight": 0.5}', "--out", str(pruned)]) == 2
     assert "valid names: conv1.weight" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_torchvision_models_train_prune_and_compare(tmp_path, name):
+    d = ["--model", name, "--limit", "64", "--val-size", "32", "--batch-size", "32"]
+    base, pruned = tmp_path / "base.safetensors", tmp_path / "pruned.safetensors"
+    assert main(["train", *d, "--epochs", "1", "--out", str(base)]) == 0
+    assert main(["prune", *d, str(base), "--sparsity", '{"re:.*conv.*": 0.6, "_default": 0.3}', "--out", str(pruned)]) == 0
+    model, spec, masks, _ = load_checkpoint(pruned)
+    assert spec.name == name and spec.in_channels == 3  # grey images repeated to RGB for torchvision models
+    params = dict(model.named_parameters())
+    for pname, mask in masks.items():
+        expected = 0.6 if "conv" in pname else 0.3
+        assert int((~mask).sum()) == round(expected * mask.numel()) and torch.all(params[pname][~mask] == 0)
+    assert main(["compare", *d, str(base), str(pruned), "--out", str(tmp_path / "cmp")]) == 0
+    rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert rows[1]["compressed_bytes"] < rows[0]["compressed_bytes"]

@@ -9,11 +9,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import __version__
+from .compress import save_compressed
 from .data import DATASETS, DataConfig, load_data, make_loader, native_geometry
 from .experiment import RunConfig, compare_models, model_for_data, run_experiment
 from .fileio import ModelSpec, load_checkpoint, save_checkpoint, write_json_atomic, write_text_atomic
 from .metrics import count_macs, layer_stats, model_stats
-from .compress import save_compressed
 from .plan import plan_by_budget, plan_by_tolerance
 from .plots import plot_num_parameters_distribution, plot_weight_distribution
 from .pruner import FineGrainedPruner
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="start from this baseline checkpoint instead of training (.safetensors or a .pth state_dict)")
     p.add_argument("--epochs", type=int, default=RunConfig.epochs, help="baseline training epochs")
     p.add_argument("--finetune-epochs", type=int, default=RunConfig.finetune_epochs)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=RunConfig.lr)
     p.add_argument("--sparsity", help="sparsity dict: inline JSON or a .json/.toml/.yaml file (default: planned from the scan)")
     p.add_argument("--target-sparsity", type=float, default=RunConfig.target_sparsity, help="planner budget: fraction of prunable weights removed")
     p.add_argument("--max-drop", type=float, help="plan by tolerance instead: largest sparsity per layer within this accuracy drop")
@@ -229,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a baseline (Adam, lr 1e-3, batch 64, seeded) and save the checkpoint")
     _add_common(p)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=RunConfig.epochs)
+    p.add_argument("--lr", type=float, default=RunConfig.lr)
     p.add_argument("--out", default="baseline.safetensors")
     p.set_defaults(func=cmd_train)
 
@@ -274,8 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="fine-tune a pruned checkpoint, masks re-applied after every step")
     _add_common(p)
     p.add_argument("checkpoint")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=RunConfig.finetune_epochs)
+    p.add_argument("--lr", type=float, default=RunConfig.lr)
     p.add_argument("--out", default="finetuned.safetensors")
     p.set_defaults(func=cmd_finetune)
 
