@@ -77,7 +77,9 @@ def main() -> None:
     data = load_data(DataConfig(val_size=args.val_images, seed=args.seed, limit=args.limit))
     val, test = make_loader(data.val, 256), make_loader(data.test, 256)
 
-    tag = f"basiccnn-fmnist-seed{args.seed}-e{args.epochs}-val{args.val_images}" + (f"-limit{args.limit}" if args.limit else "")
+    tag = f"basiccnn-fmnist-seed{args.seed}-e{args.epochs}-val{args.val_images}"
+    if args.limit:
+        tag += f"-limit{args.limit}"
     cache = cache_dir() / "bench" / f"{tag}.safetensors"
     if cache.exists():
         model = load_checkpoint(cache)[0]
