@@ -147,3 +147,32 @@ class Exploit:
         import os
 
         return (os.system, (f"touch {self.target}",))
+
+
+def test_factory_named_in_a_file_is_not_run_unless_asked(tmp_path, tiny_net):
+    path = save_checkpoint(tmp_path / "mine.safetensors", tiny_net, ModelSpec("conftest:TinyNet", 3, 7, 5))
+    with pytest.raises(ValueError, match="pass --model conftest:TinyNet"):
+        load_checkpoint(path)
+    model, spec, _, _ = load_checkpoint(path, ModelSpec("conftest:TinyNet", 3, 7, 5))
+    assert spec.name == "conftest:TinyNet" and torch.equal(model.fc.weight, tiny_net.fc.weight)
+
+
+def test_files_get_usual_permissions_and_tied_weights_save(tmp_path):
+    import os
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(3, 3)
+            self.b = torch.nn.Linear(3, 3)
+            self.b.weight = self.a.weight
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    path = save_checkpoint(tmp_path / "tied.safetensors", Tied(), ModelSpec())
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    with pytest.raises(ValueError, match="must be a positive int"):
+        ModelSpec("basiccnn", 0)

@@ -47,7 +47,7 @@ class RunConfig:
     scan_end: float = 1.0
     scan_method: str = "auto"
     export_values: str = "kmeans"
-    export_bits: int = 5
+    export_bits: int = 4
     centroid_epochs: int = 0  # with kmeans export: epochs of Deep Compression's centroid fine-tuning
     out: str = "runs/latest"
     device: str | None = None

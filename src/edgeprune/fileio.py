@@ -42,8 +42,18 @@ class ModelSpec:
     num_classes: int = 10
     image_size: int = 28
 
-    def build(self) -> nn.Module:
-        """A freshly initialised model of this spec."""
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"model name must be a non-empty string, got {self.name!r}")
+        for field_name in ("in_channels", "num_classes", "image_size"):
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{field_name} must be a positive int, got {value!r}")
+
+    def build(self, seed: int | None = None) -> nn.Module:
+        """A freshly initialised model of this spec; its initial weights are seeded when ``seed`` is given."""
+        if seed is not None:
+            torch.manual_seed(seed)
         return build_model(self.name, self.in_channels, self.num_classes, self.image_size)
 
 
@@ -54,8 +64,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -74,9 +89,9 @@ def write_json_atomic(path: str | os.PathLike, data: object) -> None:
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Write ``tensors`` to a safetensors file atomically (moved to the CPU, made contiguous)."""
+    """Write ``tensors`` to a safetensors file atomically (copied to the CPU, so tied weights are stored twice)."""
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def masks_path_for(path: str | os.PathLike) -> Path:
@@ -99,11 +114,10 @@ def save_checkpoint(
     """
     path = Path(path)
     meta = {"format": CHECKPOINT_FORMAT, "spec": json.dumps(asdict(spec)), "info": json.dumps(info or {})}
+    masks_path_for(path).unlink(missing_ok=True)  # never leave old masks beside new weights
     save_tensors(path, model.state_dict(), meta)
     if masks:
         save_tensors(masks_path_for(path), masks, {"format": MASKS_FORMAT})
-    elif masks_path_for(path).exists():
-        masks_path_for(path).unlink()
     return path
 
 
@@ -151,9 +165,15 @@ def load_checkpoint(
     state, meta = load_state_dict_file(path)
     if "spec" in meta:
         try:
-            spec = ModelSpec(**json.loads(meta["spec"]))
+            stored = ModelSpec(**json.loads(meta["spec"]))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}: its model spec header is damaged ({exc}); retrain or re-save it") from exc
+        if ":" in stored.name and (spec is None or spec.name != stored.name):
+            raise ValueError(
+                f"{path}: was saved from your own model factory {stored.name!r}; loading it imports and runs "
+                f"that code, so say so: pass --model {stored.name} (in Python: spec=ModelSpec({stored.name!r}, ...))"
+            )
+        spec = stored
     elif spec is None:
         raise ValueError(f"{path}: has no model spec; say which model it is (--model, --in-channels, --image-size)")
     model = spec.build()

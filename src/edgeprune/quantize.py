@@ -186,10 +186,11 @@ def kmeans_quantize(
     evenly spaced between the smallest and largest weight (Deep Compression's linear init)
     and move by Lloyd iterations. If the weights already take at most ``2**bits`` distinct
     values the codebook is exactly those values, so quantizing twice changes nothing.
+    Both results are on the CPU, whatever the tensor's device.
     """
     check_bits(bits)
     mask = tensor != 0 if mask is None else mask.to(torch.bool)
-    values = tensor.detach()[mask].to(torch.float64)
+    values = tensor.detach()[mask].to("cpu", torch.float64)  # 1-D clustering is cheap: done on the CPU
     k = 2**bits
     distinct = torch.unique(values)
     if distinct.numel() <= k:
@@ -215,8 +216,8 @@ def kmeans_quantize(
 
 def kmeans_dequantize(codebook: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """float32 tensor shaped like ``mask``: ``codebook[codes]`` where ``mask`` is True, zero elsewhere."""
-    out = torch.zeros(mask.shape, dtype=torch.float32)
-    out[mask] = codebook[codes]
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    out[mask] = codebook.to(mask.device)[codes.to(mask.device)]
     return out
 
 
@@ -269,7 +270,7 @@ def quantize_state_dict(
     """The state dict exactly as ``load_compressed`` returns it after ``save_compressed`` with these settings.
 
     Weight tensors are quantized on their non-zeros; zeros (either sign) become +0.0 and stay
-    zero; each tensor keeps its dtype and shape. Everything else is copied unchanged.
+    zero; each tensor keeps its dtype and shape. Everything else is copied unchanged. The result is on the CPU.
     """
     config = QuantConfig(values, bits)
     out = {}
@@ -278,8 +279,9 @@ def quantize_state_dict(
         if setting is None:
             out[name] = tensor.detach().clone()
             continue
-        mask = tensor.detach() != 0
-        q = quantize_values(tensor.detach()[mask], *setting)
+        tensor = tensor.detach().cpu()
+        mask = tensor != 0
+        q = quantize_values(tensor[mask], *setting)
         dense = torch.zeros(tensor.shape, dtype=torch.float32)
         dense[mask] = dequantize_values(q)
         out[name] = dense.to(tensor.dtype)
@@ -324,14 +326,14 @@ def finetune_centroids(
         centroids[name] = nn.Parameter(codebook)
     optimizer = torch.optim.Adam(centroids.values(), lr=lr)
 
-    def share_weights() -> None:
+    def tie_weights() -> None:
         with torch.no_grad():
             for name, (mask, codes) in ties.items():
                 weight = params[name]
                 weight.zero_()
                 weight[mask] = centroids[name][codes].to(weight.dtype)
 
-    share_weights()
+    tie_weights()
     was_training = model.training
     model.train()
     for epoch in range(epochs):
@@ -344,7 +346,7 @@ def finetune_centroids(
                 grads = params[name].grad[mask].float()
                 centroids[name].grad = torch.zeros_like(centroids[name]).index_add_(0, codes, grads)
             optimizer.step()
-            share_weights()
+            tie_weights()
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     return {name: c.detach().cpu().clone() for name, c in centroids.items()}
@@ -362,18 +364,12 @@ def share_weights(
     ``bits`` is one width or per layer (exact name, ``re:``, ``_default``). With ``epochs > 0``
     the centroids are trained on ``train_loader`` as in :func:`finetune_centroids`. Exporting
     the model afterwards with ``values="kmeans"`` and the same ``bits`` stores these exact values.
+    Returns the codebooks by parameter name.
     """
     config = QuantConfig("kmeans", bits)
     codebooks = {}
     for name, param in model.named_parameters():
         setting = config.mode_for(name, param)
-        if setting is None:
-            continue
-        codebooks[name] = kmeans_quantize(param.detach(), setting[1])[0]
-    if epochs and train_loader is not None:
-        return finetune_centroids(model, codebooks, train_loader, epochs=epochs, lr=lr, progress=True)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name in codebooks:
-                param.copy_(quantize_state_dict({name: param.detach().cpu()}, "kmeans", bits)[name].to(param.device))
-    return codebooks
+        if setting is not None:
+            codebooks[name] = kmeans_quantize(param.detach(), setting[1])[0]
+    return finetune_centroids(model, codebooks, train_loader or [], epochs=epochs, lr=lr, progress=epochs > 0)

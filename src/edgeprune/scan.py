@@ -409,7 +409,7 @@ def _rerun(model, run: _LayerRun, cached, dense_output, images, labels, original
     """For each sparsity: prune the layer, re-run its downstream nodes on one batch, count correct predictions."""
     output_node = run.downstream[-1] if run.downstream[-1].op == "output" else None
     for i, mask in enumerate(run.masks):
-        run.param.copy_(original).mul_(mask)  # the same values fine_grained_prune writes
+        run.param.copy_(original).masked_fill_(~mask, 0.0)  # the same values fine_grained_prune writes
         env = {a: v.clone() if a in run.copied else v for a, v in cached.items()}
         for node in run.downstream:
             env[node] = _run_node(model, node, env, images)
