@@ -94,3 +94,26 @@ def test_torchvision_models_train_prune_and_compare(tmp_path, name):
     assert main(["compare", *d, str(base), str(pruned), "--out", str(tmp_path / "cmp")]) == 0
     rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert rows[1]["compressed_bytes"] < rows[0]["compressed_bytes"]
+
+
+@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+def test_model_that_does_not_fit_the_data_is_a_clear_error(tmp_path, capsys):
+    from edgeprune.fileio import ModelSpec, save_checkpoint
+    from edgeprune.models import BasicCNN
+
+    cifar = save_checkpoint(tmp_path / "cifar.safetensors", BasicCNN(), ModelSpec("basiccnn", 3, 10, 32))
+    assert main(["scan", str(cifar), "--limit", "50", "--val-size", "20", "--out", str(tmp_path / "s")]) == 2
+    assert "use the --dataset" in capsys.readouterr().err
+
+
+def test_device_and_plan_flags_are_checked(tmp_path, capsys):
+    from edgeprune.train import pick_device
+
+    with pytest.raises(ValueError, match="unknown device"):
+        pick_device("bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cpu"):
+            pick_device("cuda")
+    with pytest.raises(SystemExit):  # argparse: a plan takes one budget or one tolerance
+        main(["plan", "scan.json", "--target-sparsity", "0.5", "--max-drop", "1"])
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -44,7 +44,8 @@ def test_in_memory_tensors_equal_the_per_image_transform(channels):
 
     cfg = DataConfig(channels=channels, mean=0.25, std=0.3)
     splits = load_data(cfg)
-    raw = datasets.FashionMNIST(str(cache_dir() / "datasets"), train=False, transform=_build_transform(cfg, 1, 28, 28))
+    root = next((cache_dir() / "datasets").glob("*/FashionMNIST")).parent  # where load_data staged the files
+    raw = datasets.FashionMNIST(str(root), train=False, transform=_build_transform(cfg, 1, 28, 28))
     for i in (0, 1, 9999):
         x, y = raw[i]
         assert torch.equal(splits.test[i][0], x) and splits.test[i][1] == y

@@ -51,7 +51,7 @@ def test_unnamed_layer_is_left_dense_and_said(tiny_net):
 def test_dict_from_json_toml_yaml_and_inline(tmp_path):
     expected = {"fc.weight": 0.5, "_default": 0.25}
     (tmp_path / "s.json").write_text(json.dumps(expected))
-    (tmp_path / "s.toml").write_text('"fc.weight" = 0.5\n_default = 0.25\n')
+    (tmp_path / "s.toml").write_text('fc.weight = 0.5\n_default = 0.25\n')  # an unquoted dotted key is a table
     (tmp_path / "s.yaml").write_text("fc.weight: 0.5\n_default: 0.25\n")
     for name in ("s.json", "s.toml", "s.yaml"):
         assert load_layer_settings(str(tmp_path / name)) == expected

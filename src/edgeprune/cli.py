@@ -10,11 +10,11 @@ from pathlib import Path
 
 from . import __version__
 from .compress import save_compressed
-from .data import DATASETS, DataConfig, load_data, make_loader, native_geometry
-from .experiment import RunConfig, compare_models, model_for_data, run_experiment
+from .data import DATASETS, DataConfig, load_data, make_loaders, native_geometry
+from .experiment import RunConfig, check_fits, compare_models, model_for_data, run_experiment
 from .fileio import ModelSpec, load_checkpoint, save_checkpoint, write_json_atomic, write_text_atomic
 from .metrics import count_macs, layer_stats, model_stats
-from .plan import plan_by_budget, plan_by_tolerance
+from .plan import make_plan
 from .plots import plot_num_parameters_distribution, plot_weight_distribution
 from .pruner import FineGrainedPruner
 from .quantize import share_weights
@@ -31,43 +31,58 @@ def _is_torchvision(model: str) -> bool:
 
 
 def _data_config(args: argparse.Namespace) -> DataConfig:
-    channels = args.channels
+    channels, image_size = args.channels, args.image_size
     native = native_geometry(args.dataset)
-    if channels is None and _is_torchvision(args.model) and native and native[0] == 1:
-        channels = 3  # torchvision classifiers take RGB: repeat the grey channel
+    if _is_torchvision(args.model) and native:
+        if channels is None and native[0] == 1:
+            channels = 3  # torchvision classifiers take RGB: repeat the grey channel
+        if image_size is None and native[1] < 32:
+            image_size = 32  # VGG's five poolings need at least 32 pixels
     return DataConfig(
         name=args.dataset, data_dir=args.data_dir, download=args.download, channels=channels,
-        image_size=args.image_size, mean=args.mean, std=args.std, batch_size=args.batch_size,
+        image_size=image_size, mean=args.mean, std=args.std, batch_size=args.batch_size,
         val_size=args.val_size, seed=args.seed, limit=args.limit,
     )
 
 
-def _spec(args: argparse.Namespace) -> ModelSpec:
-    """Model spec from the flags and the data set's geometry, without loading the data."""
+def _spec(args: argparse.Namespace) -> ModelSpec | None:
+    """The model spec the flags describe, without loading the data (None for imagefolder without --num-classes).
+
+    Used for checkpoints that carry no spec of their own, such as the seed's ``.pth`` files.
+    """
     cfg = _data_config(args)
-    channels, size, classes = native_geometry(cfg.name) or (3, 32, None)
-    classes = args.num_classes or classes
+    channels, size, classes = native_geometry(cfg.name) or (3, 32, args.num_classes)
     if classes is None:
-        raise ValueError("for an imagefolder model give --num-classes")
-    return ModelSpec(args.model, cfg.channels or channels, classes, cfg.image_size or size)
+        return None
+    return ModelSpec(args.model, cfg.channels or channels, args.num_classes or classes, cfg.image_size or size)
 
 
 def _load(args: argparse.Namespace, path: str):
-    model, spec, masks, info = load_checkpoint(path, _spec(args))
+    model, spec, masks, _ = load_checkpoint(path, _spec(args))
     return model.to(pick_device(args.device)), spec, masks
 
 
-def _loaders(args: argparse.Namespace):
+def _loaders(args: argparse.Namespace, spec: ModelSpec | None = None):
+    """(splits, train, validation or None, test) loaders; with ``spec``, check the model fits the data."""
     splits = load_data(_data_config(args))
-    eval_batch = max(args.batch_size, 256)
-    val = make_loader(splits.val, eval_batch) if splits.val is not None else None
-    return splits, make_loader(splits.train, args.batch_size, shuffle=True, seed=args.seed), val, make_loader(splits.test, eval_batch)
+    if spec is not None:
+        check_fits(spec, splits)
+    return (splits, *make_loaders(splits, args.batch_size, args.seed))
+
+
+def _bits(text: str | None, values: str) -> int | dict | None:
+    """k-means bits from ``--bits``: a number, or per layer as inline JSON / a file."""
+    if values == "kmeans" and text is None:
+        raise ValueError("--values kmeans needs a bit width: add --bits N (N from 2 to 8) or a per-layer dict")
+    if text is None:
+        return None
+    return int(text) if text.isdigit() else load_layer_settings(text)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     splits, train_loader, val_loader, test_loader = _loaders(args)
     spec = model_for_data(args.model, splits)
-    model = spec.build()
+    model = spec.build(seed=args.seed)
     history = train(model, train_loader, args.epochs, val_loader, args.lr, args.device, args.seed, keep_best=val_loader is not None)
     accuracy = evaluate(model, test_loader, args.device)
     save_checkpoint(args.out, model, spec, info={"stage": "baseline", "test_accuracy": accuracy, "data": splits.info})
@@ -91,8 +106,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_scan(args: argparse.Namespace) -> None:
-    model, _, _ = _load(args, args.checkpoint)
-    splits, _, val_loader, test_loader = _loaders(args)
+    model, spec, _ = _load(args, args.checkpoint)
+    splits, _, val_loader, test_loader = _loaders(args, spec)
     if args.split == "val" and val_loader is None:
         raise ValueError("scanning on the validation split needs --val-size > 0 (or --split test)")
     loader = val_loader if args.split == "val" else test_loader
@@ -106,12 +121,8 @@ def cmd_scan(args: argparse.Namespace) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> None:
     scan = ScanResult.from_json(args.scan)
-    if args.max_drop is not None:
-        plan = plan_by_tolerance(scan, max_drop=args.max_drop)
-    else:
-        if not args.checkpoint:
-            raise ValueError("a budget plan needs the model's --checkpoint (to count weights per layer)")
-        plan = plan_by_budget(scan, _load(args, args.checkpoint)[0], target_sparsity=args.target_sparsity, target_bytes=args.target_bytes)
+    model = _load(args, args.checkpoint)[0] if args.checkpoint else None
+    plan = make_plan(scan, model, args.target_sparsity, args.target_bytes, args.max_drop)
     write_json_atomic(args.out, plan.sparsity_dict)
     write_json_atomic(Path(args.out).with_suffix(".plan.json"), plan.to_dict())
     if args.plot:
@@ -133,7 +144,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     if masks is None:
         raise ValueError(f"{args.checkpoint} has no masks beside it; prune it first with 'edgeprune prune'")
     pruner = FineGrainedPruner.from_masks(masks)
-    _, train_loader, val_loader, test_loader = _loaders(args)
+    _, train_loader, val_loader, test_loader = _loaders(args, spec)
     history = finetune(model, pruner, train_loader, args.epochs, val_loader, args.lr, args.device, args.seed)
     accuracy = evaluate(model, test_loader, args.device)
     save_checkpoint(args.out, model, spec, pruner.masks, {"stage": "finetuned", "test_accuracy": accuracy})
@@ -144,10 +155,13 @@ def cmd_compare(args: argparse.Namespace) -> None:
     labels = args.labels.split(",") if args.labels else [Path(p).stem for p in args.checkpoints]
     if len(labels) != len(args.checkpoints):
         raise ValueError(f"--labels names {len(labels)} models but {len(args.checkpoints)} checkpoints were given")
-    models = [(label, _load(args, path)[0], Path(path)) for label, path in zip(labels, args.checkpoints)]
-    _, _, _, test_loader = _loaders(args)
+    loaded = [_load(args, path) for path in args.checkpoints]
+    models = [(label, model, Path(path)) for label, (model, _, _), path in zip(labels, loaded, args.checkpoints)]
+    _, _, _, test_loader = _loaders(args, loaded[0][1])
     out = Path(args.out)
     export_dir = None if args.export_values == "none" else out
+    if args.export_values == "kmeans" and args.export_bits is None:
+        raise ValueError("--export-values kmeans needs a bit width: add --export-bits N (N from 2 to 8)")
     rows = compare_models(models, test_loader, args.device, export_dir, args.export_values, args.export_bits)
     table = comparison_markdown(rows)
     write_text_atomic(out / "comparison.md", table)
@@ -157,19 +171,20 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    model, _, _ = _load(args, args.checkpoint)
-    bits = None if args.bits is None else int(args.bits) if args.bits.isdigit() else load_layer_settings(args.bits)
+    model, spec, _ = _load(args, args.checkpoint)
+    bits = _bits(args.bits, args.values)
     if args.centroid_epochs:
         if args.values != "kmeans":
             raise ValueError("--centroid-epochs fine-tunes k-means centroids: use it with --values kmeans")
-        share_weights(model, bits, _loaders(args)[1], args.centroid_epochs, args.centroid_lr)
+        share_weights(model, bits, _loaders(args, spec)[1], args.centroid_epochs, args.centroid_lr)
     save_compressed(model.state_dict(), args.out, values=args.values, bits=bits)
     print(f"wrote {args.out} ({Path(args.out).stat().st_size:,} bytes; the dense checkpoint is {Path(args.checkpoint).stat().st_size:,})")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    epochs = args.epochs if args.epochs is not None else 0 if args.weights else RunConfig.epochs
     cfg = RunConfig(
-        model=args.model, data=_data_config(args), weights=args.weights, epochs=args.epochs,
+        model=args.model, data=_data_config(args), weights=args.weights, epochs=epochs,
         finetune_epochs=args.finetune_epochs, lr=args.lr, sparsity=args.sparsity,
         target_sparsity=args.target_sparsity, max_drop=args.max_drop, scan_split=args.scan_on,
         scan_start=args.scan_start, scan_step=args.scan_step, scan_end=args.scan_end,
@@ -213,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the whole experiment: train, scan, plan, prune, fine-tune, export, compare, report")
     _add_common(p)
     p.add_argument("--weights", help="start from this baseline checkpoint instead of training (.safetensors or a .pth state_dict)")
-    p.add_argument("--epochs", type=int, default=RunConfig.epochs, help="baseline training epochs")
+    p.add_argument("--epochs", type=int, help=f"baseline training epochs (default {RunConfig.epochs}; 0 with --weights)")
     p.add_argument("--finetune-epochs", type=int, default=RunConfig.finetune_epochs)
     p.add_argument("--lr", type=float, default=RunConfig.lr)
     p.add_argument("--sparsity", help="sparsity dict: inline JSON or a .json/.toml/.yaml file (default: planned from the scan)")
@@ -257,9 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("scan", help="scan.json written by 'edgeprune scan'")
     p.add_argument("--checkpoint", help="the scanned model (needed for a budget plan)")
-    p.add_argument("--target-sparsity", type=float, help="fraction of prunable weights to remove overall")
-    p.add_argument("--target-bytes", type=int, help="bytes of the remaining non-zeros (32 bit) of the prunable layers")
-    p.add_argument("--max-drop", type=float, help="plan by tolerance: accuracy drop allowed per layer, in points")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-sparsity", type=float, help="budget: fraction of prunable weights to remove overall")
+    target.add_argument("--target-bytes", type=int, help="budget: bytes of the remaining non-zeros (32 bit) of the prunable layers")
+    target.add_argument("--max-drop", type=float, help="tolerance: accuracy drop allowed per layer, in points")
     p.add_argument("--plot", help="also write the curves with the chosen sparsities to this PNG")
     p.add_argument("--out", default="sparsity.json")
     p.set_defaults(func=cmd_plan)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -14,7 +15,7 @@ from torchvision import datasets, transforms
 
 from .fileio import atomic_path
 
-__all__ = ["DATASETS", "DataConfig", "DataSplits", "load_data", "make_loader", "cache_dir", "native_geometry"]
+__all__ = ["DATASETS", "DataConfig", "DataSplits", "load_data", "make_loader", "make_loaders", "cache_dir", "native_geometry"]
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagefolder")
 # name -> (torchvision class, channels, image size, Debian folder or None)
@@ -84,7 +85,7 @@ class DataSplits:
     info: dict = field(default_factory=dict)
 
 
-def _idx_folder(name: str, candidates: list[Path], files: list[str]) -> Path | None:
+def _idx_folder(candidates: list[Path], files: list[str]) -> Path | None:
     """The first candidate folder holding every IDX file, gzipped or not."""
     for folder in candidates:
         if all((folder / f).is_file() or (folder / f.removesuffix(".gz")).is_file() for f in files):
@@ -94,7 +95,8 @@ def _idx_folder(name: str, candidates: list[Path], files: list[str]) -> Path | N
 
 def _stage_idx(tv_class: type, folder: Path) -> Path:
     """Lay the IDX files out as torchvision expects (``root/<Class>/raw/`` uncompressed) in the cache; return root."""
-    root = cache_dir() / "datasets"
+    source_key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]  # one staging per source folder
+    root = cache_dir() / "datasets" / source_key
     raw = root / tv_class.__name__ / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for url, _ in tv_class.resources:
@@ -142,7 +144,7 @@ def _build_transform(cfg: DataConfig, channels: int, size: int, native_size: int
     return transforms.Compose(steps)
 
 
-def _in_memory(ds, cfg: DataConfig, channels: int) -> TensorDataset:
+def _in_memory(ds, cfg: DataConfig, channels: int) -> Dataset:
     """The whole preprocessed data set as one tensor: the same numbers ToTensor + Normalize give, computed once.
 
     ToTensor divides the uint8 pixels by 255 and Normalize subtracts the mean and divides by
@@ -189,8 +191,9 @@ def load_data(cfg: DataConfig) -> DataSplits:
                 candidates += [d, d / tv_class.__name__ / "raw"]
             if debian:
                 candidates.append(Path(debian))
+            candidates.append(cache_dir() / "datasets" / tv_class.__name__ / "raw")  # an earlier --download
             looked = candidates
-            folder = _idx_folder(cfg.name, candidates, [os.path.basename(u) for u, _ in tv_class.resources])
+            folder = _idx_folder(candidates, [os.path.basename(u) for u, _ in tv_class.resources])
             if folder is not None:
                 root = _stage_idx(tv_class, folder)
             elif cfg.download:
@@ -205,7 +208,9 @@ def load_data(cfg: DataConfig) -> DataSplits:
     val = None
     if cfg.val_size:
         if cfg.val_size >= len(train):
-            raise ValueError(f"val_size {cfg.val_size} leaves no training images (the training set has {len(train)})")
+            raise ValueError(
+                f"--val-size {cfg.val_size} leaves no training images (the training set has {len(train)}); give a smaller --val-size"
+            )
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
         val = Subset(train, order[: cfg.val_size][: cfg.limit])
         train = Subset(train, order[cfg.val_size :][: cfg.limit])
@@ -223,3 +228,10 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: 
         dataset = Subset(dataset, range(limit))
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def make_loaders(splits: DataSplits, batch_size: int, seed: int = 0) -> tuple[DataLoader, DataLoader | None, DataLoader]:
+    """Loaders for (train, validation or None, test): training shuffled with ``seed``; evaluation in batches of 256 or more."""
+    eval_batch = max(batch_size, 256)
+    val = make_loader(splits.val, eval_batch) if splits.val is not None else None
+    return make_loader(splits.train, batch_size, shuffle=True, seed=seed), val, make_loader(splits.test, eval_batch)

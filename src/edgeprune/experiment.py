@@ -6,17 +6,18 @@ import copy
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .compress import load_compressed, save_compressed
-from .data import DataConfig, DataSplits, load_data, make_loader
+from .data import DataConfig, DataSplits, load_data, make_loaders
 from .fileio import ModelSpec, load_checkpoint, save_checkpoint, write_json_atomic, write_text_atomic
 from .masks import check_sparsity
 from .metrics import count_macs, file_size, layer_stats, model_stats
-from .plan import plan_by_budget, plan_by_tolerance
+from .plan import make_plan
 from .plots import plot_num_parameters_distribution, plot_weight_distribution
 from .pruner import FineGrainedPruner
 from .quantize import share_weights
@@ -25,7 +26,7 @@ from .scan import sensitivity_scan
 from .sparsity import load_layer_settings
 from .train import evaluate, finetune, pick_device, train
 
-__all__ = ["RunConfig", "run_experiment", "compare_models", "model_for_data"]
+__all__ = ["RunConfig", "run_experiment", "compare_models", "model_for_data", "check_fits"]
 
 
 @dataclass
@@ -72,9 +73,23 @@ def model_for_data(name: str, splits: DataSplits) -> ModelSpec:
     return ModelSpec(name, splits.in_channels, splits.num_classes, splits.image_size)
 
 
+def check_fits(spec: ModelSpec, splits: DataSplits) -> None:
+    """Raise ``ValueError`` naming the flags when a built-in model does not fit the data's images or classes."""
+    if ":" in spec.name:
+        return  # the user's own model: its input is its own business
+    image = spec.name.lower() != "basiccnn" or spec.image_size == splits.image_size
+    if spec.in_channels != splits.in_channels or spec.num_classes != splits.num_classes or not image:
+        raise ValueError(
+            f"model {spec.name!r} takes {spec.in_channels}-channel {spec.image_size}x{spec.image_size} images and "
+            f"{spec.num_classes} classes, but the data has {splits.in_channels}-channel {splits.image_size}x"
+            f"{splits.image_size} images and {splits.num_classes} classes; use the --dataset (and --channels, "
+            "--image-size) the model was trained with"
+        )
+
+
 def compare_models(
     models: list[tuple[str, nn.Module, Path]],
-    loader,
+    loader: Iterable,
     device: torch.device | str | None = None,
     export_dir: Path | None = None,
     export_values: str = "fp32",
@@ -86,11 +101,14 @@ def compare_models(
     back, and evaluated as decoded: the accuracy a device running that file would see.
     """
     rows = []
-    for label, model, path in tqdm(models, desc="compare", leave=False):
+    stems = [Path(path).stem for _, _, path in models]
+    unique = len(set(stems)) == len(stems)
+    for index, (label, model, path) in enumerate(tqdm(models, desc="compare", leave=False)):
         row = {"model": label, "checkpoint": str(path), **model_stats(model), "file_bytes": file_size(path)}
         row["accuracy"] = evaluate(model, loader, device)
         if export_dir is not None:
-            target = Path(export_dir) / f"{Path(path).stem}.epz"
+            name = stems[index] if unique else f"{index}-{stems[index]}"  # two runs' finetuned.* must not collide
+            target = Path(export_dir) / f"{name}.epz"
             save_compressed(model.state_dict(), target, values=export_values, bits=export_bits)
             decoded = _decoded_copy(model, target)
             row.update(
@@ -115,10 +133,8 @@ def _plan(cfg: RunConfig, model: nn.Module, scan) -> tuple[dict[str, float], dic
     """The sparsity dict of the run: the user's, or one the planner chooses from the scan."""
     if cfg.sparsity is not None:
         return load_layer_settings(cfg.sparsity), {"method": "given"}
-    if cfg.max_drop is not None:
-        plan = plan_by_tolerance(scan, max_drop=cfg.max_drop)
-    else:
-        plan = plan_by_budget(scan, model, target_sparsity=cfg.target_sparsity)
+    target = cfg.target_sparsity if cfg.max_drop is None else None
+    plan = make_plan(scan, model, target_sparsity=target, max_drop=cfg.max_drop)
     return dict(plan.sparsity_dict), plan.to_dict()
 
 
@@ -130,19 +146,15 @@ def run_experiment(cfg: RunConfig) -> dict:
     device = pick_device(cfg.device)
     write_json_atomic(out / "config.json", asdict(cfg))
     splits = load_data(cfg.data)
-    batch = cfg.data.batch_size
-    train_loader = make_loader(splits.train, batch, shuffle=True, seed=cfg.seed)
-    eval_batch = max(batch, 256)
-    val_loader = make_loader(splits.val, eval_batch) if splits.val is not None else None
-    test_loader = make_loader(splits.test, eval_batch)
+    train_loader, val_loader, test_loader = make_loaders(splits, cfg.data.batch_size, cfg.seed)
 
     # 1. Baseline: train, or take the given weights.
     spec = model_for_data(cfg.model, splits)
     if cfg.weights:
         model, spec, _, _ = load_checkpoint(cfg.weights, spec)
+        check_fits(spec, splits)
     else:
-        torch.manual_seed(cfg.seed)
-        model = spec.build()
+        model = spec.build(seed=cfg.seed)
     model.to(device)
     if cfg.epochs:
         tqdm.write(f"training the baseline {cfg.model} for {cfg.epochs} epochs on {device}")

@@ -24,7 +24,7 @@ from .masks import check_sparsity, num_pruned
 from .models import prunable_parameters
 from .scan import ScanResult
 
-__all__ = ["SparsityPlan", "plan_by_tolerance", "plan_by_budget", "PLAN_FORMAT"]
+__all__ = ["SparsityPlan", "make_plan", "plan_by_tolerance", "plan_by_budget", "PLAN_FORMAT"]
 
 PLAN_FORMAT = "edgeprune.plan/1"
 
@@ -58,8 +58,8 @@ class SparsityPlan:
 def plan_by_tolerance(scan: ScanResult, max_drop: float | None = None) -> SparsityPlan:
     """Each layer's largest scanned sparsity whose accuracy is at least ``dense - max_drop`` (else 0.0).
 
-    The default ``max_drop`` is ``1.5 * (100 - dense)``, so the floor is the seed's lower
-    bound ``100 - 1.5 * (100 - dense)`` drawn in the scan plot.
+    By default the floor is the seed's lower bound ``100 - 1.5 * (100 - dense)`` drawn in the
+    scan plot, that is ``max_drop = 0.5 * (100 - dense)``.
     """
     if max_drop is None:
         max_drop = scan.dense_accuracy - scan.lower_bound
@@ -223,3 +223,22 @@ def _take_cheapest(pieces: list[tuple], pruned: dict[str, int], zeros: dict[str,
             return
         others = have - max(pruned[name], zeros[name])
         pruned[name] = max(pruned[name], min(end, max(start, required - others)))
+
+
+def make_plan(
+    scan: ScanResult,
+    model: nn.Module | None = None,
+    target_sparsity: float | None = None,
+    target_bytes: float | None = None,
+    max_drop: float | None = None,
+) -> SparsityPlan:
+    """A plan by tolerance when ``max_drop`` is given, else by budget (which needs ``model`` and one target)."""
+    if max_drop is not None:
+        if target_sparsity is not None or target_bytes is not None:
+            raise ValueError("give either a tolerance (--max-drop) or a budget (--target-sparsity / --target-bytes), not both")
+        return plan_by_tolerance(scan, max_drop=max_drop)
+    if model is None:
+        raise ValueError("a budget plan needs the scanned model (--checkpoint) to count the weights of each layer")
+    if target_sparsity is None and target_bytes is None:
+        raise ValueError("give a budget (--target-sparsity or --target-bytes) or a tolerance (--max-drop)")
+    return plan_by_budget(scan, model, target_sparsity=target_sparsity, target_bytes=target_bytes)

@@ -52,8 +52,22 @@ def load_layer_settings(source: str | Path | Mapping) -> dict:
         except (json.JSONDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
             raise ValueError(f"{path}: cannot be parsed as {suffix[1:].upper()} ({exc}); fix the syntax") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"a sparsity dict must map parameter names to numbers, got {type(data).__name__}")
-    return data
+        raise ValueError(f"a per-layer dict must map parameter names to values, got {type(data).__name__}")
+    return _flatten(data)
+
+
+def _flatten(data: Mapping, prefix: str = "") -> dict:
+    """Join nested tables into dotted names: TOML's unquoted ``conv1.weight = 0.5`` reads as ``{conv1: {weight: 0.5}}``."""
+    flat = {}
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise ValueError(f"per-layer keys must be parameter names (strings), got {key!r}; quote it")
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and not name.startswith(REGEX_PREFIX):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
 
 
 def setting_for(spec: Mapping[str, T], name: str) -> T | None:

@@ -4,36 +4,38 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .pruner import FineGrainedPruner
+
 __all__ = ["pick_device", "evaluate", "train", "finetune", "TrainHistory"]
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """The given device, else CUDA when present, else the CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The given device, else CUDA when present, else the CPU; a device that is not there is a ``ValueError``."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here; use --device cpu")
+    return device
 
 
 @torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    loader: Iterable,
-    device: str | torch.device | None = None,
-    progress: bool = False,
-    desc: str = "eval",
-) -> float:
+def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device | None = None) -> float:
     """Top-1 accuracy of ``model`` on ``loader``, in percent (100 * correct / total)."""
     device = pick_device(device)
     was_training = model.training
     model.eval().to(device)
     correct = total = 0
-    for images, labels in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    for images, labels in loader:
         images, labels = images.to(device), labels.to(device)
         correct += int((model(images).argmax(dim=1) == labels).sum())
         total += labels.numel()
@@ -77,7 +79,7 @@ def train(
     lr: float = 1e-3,
     device: str | torch.device | None = None,
     seed: int = 0,
-    after_step=None,
+    after_step: Callable[[nn.Module], None] | None = None,
     keep_best: bool = False,
 ) -> TrainHistory:
     """Train with Adam and cross-entropy, as the seed does; evaluate after each epoch when given a loader.
@@ -111,7 +113,7 @@ def train(
 
 def finetune(
     model: nn.Module,
-    pruner,
+    pruner: FineGrainedPruner,
     train_loader: Iterable,
     epochs: int,
     eval_loader: Iterable | None = None,
