@@ -192,3 +192,12 @@ def test_share_weights_gives_what_kmeans_export_stores():
     for name, mask in pruner.masks.items():
         assert torch.all(after[name][~mask] == 0) and torch.all(after[name][mask] != 0)
         assert after[name].unique().numel() <= 2**4 + 1
+
+
+def test_per_layer_keys_must_name_a_tensor():
+    state = {"fc1.weight": torch.randn(4, 4), "fc1.bias": torch.randn(4)}
+    with pytest.raises(ValueError, match="unknown parameter name 'fc9.weight'; valid names: fc1.weight, fc1.bias"):
+        quantize_state_dict(state, "kmeans", {"_default": 4, "fc9.weight": 3})
+    with pytest.raises(ValueError, match="matches no parameter"):
+        quantize_state_dict(state, {"re:conv.*": "int8"})
+    assert quantize_state_dict(state, "kmeans", {"fc1.weight": 3, "_default": 4})["fc1.weight"].unique().numel() <= 8

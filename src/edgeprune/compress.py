@@ -384,6 +384,7 @@ def save_compressed(
     ``load_compressed`` returns exactly ``quantize_state_dict(state_dict, values, bits)``.
     """
     config = QuantConfig(values, bits)
+    config.check_names(state_dict)
     if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 22:
         raise ValueError(f"zstd level must be an int from 1 to 22, got {level!r}; 19 compresses well, 3 is fast")
     compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)

@@ -28,7 +28,7 @@ from torch import nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .sparsity import setting_for
+from .sparsity import resolve_layer_settings, setting_for
 
 __all__ = [
     "MODES",
@@ -127,6 +127,13 @@ class QuantConfig:
             )
         if self.values == "kmeans" and self.bits is None:
             raise ValueError(f"values='kmeans' needs a bit width; {BITS_HINT}")
+
+    def check_names(self, names: Iterable[str]) -> None:
+        """Raise ``ValueError`` listing the valid names when a per-tensor key names or matches no tensor."""
+        names = list(names)
+        for spec in (self.values, self.bits):
+            if isinstance(spec, Mapping):
+                resolve_layer_settings(spec, [], names, lambda value, key: value)
 
     def mode_for(self, name: str, tensor: torch.Tensor) -> tuple[str, int | None] | None:
         """``(mode, bits)`` for a weight tensor (bits only for k-means), ``None`` for tensors kept exactly."""
@@ -273,6 +280,7 @@ def quantize_state_dict(
     zero; each tensor keeps its dtype and shape. Everything else is copied unchanged. The result is on the CPU.
     """
     config = QuantConfig(values, bits)
+    config.check_names(state_dict)
     out = {}
     for name, tensor in state_dict.items():
         setting = config.mode_for(name, tensor)
@@ -367,6 +375,7 @@ def share_weights(
     Returns the codebooks by parameter name.
     """
     config = QuantConfig("kmeans", bits)
+    config.check_names(name for name, _ in model.named_parameters())
     codebooks = {}
     for name, param in model.named_parameters():
         setting = config.mode_for(name, param)
