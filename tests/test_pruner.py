@@ -1,7 +1,6 @@
 """Sparsity dict resolution and validation, FineGrainedPruner, masks through Adam and through save/load."""
 
 import json
-import warnings
 
 import pytest
 import torch

@@ -152,9 +152,9 @@ def _in_memory(ds, cfg: DataConfig, channels: int) -> Dataset:
     without the per-image PIL round trip (a test checks this against the transform).
     """
     pixels = torch.as_tensor(ds.data)
-    images = (pixels.unsqueeze(1) if pixels.dim() == 3 else pixels.permute(0, 3, 1, 2)).float().div(255)
-    if images.shape[1] == 3 and channels == 1:
+    if pixels.dim() == 4 and channels == 1:
         return ds  # RGB to grey goes through PIL's formula: keep the per-image transform
+    images = (pixels.unsqueeze(1) if pixels.dim() == 3 else pixels.permute(0, 3, 1, 2)).float().div(255)
     images = images.expand(-1, channels, -1, -1).contiguous() if images.shape[1] != channels else images
     images = images.sub(cfg.mean).div(cfg.std)
     return TensorDataset(images, torch.as_tensor(ds.targets, dtype=torch.long))
