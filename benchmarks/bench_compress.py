@@ -19,12 +19,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgeprune.compress import load_compressed, save_compressed
+from edgeprune.export.epz import load_compressed, save_compressed
 from edgeprune.data import DataConfig, cache_dir, load_data, make_loader
-from edgeprune.fileio import ModelSpec, load_checkpoint, save_checkpoint
-from edgeprune.pruner import FineGrainedPruner
-from edgeprune.quantize import share_weights
-from edgeprune.train import evaluate, finetune, train
+from edgeprune.checkpoint import load_checkpoint, save_checkpoint
+from edgeprune.models import ModelSpec
+from edgeprune.prune.pruner import FineGrainedPruner
+from edgeprune.export.centroids import share_weights
+from edgeprune.training import evaluate, finetune, train
 
 SPEC = ModelSpec("basiccnn", in_channels=1, num_classes=10, image_size=28)
 DEVICE = "cpu"  # the table is a CPU measurement

@@ -1,6 +1,6 @@
 """Does the budget planner beat simple rules at the same size? BasicCNN on Fashion-MNIST, 80 % pruned.
 
-Trains BasicCNN (``edgeprune.train.train``: Adam, lr 1e-3, batch 64, seeded; the weights are cached),
+Trains BasicCNN (``edgeprune.training.train``: Adam, lr 1e-3, batch 64, seeded; the weights are cached),
 scans it on the validation split ``load_data`` holds out of the training set, then removes 80 % of
 the prunable weights three ways and compares test accuracy before any fine-tuning:
 
@@ -22,12 +22,13 @@ import torch
 from torch import nn
 
 from edgeprune.data import DataConfig, cache_dir, load_data, make_loader
-from edgeprune.fileio import ModelSpec, load_checkpoint, save_checkpoint
+from edgeprune.checkpoint import load_checkpoint, save_checkpoint
+from edgeprune.models import ModelSpec
 from edgeprune.models import prunable_parameters
-from edgeprune.plan import plan_by_budget
-from edgeprune.pruner import FineGrainedPruner
-from edgeprune.scan import sensitivity_scan
-from edgeprune.train import evaluate, train
+from edgeprune.analyze.plan import plan_by_budget
+from edgeprune.prune.pruner import FineGrainedPruner
+from edgeprune.analyze.scan import sensitivity_scan
+from edgeprune.training import evaluate, train
 
 __all__: list[str] = []
 

@@ -5,7 +5,7 @@
     so the input is Fashion-MNIST as ``DataConfig(channels=3, image_size=32)`` gives it (resized to
     32 x 32 and repeated to 3 channels).
 
-Data and training come from the package (``edgeprune.data.load_data``, ``edgeprune.train.train``).
+Data and training come from the package (``edgeprune.data.load_data``, ``edgeprune.training.train``).
 The scanned images are held in memory as tensors, so the loader costs both methods the same little.
 Run:
 
@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from edgeprune.data import DataConfig, load_data, make_loader
 from edgeprune.models import BasicCNN
-from edgeprune.scan import ScanResult, sensitivity_scan
-from edgeprune.train import train
+from edgeprune.analyze.scan import ScanResult, sensitivity_scan
+from edgeprune.training import train
 
 __all__: list[str] = []
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from edgeprune.cli import main
-from edgeprune.fileio import load_checkpoint
+from edgeprune.checkpoint import load_checkpoint
 
 from conftest import FASHION_DIR
 
@@ -98,7 +98,8 @@ def test_torchvision_models_train_prune_and_compare(tmp_path, name):
 
 @pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
 def test_model_that_does_not_fit_the_data_is_a_clear_error(tmp_path, capsys):
-    from edgeprune.fileio import ModelSpec, save_checkpoint
+    from edgeprune.checkpoint import save_checkpoint
+    from edgeprune.models import ModelSpec
     from edgeprune.models import BasicCNN
 
     cifar = save_checkpoint(tmp_path / "cifar.safetensors", BasicCNN(), ModelSpec("basiccnn", 3, 10, 32))
@@ -107,7 +108,7 @@ def test_model_that_does_not_fit_the_data_is_a_clear_error(tmp_path, capsys):
 
 
 def test_device_and_plan_flags_are_checked(tmp_path, capsys):
-    from edgeprune.train import pick_device
+    from edgeprune.device import pick_device
 
     with pytest.raises(ValueError, match="unknown device"):
         pick_device("bogus")

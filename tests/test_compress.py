@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from edgeprune.compress import (
+from edgeprune.export.epz import (
     CompressedFormatError,
     choose_layout,
     decode_bitmap,
@@ -20,9 +20,9 @@ from edgeprune.compress import (
     size_breakdown,
     unpack_codes,
 )
-from edgeprune.masks import fine_grained_prune
+from edgeprune.prune.masks import fine_grained_prune
 from edgeprune.models import BasicCNN
-from edgeprune.quantize import quantize_state_dict
+from edgeprune.export.quantize import quantize_state_dict
 
 SEED_SPARSITY = {"conv1.weight": 0.4, "conv2.weight": 0.6, "fc1.weight": 0.67, "fc2.weight": 0.5}
 ALL_MODES = [

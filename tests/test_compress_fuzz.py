@@ -16,8 +16,8 @@ import zstandard
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 from torch import nn
 
-from edgeprune.compress import CompressedFormatError, load_compressed, save_compressed
-from edgeprune.masks import fine_grained_prune
+from edgeprune.export.epz import CompressedFormatError, load_compressed, save_compressed
+from edgeprune.prune.masks import fine_grained_prune
 
 FUZZ = settings(
     max_examples=3000,

@@ -5,10 +5,10 @@ import torch
 from PIL import Image
 
 from edgeprune.data import DataConfig, load_data
-from edgeprune.masks import fine_grained_prune
-from edgeprune.metrics import count_macs, layer_stats, model_stats
+from edgeprune.prune.masks import fine_grained_prune
+from edgeprune.analyze.metrics import count_macs, layer_stats, model_stats
 from edgeprune.models import BasicCNN, build_model
-from edgeprune.plots import grid_shape, plot_num_parameters_distribution, plot_weight_distribution
+from edgeprune.analyze.plots import grid_shape, plot_num_parameters_distribution, plot_weight_distribution
 
 from conftest import FASHION_DIR
 

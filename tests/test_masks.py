@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from edgeprune.masks import check_sparsity, fine_grained_mask, fine_grained_prune, num_pruned, size_in_bits, sparsity_of
+from edgeprune.prune.masks import check_sparsity, fine_grained_mask, fine_grained_prune, num_pruned, size_in_bits, sparsity_of
 from edgeprune.models import BasicCNN
 
 

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from edgeprune.masks import fine_grained_prune
-from edgeprune.plan import SparsityPlan, plan_by_budget, plan_by_tolerance
-from edgeprune.scan import ScanResult
+from edgeprune.prune.masks import fine_grained_prune
+from edgeprune.analyze.plan import SparsityPlan, plan_by_budget, plan_by_tolerance
+from edgeprune.analyze.scan import ScanResult
 
 SPARSITIES = [0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 

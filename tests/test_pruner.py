@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from edgeprune.fileio import ModelSpec, load_checkpoint, masks_path_for, save_checkpoint
+from edgeprune.checkpoint import load_checkpoint, masks_path_for, save_checkpoint
+from edgeprune.models import ModelSpec
 from edgeprune.models import BasicCNN
-from edgeprune.pruner import FineGrainedPruner
-from edgeprune.sparsity import load_layer_settings, resolve_sparsity_dict
-from edgeprune.train import finetune
+from edgeprune.prune.pruner import FineGrainedPruner
+from edgeprune.prune.settings import load_layer_settings, resolve_sparsity_dict
+from edgeprune.training import finetune
 
 NAMES = ["conv.weight", "conv.bias", "fc.weight", "fc.bias"]
 PRUNABLE = ["conv.weight", "fc.weight"]

@@ -7,11 +7,11 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from edgeprune.masks import fine_grained_prune
-from edgeprune.quantize import (
+from edgeprune.prune.masks import fine_grained_prune
+from edgeprune.export.centroids import finetune_centroids
+from edgeprune.export.quantize import (
     QuantConfig,
     check_bits,
-    finetune_centroids,
     kmeans_dequantize,
     kmeans_quantize,
     linear_dequantize,
@@ -175,8 +175,8 @@ def test_share_weights_gives_what_kmeans_export_stores():
     from torch.utils.data import DataLoader, TensorDataset
 
     from edgeprune.models import BasicCNN
-    from edgeprune.pruner import FineGrainedPruner
-    from edgeprune.quantize import share_weights
+    from edgeprune.prune.pruner import FineGrainedPruner
+    from edgeprune.export.centroids import share_weights
 
     torch.manual_seed(0)
     model = BasicCNN(in_channels=1, image_size=28)

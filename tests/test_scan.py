@@ -12,10 +12,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models.resnet import BasicBlock
 
-from edgeprune.masks import fine_grained_mask
+from edgeprune.prune.masks import fine_grained_mask
 from edgeprune.models import BasicCNN
-from edgeprune.scan import ScanResult, scan_sparsities, sensitivity_scan
-from edgeprune.train import evaluate
+from edgeprune.analyze.scan import ScanResult, scan_sparsities, sensitivity_scan
+from edgeprune.training import evaluate
 
 
 def chain_model() -> nn.Module:
@@ -217,7 +217,7 @@ def test_scan_sparsities_follow_numpy_arange() -> None:
 
 
 def test_masks_match_fine_grained_mask() -> None:
-    from edgeprune.scan import _masks
+    from edgeprune.analyze.fx_scan import _masks
 
     w = torch.round(torch.randn(7, 3, 5) * 4) / 4
     sparsities = [0.0, 0.33, 0.5, 0.95, 1.0]

@@ -6,19 +6,19 @@ with fixed masks, export a file that really shrinks, and compare, from Python or
 
 __version__ = "0.1.0"
 
-from .compress import load_compressed, save_compressed
+from .export.epz import load_compressed, save_compressed
 from .data import DataConfig, load_data, make_loader
-from .experiment import RunConfig, compare_models, run_experiment
-from .fileio import ModelSpec, load_checkpoint, save_checkpoint
-from .masks import fine_grained_mask, fine_grained_prune, sparsity_of
-from .metrics import count_macs, layer_stats, model_stats
-from .models import BasicCNN, build_model, prunable_parameters
-from .plan import plan_by_budget, plan_by_tolerance
-from .plots import plot_num_parameters_distribution, plot_weight_distribution
-from .pruner import FineGrainedPruner
-from .scan import ScanResult, sensitivity_scan
-from .sparsity import load_layer_settings
-from .train import evaluate, finetune, train
+from .pipeline import RunConfig, compare_models, run_experiment
+from .checkpoint import load_checkpoint, save_checkpoint
+from .prune.masks import fine_grained_mask, fine_grained_prune, sparsity_of
+from .analyze.metrics import count_macs, layer_stats, model_stats
+from .models import BasicCNN, ModelSpec, build_model, prunable_parameters
+from .analyze.plan import plan_by_budget, plan_by_tolerance
+from .analyze.plots import plot_num_parameters_distribution, plot_weight_distribution
+from .prune.pruner import FineGrainedPruner
+from .analyze.scan import ScanResult, sensitivity_scan
+from .prune.settings import load_layer_settings
+from .training import evaluate, finetune, train
 
 __all__ = [
     "BasicCNN",

@@ -9,19 +9,22 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import __version__
-from .compress import save_compressed
+from .export.epz import save_compressed
 from .data import DATASETS, DataConfig, load_data, make_loaders, native_geometry
-from .experiment import RunConfig, check_fits, compare_models, model_for_data, run_experiment
-from .fileio import ModelSpec, load_checkpoint, save_checkpoint, write_json_atomic, write_text_atomic
-from .metrics import count_macs, layer_stats, model_stats
-from .plan import make_plan
-from .plots import plot_num_parameters_distribution, plot_weight_distribution
-from .pruner import FineGrainedPruner
-from .quantize import share_weights
+from .pipeline import RunConfig, check_fits, compare_models, model_for_data, run_experiment
+from .checkpoint import load_checkpoint, save_checkpoint
+from .device import pick_device
+from .files import write_json_atomic, write_text_atomic
+from .models import ModelSpec
+from .analyze.metrics import count_macs, layer_stats, model_stats
+from .analyze.plan import make_plan
+from .analyze.plots import plot_num_parameters_distribution, plot_weight_distribution
+from .prune.pruner import FineGrainedPruner
+from .export.centroids import share_weights
 from .report import comparison_markdown, layers_markdown
-from .scan import ScanResult, sensitivity_scan
-from .sparsity import load_layer_settings
-from .train import evaluate, finetune, pick_device, train
+from .analyze.scan import ScanResult, sensitivity_scan
+from .prune.settings import load_layer_settings
+from .training import evaluate, finetune, train
 
 __all__ = ["main", "build_parser"]
 

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets, transforms
 
-from .fileio import atomic_path
+from .files import atomic_path
 
 __all__ = ["DATASETS", "DataConfig", "DataSplits", "load_data", "make_loader", "make_loaders", "cache_dir", "native_geometry"]
 

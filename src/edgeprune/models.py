@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ["BasicCNN", "build_model", "prunable_parameters", "TORCHVISION_HINT"]
+__all__ = ["BasicCNN", "ModelSpec", "build_model", "prunable_parameters", "TORCHVISION_HINT"]
 
 TORCHVISION_HINT = "any torchvision classification model name, e.g. resnet18, vgg11_bn, mobilenet_v2"
 
@@ -75,3 +76,27 @@ def build_model(name: str, in_channels: int = 3, num_classes: int = 10, image_si
 def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """Parameters that fine-grained pruning touches by default: those with more than one dimension."""
     return {name: p for name, p in model.named_parameters() if p.dim() > 1}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What is needed to rebuild a model before loading its weights."""
+
+    name: str = "basiccnn"
+    in_channels: int = 1
+    num_classes: int = 10
+    image_size: int = 28
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"model name must be a non-empty string, got {self.name!r}")
+        for field_name in ("in_channels", "num_classes", "image_size"):
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{field_name} must be a positive int, got {value!r}")
+
+    def build(self, seed: int | None = None) -> nn.Module:
+        """A freshly initialised model of this spec; its initial weights are seeded when ``seed`` is given."""
+        if seed is not None:
+            torch.manual_seed(seed)
+        return build_model(self.name, self.in_channels, self.num_classes, self.image_size)

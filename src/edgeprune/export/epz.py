@@ -10,7 +10,7 @@ values plus their positions, in whichever layout is smallest before entropy codi
   255 zeros and stores nothing) followed by the remainder, as in Deep Compression.
 
 The values are stored as fp32, fp16, int8 with a scale, or k-means codebook indices packed at
-``bits`` bits each (see :mod:`edgeprune.quantize`). Every other tensor (biases, BatchNorm
+``bits`` bits each (see :mod:`edgeprune.export.quantize`). Every other tensor (biases, BatchNorm
 statistics, ``num_batches_tracked``, ...) is stored ``"raw"``: its bytes, any dtype, bit for bit.
 
 Every byte stream is compressed with zstandard (with its content size and a checksum) and
@@ -42,7 +42,7 @@ import safetensors.numpy
 import torch
 import zstandard
 
-from .fileio import atomic_path
+from ..files import atomic_path
 from .quantize import MODES, QuantConfig, QuantizedValues, dequantize_values, quantize_values
 
 __all__ = [
@@ -380,7 +380,7 @@ def save_compressed(
     """Write ``state_dict`` as a compressed model file; return its size in bytes.
 
     ``values`` and ``bits`` choose each weight tensor's value mode as in
-    :class:`edgeprune.quantize.QuantConfig`; ``level`` is the zstd level (1..22).
+    :class:`edgeprune.export.quantize.QuantConfig`; ``level`` is the zstd level (1..22).
     ``load_compressed`` returns exactly ``quantize_state_dict(state_dict, values, bits)``.
     """
     config = QuantConfig(values, bits)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .masks import size_in_bits
+from ..prune.masks import size_in_bits
 
 __all__ = ["LayerStats", "layer_stats", "model_stats", "count_macs", "file_size", "MIB"]
 

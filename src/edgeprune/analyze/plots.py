@@ -1,22 +1,31 @@
-"""The seed's plots, saved as PNG: weight histograms and parameters per layer (kept and pruned)."""
+"""The seed's plots, saved as PNG: weight histograms and parameters per layer (kept and pruned).
+
+matplotlib is imported on the first plot, so ``import edgeprune`` stays light.
+"""
 
 from __future__ import annotations
 
 import math
 import os
 
-import matplotlib
+import torch
+from torch import nn
 
-if not os.environ.get("DISPLAY"):
-    matplotlib.use("Agg")  # no screen: render to files only
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+from ..files import atomic_path
+from ..models import prunable_parameters
 
-from .fileio import atomic_path  # noqa: E402
-from .models import prunable_parameters  # noqa: E402
+__all__ = ["plot_weight_distribution", "plot_num_parameters_distribution", "grid_shape", "pyplot", "save_figure"]
 
-__all__ = ["plot_weight_distribution", "plot_num_parameters_distribution", "grid_shape", "save_figure"]
+
+def pyplot():
+    """matplotlib's pyplot, rendering to files only (Agg) when there is no display."""
+    import matplotlib
+
+    if not os.environ.get("DISPLAY"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def grid_shape(n: int) -> tuple[int, int]:
@@ -27,6 +36,7 @@ def grid_shape(n: int) -> tuple[int, int]:
 
 def save_figure(fig, path: str | os.PathLike, show: bool = False) -> None:
     """Save ``fig`` as a PNG atomically; show it when asked and a display exists; close it."""
+    plt = pyplot()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     if show and os.environ.get("DISPLAY"):
@@ -46,7 +56,7 @@ def plot_weight_distribution(
     if not params:
         raise ValueError("the model has no prunable parameters (tensors with more than one dimension) to plot")
     rows, cols = grid_shape(len(params))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
     for ax, (name, p) in zip(axes.flat, params.items()):
         values = p.detach().flatten().float().cpu()
         if count_nonzero_only:
@@ -70,7 +80,7 @@ def plot_num_parameters_distribution(model: nn.Module, path: str | os.PathLike, 
     names = list(params)
     kept = [int(torch.count_nonzero(p.detach())) for p in params.values()]
     pruned = [p.numel() - k for p, k in zip(params.values(), kept)]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(names) + 2), 4))
+    fig, ax = pyplot().subplots(figsize=(max(5.0, 0.6 * len(names) + 2), 4))
     ax.bar(names, kept, color="tab:blue", label="kept (non-zero)")
     if any(pruned):
         ax.bar(names, pruned, bottom=kept, color="tab:gray", alpha=0.6, label="pruned (zero)")

@@ -8,12 +8,14 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .fileio import MASKS_FORMAT, load_state_dict_file, save_tensors
+from ..files import load_state_dict_file, save_tensors
 from .masks import fine_grained_prune
-from .models import prunable_parameters
-from .sparsity import resolve_sparsity_dict
+from ..models import prunable_parameters
+from .settings import resolve_sparsity_dict
 
-__all__ = ["FineGrainedPruner"]
+__all__ = ["FineGrainedPruner", "MASKS_FORMAT"]
+
+MASKS_FORMAT = "edgeprune.masks/1"
 
 
 class FineGrainedPruner:

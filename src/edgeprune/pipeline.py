@@ -12,19 +12,22 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .compress import load_compressed, save_compressed
+from .export.epz import load_compressed, save_compressed
 from .data import DataConfig, DataSplits, load_data, make_loaders
-from .fileio import ModelSpec, load_checkpoint, save_checkpoint, write_json_atomic, write_text_atomic
-from .masks import check_sparsity
-from .metrics import count_macs, file_size, layer_stats, model_stats
-from .plan import make_plan
-from .plots import plot_num_parameters_distribution, plot_weight_distribution
-from .pruner import FineGrainedPruner
-from .quantize import share_weights
+from .checkpoint import load_checkpoint, save_checkpoint
+from .device import pick_device
+from .files import write_json_atomic, write_text_atomic
+from .models import ModelSpec
+from .prune.masks import check_sparsity
+from .analyze.metrics import count_macs, file_size, layer_stats, model_stats
+from .analyze.plan import make_plan
+from .analyze.plots import plot_num_parameters_distribution, plot_weight_distribution
+from .prune.pruner import FineGrainedPruner
+from .export.centroids import share_weights
 from .report import comparison_markdown, layers_markdown, sparsity_markdown
-from .scan import sensitivity_scan
-from .sparsity import load_layer_settings
-from .train import evaluate, finetune, pick_device, train
+from .analyze.scan import sensitivity_scan
+from .prune.settings import load_layer_settings
+from .training import evaluate, finetune, train
 
 __all__ = ["RunConfig", "run_experiment", "compare_models", "model_for_data", "check_fits"]
 

@@ -10,22 +10,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .pruner import FineGrainedPruner
+from .device import pick_device
+from .prune.pruner import FineGrainedPruner
 
-__all__ = ["pick_device", "evaluate", "train", "finetune", "TrainHistory"]
-
-
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """The given device, else CUDA when present, else the CPU; a device that is not there is a ``ValueError``."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here; use --device cpu")
-    return device
+__all__ = ["evaluate", "train", "finetune", "TrainHistory"]
 
 
 @torch.inference_mode()

@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from torch import nn
 
-from .fileio import write_json_atomic
-from .masks import check_sparsity, num_pruned
-from .models import prunable_parameters
+from ..files import write_json_atomic
+from ..prune.masks import check_sparsity, num_pruned
+from ..models import prunable_parameters
 from .scan import ScanResult
 
 __all__ = ["SparsityPlan", "make_plan", "plan_by_tolerance", "plan_by_budget", "PLAN_FORMAT"]
@@ -106,7 +106,7 @@ def plan_by_budget(
     goes no further than its largest scanned sparsity unless the target cannot be met that way;
     then the curves are extended linearly toward 1.0, with a warning. Weights already zero and
     prunable layers outside the scan count toward the target as they are; applied with
-    :func:`~edgeprune.masks.fine_grained_prune`, the plan meets the target exactly or just over it.
+    :func:`~edgeprune.prune.masks.fine_grained_prune`, the plan meets the target exactly or just over it.
     """
     if (target_sparsity is None) == (target_bytes is None):
         raise ValueError("give exactly one of target_sparsity and target_bytes")
