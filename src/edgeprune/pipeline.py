@@ -1,48 +1,121 @@
-"""The whole experiment of the seed in one call: train, inspect, scan, plan, prune, fine-tune, export, compare."""
+"""The pipeline: each step of the experiment once, as a function, and the one-command run over them.
+
+The CLI subcommands, :func:`run_experiment` and the benchmarks all call these same steps:
+:func:`fit_data_to_model`, :func:`build_baseline`, :func:`train_baseline`, :func:`scan_model`,
+:func:`choose_sparsity`, :func:`prune_copy`, :func:`finetune_pruned`, :func:`export_compressed`
+and :func:`compare_models`. :class:`RunConfig` checks a whole run before any work starts.
+"""
 
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .export.epz import load_compressed, save_compressed
-from .data import DataConfig, DataSplits, load_data, make_loaders
-from .checkpoint import load_checkpoint, save_checkpoint
-from .device import pick_device
-from .files import write_json_atomic, write_text_atomic
-from .models import ModelSpec
-from .prune.masks import check_sparsity
 from .analyze.metrics import count_macs, file_size, layer_stats, model_stats
 from .analyze.plan import make_plan
 from .analyze.plots import plot_num_parameters_distribution, plot_weight_distribution
-from .prune.pruner import FineGrainedPruner
+from .analyze.scan import METHODS, ScanResult, scan_sparsities, sensitivity_scan
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import DataConfig, DataSplits, load_data, make_loaders, native_geometry
+from .device import pick_device
 from .export.centroids import share_weights
-from .report import comparison_markdown, layers_markdown, sparsity_markdown
-from .analyze.scan import sensitivity_scan
-from .prune.settings import load_layer_settings
-from .training import evaluate, finetune, train
+from .export.epz import load_compressed, save_compressed
+from .export.quantize import MODES, QuantConfig
+from .files import write_json_atomic, write_text_atomic
+from .models import ModelSpec, prunable_parameters
+from .prune.masks import check_sparsity
+from .prune.pruner import FineGrainedPruner
+from .prune.settings import load_layer_settings, resolve_sparsity_dict
+from .report import run_report
+from .runfolder import RunFolder
+from .training import TrainHistory, evaluate, finetune, train
 
-__all__ = ["RunConfig", "run_experiment", "compare_models", "model_for_data", "check_fits"]
+__all__ = [
+    "RunConfig",
+    "build_baseline",
+    "check_fits",
+    "choose_sparsity",
+    "compare_models",
+    "default_bits",
+    "export_compressed",
+    "finetune_pruned",
+    "fit_data_to_model",
+    "model_for_data",
+    "prune_copy",
+    "run_experiment",
+    "scan_model",
+    "train_baseline",
+]
+
+STEPS = ("baseline", "scan", "prune", "finetune", "shared")
+"""The steps of a run whose outputs are kept on disk, in order; a resumed run skips those done."""
+
+
+def is_torchvision(model: str) -> bool:
+    """Whether ``model`` names a torchvision classifier (not the built-in CNN, not a user's ``module:factory``)."""
+    return model.lower() != "basiccnn" and ":" not in model
+
+
+def fit_data_to_model(model: str, data: DataConfig) -> DataConfig:
+    """The data config a model needs: torchvision classifiers get 3 channels and at least 32 pixels.
+
+    Grey images are repeated to 3 channels and images smaller than 32 pixels are resized to 32
+    (VGG's five poolings need it), unless ``channels`` or ``image_size`` were given.
+    """
+    native = native_geometry(data.name)
+    if not is_torchvision(model) or native is None:
+        return data
+    channels = data.channels if data.channels is not None else (3 if native[0] == 1 else None)
+    size = data.image_size if data.image_size is not None else (32 if native[1] < 32 else None)
+    return replace(data, channels=channels, image_size=size)
+
+
+def default_bits(values: str) -> int | None:
+    """The bit width a value mode needs when none is given: 4 for k-means, 8 for int8, none for floats."""
+    return {"kmeans": 4, "int8": 8}.get(values)
+
+
+def _check_int(value: object, name: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low or (high is not None and value > high):
+        bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise ValueError(f"{name} must be a whole number {bound}, got {value!r}")
+    return int(value)
+
+
+def _check_positive(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+MAX_SEED = 2**63 - 1
 
 
 @dataclass
 class RunConfig:
-    """Everything ``edgeprune run`` needs; saved beside the report as ``config.json``."""
+    """Everything ``edgeprune run`` needs, checked as a whole on construction; saved beside the report as ``config.json``.
+
+    ``epochs=None`` means 5, or 0 when ``weights`` gives a trained baseline. ``export_bits=None``
+    means what ``export_values`` needs (:func:`default_bits`). ``sparsity`` (inline JSON, a file or a
+    dict) is read and its values checked here; its names are checked against the model before training.
+    """
 
     model: str = "basiccnn"
     data: DataConfig = field(default_factory=DataConfig)
     weights: str | None = None  # a baseline checkpoint to start from instead of training
-    epochs: int = 5
+    epochs: int | None = None
     finetune_epochs: int = 3
     lr: float = 1e-3
-    sparsity: str | dict | None = None  # a sparsity dict (inline JSON, a file, or a dict); None: plan one
+    sparsity: str | dict | None = None  # a sparsity dict; None: the planner chooses one from the scan
     target_sparsity: float = 0.8  # the planner's budget: fraction of prunable weights removed
     max_drop: float | None = None  # plan by tolerance instead: largest sparsity within this accuracy drop
     scan_split: str = "val"  # "val" (held out of train) or "test" (the seed's choice, only when asked)
@@ -51,24 +124,71 @@ class RunConfig:
     scan_end: float = 1.0
     scan_method: str = "auto"
     export_values: str = "kmeans"
-    export_bits: int = 4
+    export_bits: int | None = None
     centroid_epochs: int = 0  # with kmeans export: epochs of Deep Compression's centroid fine-tuning
     out: str = "runs/latest"
     device: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.finetune_epochs < 0:
-            raise ValueError("epochs and finetune_epochs must be at least 0")
+        if isinstance(self.data, Mapping):
+            self.data = DataConfig(**self.data)
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"model must be a name such as 'basiccnn' or 'resnet18', got {self.model!r}")
+        self.data = fit_data_to_model(self.model, self.data)
+        if self.epochs is None:
+            self.epochs = 0 if self.weights else 5
+        self.epochs = _check_int(self.epochs, "epochs", 0, 10_000)
+        self.finetune_epochs = _check_int(self.finetune_epochs, "finetune_epochs", 0, 10_000)
+        self.centroid_epochs = _check_int(self.centroid_epochs, "centroid_epochs", 0, 10_000)
+        self.seed = _check_int(self.seed, "seed", 0, MAX_SEED)
+        self.lr = _check_positive(self.lr, "lr")
         if self.epochs == 0 and not self.weights:
-            raise ValueError("epochs=0 needs --weights: a trained baseline to start from")
+            raise ValueError("epochs=0 needs weights: a trained baseline to start from (--weights FILE)")
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise ValueError(f"weights {self.weights!r}: no such file; give a checkpoint written by 'edgeprune train' or a .pth state_dict")
+        if self.sparsity is not None:
+            self.sparsity = load_layer_settings(self.sparsity)
+            for key, value in self.sparsity.items():
+                check_sparsity(value, key)
+            if not self.sparsity:
+                raise ValueError("the sparsity dict is empty: name layers (e.g. {\"_default\": 0.5}) or leave it out to plan one")
+        check_sparsity(self.target_sparsity, "target_sparsity")
+        if self.max_drop is not None and (isinstance(self.max_drop, bool) or not isinstance(self.max_drop, numbers.Real)
+                                          or not math.isfinite(self.max_drop) or self.max_drop < 0):
+            raise ValueError(f"max_drop must be a non-negative number of accuracy points, got {self.max_drop!r}")
         if self.scan_split not in ("val", "test"):
             raise ValueError(f"scan_split must be 'val' or 'test', got {self.scan_split!r}")
         if self.scan_split == "val" and self.data.val_size == 0:
             raise ValueError("scanning on the validation split needs --val-size > 0 (or --scan-on test)")
-        check_sparsity(self.target_sparsity, "target_sparsity")
+        if self.scan_method not in METHODS:
+            raise ValueError(f"unknown scan method {self.scan_method!r}; use one of {', '.join(METHODS)}")
+        if self.sparsity is None:
+            scan_sparsities(self.scan_start, self.scan_end, self.scan_step)
+        if self.export_values not in MODES:
+            raise ValueError(f"unknown export values {self.export_values!r}; use one of {', '.join(MODES)}")
+        if self.export_bits is None:
+            self.export_bits = default_bits(self.export_values)
+        QuantConfig(self.export_values, self.export_bits)  # a mode with bits it cannot use is an error now, not after training
         if self.centroid_epochs and self.export_values != "kmeans":
             raise ValueError("centroid_epochs fine-tunes k-means centroids: use it with export_values='kmeans'")
+        pick_device(self.device)
+
+    def to_dict(self) -> dict:
+        """The resolved config as plain JSON data."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "RunConfig":
+        """A config from :meth:`to_dict` output (such as a saved ``config.json``)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown run config keys {unknown}; valid keys: {', '.join(sorted(known))}")
+        return cls(**data)
+
+
+# --------------------------------------------------------------------------- the steps
 
 
 def model_for_data(name: str, splits: DataSplits) -> ModelSpec:
@@ -88,6 +208,79 @@ def check_fits(spec: ModelSpec, splits: DataSplits) -> None:
             f"{splits.image_size} images and {splits.num_classes} classes; use the --dataset (and --channels, "
             "--image-size) the model was trained with"
         )
+
+
+def build_baseline(name: str, splits: DataSplits, weights: str | None = None, seed: int = 0) -> tuple[nn.Module, ModelSpec]:
+    """The model to start from: loaded from ``weights`` (checked against the data), else freshly built (seeded)."""
+    spec = model_for_data(name, splits)
+    if weights:
+        model, spec, _, _ = load_checkpoint(weights, spec)
+        check_fits(spec, splits)
+        return model, spec
+    return spec.build(seed=seed), spec
+
+
+def train_baseline(
+    model: nn.Module, splits: DataSplits, epochs: int, lr: float = 1e-3, device: str | torch.device | None = None, seed: int = 0
+) -> TrainHistory:
+    """Train with Adam (the seed's recipe); keep the best epoch on the validation split when there is one.
+
+    The shuffling is seeded afresh for this step, so the step gives the same model however the run got here.
+    """
+    train_loader, val_loader, _ = make_loaders(splits, splits.info.get("batch_size", 64), seed)
+    return train(model, train_loader, epochs, val_loader, lr, device, seed, keep_best=val_loader is not None)
+
+
+def scan_model(
+    model: nn.Module, splits: DataSplits, split: str = "val", start: float = 0.0, step: float = 0.05, end: float = 1.0,
+    method: str = "auto", device: str | torch.device | None = None,
+) -> ScanResult:
+    """The sensitivity scan on the validation split (the test set only when asked for by name)."""
+    _, val_loader, test_loader = make_loaders(splits, splits.info.get("batch_size", 64))
+    if split == "val" and val_loader is None:
+        raise ValueError("scanning on the validation split needs --val-size > 0 (or scan on the test split)")
+    loader = val_loader if split == "val" else test_loader
+    scan = sensitivity_scan(model, loader, scan_step=step, scan_start=start, scan_end=end, method=method, device=device)
+    scan.meta.update(split=split, images=len(loader.dataset))
+    return scan
+
+
+def choose_sparsity(
+    model: nn.Module, scan: ScanResult | None, sparsity: str | Mapping | None = None,
+    target_sparsity: float | None = 0.8, max_drop: float | None = None, target_bytes: int | None = None,
+) -> tuple[dict, dict]:
+    """The sparsity dict: the user's (``sparsity``), or the planner's from the scan; returns (dict, plan info)."""
+    if sparsity is not None:
+        return load_layer_settings(sparsity), {"method": "given"}
+    if scan is None:
+        raise ValueError("no sparsity dict given and no scan to plan one from; give --sparsity or run a scan")
+    target = target_sparsity if max_drop is None and target_bytes is None else None
+    plan = make_plan(scan, model, target_sparsity=target, target_bytes=target_bytes, max_drop=max_drop)
+    return dict(plan.sparsity_dict), plan.to_dict()
+
+
+def prune_copy(model: nn.Module, spec: ModelSpec, sparsity: Mapping[str, object]) -> tuple[nn.Module, FineGrainedPruner]:
+    """A pruned copy of ``model`` (the original is untouched) and the pruner that holds its masks."""
+    pruned = copy.deepcopy(model)
+    pruner = FineGrainedPruner(pruned, sparsity)
+    if not pruner.masks:
+        raise ValueError("the sparsity dict prunes no layer; name at least one layer (or use '_default')")
+    return pruned, pruner
+
+
+def finetune_pruned(
+    model: nn.Module, pruner: FineGrainedPruner, splits: DataSplits, epochs: int, lr: float = 1e-3,
+    device: str | torch.device | None = None, seed: int = 0,
+) -> TrainHistory:
+    """Fine-tune with the masks kept; the best epoch on the validation split is kept (shuffling seeded afresh)."""
+    train_loader, val_loader, _ = make_loaders(splits, splits.info.get("batch_size", 64), seed)
+    return finetune(model, pruner, train_loader, epochs, val_loader, lr, device, seed)
+
+
+def export_compressed(model: nn.Module, path: str | Path, values: str = "kmeans", bits: int | Mapping | None = None) -> Path:
+    """Write ``model`` as a compressed ``.epz`` file (sparse, quantized, entropy-coded); return the path."""
+    save_compressed(model.state_dict(), path, values=values, bits=bits)
+    return Path(path)
 
 
 def compare_models(
@@ -111,9 +304,9 @@ def compare_models(
         row["accuracy"] = evaluate(model, loader, device)
         if export_dir is not None:
             name = stems[index] if unique else f"{index}-{stems[index]}"  # two runs' finetuned.* must not collide
-            target = Path(export_dir) / f"{name}.epz"
-            save_compressed(model.state_dict(), target, values=export_values, bits=export_bits)
-            decoded = _decoded_copy(model, target)
+            target = export_compressed(model, Path(export_dir) / f"{name}.epz", export_values, export_bits)
+            decoded = copy.deepcopy(model)
+            decoded.load_state_dict(load_compressed(target))
             row.update(
                 compressed_file=str(target),
                 compressed_bytes=file_size(target),
@@ -125,152 +318,114 @@ def compare_models(
     return rows
 
 
-def _decoded_copy(model: nn.Module, compressed: Path) -> nn.Module:
-    """A copy of ``model`` holding the weights decoded from a compressed file."""
-    decoded = copy.deepcopy(model)
-    decoded.load_state_dict(load_compressed(compressed))
-    return decoded
+# --------------------------------------------------------------------------- the whole run
 
 
-def _plan(cfg: RunConfig, model: nn.Module, scan) -> tuple[dict[str, float], dict]:
-    """The sparsity dict of the run: the user's, or one the planner chooses from the scan."""
-    if cfg.sparsity is not None:
-        return load_layer_settings(cfg.sparsity), {"method": "given"}
-    target = cfg.target_sparsity if cfg.max_drop is None else None
-    plan = make_plan(scan, model, target_sparsity=target, max_drop=cfg.max_drop)
-    return dict(plan.sparsity_dict), plan.to_dict()
+def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict:
+    """Run the seed's experiment end to end into the report folder ``cfg.out``; return the results.
 
-
-def run_experiment(cfg: RunConfig) -> dict:
-    """Run the seed's experiment end to end and write the report folder ``cfg.out``; return the results."""
+    The folder is locked while the run writes it. A folder holding another run's files is refused
+    unless ``overwrite`` (its run files are removed first) or ``resume`` (the steps already done,
+    with the same config, are loaded instead of redone; the results equal an uninterrupted run's).
+    """
     start = time.time()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.device)
-    write_json_atomic(out / "config.json", asdict(cfg))
-    splits = load_data(cfg.data)
-    train_loader, val_loader, test_loader = make_loaders(splits, cfg.data.batch_size, cfg.seed)
+    with RunFolder(cfg.out, cfg.to_dict(), overwrite=overwrite, resume=resume) as folder:
+        out = folder.path
+        device = pick_device(cfg.device)
+        splits = load_data(cfg.data)
+        done = folder.done
 
-    # 1. Baseline: train, or take the given weights.
-    spec = model_for_data(cfg.model, splits)
-    if cfg.weights:
-        model, spec, _, _ = load_checkpoint(cfg.weights, spec)
-        check_fits(spec, splits)
-    else:
-        model = spec.build(seed=cfg.seed)
-    model.to(device)
-    if cfg.epochs:
-        tqdm.write(f"training the baseline {cfg.model} for {cfg.epochs} epochs on {device}")
-        train(model, train_loader, cfg.epochs, val_loader, cfg.lr, device, cfg.seed, keep_best=val_loader is not None)
-    baseline_path = save_checkpoint(out / "baseline.safetensors", model, spec, info={"stage": "baseline"})
+        # 1. Baseline: train, or take the given weights; checked against the data and the sparsity dict first.
+        if "baseline" in done:
+            model, spec, _, _ = load_checkpoint(out / "baseline.safetensors", model_for_data(cfg.model, splits))
+            history = TrainHistory(**done["baseline"])
+        else:
+            model, spec = build_baseline(cfg.model, splits, cfg.weights, cfg.seed)
+            if cfg.sparsity is not None:  # wrong layer names are an error now, not after training
+                resolve_sparsity_dict(cfg.sparsity, prunable_parameters(model), (n for n, _ in model.named_parameters()))
+            if cfg.epochs:
+                tqdm.write(f"training the baseline {cfg.model} for {cfg.epochs} epochs on {device}")
+            history = train_baseline(model, splits, cfg.epochs, cfg.lr, device, cfg.seed)
+            save_checkpoint(out / "baseline.safetensors", model, spec, info={"stage": "baseline"})
+            plot_weight_distribution(model, out / "weight_distribution.png")
+            folder.mark_done("baseline", asdict(history))
+        model.to(device)
+        baseline_path = out / "baseline.safetensors"
 
-    # 2. Inspect: plots and MACs of the baseline.
-    plot_weight_distribution(model, out / "weight_distribution.png")
-    macs = count_macs(model, (spec.in_channels, spec.image_size, spec.image_size))
+        # 2. Sensitivity scan (only when the planner needs it).
+        scan = None
+        if cfg.sparsity is None:
+            if "scan" in done:
+                scan = ScanResult.from_json(out / "scan.json")
+            else:
+                scan = scan_model(model, splits, cfg.scan_split, cfg.scan_start, cfg.scan_step, cfg.scan_end, cfg.scan_method, device)
+                scan.to_json(out / "scan.json")
+                folder.mark_done("scan", {})
 
-    # 3. Sensitivity scan on the validation split (the test set only when asked for by name).
-    scan_loader = val_loader if cfg.scan_split == "val" else test_loader
-    scan = sensitivity_scan(
-        model, scan_loader, scan_step=cfg.scan_step, scan_start=cfg.scan_start, scan_end=cfg.scan_end,
-        method=cfg.scan_method, device=device,
-    )
-    scan.meta.update(split=cfg.scan_split, images=len(scan_loader.dataset))
-    scan.to_json(out / "scan.json")
+        # 3. Sparsity dict (given or planned), then prune a copy.
+        if "prune" in done:
+            pruned, _, masks, _ = load_checkpoint(out / "pruned.safetensors", spec)
+            pruner = FineGrainedPruner.from_masks(masks)
+            pruner.sparsity_dict = done["prune"]["sparsity_dict"]
+            plan_info = done["prune"]["plan"]
+        else:
+            sparsity, plan_info = choose_sparsity(model, scan, cfg.sparsity, cfg.target_sparsity, cfg.max_drop)
+            pruned, pruner = prune_copy(model, spec, sparsity)
+            write_json_atomic(out / "sparsity.json", pruner.sparsity_dict)
+            write_json_atomic(out / "plan.json", plan_info)
+            if scan is not None:
+                scan.plot(out / "sensitivity.png", chosen=pruner.sparsity_dict)
+            save_checkpoint(out / "pruned.safetensors", pruned, spec, pruner.masks, {"stage": "pruned"})
+            folder.mark_done("prune", {"sparsity_dict": pruner.sparsity_dict, "plan": plan_info})
+        pruned.to(device)
+        pruned_path = out / "pruned.safetensors"
 
-    # 4. Sparsity dict: given, or planned from the scan; then prune.
-    sparsity_spec, plan_info = _plan(cfg, model, scan)
-    pruned = spec.build().to(device)
-    pruned.load_state_dict(model.state_dict())
-    pruner = FineGrainedPruner(pruned, sparsity_spec)
-    write_json_atomic(out / "sparsity.json", pruner.sparsity_dict)
-    write_json_atomic(out / "plan.json", plan_info)
-    scan.plot(out / "sensitivity.png", chosen=pruner.sparsity_dict)
-    pruned_path = save_checkpoint(out / "pruned.safetensors", pruned, spec, pruner.masks, {"stage": "pruned"})
+        # 4. Fine-tune with the masks held in the model; the best epoch on the validation split is kept.
+        if "finetune" in done:
+            finetuned = load_checkpoint(out / "finetuned.safetensors", spec)[0].to(device)
+            ft_history = TrainHistory(**done["finetune"])
+        else:
+            finetuned = copy.deepcopy(pruned)
+            ft_history = finetune_pruned(finetuned, pruner, splits, cfg.finetune_epochs, cfg.lr, device, cfg.seed)
+            save_checkpoint(out / "finetuned.safetensors", finetuned, spec, pruner.masks, {"stage": "finetuned"})
+            plot_num_parameters_distribution(finetuned, out / "num_parameters.png")
+            plot_weight_distribution(finetuned, out / "weight_distribution_finetuned.png", count_nonzero_only=True)
+            folder.mark_done("finetune", asdict(ft_history))
+        finetuned_path = out / "finetuned.safetensors"
+        compared = [("Baseline", model, baseline_path), ("Pruned", pruned, pruned_path),
+                    ("Fine-tuned + pruned", finetuned, finetuned_path)]
 
-    # 5. Fine-tune with the masks kept after every step; the best epoch on the validation split is kept.
-    finetuned = spec.build().to(device)
-    finetuned.load_state_dict(pruned.state_dict())
-    history = finetune(finetuned, pruner, train_loader, cfg.finetune_epochs, val_loader, cfg.lr, device, cfg.seed)
-    finetuned_path = save_checkpoint(out / "finetuned.safetensors", finetuned, spec, pruner.masks, {"stage": "finetuned"})
-    plot_num_parameters_distribution(finetuned, out / "num_parameters.png")
-    plot_weight_distribution(finetuned, out / "weight_distribution_finetuned.png", count_nonzero_only=True)
+        # 5. Optionally: share weights (k-means) and fine-tune the centroids, as Deep Compression does.
+        if cfg.centroid_epochs:
+            if "shared" in done:
+                shared = load_checkpoint(out / "shared.safetensors", spec)[0].to(device)
+            else:
+                shared = copy.deepcopy(finetuned)
+                train_loader = make_loaders(splits, cfg.data.batch_size, cfg.seed)[0]
+                torch.manual_seed(cfg.seed)
+                share_weights(shared, cfg.export_bits, train_loader, cfg.centroid_epochs, lr=1e-4)
+                save_checkpoint(out / "shared.safetensors", shared, spec, pruner.masks, {"stage": "shared"})
+                folder.mark_done("shared", {})
+            compared.append((f"+ {cfg.export_bits}-bit centroids fine-tuned", shared, out / "shared.safetensors"))
 
-    compared = [("Baseline", model, baseline_path), ("Pruned", pruned, pruned_path), ("Fine-tuned + pruned", finetuned, finetuned_path)]
-
-    # 6. Optionally: share weights (k-means) and fine-tune the centroids, as Deep Compression does.
-    if cfg.centroid_epochs:
-        shared = copy.deepcopy(finetuned)
-        share_weights(shared, cfg.export_bits, train_loader, cfg.centroid_epochs, lr=1e-4)
-        shared_path = save_checkpoint(out / "shared.safetensors", shared, spec, pruner.masks, {"stage": "shared"})
-        compared.append((f"+ {cfg.export_bits}-bit centroids fine-tuned", shared, shared_path))
-
-    # 7. Compare on the test set, with the real compressed files.
-    rows = compare_models(
-        compared,
-        test_loader, device, export_dir=out, export_values=cfg.export_values, export_bits=cfg.export_bits,
-    )
-    results = {
-        "config": asdict(cfg),
-        "data": splits.info,
-        "model": asdict(spec),
-        "macs_dense": macs,
-        "sparsity_dict": pruner.sparsity_dict,
-        "plan": plan_info,
-        "finetune": asdict(history),
-        "comparison": rows,
-        "layers": [s.to_dict() for s in layer_stats(finetuned)],
-        "seconds": round(time.time() - start, 1),
-    }
-    write_json_atomic(out / "results.json", results)
-    write_text_atomic(out / "report.md", _report_text(results, cfg))
+        # 6. Compare on the test set, with the real compressed files; then the report.
+        test_loader = make_loaders(splits, cfg.data.batch_size, cfg.seed)[2]
+        rows = compare_models(compared, test_loader, device, out, cfg.export_values, cfg.export_bits)
+        results = {
+            "config": cfg.to_dict(),
+            "data": splits.info,
+            "model": asdict(spec),
+            "macs_dense": count_macs(model, (spec.in_channels, spec.image_size, spec.image_size)),
+            "sparsity_dict": pruner.sparsity_dict,
+            "plan": plan_info,
+            "baseline_training": asdict(history),
+            "finetune": asdict(ft_history),
+            "comparison": rows,
+            "layers": [s.to_dict() for s in layer_stats(finetuned)],
+            "resumed_steps": [step for step in STEPS if step in done],
+            "seconds": round(time.time() - start, 1),
+        }
+        write_json_atomic(out / "results.json", results)
+        write_text_atomic(out / "report.md", run_report(results, cfg.model, cfg.scan_split, scanned=scan is not None))
+        folder.mark_done("report", {})
     return results
-
-
-def _report_text(results: dict, cfg: RunConfig) -> str:
-    """The report a person reads: the table, the dict, the per-layer sparsity and the plots."""
-    data = results["data"]
-    shown = [s for s in results["layers"] if len(s["shape"]) > 1 or s["name"] in results["sparsity_dict"]]
-    plan = results["plan"]
-    how = (
-        "given by the user"
-        if plan.get("method") == "given"
-        else f"chosen by the planner ({plan.get('method')}, target {plan.get('target')}) from the sensitivity scan"
-    )
-    return f"""# edgeprune report: {cfg.model} on {data['name']}
-
-Data: {data['train_images']:,} training images, {data['val_images']:,} held out for validation
-(scan and choice of the fine-tuning epoch), {data['test_images']:,} test images (the table below).
-Dense MACs per image: {results['macs_dense']['total']:,}. Run time: {results['seconds']} s.
-
-## Comparison (test set)
-
-{comparison_markdown(results['comparison'])}
-## Sparsity dict
-
-Sparsity dict {how}:
-
-{sparsity_markdown(results['sparsity_dict'])}
-## Per-layer sparsity of the fine-tuned model
-
-{layers_markdown(shown)}
-## Plots
-
-Sensitivity scan on the {cfg.scan_split} split (chosen sparsity marked):
-
-![sensitivity](sensitivity.png)
-
-Weight distribution of the baseline:
-
-![weights](weight_distribution.png)
-
-Non-zero weights of the fine-tuned model:
-
-![weights fine-tuned](weight_distribution_finetuned.png)
-
-Parameters per layer, kept and pruned:
-
-![parameters](num_parameters.png)
-
-Files: `baseline.safetensors`, `pruned.safetensors`, `finetuned.safetensors` (with `*.masks.safetensors`),
-the compressed `*.epz` files, `scan.json`, `plan.json`, `sparsity.json`, `results.json`, `config.json`.
-"""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-__all__ = ["comparison_markdown", "sparsity_markdown", "layers_markdown"]
+__all__ = ["comparison_markdown", "sparsity_markdown", "layers_markdown", "run_report"]
 
 
 def _fmt_bytes(n: int | float | None) -> str:
@@ -57,3 +57,55 @@ def layers_markdown(layers: Iterable[Mapping]) -> str:
         shape = "×".join(str(d) for d in s["shape"])
         lines.append(f"| {s['name']} | {shape} | {s['params']:,} | {s['nonzeros']:,} | {100 * s['sparsity']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def run_report(results: Mapping, model: str, scan_split: str, scanned: bool = True) -> str:
+    """The report a person reads: the table, the dict, the per-layer sparsity and the plots."""
+    data = results["data"]
+    shown = [s for s in results["layers"] if len(s["shape"]) > 1 or s["name"] in results["sparsity_dict"]]
+    plan = results["plan"]
+    how = (
+        "given by the user"
+        if plan.get("method") == "given"
+        else f"chosen by the planner ({plan.get('method')}, target {plan.get('target')}) from the sensitivity scan"
+    )
+    scan_plot = (
+        f"Sensitivity scan on the {scan_split} split (chosen sparsity marked):\n\n![sensitivity](sensitivity.png)\n\n"
+        if scanned else ""
+    )
+    resumed = results.get("resumed_steps")
+    resumed_line = f"Resumed: the steps {', '.join(resumed)} were loaded from an interrupted run of the same config.\n" if resumed else ""
+    return f"""# edgeprune report: {model} on {data['name']}
+
+Data: {data['train_images']:,} training images, {data['val_images']:,} held out for validation
+(scan and choice of the fine-tuning epoch), {data['test_images']:,} test images (the table below).
+Dense MACs per image: {results['macs_dense']['total']:,}. Run time: {results['seconds']} s.
+{resumed_line}
+## Comparison (test set)
+
+{comparison_markdown(results['comparison'])}
+## Sparsity dict
+
+Sparsity dict {how}:
+
+{sparsity_markdown(results['sparsity_dict'])}
+## Per-layer sparsity of the fine-tuned model
+
+{layers_markdown(shown)}
+## Plots
+
+{scan_plot}Weight distribution of the baseline:
+
+![weights](weight_distribution.png)
+
+Non-zero weights of the fine-tuned model:
+
+![weights fine-tuned](weight_distribution_finetuned.png)
+
+Parameters per layer, kept and pruned:
+
+![parameters](num_parameters.png)
+
+Files: `baseline.safetensors`, `pruned.safetensors`, `finetuned.safetensors` (with `*.masks.safetensors`),
+the compressed `*.epz` files, `scan.json`, `plan.json`, `sparsity.json`, `results.json`, `config.json`.
+"""
