@@ -334,6 +334,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
         device = pick_device(cfg.device)
         splits = load_data(cfg.data)
         done = folder.done
+        resumed = [step for step in STEPS if step in done]
 
         # 1. Baseline: train, or take the given weights; checked against the data and the sparsity dict first.
         if "baseline" in done:
@@ -422,7 +423,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             "finetune": asdict(ft_history),
             "comparison": rows,
             "layers": [s.to_dict() for s in layer_stats(finetuned)],
-            "resumed_steps": [step for step in STEPS if step in done],
+            "resumed_steps": resumed,
             "seconds": round(time.time() - start, 1),
         }
         write_json_atomic(out / "results.json", results)

@@ -1,0 +1,214 @@
+"""RunConfig checks a whole run before work; run folders are locked and never mixed; a resumed run equals an uninterrupted one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import edgeprune.pipeline as pipeline
+from edgeprune.cli import main
+from edgeprune.data import DataConfig
+from edgeprune.pipeline import RunConfig
+from edgeprune.runfolder import LOCK_NAME, RunFolder
+
+
+# --------------------------------------------------------------------------- RunConfig
+
+
+def test_bits_default_to_what_the_export_mode_needs():
+    assert RunConfig(export_values="fp32").export_bits is None
+    assert RunConfig(export_values="fp16").export_bits is None
+    assert RunConfig(export_values="int8").export_bits == 8
+    assert RunConfig(export_values="kmeans").export_bits == 4
+    assert RunConfig(export_values="kmeans", export_bits=3).export_bits == 3
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"export_values": "fp16", "export_bits": 4}, "bits"),
+    ({"export_values": "int8", "export_bits": 4}, "bits"),
+    ({"export_values": "zip"}, "export values"),
+    ({"epochs": 0}, "weights"),
+    ({"epochs": -1}, "epochs"),
+    ({"epochs": 2.5}, "epochs"),
+    ({"seed": 10**23}, "seed"),
+    ({"seed": True}, "seed"),
+    ({"lr": 0.0}, "lr"),
+    ({"lr": float("nan")}, "lr"),
+    ({"sparsity": {}}, "empty"),
+    ({"sparsity": {"fc1.weight": 1.5}}, "fc1.weight"),
+    ({"target_sparsity": 1.2}, "target_sparsity"),
+    ({"max_drop": -1.0}, "max_drop"),
+    ({"scan_step": 0.0}, "scan_step"),
+    ({"scan_method": "quick"}, "scan method"),
+    ({"centroid_epochs": 1, "export_values": "fp32"}, "kmeans"),
+    ({"weights": "/nonexistent/baseline.safetensors"}, "no such file"),
+    ({"device": "cuda:7" if not __import__("torch").cuda.is_available() else "nonsense"}, "device|CUDA"),
+])
+def test_a_bad_config_is_refused_on_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RunConfig(**kwargs)
+
+
+def test_torchvision_models_get_their_data_geometry_from_the_library():
+    """The CLI and the Python API make the same decision: 3 channels and 32 pixels for torchvision models."""
+    cfg = RunConfig(model="resnet18")
+    assert (cfg.data.channels, cfg.data.image_size) == (3, 32)
+    assert (RunConfig().data.channels, RunConfig().data.image_size) == (None, None)
+    assert RunConfig(model="resnet18", data=DataConfig(channels=1)).data.channels == 1
+
+
+def test_config_round_trips_through_json():
+    cfg = RunConfig(sparsity='{"_default": 0.5}', export_values="int8")
+    again = RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and again.sparsity == {"_default": 0.5}
+    with pytest.raises(ValueError, match="unknown run config keys"):
+        RunConfig.from_dict({**cfg.to_dict(), "epoch": 3})
+
+
+def test_run_with_a_bad_export_config_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(pipeline, "load_data", lambda *a: pytest.fail("data loaded before the config was checked"))
+    out = tmp_path / "r"
+    assert main(["run", "--export-values", "fp16", "--export-bits", "4", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bits" in err
+    assert not out.exists()
+
+
+def test_wrong_layer_name_in_sparsity_is_refused_before_training(tmp_path, capsys, monkeypatch, fashion_slice):
+    monkeypatch.setattr(pipeline, "train_baseline", lambda *a, **k: pytest.fail("trained before the dict was checked"))
+    code = main(["run", "--data-dir", fashion_slice, "--val-size", "100", "--sparsity", '{"fc9.weight": 0.5}',
+                 "--out", str(tmp_path / "r")])
+    assert code == 2 and "fc9.weight" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+def test_a_folder_with_another_runs_files_is_refused(tmp_path):
+    (tmp_path / "report.md").write_text("an earlier run")
+    with pytest.raises(ValueError, match="--resume.*--overwrite"):
+        with RunFolder(tmp_path, {"a": 1}):
+            pass
+    assert (tmp_path / "report.md").read_text() == "an earlier run"
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_overwrite_removes_only_the_files_a_run_writes(tmp_path):
+    for name in ("report.md", "finetuned.epz", "shared.safetensors", "notes.txt"):
+        (tmp_path / name).write_text("old")
+    with RunFolder(tmp_path, {"a": 1}, overwrite=True) as folder:
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([LOCK_NAME, "config.json", "notes.txt", "progress.json"])
+        assert folder.done == {}
+    assert (tmp_path / "notes.txt").read_text() == "old"
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_second_run_into_a_locked_folder_is_refused(tmp_path):
+    with RunFolder(tmp_path / "out", {"a": 1}):
+        with pytest.raises(ValueError, match="another edgeprune run"):
+            with RunFolder(tmp_path / "out", {"a": 1}, overwrite=True):
+                pass
+        assert (tmp_path / "out" / "config.json").exists()  # the first run's files are untouched
+
+
+def test_a_stale_lock_is_taken_over(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename}))
+    with RunFolder(tmp_path, {"a": 1}):
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+
+
+def test_resume_refuses_another_config_and_names_the_difference(tmp_path):
+    with RunFolder(tmp_path, {"epochs": 1, "out": "x"}) as folder:
+        folder.mark_done("baseline", {"loss": [1.0]})
+    with pytest.raises(ValueError, match="epochs: saved 1, now 2"):
+        with RunFolder(tmp_path, {"epochs": 2, "out": "x"}, resume=True):
+            pass
+    with RunFolder(tmp_path, {"epochs": 1, "out": "y"}, resume=True) as folder:
+        assert folder.done == {"baseline": {"loss": [1.0]}}
+
+
+@pytest.mark.parametrize("out", ["file", "/proc/edgeprune-cannot-write-here"])
+def test_unusable_out_is_one_line_before_any_work(tmp_path, capsys, monkeypatch, out):
+    monkeypatch.setattr(pipeline, "train_baseline", lambda *a, **k: pytest.fail("trained before --out was checked"))
+    if out == "file":
+        out = tmp_path / "a-file"
+        out.write_text("x")
+    for argv in (["run", "--out", str(out)], ["train", "--out", str(Path(out) / "b.safetensors")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--out" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- resume
+
+
+RUN = ["run", "--val-size", "100", "--limit", "400", "--epochs", "1", "--finetune-epochs", "1", "--scan-step", "0.3"]
+
+
+def _comparable(out: Path) -> dict:
+    results = json.loads((out / "results.json").read_text())
+    for key in ("seconds", "resumed_steps"):
+        results.pop(key)
+    results["config"].pop("out")
+    for row in results["comparison"]:
+        row.pop("checkpoint"), row.pop("compressed_file")
+    return results
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    data = str(Path(__file__).parent / "data" / "fashion-mnist")  # the shipped slice (conftest's fashion_slice)
+    out = tmp_path_factory.mktemp("whole") / "run"
+    assert main([*RUN, "--data-dir", data, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("interrupt_at, already_done", [
+    ("scan_model", ["baseline"]),
+    ("choose_sparsity", ["baseline", "scan"]),
+    ("finetune_pruned", ["baseline", "scan", "prune"]),
+    ("compare_models", ["baseline", "scan", "prune", "finetune"]),
+])
+def test_an_interrupted_run_resumes_to_the_same_results(tmp_path, monkeypatch, capsys, uninterrupted, fashion_slice,
+                                                         interrupt_at, already_done):
+    out = tmp_path / "run"
+    real = getattr(pipeline, interrupt_at)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, interrupt_at, interrupt)
+    assert main([*RUN, "--data-dir", fashion_slice, "--out", str(out)]) == 130
+    assert "--resume" in capsys.readouterr().err
+    assert not (out / LOCK_NAME).exists() and not (out / "report.md").exists()
+    assert main([*RUN, "--data-dir", fashion_slice, "--out", str(out)]) == 2  # no silent restart over it
+    monkeypatch.setattr(pipeline, interrupt_at, real)
+    monkeypatch.setattr(pipeline, "train_baseline", lambda *a, **k: pytest.fail("the baseline was trained again"))
+    assert main([*RUN, "--data-dir", fashion_slice, "--out", str(out), "--resume"]) == 0
+    assert json.loads((out / "results.json").read_text())["resumed_steps"] == already_done
+    assert _comparable(out) == _comparable(uninterrupted)
+
+
+def test_ctrl_c_in_a_real_process_exits_130_with_one_line(tmp_path, fashion_slice):
+    """A real SIGINT while training: exit status 130, one line on stderr (no traceback), and the folder unlocked."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "edgeprune", "run", "--data-dir", fashion_slice, "--val-size", "100",
+           "--epochs", "50", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TQDM_DISABLE": "1"})
+    deadline = time.time() + 60
+    while not (out / "config.json").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # into the training loop
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "edgeprune run: interrupted; continue it with the same flags and --resume"
+    assert not (out / LOCK_NAME).exists()
