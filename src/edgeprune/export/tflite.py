@@ -608,6 +608,8 @@ def export_tflite(
     if not isinstance(calibration_images, torch.Tensor) or calibration_images.dim() != 4 or len(calibration_images) == 0:
         raise ValueError("calibration_images must be a non-empty float tensor N x C x H x W of training images")
     model = model.eval().cpu()
+    if not list(model.children()):  # a bare layer: trace it as a one-layer container, so it stays one module
+        model = nn.Sequential(model)
     try:
         gm = fuse_conv_bn(fx.symbolic_trace(model))
     except Exception as exc:  # fx raises many types on data-dependent control flow
