@@ -3,8 +3,8 @@
 * :func:`plan_by_tolerance` is the seed's rule made automatic: each layer gets the largest
   scanned sparsity whose accuracy stays above a floor.
 * :func:`plan_by_budget` removes a given share of the prunable weights (or fits them in a
-  given number of bytes) and spreads the pruning over the layers where, according to the
-  scan, a removed weight costs the least accuracy.
+  given number of bytes): it starts from the global magnitude ranking and moves pruning to
+  the layers where, according to the scan, a removed weight costs less accuracy.
 
 Both return a :class:`SparsityPlan` that records what the scan predicts for it.
 """
@@ -20,6 +20,7 @@ import numpy as np
 from torch import nn
 
 from ..files import write_json_atomic
+from ..prune.global_magnitude import count_bounds, global_magnitude_counts, sparsity_for_count
 from ..prune.masks import check_sparsity, num_pruned
 from ..models import prunable_parameters
 from .scan import ScanResult
@@ -99,14 +100,22 @@ def plan_by_budget(
     * ``target_bytes``: the non-zero prunable weights times ``bit_width / 8`` must fit in this
       many bytes (biases and other 1-D parameters are not counted).
 
-    Each layer's cost curve is its accuracy drop in the scan (sparsity 0 costs nothing; the
-    accuracy is made non-increasing with sparsity, and linear between scanned points). The
-    planner takes the cheapest accuracy-per-weight pieces of the curves' lower convex hulls
-    first, until enough weights are removed, so insensitive layers are pruned most. A layer
-    goes no further than its largest scanned sparsity unless the target cannot be met that way;
-    then the curves are extended linearly toward 1.0, with a warning. Weights already zero and
-    prunable layers outside the scan count toward the target as they are; applied with
-    :func:`~edgeprune.prune.masks.fine_grained_prune`, the plan meets the target exactly or just over it.
+    The plan starts from the global magnitude ranking of the scanned layers (the smallest |w|
+    of all of them together, each layer keeping at least one weight and at most 99 % pruned,
+    see :mod:`~edgeprune.prune.global_magnitude`) and moves away from it only where the scan
+    predicts a gain:
+
+    * a layer the ranking prunes beyond its largest scanned sparsity keeps the ranking's count
+      (the scan knows nothing there; a warning says so);
+    * the other layers share the weights the ranking takes from them by their scanned cost
+      curves (the accuracy drop, made non-increasing with sparsity and linear between scanned
+      points): the cheapest accuracy-per-weight pieces of the curves' lower convex hulls first,
+      so insensitive layers are pruned most. This allocation replaces the ranking's only when
+      the scan predicts it costs less accuracy.
+
+    Weights already zero and prunable layers outside the scan count toward the target as they
+    are; applied with :func:`~edgeprune.prune.masks.fine_grained_prune`, the plan meets the target
+    exactly or just over it.
     """
     if (target_sparsity is None) == (target_bytes is None):
         raise ValueError("give exactly one of target_sparsity and target_bytes")
@@ -128,29 +137,25 @@ def plan_by_budget(
         target = {"target_bytes": float(target_bytes), "bit_width": bit_width}
 
     names = list(scan.accuracies)
-    pruned = {name: 0 for name in names}  # weights removed per scanned layer
-    in_range, extension = [], []
-    for name in names:
-        pieces, extra = _cost_pieces(scan, name, sizes[name])
-        in_range += pieces
-        extension += extra
-    _take_cheapest(in_range, pruned, zeros, required)
-    if _zero_count(pruned, zeros) < required:
+    fixed = sum(z for name, z in zeros.items() if name not in scan.accuracies)
+    ranked = _global_counts({name: prunable[name] for name in names}, max(0, required - fixed))
+    pruned = dict(ranked)
+    inside = [name for name in names if ranked[name] <= _scanned_count(scan, name, sizes[name])]
+    beyond = [name for name in names if name not in inside]
+    if beyond:
         warnings.warn(
-            "plan_by_budget: the target needs more pruning than the scanned sparsities reach; "
-            "extending the accuracy curves linearly toward sparsity 1.0 (the predictions there are guesses)",
+            f"plan_by_budget: the target prunes {', '.join(beyond)} beyond the scanned sparsities; "
+            "there the plan follows the global magnitude ranking (scan further toward 1.0 to plan them)",
             stacklevel=2,
         )
-        _take_cheapest(extension, pruned, zeros, required)
-    if _zero_count(pruned, zeros) < required:
-        raise ValueError(
-            f"the target needs {required} of the {total} prunable weights zero, but the scanned layers "
-            "cannot provide that many; scan more layers"
-        )
-    sparsity = {name: pruned[name] / sizes[name] for name in names}
-    for name in names:  # guard against float rounding: applying s must prune exactly the planned count
-        while num_pruned(sizes[name], sparsity[name]) < pruned[name]:
-            sparsity[name] = min(1.0, math.nextafter(sparsity[name], 2.0))
+    if inside:
+        by_scan = {name: 0 for name in inside}
+        pieces = [piece for name in inside for piece in _cost_pieces(scan, name, sizes[name])]
+        inside_zeros = {name: zeros[name] for name in inside}
+        _take_cheapest(pieces, by_scan, inside_zeros, _zero_count({n: ranked[n] for n in inside}, inside_zeros))
+        if _predicted_cost(scan, by_scan, sizes) < _predicted_cost(scan, {n: ranked[n] for n in inside}, sizes) - 1e-9:
+            pruned.update(by_scan)
+    sparsity = {name: sparsity_for_count(sizes[name], pruned[name]) for name in names}
     return SparsityPlan(
         sparsity_dict=sparsity,
         method="budget",
@@ -158,6 +163,34 @@ def plan_by_budget(
         predicted_accuracy={name: _predicted_accuracy(scan, name, s) for name, s in sparsity.items()},
         predicted_overall_sparsity=_zero_count(pruned, zeros) / total,
     )
+
+
+def _global_counts(params: dict[str, nn.Parameter], required: int) -> dict[str, int]:
+    """Weights each layer loses under one global magnitude ranking; no layer emptied unless the target needs it."""
+    scores = {name: p.detach().abs() for name, p in params.items()}
+    size = sum(p.numel() for p in params.values())
+    if required > size:
+        raise ValueError(
+            f"the target needs {required} more zero weights, but the scanned layers hold only {size}; scan more layers"
+        )
+    kept = sum(count_bounds(p.numel())[1] for p in params.values())
+    if required > kept:
+        return global_magnitude_counts(scores, required, max_sparsity=1.0, min_kept=0)
+    return global_magnitude_counts(scores, required)
+
+
+def _scanned_count(scan: ScanResult, name: str, size: int) -> int:
+    """Weights pruned at the layer's largest scanned sparsity (how far its cost curve is known)."""
+    return num_pruned(size, max([0.0, *scan.sparsities]))
+
+
+def _predicted_cost(scan: ScanResult, pruned: dict[str, int], sizes: dict[str, int]) -> float:
+    """Sum over layers of the scan's accuracy drop (non-increasing curve, linear between points) at their counts."""
+    cost = 0.0
+    for name, count in pruned.items():
+        xs, ys = _curve(scan, name)
+        cost += scan.dense_accuracy - float(np.interp(count / sizes[name], xs, ys))
+    return cost
 
 
 def _curve(scan: ScanResult, name: str) -> tuple[list[float], list[float]]:
@@ -180,11 +213,10 @@ def _predicted_accuracy(scan: ScanResult, name: str, sparsity: float) -> float:
     return float(min(100.0, max(0.0, ys[-1] + min(slope, 0.0) * (sparsity - xs[-1]))))
 
 
-def _cost_pieces(scan: ScanResult, name: str, size: int) -> tuple[list[tuple], list[tuple]]:
+def _cost_pieces(scan: ScanResult, name: str, size: int) -> list[tuple]:
     """Pieces ``(cost per weight, name, from, to)`` of the lower convex hull of the layer's cost curve.
 
-    ``from`` and ``to`` count pruned weights. The second list holds the linear extension from
-    the largest scanned sparsity to 1.0 (empty when the scan reached 1.0).
+    ``from`` and ``to`` count pruned weights, up to the layer's largest scanned sparsity.
     """
     xs, ys = _curve(scan, name)
     points: list[tuple[int, float]] = []
@@ -197,13 +229,7 @@ def _cost_pieces(scan: ScanResult, name: str, size: int) -> tuple[list[tuple], l
         while len(hull) >= 2 and _cross(hull[-2], hull[-1], p) <= 0:
             hull.pop()
         hull.append(p)
-    pieces = [((b[1] - a[1]) / (b[0] - a[0]), name, a[0], b[0]) for a, b in zip(hull, hull[1:])]
-    extension = []
-    last_k = points[-1][0]
-    if last_k < size:
-        slope = pieces[-1][0] if pieces else 0.0
-        extension.append((slope, name, last_k, size))
-    return pieces, extension
+    return [((b[1] - a[1]) / (b[0] - a[0]), name, a[0], b[0]) for a, b in zip(hull, hull[1:])]
 
 
 def _cross(o: tuple[int, float], a: tuple[int, float], b: tuple[int, float]) -> float:
