@@ -9,6 +9,8 @@ The file is read back with the ``tflite`` package's reader, a different path fro
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ tflite = pytest.importorskip("tflite")
 runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
 
 from edgeprune.data import DataConfig, load_data, make_loader  # noqa: E402
+from edgeprune.export.c_source import fits_on, write_c_source  # noqa: E402
 from edgeprune.export.tflite import evaluate_tflite, export_tflite  # noqa: E402
 from edgeprune.models import BasicCNN  # noqa: E402
 from edgeprune.training import evaluate, train  # noqa: E402
@@ -374,3 +377,46 @@ def test_tflm_on_real_fashion_mnist_slice(tmp_path, fashion_slice):
     assert fp32 > 40  # the model did learn, so agreement is meaningful
     assert abs(result["accuracy"] - fp32) <= 2.0
     assert 10_000 < result["arena_bytes"] < 200_000
+
+
+MAIN_CC = r"""
+#include <cstdint>
+#include <cstdio>
+#include "model_data.h"
+int main() {
+  std::fprintf(stderr, "%u %d\n", g_model_len, static_cast<int>(reinterpret_cast<std::uintptr_t>(g_model) % 16));
+  std::fwrite(g_model, 1, g_model_len, stdout);
+  return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+def test_c_array_compiles_and_round_trips_the_bytes(tmp_path):
+    path = export_tflite(BasicCNN(1, 3, 5).eval(), tmp_path / "m.tflite", _calib((1, 5, 5)))
+    cc, h = write_c_source(path, tmp_path / "src")
+    (tmp_path / "src" / "main.cc").write_text(MAIN_CC)
+    for source in (cc, tmp_path / "src" / "main.cc"):
+        subprocess.run(["g++", "-std=c++11", "-Wall", "-Werror", "-c", str(source), "-o", str(source.with_suffix(".o"))],
+                       check=True, cwd=tmp_path / "src")
+    exe = tmp_path / "src" / "roundtrip"
+    subprocess.run(["g++", str(cc.with_suffix(".o")), str(tmp_path / "src" / "main.o"), "-o", str(exe)], check=True)
+    done = subprocess.run([str(exe)], capture_output=True, check=True)
+    data = path.read_bytes()
+    assert done.stderr.decode().split() == [str(len(data)), "0"]  # length, address % 16
+    assert done.stdout == data
+    with pytest.raises(ValueError, match="not a C identifier"):
+        write_c_source(path, tmp_path / "src", name="model-data")
+
+
+def test_fits_on_boards():
+    kib = 1024
+    rows = {row["board"].split()[0]: row for row in fits_on(1024 * kib, 128 * kib)}
+    assert rows["STM32L476RG"]["fits"] and rows["nRF52840"]["fits"] and rows["ESP32-S3"]["fits"]
+    assert not rows["SAMD21G18"]["fits"]
+    assert rows["nRF52840"]["ram_used"] == pytest.approx(0.5)
+    over = {row["board"].split()[0]: row["fits"] for row in fits_on(200 * kib, 128 * kib + 1)}
+    assert over == {"STM32L476RG": False, "nRF52840": True, "ESP32-S3": True, "SAMD21G18": False}
+    assert [row["fits"] for row in fits_on(256 * kib, 32 * kib)][-1]
+    with pytest.raises(ValueError, match="non-negative"):
+        fits_on(-1, 0)

@@ -1,0 +1,111 @@
+"""ONNX export through ``torch.onnx`` (the dynamo exporter) with a dynamic batch dimension, checked in onnxruntime."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..files import atomic_path
+
+__all__ = ["ONNX_ATOL", "ONNX_RTOL", "export_onnx", "onnx_session", "compare_onnx", "evaluate_onnx", "onnx_latency"]
+
+ONNX_ATOL = 1e-4
+"""onnxruntime's float32 logits equal PyTorch's when ``|ort - torch| <= ONNX_ATOL + ONNX_RTOL * |torch|`` everywhere."""
+ONNX_RTOL = 1e-4
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, example_input: torch.Tensor) -> Path:
+    """Write ``model`` (eval mode, on the CPU) as a self-contained .onnx file with inputs ``input`` and outputs ``logits``.
+
+    The first dimension is dynamic (``batch``); ``example_input`` gives the per-sample shape and dtype.
+    """
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:
+        raise ValueError("example_input must be a batched tensor, e.g. a 1 x C x H x W image batch")
+    model = model.eval().cpu()
+    example = example_input.detach().cpu()
+    if len(example) < 2:  # a batch of 1 would be specialized by torch.export; the batch size is dynamic anyway
+        example = example.expand(2, *example.shape[1:]).contiguous()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        try:
+            torch.onnx.export(
+                model, (example,), str(tmp), dynamo=True, external_data=False, verbose=False,
+                input_names=["input"], output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+            )
+        except Exception as exc:  # torch.export and the ONNX translation raise many types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ValueError(f"cannot export {type(model).__name__} to ONNX with an input of shape "
+                             f"{tuple(example_input.shape)} ({type(exc).__name__}: {first}); check the input shape") from exc
+    return path
+
+
+def onnx_session(path: str | os.PathLike):
+    """An onnxruntime CPU inference session for ``path`` (one thread per core onnxruntime picks)."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; write it first with export_onnx")
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _run(session, images: torch.Tensor) -> np.ndarray:
+    return session.run(None, {session.get_inputs()[0].name: images.detach().cpu().numpy().astype(np.float32)})[0]
+
+
+def compare_onnx(model: nn.Module, path: str | os.PathLike, loader: Iterable, batches: int = 3) -> dict:
+    """Run ``batches`` batches of ``loader`` through PyTorch and onnxruntime.
+
+    Returns ``{"max_abs_diff", "equal"}``; ``equal`` is the check with ``ONNX_ATOL`` and ``ONNX_RTOL``.
+    """
+    session = onnx_session(path)
+    model = model.eval().cpu()
+    worst, equal = 0.0, True
+    with torch.no_grad():
+        for i, (images, _) in enumerate(loader):
+            if i >= batches:
+                break
+            expected = model(images.cpu()).numpy()
+            got = _run(session, images)
+            worst = max(worst, float(np.abs(got - expected).max()))
+            equal = equal and bool(np.allclose(got, expected, rtol=ONNX_RTOL, atol=ONNX_ATOL))
+    return {"max_abs_diff": worst, "equal": equal}
+
+
+def evaluate_onnx(path: str | os.PathLike, loader: Iterable) -> dict:
+    """Top-1 accuracy (percent) of the .onnx file in onnxruntime over ``loader`` (images, labels)."""
+    session = onnx_session(path)
+    correct = total = 0
+    for images, labels in loader:
+        correct += int((_run(session, images).argmax(1) == labels.numpy()).sum())
+        total += len(labels)
+    if total == 0:
+        raise ValueError("the loader gave no images; give a loader of (images, labels) batches")
+    return {"accuracy": 100.0 * correct / total, "count": total}
+
+
+def onnx_latency(model: nn.Module, path: str | os.PathLike, images: torch.Tensor, repeats: int = 20) -> dict:
+    """Median milliseconds per call of onnxruntime and of PyTorch (eval, no grad, CPU) on the same ``images`` batch."""
+    session = onnx_session(path)
+    model = model.eval().cpu()
+    images = images.cpu()
+
+    def median_ms(fn) -> float:
+        fn()  # warm up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return 1000.0 * float(np.median(times))
+
+    with torch.no_grad():
+        torch_ms = median_ms(lambda: model(images))
+    onnx_ms = median_ms(lambda: _run(session, images))
+    return {"onnx_ms": onnx_ms, "torch_ms": torch_ms, "batch": len(images)}
