@@ -72,7 +72,7 @@ def train(
 ) -> TrainHistory:
     """Train with Adam and cross-entropy, as the seed does; evaluate after each epoch when given a loader.
 
-    ``after_step(model)`` runs after every optimizer step (fine-tuning re-applies masks there).
+    ``after_step(model)`` runs after every optimizer step.
     With ``keep_best`` the weights of the epoch with the best evaluation accuracy are restored at the end.
     """
     if epochs < 0:
@@ -109,11 +109,11 @@ def finetune(
     device: str | torch.device | None = None,
     seed: int = 0,
 ) -> TrainHistory:
-    """Fine-tune a pruned model: the pruner's masks are re-applied after every optimizer step.
+    """Fine-tune a pruned model with the pruner's masks attached (:meth:`FineGrainedPruner.attach`).
 
-    Keeps the best epoch by ``eval_loader`` accuracy; every pruned weight is exactly zero on return.
+    Gradients at pruned positions are zero and the pruned weights are re-zeroed after every
+    optimizer step, so they are exactly zero throughout. Keeps the best epoch by ``eval_loader``
+    accuracy. The masks stay attached on return; ``edgeprune.prune.pruner.remove(model)`` detaches them.
     """
-    pruner.apply(model)
-    history = train(model, train_loader, epochs, eval_loader, lr, device, seed, after_step=pruner.apply, keep_best=True)
-    pruner.apply(model)
-    return history
+    pruner.attach(model)
+    return train(model, train_loader, epochs, eval_loader, lr, device, seed, keep_best=True)
