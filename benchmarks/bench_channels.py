@@ -1,0 +1,146 @@
+"""Channel pruning benchmark: BasicCNN on real Fashion-MNIST, edgeprune against Torch-Pruning's MetaPruner.
+
+Trains a baseline, prunes whole channels with ``edgeprune.prune.channels.prune_channels`` at each
+``--ratios`` value (uniform ``_default``), and prunes the same baseline with Torch-Pruning's own
+``MetaPruner`` + ``MagnitudeImportance`` (uniform and global), each at the pruning ratio whose MACs
+come closest to edgeprune's. Every pruned model is fine-tuned for the same epochs with the same
+seed; test accuracy, MACs, parameters and CPU latency (batch 1 and 64; dense and pruned models
+timed in the same process, alternating round by round) are printed as a Markdown table.
+
+    .venv/bin/python benchmarks/bench_channels.py --epochs 3 --finetune-epochs 2 --ratios 0.3,0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import statistics
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from edgeprune.analyze.latency import measure_latency
+from edgeprune.analyze.metrics import count_macs
+from edgeprune.data import DataConfig, load_data, make_loaders
+from edgeprune.files import write_json_atomic
+from edgeprune.models import BasicCNN
+from edgeprune.prune.channels import prune_channels
+from edgeprune.training import evaluate, train
+
+SHAPE = (1, 28, 28)
+
+
+def tp_prune(model: BasicCNN, ratio: float, global_pruning: bool) -> nn.Module:
+    """Torch-Pruning's own pruner: MetaPruner with L2 MagnitudeImportance, the classes layer ignored."""
+    pruned = copy.deepcopy(model).eval()
+    pruner = tp.pruner.MetaPruner(
+        pruned,
+        torch.zeros(1, *SHAPE),
+        importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=ratio,
+        global_pruning=global_pruning,
+        ignored_layers=[pruned.fc2],
+    )
+    pruner.step()
+    return pruned
+
+
+def tp_at_macs(model: BasicCNN, target: int, global_pruning: bool) -> tuple[nn.Module, float]:
+    """Torch-Pruning's model whose MACs are closest to ``target``, by bisection on its pruning ratio."""
+    low, high, best = 0.0, 0.9, None
+    for _ in range(12):
+        ratio = (low + high) / 2
+        pruned = tp_prune(model, ratio, global_pruning)
+        macs = count_macs(pruned, SHAPE)["total"]
+        if best is None or abs(macs - target) < abs(best[2] - target):
+            best = (pruned, ratio, macs)
+        if macs > target:
+            low = ratio
+        else:
+            high = ratio
+    return best[0], best[1]
+
+
+def latency_rounds(models: dict[str, nn.Module], rounds: int) -> dict[str, dict[str, dict[int, float]]]:
+    """Per model and batch size, the median of its per-round medians and the fastest single pass (ms) on the CPU.
+
+    The models are timed in turn within each round, so a slow spell of the shared machine hits them all.
+    """
+    example = torch.zeros(1, *SHAPE)
+    medians: dict[str, dict[int, list[float]]] = {name: {1: [], 64: []} for name in models}
+    fastest: dict[str, dict[int, float]] = {name: {1: float("inf"), 64: float("inf")} for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            result = measure_latency(model, example, (1, 64), device="cpu", warmup=3, repeats=10)
+            for batch, ms in result["latency_ms"]["cpu"].items():
+                medians[name][batch].append(ms)
+                fastest[name][batch] = min(fastest[name][batch], *result["all_ms"]["cpu"][batch])
+    return {
+        name: {"median": {b: statistics.median(v) for b, v in times.items()}, "min": fastest[name]}
+        for name, times in medians.items()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3, help="baseline training epochs")
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--ratios", default="0.3,0.5", help="uniform channel ratios for edgeprune (comma-separated)")
+    parser.add_argument("--importance", default="l2", choices=["l1", "l2", "taylor"])
+    parser.add_argument("--limit", type=int, default=None, help="images per split (quick trials)")
+    parser.add_argument("--rounds", type=int, default=5, help="latency rounds (models alternate within a round)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads while timing (1: steadiest on a shared CPU)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args()
+
+    splits = load_data(DataConfig(name="fashion-mnist", limit=args.limit, seed=args.seed))
+    train_loader, val_loader, test_loader = make_loaders(splits, 64, seed=args.seed)
+    torch.manual_seed(args.seed)
+    dense = BasicCNN(in_channels=1, num_classes=10, image_size=28)
+    train(dense, train_loader, args.epochs, val_loader, device="cpu", seed=args.seed)
+    dense_macs = count_macs(dense, SHAPE)["total"]
+    rows = [{"name": "dense", "ratio": 0.0, "macs": dense_macs, "params": sum(p.numel() for p in dense.parameters()),
+             "acc_pruned": None, "acc": evaluate(dense, test_loader, "cpu")}]
+    models = {"dense": dense}
+    batches = list(itertools.islice(train_loader, 4)) if args.importance == "taylor" else None
+    for ratio in (float(r) for r in args.ratios.split(",")):
+        ours = prune_channels(dense, {"_default": ratio}, torch.zeros(1, *SHAPE), args.importance, batches=batches)
+        target = count_macs(ours, SHAPE)["total"]
+        candidates = {f"edgeprune {args.importance} {ratio}": (ours, ratio)}
+        for global_pruning in (False, True):
+            pruned, tp_ratio = tp_at_macs(dense, target, global_pruning)
+            candidates[f"TP {'global' if global_pruning else 'uniform'} @{ratio}"] = (pruned, tp_ratio)
+        for name, (model, used_ratio) in candidates.items():
+            acc_pruned = evaluate(model, test_loader, "cpu")
+            fresh_order, _, _ = make_loaders(splits, 64, seed=args.seed)  # the same shuffling for every candidate
+            train(model, fresh_order, args.finetune_epochs, val_loader, device="cpu", seed=args.seed)
+            rows.append({"name": name, "ratio": round(used_ratio, 4), "macs": count_macs(model, SHAPE)["total"],
+                         "params": sum(p.numel() for p in model.parameters()), "acc_pruned": acc_pruned,
+                         "acc": evaluate(model, test_loader, "cpu")})
+            models[name] = model
+    training_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    latency = latency_rounds(models, args.rounds)
+    print(f"threads: {training_threads} training, {torch.get_num_threads()} timing; train/val/test images {splits.info['train_images']}/"
+          f"{splits.info['val_images']}/{splits.info['test_images']}")
+    print("| model | ratio | MACs | params | acc pruned (%) | acc fine-tuned (%) | ms b1 median / min | ms b64 median / min "
+          "| speedup b1 median / min | speedup b64 median / min |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    dense_ms = latency["dense"]
+    for row in rows:
+        row["latency_ms"], row["latency_min_ms"] = latency[row["name"]]["median"], latency[row["name"]]["min"]
+        ms = latency[row["name"]]
+        cells = [f"{ms['median'][b]:.3f} / {ms['min'][b]:.3f}" for b in (1, 64)]
+        cells += [f"{dense_ms['median'][b] / ms['median'][b]:.2f}x / {dense_ms['min'][b] / ms['min'][b]:.2f}x" for b in (1, 64)]
+        pruned_acc = "" if row["acc_pruned"] is None else f"{row['acc_pruned']:.2f}"
+        print(f"| {row['name']} | {row['ratio']} | {row['macs']:,} | {row['params']:,} | {pruned_acc} | {row['acc']:.2f} | "
+              + " | ".join(cells) + " |")
+    if args.json:
+        write_json_atomic(args.json, {"args": vars(args), "threads": torch.get_num_threads(), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
