@@ -45,14 +45,17 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example_input: torch.
     return path
 
 
-def onnx_session(path: str | os.PathLike):
-    """An onnxruntime CPU inference session for ``path`` (one thread per core onnxruntime picks)."""
+def onnx_session(path: str | os.PathLike, threads: int | None = None):
+    """An onnxruntime CPU inference session for ``path``; ``threads`` intra-op threads (None: onnxruntime's choice)."""
     import onnxruntime as ort
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; write it first with export_onnx")
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _run(session, images: torch.Tensor) -> np.ndarray:
@@ -90,9 +93,12 @@ def evaluate_onnx(path: str | os.PathLike, loader: Iterable) -> dict:
     return {"accuracy": 100.0 * correct / total, "count": total}
 
 
-def onnx_latency(model: nn.Module, path: str | os.PathLike, images: torch.Tensor, repeats: int = 20) -> dict:
-    """Median milliseconds per call of onnxruntime and of PyTorch (eval, no grad, CPU) on the same ``images`` batch."""
-    session = onnx_session(path)
+def onnx_latency(model: nn.Module, path: str | os.PathLike, images: torch.Tensor, repeats: int = 20, threads: int = 1) -> dict:
+    """Median milliseconds per call of onnxruntime and of PyTorch (eval, no grad, CPU) on the same ``images`` batch.
+
+    Both run with ``threads`` intra-op threads (PyTorch's setting is restored afterwards), so the ratio is fair.
+    """
+    session = onnx_session(path, threads)
     model = model.eval().cpu()
     images = images.cpu()
 
@@ -105,7 +111,12 @@ def onnx_latency(model: nn.Module, path: str | os.PathLike, images: torch.Tensor
             times.append(time.perf_counter() - start)
         return 1000.0 * float(np.median(times))
 
-    with torch.no_grad():
-        torch_ms = median_ms(lambda: model(images))
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            torch_ms = median_ms(lambda: model(images))
+    finally:
+        torch.set_num_threads(saved)
     onnx_ms = median_ms(lambda: _run(session, images))
-    return {"onnx_ms": onnx_ms, "torch_ms": torch_ms, "batch": len(images)}
+    return {"onnx_ms": onnx_ms, "torch_ms": torch_ms, "batch": len(images), "threads": threads}

@@ -1,0 +1,106 @@
+"""Benchmark: BasicCNN exported to int8 TFLite (scored in TensorFlow Lite Micro) and to ONNX (scored in onnxruntime).
+
+For each geometry (Fashion-MNIST 1x28x28, and the same images as 3x32x32), the pipeline's own steps
+train a seeded BasicCNN (``build_baseline``, ``train_baseline``); ``export_tflite`` writes the int8
+file calibrated on the first ``--calibration`` training images; ``evaluate_tflite`` scores the full
+test set one image at a time in TFLM and reports its arena; ``export_onnx`` / ``evaluate_onnx`` /
+``compare_onnx`` / ``onnx_latency`` do the same for ONNX. At 1x28x28 a channel-pruned (50 % of the
+output channels of conv1, conv2, fc1) and then fine-grained pruned (50 %) copy, fine-tuned one epoch
+each time, goes through TFLite too, with the ``fits_on`` board table.
+
+    python benchmarks/bench_export.py [--epochs 2] [--calibration 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from edgeprune.data import DataConfig, load_data, make_loader, make_loaders
+from edgeprune.device import pick_device
+from edgeprune.export.c_source import fits_on
+from edgeprune.export.onnx import compare_onnx, evaluate_onnx, export_onnx, onnx_latency
+from edgeprune.export.tflite import evaluate_tflite, export_tflite
+from edgeprune.pipeline import build_baseline, finetune_pruned, train_baseline
+from edgeprune.prune.channels import prune_channels
+from edgeprune.prune.pruner import FineGrainedPruner
+from edgeprune.training import evaluate, train
+
+__all__: list[str] = []
+
+
+def score(model: torch.nn.Module, splits, calibration: int, folder: Path, tag: str) -> dict:
+    """PyTorch fp32, TFLM int8 and onnxruntime accuracy on the full test set, sizes, arena and latencies."""
+    model = model.cpu().eval()
+    test_loader = make_loader(splits.test, 256)
+    calib = torch.stack([splits.train[i][0] for i in range(calibration)])
+    row = {"model": tag, "fp32": evaluate(model, test_loader, "cpu")}
+    start = time.perf_counter()
+    tfl = export_tflite(model, folder / f"{tag}.tflite", calib)
+    result = evaluate_tflite(tfl, test_loader)
+    row.update(tflite=result["accuracy"], arena=result["arena_bytes"], flash=result["model_bytes"],
+               tflm_s=time.perf_counter() - start, count=result["count"])
+    onx = export_onnx(model, folder / f"{tag}.onnx", calib[:1])
+    row["onnx"] = evaluate_onnx(onx, test_loader)["accuracy"]
+    row["onnx_check"] = compare_onnx(model, onx, test_loader, batches=3)
+    row["latency_1"] = onnx_latency(model, onx, calib[:1], repeats=50)
+    row["latency_256"] = onnx_latency(model, onx, calib[:256], repeats=10)
+    return row
+
+
+def print_rows(title: str, rows: list[dict]) -> None:
+    print(f"\n### {title}\n")
+    print("| model | PyTorch fp32 | TFLM int8 | int8 - fp32 | ONNX (onnxruntime) | ONNX max abs logit diff | .tflite bytes (flash) | TFLM arena bytes (RAM) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['model']} | {r['fp32']:.2f} % | {r['tflite']:.2f} % | {r['tflite'] - r['fp32']:+.2f} | {r['onnx']:.2f} % | "
+              f"{r['onnx_check']['max_abs_diff']:.1e} | {r['flash']:,} | {r['arena']:,} |")
+    print("\nLatency, median ms per call, 1 thread each (onnx_latency):\n")
+    print("| model | onnxruntime ms (batch 1) | PyTorch ms (batch 1) | onnxruntime ms (batch 256) | PyTorch ms (batch 256) | TFLM export + full test set, s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        a, b = r["latency_1"], r["latency_256"]
+        print(f"| {r['model']} | {a['onnx_ms']:.3f} | {a['torch_ms']:.3f} | {b['onnx_ms']:.2f} | {b['torch_ms']:.2f} | {r['tflm_s']:.0f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--calibration", type=int, default=500)
+    parser.add_argument("--limit", type=int, default=None, help="images per split (a quick trial); omit for the full sets")
+    parser.add_argument("--geometries", default="28,32", help="comma-separated: 28 (1x28x28) and/or 32 (3x32x32)")
+    args = parser.parse_args()
+    device = pick_device(None)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for geometry in args.geometries.split(","):
+            geo = {} if geometry == "28" else {"channels": 3, "image_size": 32}
+            cfg = DataConfig(name="fashion-mnist", limit=args.limit, val_size=min(5000, args.limit or 5000), **geo)
+            splits = load_data(cfg)
+            model, _ = build_baseline("basiccnn", splits, seed=0)
+            train_baseline(model, splits, args.epochs, device=device, seed=0)
+            rows = [score(model, splits, args.calibration, folder, f"basiccnn-{geometry}")]
+            if geometry == "28":
+                example = torch.stack([splits.train[i][0] for i in range(2)])
+                small = prune_channels(model.cpu(), {"conv1": 0.5, "conv2": 0.5, "fc1": 0.5}, example)
+                train_loader, _, _ = make_loaders(splits, 64, seed=0)
+                train(small, train_loader, 1, device=device, seed=0)
+                pruner = FineGrainedPruner(small, {"_default": 0.5})
+                finetune_pruned(small, pruner, splits, 1, device=device, seed=0)
+                rows.append(score(small, splits, args.calibration, folder, "channel50+fine50-28"))
+            print_rows(f"{cfg.channels or 1}x{cfg.image_size or 28}x{cfg.image_size or 28}, {args.epochs} epochs", rows)
+            for r in rows:
+                print(f"\nfits_on({r['flash']:,}, {r['arena']:,}) for {r['model']}:\n")
+                print("| board | flash | RAM | model flash used | arena RAM used | fits |")
+                print("|---|---:|---:|---:|---:|---|")
+                for b in fits_on(r["flash"], r["arena"]):
+                    print(f"| {b['board']} | {b['flash_bytes'] // 1024} KB | {b['ram_bytes'] // 1024} KB | "
+                          f"{100 * b['flash_used']:.1f} % | {100 * b['ram_used']:.1f} % | {'yes' if b['fits'] else 'no'} |")
+
+
+if __name__ == "__main__":
+    main()
