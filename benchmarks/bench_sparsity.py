@@ -1,0 +1,154 @@
+"""Accuracy against sparsity: one-shot planned, one-shot global, AGP and iterative, same training budget.
+
+BasicCNN on real Fashion-MNIST (``edgeprune.data.load_data``: 55 000 training images, 5 000 held
+out for validation, the 10 000 test images for the table). The dense baseline is trained
+``--epochs`` epochs (``edgeprune.training.train``: Adam, lr 1e-3, batch 64, seeded, best
+validation epoch kept; cached under ``cache_dir()/bench``). Then, at each sparsity, every method
+gets the same ``--budget`` epochs of training after the baseline:
+
+* ``planned``: today's one-shot run: ``sensitivity_scan`` (validation split, grid 0..0.95 step
+  0.05, as ``edgeprune run``), ``make_plan`` to the target, prune, ``finetune``;
+* ``global``: one-shot global magnitude (``global_magnitude_sparsity``), prune, ``finetune``;
+* ``agp``: ``prune_gradually(schedule="agp")`` to the global target (cubic ramp, then fixed masks);
+* ``iterative``: ``prune_gradually(schedule="iterative")``, one round per epoch.
+
+A dense model trained ``--epochs + --budget`` epochs is measured too: the pruned models have
+had that much training. Writes ``benchmarks/results/bench_sparsity.json`` and ``.png``.
+
+Run:
+
+    python benchmarks/bench_sparsity.py --epochs 3 --budget 3 --sparsities 0.8 0.9 0.95 0.97
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeprune.analyze.plan import make_plan
+from edgeprune.analyze.plots import pyplot, save_figure
+from edgeprune.analyze.scan import sensitivity_scan
+from edgeprune.checkpoint import load_checkpoint, save_checkpoint
+from edgeprune.data import DataConfig, cache_dir, load_data, make_loaders
+from edgeprune.files import write_json_atomic
+from edgeprune.models import ModelSpec, prunable_parameters
+from edgeprune.prune.global_magnitude import global_magnitude_sparsity
+from edgeprune.prune.pruner import FineGrainedPruner
+from edgeprune.prune.schedule import prune_gradually
+from edgeprune.training import evaluate, finetune, train
+
+__all__: list[str] = []
+
+SPEC = ModelSpec("basiccnn", in_channels=1, num_classes=10, image_size=28)
+METHODS = ("planned", "global", "agp", "iterative")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def baseline(train_loader, val_loader, epochs: int, seed: int, tag: str) -> nn.Module:
+    """The dense model trained ``epochs`` epochs (best validation epoch), cached on disk."""
+    cache = cache_dir() / "bench" / f"sparsity-{tag}-e{epochs}.safetensors"
+    if cache.exists():
+        return load_checkpoint(cache)[0]
+    model = SPEC.build(seed=seed)
+    train(model, train_loader, epochs, val_loader, seed=seed, keep_best=True)
+    save_checkpoint(cache, model, SPEC)
+    return model
+
+
+def zero_fraction(model: nn.Module) -> float:
+    """Fraction of the prunable weights that are exactly zero."""
+    params = prunable_parameters(model).values()
+    return sum(int((p == 0).sum()) for p in params) / sum(p.numel() for p in params)
+
+
+def run_method(method: str, dense: nn.Module, target: float, scan, loaders, budget: int, seed: int) -> nn.Module:
+    """A copy of ``dense`` pruned to ``target`` by ``method`` with ``budget`` epochs of training."""
+    train_loader, val_loader, _ = loaders
+    model = copy.deepcopy(dense)
+    if method in ("planned", "global"):
+        if method == "planned":
+            sparsity = make_plan(scan, model, target_sparsity=target).sparsity_dict
+        else:
+            sparsity = global_magnitude_sparsity(prunable_parameters(model), target)
+        pruner = FineGrainedPruner(model, sparsity)
+        finetune(model, pruner, train_loader, budget, val_loader, seed=seed)
+    else:
+        prune_gradually(model, train_loader, target, budget, schedule=method, eval_loader=val_loader, seed=seed)
+    return model
+
+
+def plot(rows: list[dict], dense: dict[str, float], path: Path) -> None:
+    """Test accuracy against sparsity, one line per method, the dense references as horizontal lines."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in METHODS:
+        points = sorted((r["target"], r["test_accuracy"]) for r in rows if r["method"] == method)
+        if points:
+            ax.plot([100 * s for s, _ in points], [a for _, a in points], "o-", label=method)
+    for (label, acc), style in zip(dense.items(), (":", "--")):
+        ax.axhline(acc, color="grey", linestyle=style, label=label)
+    ax.set_xlabel("sparsity of the prunable weights (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("BasicCNN on Fashion-MNIST: same training budget per method")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    save_figure(fig, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=3, help="dense baseline training epochs")
+    parser.add_argument("--budget", type=int, default=3, help="training epochs each method gets after the baseline")
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.8, 0.9, 0.95])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--limit", type=int, help="use at most this many images of each split (quick trials)")
+    parser.add_argument("--val-size", type=int, default=5000, help="images held out of the training set for scan and epoch choice")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench_sparsity")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    data = load_data(DataConfig(name="fashion-mnist", val_size=args.val_size, seed=args.seed, limit=args.limit))
+    loaders = make_loaders(data, 64, args.seed)
+    train_loader, val_loader, test_loader = loaders
+    tag = f"seed{args.seed}-val{args.val_size}" + (f"-limit{args.limit}" if args.limit else "")
+    start = time.time()
+    dense = baseline(train_loader, val_loader, args.epochs, args.seed, tag)
+    longer = copy.deepcopy(dense)
+    train(longer, train_loader, args.budget, val_loader, seed=args.seed + 1, keep_best=True)
+    references = {
+        f"dense, {args.epochs} epochs": evaluate(dense, test_loader),
+        f"dense, {args.epochs}+{args.budget} epochs": evaluate(longer, test_loader),
+    }
+    print(f"{data.info['train_images']} training, {data.info['val_images']} validation, "
+          f"{data.info['test_images']} test images; dense: {references} ({time.time() - start:.0f} s)")
+    scan = sensitivity_scan(dense, val_loader, scan_start=0.0, scan_end=1.0, scan_step=0.05, progress=False)
+
+    rows = []
+    for target in args.sparsities:
+        for method in args.methods:
+            began = time.time()
+            model = run_method(method, dense, target, scan, loaders, args.budget, args.seed)
+            row = {"method": method, "target": target, "sparsity": zero_fraction(model),
+                   "test_accuracy": evaluate(model, test_loader), "seconds": round(time.time() - began, 1)}
+            rows.append(row)
+            print(f"{method:10s} target {target:.2f}: sparsity {row['sparsity']:.4f}, "
+                  f"test {row['test_accuracy']:.2f} %, {row['seconds']} s", flush=True)
+            write_json_atomic(args.out.with_suffix(".json"), {"args": {**vars(args), "out": str(args.out)},
+                                                             "data": data.info, "dense": references, "rows": rows})
+    plot(rows, references, args.out.with_suffix(".png"))
+    print(f"\n| sparsity | {' | '.join(args.methods)} |\n|---|{'---|' * len(args.methods)}")
+    for target in args.sparsities:
+        accs = [next(r["test_accuracy"] for r in rows if r["method"] == m and r["target"] == target) for m in args.methods]
+        print(f"| {100 * target:g} % | " + " | ".join(f"{a:.2f} %" for a in accs) + " |")
+    print(f"total {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
