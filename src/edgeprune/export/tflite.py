@@ -37,7 +37,7 @@ from torch.fx.experimental.optimization import fuse as fuse_conv_bn
 
 from ..files import atomic_path
 
-__all__ = ["SUPPORTED_OPS", "export_tflite", "evaluate_tflite", "tflite_arena_bytes", "activation_qparams", "weight_scales"]
+__all__ = ["SUPPORTED_OPS", "calibration_images", "export_tflite", "evaluate_tflite", "tflite_arena_bytes", "activation_qparams", "weight_scales"]
 
 SUPPORTED_OPS = (
     "Conv2d (groups 1 or depthwise), Linear, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), add, ReLU, ReLU6, "
@@ -623,6 +623,14 @@ def export_tflite(
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return path
+
+
+def calibration_images(dataset, count: int = 500) -> torch.Tensor:
+    """The first ``count`` images of a dataset of (image, label) pairs, stacked: a calibration set for :func:`export_tflite`."""
+    count = min(count, len(dataset))
+    if count < 1:
+        raise ValueError("no calibration images: give a training split with at least one image")
+    return torch.stack([dataset[i][0] for i in range(count)])
 
 
 def _interpreter(model_bytes: bytes, arena_size: int):
