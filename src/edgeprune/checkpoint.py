@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -11,11 +12,14 @@ import torch
 from torch import nn
 
 from .export.epz import load_compressed
-from .files import load_state_dict_file, save_tensors
-from .models import ModelSpec
+from .files import check_is_file, load_state_dict_file, safetensors_header, save_tensors
+from .models import ModelSpec, build_skeleton
 from .prune.pruner import MASKS_FORMAT
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_tensors", "masks_path_for", "CHECKPOINT_FORMAT", "MASKS_FORMAT"]
+__all__ = [
+    "save_checkpoint", "load_checkpoint", "check_shapes", "shape_mismatches", "read_tensors", "masks_path_for",
+    "CHECKPOINT_FORMAT", "MASKS_FORMAT", "MODEL_FLAGS",
+]
 
 CHECKPOINT_FORMAT = "edgeprune.checkpoint/1"
 
@@ -23,9 +27,7 @@ CHECKPOINT_FORMAT = "edgeprune.checkpoint/1"
 def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and header of a checkpoint, a plain ``.pth`` state_dict or a compressed ``.epz`` export."""
     if Path(path).suffix == ".epz":
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: no such file; give the path of a file written by 'edgeprune export'")
-        return load_compressed(path), {}
+        return load_compressed(check_is_file(path, "a file written by 'edgeprune export'")), {}
     return load_state_dict_file(path)
 
 
@@ -56,44 +58,128 @@ def save_checkpoint(
     return path
 
 
+MODEL_FLAGS = "--model, --dataset, --channels, --image-size, --num-classes"
+
+
+def shape_mismatches(
+    stored: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]
+) -> tuple[list[str], list[str], list[tuple[str, tuple[int, ...], tuple[int, ...]]]]:
+    """(names the file lacks, names the model lacks, (name, stored shape, expected shape) that differ), in the model's order."""
+    missing = [name for name in expected if name not in stored]
+    unexpected = [name for name in stored if name not in expected]
+    differ = [
+        (name, tuple(stored[name]), tuple(shape))
+        for name, shape in expected.items()
+        if name in stored and tuple(stored[name]) != tuple(shape)
+    ]
+    return missing, unexpected, differ
+
+
+def _and_more(items: list) -> str:
+    return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+
+
+def _basiccnn_geometry(stored: dict[str, tuple[int, ...]]) -> str:
+    """The flags a BasicCNN file was saved with, read off its shapes; empty when it is not one."""
+    keys = {f"{layer}.{kind}" for layer in ("conv1", "conv2", "fc1", "fc2") for kind in ("weight", "bias")}
+    if set(stored) != keys or len(stored["conv1.weight"]) != 4 or len(stored["fc2.weight"]) != 2 or len(stored["fc1.weight"]) != 2:
+        return ""
+    side = math.isqrt(stored["fc1.weight"][1] // 32)
+    if 32 * side * side != stored["fc1.weight"][1] or side < 1:
+        return ""
+    channels, classes = stored["conv1.weight"][1], stored["fc2.weight"][0]
+    return (
+        f"; the file holds a basiccnn for {channels}-channel images of {4 * side} to {4 * side + 3} pixels and "
+        f"{classes} classes (--model basiccnn --channels {channels} --image-size {4 * side} --num-classes {classes})"
+    )
+
+
+def check_shapes(path: str | os.PathLike, spec: ModelSpec, stored: dict[str, tuple[int, ...]]) -> nn.Module:
+    """Check that the tensors a file stores (names and shapes) are exactly those of ``spec``'s model; return its skeleton.
+
+    The model is built on the ``meta`` device (no memory) to learn its shapes, so a file whose
+    header promises a huge model is refused before anything is allocated. The error names the
+    first missing and unexpected tensor, the first shape that differs, and the flags to give.
+    """
+    skeleton = build_skeleton(spec)
+    expected = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
+    missing, unexpected, differ = shape_mismatches(stored, expected)
+    if missing or unexpected or differ:
+        found = []
+        if missing:
+            found.append(f"missing {missing[0]!r}{_and_more(missing)}")
+        if unexpected:
+            found.append(f"unexpected {unexpected[0]!r}{_and_more(unexpected)}")
+        if differ:
+            name, have, want = differ[0]
+            found.append(f"{name!r} is stored as {list(have)} but the model has {list(want)}{_and_more(differ)}")
+        raise ValueError(
+            f"{path}: its tensors do not fit model {spec.name!r} (in_channels={spec.in_channels}, "
+            f"image_size={spec.image_size}, num_classes={spec.num_classes}): {'; '.join(found)}"
+            f"{_basiccnn_geometry(stored)}; give the options it was trained with ({MODEL_FLAGS})"
+        )
+    return skeleton
+
+
+def _json_header(path: str | os.PathLike, meta: dict[str, str], key: str) -> object:
+    try:
+        return json.loads(meta.get(key) or "{}")
+    except ValueError as exc:
+        raise ValueError(f"{path}: its {key!r} header is damaged ({exc}); retrain or re-save it") from exc
+
+
 def load_checkpoint(
     path: str | os.PathLike, spec: ModelSpec | None = None
 ) -> tuple[nn.Module, ModelSpec, dict[str, torch.Tensor] | None, dict]:
     """Rebuild a model from a checkpoint; return (model, spec, masks or None, info).
 
     A safetensors checkpoint written by edgeprune carries its spec; for a plain
-    ``.pth`` state_dict (such as the seed's), give ``spec``.
+    ``.pth`` state_dict (such as the seed's), give ``spec``. Nothing is trusted before it is
+    checked: the spec's fields are bounded (``ModelSpec``), and every stored tensor's name and
+    shape (from the safetensors header, before any tensor is read) must match the model the
+    spec builds on the ``meta`` device; only then are the model and its tensors allocated.
     """
-    state, meta = read_tensors(path)
+    path = check_is_file(path)
+    if path.suffix == ".safetensors":
+        stored, meta = safetensors_header(path)
+        state = None
+    else:
+        state, meta = read_tensors(path)
+        stored = {name: tuple(t.shape) for name, t in state.items()}
     if "spec" in meta:
+        fields = _json_header(path, meta, "spec")
         try:
-            stored = ModelSpec(**json.loads(meta["spec"]))
+            if not isinstance(fields, dict):
+                raise TypeError(f"a JSON {type(fields).__name__}, not an object")
+            header_spec = ModelSpec(**fields)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: its model spec header is damaged ({exc}); retrain or re-save it") from exc
-        if ":" in stored.name and (spec is None or spec.name != stored.name):
+            raise ValueError(f"{path}: its model spec header is damaged ({str(exc).splitlines()[0]}); retrain or re-save it") from exc
+        if ":" in header_spec.name and (spec is None or spec.name != header_spec.name):
             raise ValueError(
-                f"{path}: was saved from your own model factory {stored.name!r}; loading it imports and runs "
-                f"that code, so say so: pass --model {stored.name} (in Python: spec=ModelSpec({stored.name!r}, ...))"
+                f"{path}: was saved from your own model factory {header_spec.name!r}; loading it imports and runs "
+                f"that code, so say so: pass --model {header_spec.name} (in Python: spec=ModelSpec({header_spec.name!r}, ...))"
             )
-        spec = stored
+        spec = header_spec
     elif spec is None:
-        raise ValueError(f"{path}: has no model spec; say which model it is (--model, --in-channels, --image-size)")
-    model = spec.build()
+        raise ValueError(f"{path}: has no model spec; say which model it is ({MODEL_FLAGS})")
+    skeleton = check_shapes(path, spec, stored)
+    info = _json_header(path, meta, "info")
+    if state is None:
+        state, _ = load_state_dict_file(path)
+    model = spec.build() if any(t.is_meta for t in skeleton.state_dict().values()) else skeleton
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"{path}: its tensors do not fit model {spec.name!r} "
-            f"(in_channels={spec.in_channels}, image_size={spec.image_size}, num_classes={spec.num_classes}): "
-            f"{str(exc).splitlines()[0]}; give the model options the checkpoint was trained with"
-        ) from exc
+    except RuntimeError as exc:  # names and shapes fit; a dtype that cannot be copied is left
+        raise ValueError(f"{path}: its tensors cannot be copied into model {spec.name!r} ({str(exc).splitlines()[0]}); re-save it") from exc
     masks = None
     mpath = masks_path_for(path)
     if mpath.exists():
-        masks, _ = load_state_dict_file(mpath)
-        params = dict(model.named_parameters())
-        for name, mask in masks.items():
-            if name not in params or params[name].shape != mask.shape or mask.dtype != torch.bool:
+        params = {name: tuple(p.shape) for name, p in model.named_parameters()}
+        mask_shapes, _ = safetensors_header(mpath)
+        for name, shape in mask_shapes.items():
+            if params.get(name) != shape:
                 raise ValueError(f"{mpath}: mask {name!r} does not match the model; delete the file or re-prune")
-    info = json.loads(meta.get("info", "{}") or "{}")
-    return model, spec, masks, info
+        masks, _ = load_state_dict_file(mpath)
+        if any(mask.dtype != torch.bool for mask in masks.values()):
+            raise ValueError(f"{mpath}: holds masks that are not bool tensors; delete the file or re-prune")
+    return model, spec, masks, info if isinstance(info, dict) else {}

@@ -10,12 +10,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets, transforms
 
-from .files import atomic_path
+from .files import atomic_path, remove_stale_temporaries
 
-__all__ = ["DATASETS", "DataConfig", "DataSplits", "load_data", "make_loader", "make_loaders", "cache_dir", "native_geometry"]
+__all__ = [
+    "DATASETS", "DataConfig", "DataSplits", "load_data", "make_loader", "make_loaders", "cache_dir", "native_geometry",
+    "class_folders",
+]
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagefolder")
 # name -> (torchvision class, channels, image size, Debian folder or None)
@@ -102,6 +106,7 @@ def _stage_idx(tv_class: type, folder: Path) -> Path:
     for url, _ in tv_class.resources:
         gz_name = os.path.basename(url)
         plain = raw / gz_name.removesuffix(".gz")
+        remove_stale_temporaries(plain)  # left by a staging that was killed
         if plain.is_file():
             continue
         source = folder / gz_name
@@ -160,6 +165,68 @@ def _in_memory(ds, cfg: DataConfig, channels: int) -> Dataset:
     return TensorDataset(images, torch.as_tensor(ds.targets, dtype=torch.long))
 
 
+def _load_image(path: str) -> Image.Image:
+    """An image file as RGB; a file that cannot be decoded is a ValueError naming it."""
+    try:
+        with open(path, "rb") as f, Image.open(f) as img:
+            return img.convert("RGB")
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValueError(f"{path}: cannot be read as an image ({reason}); delete or replace the file") from exc
+
+
+def _is_image_file(path: str) -> bool:
+    """An image by its extension, and not hidden (macOS's ``._name.jpg`` companions are not images)."""
+    return not os.path.basename(path).startswith(".") and datasets.folder.has_file_allowed_extension(
+        path, datasets.folder.IMG_EXTENSIONS
+    )
+
+
+def class_folders(folder: str | os.PathLike) -> list[str]:
+    """The class names of an image folder: its visible subfolders, sorted (hidden ones such as ``.ipynb_checkpoints`` skipped)."""
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+
+
+class _ClassFolder(datasets.ImageFolder):
+    """An ImageFolder labelled by a given class list, so that every split numbers the classes alike.
+
+    Images are decoded by :func:`_load_image`, so an unreadable file is an error naming it,
+    and hidden files and folders are skipped.
+    """
+
+    def __init__(self, root: Path, transform: transforms.Compose, classes: list[str]) -> None:
+        self._classes = classes
+        super().__init__(str(root), transform=transform, loader=_load_image, is_valid_file=_is_image_file, allow_empty=True)
+
+    def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
+        """The given classes, numbered in their order (ImageFolder's own numbering is per folder)."""
+        return list(self._classes), {name: i for i, name in enumerate(self._classes)}
+
+
+def _image_folders(root: Path, tf: transforms.Compose) -> tuple[_ClassFolder, _ClassFolder]:
+    """train/ and test/ of an image folder, both labelled by the training classes; a test class training lacks is an error."""
+    classes = class_folders(root / "train")
+    if not classes:
+        raise ValueError(f"{root / 'train'}: holds no class folders; put each class's images in train/<class>/")
+    unseen = [name for name in class_folders(root / "test") if name not in classes]
+    if unseen:
+        raise ValueError(
+            f"{root / 'test'}: class folder(s) {', '.join(map(repr, unseen[:5]))}{' ...' if len(unseen) > 5 else ''} "
+            f"are not in {root / 'train'}, so the model has no label for them; add them to train/ or remove them from test/"
+        )
+    train, test = _ClassFolder(root / "train", tf, classes), _ClassFolder(root / "test", tf, classes)
+    empty = sorted(set(classes) - {classes[label] for label in train.targets})
+    if empty:
+        raise ValueError(
+            f"{root / 'train'}: class folder(s) {', '.join(map(repr, empty[:5]))} hold no images "
+            f"({', '.join(datasets.folder.IMG_EXTENSIONS)}); add images or remove the folders"
+        )
+    if not len(test):
+        raise ValueError(f"{root / 'test'}: holds no images; put test images in test/<class>/")
+    return train, test
+
+
 def load_data(cfg: DataConfig) -> DataSplits:
     """Load train/validation/test splits of ``cfg.name``; the validation split is held out of train, seeded."""
     looked: list[Path] = []
@@ -170,9 +237,7 @@ def load_data(cfg: DataConfig) -> DataSplits:
             raise _missing(cfg, looked)
         size = cfg.image_size or 32
         channels = cfg.channels or 3
-        tf = _build_transform(cfg, 3, size, None)
-        train = datasets.ImageFolder(str(root / "train"), transform=tf)
-        test = datasets.ImageFolder(str(root / "test"), transform=tf)
+        train, test = _image_folders(root, _build_transform(cfg, 3, size, None))
         num_classes = len(train.classes)
     else:
         tv_class, channels, native, debian = _NATIVE[cfg.name]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -13,26 +14,64 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-__all__ = ["atomic_path", "write_text_atomic", "write_json_atomic", "save_tensors", "load_state_dict_file"]
+__all__ = [
+    "atomic_path", "remove_stale_temporaries", "write_text_atomic", "write_json_atomic", "save_tensors",
+    "load_state_dict_file", "safetensors_header", "check_is_file",
+]
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (one we may not signal counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid > 0
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that killed writers of ``path`` left beside it; return them.
+
+    :func:`atomic_path` names its temporary ``.<name>.<pid>.<random>.tmp``. A process killed
+    while writing (SIGKILL, SIGTERM, power loss) cannot remove it, so the next write of the same
+    ``path`` does: every such file whose writer process no longer runs goes. Files of live
+    writers, and files not named this way, are left alone.
+    """
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 : -len(".tmp")].split(".")[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
+
+    On any exception (KeyboardInterrupt included) the temporary file is removed; one left by a
+    killed process is removed by the next write of ``path`` (:func:`remove_stale_temporaries`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    remove_stale_temporaries(path)
     umask = os.umask(0)
     os.umask(umask)
+    tmp = ""
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -53,21 +92,51 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
         save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
+def check_is_file(path: str | os.PathLike, what: str = "a checkpoint written by 'edgeprune train'") -> Path:
+    """``path`` as a Path when it is a file; a folder or a missing path is a one-line error saying what to pass."""
+    path = Path(path)
+    if path.is_dir():
+        inside = sorted(
+            p for p in path.iterdir()
+            if p.suffix in (".safetensors", ".pth", ".pt", ".epz") and not p.name.endswith(".masks.safetensors")
+        )
+        hint = f"pass a file inside it, e.g. {inside[0]}" if inside else f"pass the path of {what}"
+        raise ValueError(f"{path}: is a directory, not a file; {hint}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; give the path of {what}")
+    return path
+
+
+def safetensors_header(path: str | os.PathLike) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Shapes of the tensors in a safetensors file and its metadata, from the header alone (no tensor is read).
+
+    The safetensors library refuses a header whose shapes, dtypes and offsets do not cover
+    the file exactly, so these shapes are what loading the file would allocate.
+    """
+    path = check_is_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}, f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: Path, exc: Exception) -> ValueError:
+    return ValueError(f"{path}: not a readable safetensors file ({exc}); re-save it or check the path")
+
+
 def load_state_dict_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read tensors from a ``.safetensors`` file or a plain PyTorch ``.pth`` state_dict; return (tensors, header metadata).
 
     Nothing is unpickled: ``.pth`` files go through ``torch.load(weights_only=True)``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file; give the path of a checkpoint written by 'edgeprune train'")
+    path = check_is_file(path)
     if path.suffix == ".safetensors":
+        _, meta = safetensors_header(path)
         try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
             return load_file(str(path)), meta
         except (SafetensorError, OSError, ValueError) as exc:
-            raise ValueError(f"{path}: not a readable safetensors file ({exc}); re-save it or check the path") from exc
+            raise _unreadable(path, exc) from exc
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for foreign or corrupt files

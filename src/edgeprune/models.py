@@ -9,9 +9,12 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ["BasicCNN", "ModelSpec", "build_model", "prunable_parameters", "TORCHVISION_HINT"]
+__all__ = ["BasicCNN", "ModelSpec", "SPEC_LIMITS", "build_model", "build_skeleton", "prunable_parameters", "TORCHVISION_HINT"]
 
 TORCHVISION_HINT = "any torchvision classification model name, e.g. resnet18, vgg11_bn, mobilenet_v2"
+# Largest values a ModelSpec accepts: far above any edge classifier, low enough that a forged
+# checkpoint header cannot make a model (or a MACs count) that needs many gigabytes.
+SPEC_LIMITS = {"in_channels": 256, "num_classes": 100_000, "image_size": 4096}
 
 
 class BasicCNN(nn.Module):
@@ -41,6 +44,12 @@ class BasicCNN(nn.Module):
         return self.fc2(x)
 
 
+def _one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` of an exception raised by a user's code."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def build_model(name: str, in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> nn.Module:
     """Build a model by name: ``basiccnn``, a torchvision classifier (``resnet18``), or ``module.path:factory``.
 
@@ -53,14 +62,23 @@ def build_model(name: str, in_channels: int = 3, num_classes: int = 10, image_si
         module_name, _, attr = name.partition(":")
         try:
             factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
+        except Exception as exc:  # importing the user's module runs it: any error, as one line
             raise ValueError(
-                f"cannot load model factory {name!r}: {exc}; give 'module.path:function' where "
+                f"cannot load model factory {name!r}: {_one_line(exc)}; give 'module.path:function' where "
                 "module.path is importable (on PYTHONPATH) and function returns an nn.Module"
             ) from exc
-        model = factory()
+        try:
+            model = factory()
+        except Exception as exc:  # the user's code may raise anything; report it as one line
+            raise ValueError(
+                f"model factory {name!r} raised {_one_line(exc)}; fix it so that "
+                f"{attr}() with no arguments returns a torch.nn.Module"
+            ) from exc
         if not isinstance(model, nn.Module):
-            raise ValueError(f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+            raise ValueError(
+                f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module; "
+                f"make {attr}() return the model itself (e.g. return MyNet())"
+            )
         return model
     import torchvision.models as tvm
 
@@ -70,7 +88,27 @@ def build_model(name: str, in_channels: int = 3, num_classes: int = 10, image_si
             f"unknown model {name!r}; use 'basiccnn', {TORCHVISION_HINT} "
             f"({len(available)} available), or your own 'module.path:factory'"
         )
+    if in_channels != 3:
+        raise ValueError(
+            f"torchvision model {name!r} takes 3-channel images, not {in_channels}; "
+            "use --channels 3 (grey images are repeated to RGB)"
+        )
     return tvm.get_model(name, weights=None, num_classes=num_classes)
+
+
+def build_skeleton(spec: ModelSpec) -> nn.Module:
+    """The model of ``spec`` with every tensor on the ``meta`` device: true shapes, no memory.
+
+    Use it to check a file's tensors before building the real model. A model whose
+    construction computes with tensor values cannot be built on ``meta`` (torchvision's
+    RegNets, some factories); it is built on the CPU instead, which
+    ``SPEC_LIMITS`` keeps affordable. A spec that cannot be built at all raises the same error there.
+    """
+    try:
+        with torch.device("meta"):
+            return spec.build()
+    except Exception:  # noqa: BLE001 - anything that fails on meta is retried, and reported, on the CPU
+        return spec.build()
 
 
 def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -90,10 +128,13 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"model name must be a non-empty string, got {self.name!r}")
-        for field_name in ("in_channels", "num_classes", "image_size"):
+        for field_name, limit in SPEC_LIMITS.items():
             value = getattr(self, field_name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{field_name} must be a positive int, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+                raise ValueError(
+                    f"{field_name} must be a positive int of at most {limit}, got {value!r}; "
+                    "give the value the model was trained with"
+                )
 
     def build(self, seed: int | None = None) -> nn.Module:
         """A freshly initialised model of this spec; its initial weights are seeded when ``seed`` is given."""
