@@ -47,6 +47,10 @@ def test_bits_default_to_what_the_export_mode_needs():
     ({"scan_method": "quick"}, "scan method"),
     ({"centroid_epochs": 1, "export_values": "fp32"}, "kmeans"),
     ({"weights": "/nonexistent/baseline.safetensors"}, "no such file"),
+    ({"schedule": "cubic"}, "schedule"),
+    ({"schedule": "agp", "finetune_epochs": 0}, "finetune_epochs"),
+    ({"plan": "random"}, "plan"),
+    ({"plan": "global", "max_drop": 1.0}, "max_drop"),
     ({"device": "cuda:7" if not __import__("torch").cuda.is_available() else "nonsense"}, "device|CUDA"),
 ])
 def test_a_bad_config_is_refused_on_construction(kwargs, match):
@@ -84,6 +88,19 @@ def test_wrong_layer_name_in_sparsity_is_refused_before_training(tmp_path, capsy
     code = main(["run", "--data-dir", fashion_slice, "--val-size", "100", "--sparsity", '{"fc9.weight": 0.5}',
                  "--out", str(tmp_path / "r")])
     assert code == 2 and "fc9.weight" in capsys.readouterr().err
+
+
+def test_global_plan_with_agp_schedule_skips_the_scan_and_hits_the_target(tmp_path, fashion_slice):
+    out = tmp_path / "run"
+    assert main(["run", "--data-dir", fashion_slice, "--val-size", "100", "--limit", "300", "--epochs", "1",
+                 "--finetune-epochs", "2", "--plan", "global", "--schedule", "agp", "--target-sparsity", "0.9",
+                 "--out", str(out)]) == 0
+    assert not (out / "scan.json").exists()
+    results = json.loads((out / "results.json").read_text())
+    assert results["plan"]["method"] == "global magnitude"
+    layers = [layer for layer in results["layers"] if len(layer["shape"]) > 1]
+    zeros = sum(layer["params"] - layer["nonzeros"] for layer in layers)
+    assert zeros == round(0.9 * sum(layer["params"] for layer in layers))  # the exact global count, kept through AGP
 
 
 # --------------------------------------------------------------------------- run folders

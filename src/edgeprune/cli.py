@@ -21,7 +21,10 @@ from .analyze.scan import ScanResult
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DATASETS, DataConfig, load_data, make_loaders, native_geometry
 from .device import pick_device
+from .export.c_source import fits_on, write_c_source
 from .export.centroids import share_weights
+from .export.onnx import compare_onnx, evaluate_onnx, export_onnx, onnx_latency
+from .export.tflite import calibration_images, evaluate_tflite, export_tflite
 from .files import write_json_atomic, write_text_atomic
 from .models import ModelSpec
 from .pipeline import (
@@ -253,9 +256,45 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"wrote {out}/comparison.md and comparison.json")
 
 
+EXPORT_FORMATS = {"epz": "model.epz", "onnx": "model.onnx", "tflite": "model.tflite"}  # format -> default --out
+
+
+def _export_runtime(args: argparse.Namespace, model, spec: ModelSpec, out: Path) -> None:
+    """``--format onnx`` / ``tflite``: write the file, then score it in its own runtime on the test split."""
+    splits = _splits(args, spec)
+    test_loader = make_loaders(splits, args.batch_size, args.seed)[2]
+    model = model.cpu().eval()
+    fp32 = evaluate(model, test_loader, "cpu")
+    if args.format == "onnx":
+        example = calibration_images(splits.test, 1)
+        export_onnx(model, out, example)
+        check, result = compare_onnx(model, out, test_loader), evaluate_onnx(out, test_loader)
+        timing = onnx_latency(model, out, example)
+        print(f"wrote {out} ({out.stat().st_size:,} bytes); onnxruntime accuracy {result['accuracy']:.2f} % on "
+              f"{result['count']} test images (PyTorch {fp32:.2f} %); logits {'equal' if check['equal'] else 'NOT equal'} "
+              f"within tolerance (max diff {check['max_abs_diff']:.1e}); batch-1 latency onnxruntime "
+              f"{timing['onnx_ms']:.3f} ms, PyTorch {timing['torch_ms']:.3f} ms")
+        return
+    export_tflite(model, out, calibration_images(splits.train, args.calibration), softmax=args.softmax)
+    result = evaluate_tflite(out, test_loader)
+    print(f"wrote {out} ({result['model_bytes']:,} bytes, int8); TFLM accuracy {result['accuracy']:.2f} % on "
+          f"{result['count']} test images (PyTorch fp32 {fp32:.2f} %); tensor arena {result['arena_bytes']:,} bytes")
+    if args.c_source:
+        cc, h = write_c_source(out, _writable_folder(args.c_source, "--c-source"))
+        print(f"wrote {cc} and {h}")
+    for row in fits_on(result["model_bytes"], result["arena_bytes"]):
+        print(f"  {row['board']}: model {100 * row['flash_used']:.1f} % of flash, arena {100 * row['ram_used']:.1f} % of RAM: "
+              f"{'fits' if row['fits'] else 'does not fit'}")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
-    out = _writable_file(args.out)
+    out = _writable_file(args.out or EXPORT_FORMATS[args.format])
     model, spec, _ = _load(args, args.checkpoint)
+    if args.format != "epz":
+        if args.values != "fp32" or args.bits is not None or args.centroid_epochs:
+            raise ValueError(f"--values, --bits and --centroid-epochs shape the compressed .epz file; drop them with --format {args.format}")
+        _export_runtime(args, model, spec, out)
+        return
     bits = _bits(args.bits, args.values)
     if args.centroid_epochs:
         if args.values != "kmeans":
@@ -270,7 +309,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     cfg = RunConfig(
         model=args.model, data=_data_config(args), weights=args.weights, epochs=args.epochs,
         finetune_epochs=args.finetune_epochs, lr=args.lr, sparsity=args.sparsity,
-        target_sparsity=args.target_sparsity, max_drop=args.max_drop, scan_split=args.scan_on,
+        plan=args.plan, target_sparsity=args.target_sparsity, schedule=args.schedule, max_drop=args.max_drop, scan_split=args.scan_on,
         scan_start=args.scan_start, scan_step=args.scan_step, scan_end=args.scan_end,
         export_values=args.export_values, export_bits=args.export_bits, centroid_epochs=args.centroid_epochs,
         out=args.out, device=args.device, seed=args.seed,
@@ -318,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_real(positive=True), default=RunConfig.lr)
     p.add_argument("--sparsity", help="sparsity dict: inline JSON or a .json/.toml/.yaml file (default: planned from the scan)")
     p.add_argument("--target-sparsity", type=FRACTION, default=RunConfig.target_sparsity, help="planner budget: fraction of prunable weights removed")
+    p.add_argument("--plan", choices=("scan", "global"), default="scan",
+                   help="how the planner reaches --target-sparsity: from the sensitivity scan, or one global magnitude ranking")
+    p.add_argument("--schedule", choices=("oneshot", "agp", "iterative"), default="oneshot",
+                   help="oneshot: prune, then fine-tune; agp: cubic ramp to the targets while training; iterative: rounds of prune + fine-tune")
     p.add_argument("--max-drop", type=_real(0.0, 100.0), help="plan by tolerance instead: largest sparsity per layer within this accuracy drop")
     p.add_argument("--scan-on", choices=("val", "test"), default="val", help="scan on the validation split (default) or the test set")
     _add_scan_range(p, 0.0, 0.05)
@@ -393,14 +436,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="compare")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("export", help="write a compressed model file (sparse, quantized, entropy-coded)")
+    p = sub.add_parser("export", help="write a compressed model file (sparse, quantized, entropy-coded), an ONNX or an int8 TFLite file")
     _add_common(p)
     p.add_argument("checkpoint")
     p.add_argument("--values", default="fp32", choices=("fp32", "fp16", "int8", "kmeans"))
     p.add_argument("--bits", help="k-means bits: a number, or per layer as inline JSON / a file like the sparsity dict")
     p.add_argument("--centroid-epochs", type=_whole(0, 10_000), default=0, help="fine-tune the k-means centroids for this many epochs first")
     p.add_argument("--centroid-lr", type=_real(positive=True), default=1e-4)
-    p.add_argument("--out", default="model.epz")
+    p.add_argument("--format", default="epz", choices=tuple(EXPORT_FORMATS),
+                   help="epz: compressed file (default); onnx: checked in onnxruntime; tflite: fully int8, checked in TensorFlow Lite Micro")
+    p.add_argument("--calibration", type=_whole(1), default=500, help="tflite: training images that calibrate the int8 activations")
+    p.add_argument("--softmax", action="store_true", help="tflite: end the graph with an int8 softmax")
+    p.add_argument("--c-source", help="tflite: also write model_data.cc and model_data.h into this folder")
+    p.add_argument("--out", help="output file (default: model.epz, model.onnx or model.tflite by --format)")
     p.set_defaults(func=cmd_export)
     return parser
 

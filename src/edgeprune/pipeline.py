@@ -33,7 +33,9 @@ from .export.quantize import MODES, QuantConfig
 from .files import write_json_atomic, write_text_atomic
 from .models import ModelSpec, prunable_parameters
 from .prune.masks import check_sparsity
+from .prune.global_magnitude import global_magnitude_sparsity
 from .prune.pruner import FineGrainedPruner
+from .prune.schedule import SCHEDULES, prune_gradually
 from .prune.settings import load_layer_settings, resolve_sparsity_dict
 from .report import run_report
 from .runfolder import RunFolder
@@ -51,12 +53,14 @@ __all__ = [
     "fit_data_to_model",
     "model_for_data",
     "prune_copy",
+    "prune_while_training",
     "run_experiment",
     "scan_model",
     "train_baseline",
 ]
 
 STEPS = ("baseline", "scan", "prune", "finetune", "shared")
+PLANS = ("scan", "global")
 """The steps of a run whose outputs are kept on disk, in order; a resumed run skips those done."""
 
 
@@ -115,8 +119,10 @@ class RunConfig:
     epochs: int | None = None
     finetune_epochs: int = 3
     lr: float = 1e-3
-    sparsity: str | dict | None = None  # a sparsity dict; None: the planner chooses one from the scan
+    sparsity: str | dict | None = None  # a sparsity dict; None: the planner chooses one
+    plan: str = "scan"  # how the planner chooses: "scan" (from the sensitivity scan) or "global" (one magnitude ranking)
     target_sparsity: float = 0.8  # the planner's budget: fraction of prunable weights removed
+    schedule: str = "oneshot"  # "oneshot" (prune, then fine-tune), "agp" (cubic ramp while training), "iterative"
     max_drop: float | None = None  # plan by tolerance instead: largest sparsity within this accuracy drop
     scan_split: str = "val"  # "val" (held out of train) or "test" (the seed's choice, only when asked)
     scan_start: float = 0.0
@@ -154,6 +160,14 @@ class RunConfig:
             if not self.sparsity:
                 raise ValueError("the sparsity dict is empty: name layers (e.g. {\"_default\": 0.5}) or leave it out to plan one")
         check_sparsity(self.target_sparsity, "target_sparsity")
+        if self.plan not in PLANS:
+            raise ValueError(f"unknown plan {self.plan!r}; use one of {', '.join(PLANS)}")
+        if self.plan == "global" and self.max_drop is not None:
+            raise ValueError("max_drop plans from the scan: use it with plan='scan', or give target_sparsity with plan='global'")
+        if self.schedule not in ("oneshot", *SCHEDULES):
+            raise ValueError(f"unknown schedule {self.schedule!r}; use one of oneshot, {', '.join(SCHEDULES)}")
+        if self.schedule != "oneshot" and self.finetune_epochs < 1:
+            raise ValueError(f"schedule {self.schedule!r} prunes while it trains: give finetune_epochs of at least 1")
         if self.max_drop is not None and (isinstance(self.max_drop, bool) or not isinstance(self.max_drop, numbers.Real)
                                           or not math.isfinite(self.max_drop) or self.max_drop < 0):
             raise ValueError(f"max_drop must be a non-negative number of accuracy points, got {self.max_drop!r}")
@@ -163,7 +177,7 @@ class RunConfig:
             raise ValueError("scanning on the validation split needs --val-size > 0 (or --scan-on test)")
         if self.scan_method not in METHODS:
             raise ValueError(f"unknown scan method {self.scan_method!r}; use one of {', '.join(METHODS)}")
-        if self.sparsity is None:
+        if self.sparsity is None and self.plan == "scan":
             scan_sparsities(self.scan_start, self.scan_end, self.scan_step)
         if self.export_values not in MODES:
             raise ValueError(f"unknown export values {self.export_values!r}; use one of {', '.join(MODES)}")
@@ -248,15 +262,20 @@ def scan_model(
 def choose_sparsity(
     model: nn.Module, scan: ScanResult | None, sparsity: str | Mapping | None = None,
     target_sparsity: float | None = 0.8, max_drop: float | None = None, target_bytes: int | None = None,
+    plan: str = "scan",
 ) -> tuple[dict, dict]:
-    """The sparsity dict: the user's (``sparsity``), or the planner's from the scan; returns (dict, plan info)."""
+    """The sparsity dict: the user's (``sparsity``), one global magnitude ranking (``plan="global"``),
+    or the planner's from the scan; returns (dict, plan info)."""
     if sparsity is not None:
         return load_layer_settings(sparsity), {"method": "given"}
+    if plan == "global":
+        chosen = global_magnitude_sparsity(prunable_parameters(model), target_sparsity)
+        return chosen, {"method": "global magnitude", "target": target_sparsity}
     if scan is None:
         raise ValueError("no sparsity dict given and no scan to plan one from; give --sparsity or run a scan")
     target = target_sparsity if max_drop is None and target_bytes is None else None
-    plan = make_plan(scan, model, target_sparsity=target, target_bytes=target_bytes, max_drop=max_drop)
-    return dict(plan.sparsity_dict), plan.to_dict()
+    planned = make_plan(scan, model, target_sparsity=target, target_bytes=target_bytes, max_drop=max_drop)
+    return dict(planned.sparsity_dict), planned.to_dict()
 
 
 def prune_copy(model: nn.Module, spec: ModelSpec, sparsity: Mapping[str, object]) -> tuple[nn.Module, FineGrainedPruner]:
@@ -275,6 +294,15 @@ def finetune_pruned(
     """Fine-tune with the masks kept; the best epoch on the validation split is kept (shuffling seeded afresh)."""
     train_loader, val_loader, _ = make_loaders(splits, splits.info.get("batch_size", 64), seed)
     return finetune(model, pruner, train_loader, epochs, val_loader, lr, device, seed)
+
+
+def prune_while_training(
+    model: nn.Module, sparsity: Mapping[str, object], splits: DataSplits, epochs: int, schedule: str = "agp",
+    lr: float = 1e-3, device: str | torch.device | None = None, seed: int = 0,
+) -> tuple[FineGrainedPruner, TrainHistory]:
+    """Prune ``model`` gradually to ``sparsity`` while training it ``epochs`` epochs (AGP or iterative rounds)."""
+    train_loader, val_loader, _ = make_loaders(splits, splits.info.get("batch_size", 64), seed)
+    return prune_gradually(model, train_loader, sparsity, epochs, schedule, val_loader, lr, device, seed)
 
 
 def export_compressed(model: nn.Module, path: str | Path, values: str = "kmeans", bits: int | Mapping | None = None) -> Path:
@@ -355,7 +383,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
 
         # 2. Sensitivity scan (only when the planner needs it).
         scan = None
-        if cfg.sparsity is None:
+        if cfg.sparsity is None and cfg.plan == "scan":
             if "scan" in done:
                 scan = ScanResult.from_json(out / "scan.json")
             else:
@@ -370,7 +398,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             pruner.sparsity_dict = done["prune"]["sparsity_dict"]
             plan_info = done["prune"]["plan"]
         else:
-            sparsity, plan_info = choose_sparsity(model, scan, cfg.sparsity, cfg.target_sparsity, cfg.max_drop)
+            sparsity, plan_info = choose_sparsity(model, scan, cfg.sparsity, cfg.target_sparsity, cfg.max_drop, plan=cfg.plan)
             pruned, pruner = prune_copy(model, spec, sparsity)
             write_json_atomic(out / "sparsity.json", pruner.sparsity_dict)
             write_json_atomic(out / "plan.json", plan_info)
@@ -380,14 +408,24 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             folder.mark_done("prune", {"sparsity_dict": pruner.sparsity_dict, "plan": plan_info})
         pruned.to(device)
         pruned_path = out / "pruned.safetensors"
+        chosen = dict(pruner.sparsity_dict)
 
-        # 4. Fine-tune with the masks held in the model; the best epoch on the validation split is kept.
+        # 4. Fine-tune with the masks held in the model (or prune gradually from the baseline while training);
+        #    the best epoch on the validation split is kept.
         if "finetune" in done:
-            finetuned = load_checkpoint(out / "finetuned.safetensors", spec)[0].to(device)
+            finetuned, _, masks, _ = load_checkpoint(out / "finetuned.safetensors", spec)
+            finetuned.to(device)
+            pruner = FineGrainedPruner.from_masks(masks)
             ft_history = TrainHistory(**done["finetune"])
-        else:
+        elif cfg.schedule == "oneshot":
             finetuned = copy.deepcopy(pruned)
             ft_history = finetune_pruned(finetuned, pruner, splits, cfg.finetune_epochs, cfg.lr, device, cfg.seed)
+        else:
+            finetuned = copy.deepcopy(model)
+            pruner, ft_history = prune_while_training(
+                finetuned, pruner.sparsity_dict, splits, cfg.finetune_epochs, cfg.schedule, cfg.lr, device, cfg.seed
+            )
+        if "finetune" not in done:
             save_checkpoint(out / "finetuned.safetensors", finetuned, spec, pruner.masks, {"stage": "finetuned"})
             plot_num_parameters_distribution(finetuned, out / "num_parameters.png")
             plot_weight_distribution(finetuned, out / "weight_distribution_finetuned.png", count_nonzero_only=True)
@@ -417,7 +455,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             "data": splits.info,
             "model": asdict(spec),
             "macs_dense": count_macs(model, (spec.in_channels, spec.image_size, spec.image_size)),
-            "sparsity_dict": pruner.sparsity_dict,
+            "sparsity_dict": chosen,
             "plan": plan_info,
             "baseline_training": asdict(history),
             "finetune": asdict(ft_history),
