@@ -1,5 +1,11 @@
-"""Shared tiny models with odd sizes, and the real Fashion-MNIST location."""
+"""Shared tiny models with odd sizes, the Fashion-MNIST fixtures, and a hand-written k-means reference."""
 
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -7,6 +13,11 @@ import torch
 from torch import nn
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+"""Debian's full Fashion-MNIST (package dataset-fashion-mnist), for the few ``integration`` tests."""
+FASHION_SLICE = Path(__file__).parent / "data" / "fashion-mnist"
+"""The first 600 training and 300 test images of Fashion-MNIST, shipped with the tests (see tests/data/README.md)."""
+SLICE_COUNTS = {"train": 600, "t10k": 300}
+REQUIRE_DATASET = "EDGEPRUNE_REQUIRE_DATASET"
 
 
 class TinyNet(nn.Module):
@@ -31,3 +42,69 @@ def tiny_net() -> TinyNet:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Prepared data sets go to a temporary cache, never the user's."""
     monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _idx_records(path: Path) -> int:
+    """The record count in the header of a gzipped IDX file (magic, then big-endian uint32 sizes)."""
+    with gzip.open(path, "rb") as f:
+        header = f.read(8)
+    return struct.unpack(">I", header[4:8])[0]
+
+
+@pytest.fixture
+def fashion_slice() -> str:
+    """The shipped Fashion-MNIST slice, as a ``--data-dir``; fails (never falls back to Debian's copy) if damaged."""
+    for split, count in SLICE_COUNTS.items():
+        for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+            path = FASHION_SLICE / f"{split}-{kind}.gz"
+            if not path.is_file() or _idx_records(path) != count:
+                pytest.fail(f"{path}: missing or not {count} records; recreate it with tests/data/cut_fashion_mnist.py")
+    return str(FASHION_SLICE)
+
+
+@pytest.fixture
+def fashion_full() -> str:
+    """Debian's full Fashion-MNIST as a ``--data-dir``.
+
+    Missing: the test fails when ``EDGEPRUNE_REQUIRE_DATASET=1`` (CI) and is skipped otherwise.
+    """
+    if not FASHION_DIR.is_dir():
+        message = f"needs Debian's full Fashion-MNIST in {FASHION_DIR} (apt-get install dataset-fashion-mnist)"
+        if os.environ.get(REQUIRE_DATASET) == "1":
+            pytest.fail(f"{message}; {REQUIRE_DATASET}=1 forbids skipping it", pytrace=False)
+        pytest.skip(message)
+    return str(FASHION_DIR)
+
+
+def reference_lloyd(values: list[float], bits: int) -> list[float]:
+    """Centroids of 1-D k-means as documented for the export, in exact rational arithmetic: a reference, not the product.
+
+    At most ``2**bits`` centroids. If the values take at most that many distinct values, those
+    are the centroids. Otherwise start evenly spaced from the smallest to the largest value,
+    then repeat at most 100 times: give each value to its nearest centroid (a tie goes to the
+    lower one), stop when no value changed cluster, move each centroid to its cluster's mean
+    (an empty cluster keeps its centroid). Returns the sorted centroids as floats. Exact
+    fractions mean the result differs from a float computation only where the data hold an
+    exact tie, so tests feed it values that have none (e.g. random normal floats).
+    """
+    k = 2**bits
+    distinct = sorted(set(values))
+    if len(distinct) <= k:
+        return distinct
+    exact = [Fraction(v) for v in values]
+    low, high = min(exact), max(exact)
+    centroids = [low + (high - low) * i / (k - 1) for i in range(k)]
+    clusters = None
+    for _ in range(100):
+        new = [min(range(k), key=lambda j: (abs(v - centroids[j]), j)) for v in exact]
+        if new == clusters:
+            break
+        clusters = new
+        for j in range(k):
+            members = [v for v, c in zip(exact, clusters) if c == j]
+            if members:
+                centroids[j] = sum(members) / len(members)
+        order = sorted(range(k), key=lambda j: centroids[j])
+        centroids = [centroids[j] for j in order]
+        clusters = [order.index(c) for c in clusters]
+    return [float(c) for c in centroids]

@@ -1,4 +1,9 @@
-"""End to end: `edgeprune run` on a slice of real Fashion-MNIST in a temporary folder, and CLI errors."""
+"""End to end: the CLI on real Fashion-MNIST in a temporary folder, and CLI errors.
+
+Every test runs on the 600 + 300 images shipped in tests/data (``fashion_slice``), so none is
+ever skipped; the ``integration`` run also goes through Debian's full data set at its default
+location (``fashion_full``: skipped when absent, a failure when EDGEPRUNE_REQUIRE_DATASET=1).
+"""
 
 import json
 
@@ -8,15 +13,26 @@ import torch
 from edgeprune.cli import main
 from edgeprune.checkpoint import load_checkpoint
 
-from conftest import FASHION_DIR
+
+RUN_DATA = [
+    # the shipped slice, given as --data-dir: 400 training, 200 validation and 300 test images
+    pytest.param("fashion_slice", ["--val-size", "200"], (400, 200, 300), 40, id="slice"),
+    # Debian's full data set, found at its default location: no --data-dir
+    pytest.param(
+        "fashion_full", ["--limit", "1500", "--val-size", "500"], (1500, 500, 1500), 50,
+        id="debian", marks=pytest.mark.integration,
+    ),
+]
 
 
-@pytest.mark.integration
-@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
-def test_run_writes_report_on_real_fashion_mnist(tmp_path, capsys):
+@pytest.mark.parametrize("source, data_flags, images, min_accuracy", RUN_DATA)
+def test_run_writes_report_on_real_fashion_mnist(tmp_path, capsys, request, source, data_flags, images, min_accuracy):
+    data_dir = request.getfixturevalue(source)
+    if source == "fashion_slice":
+        data_flags = ["--data-dir", data_dir, *data_flags]
     out = tmp_path / "report"
     code = main([
-        "run", "--limit", "1500", "--val-size", "500", "--epochs", "1", "--finetune-epochs", "1",
+        "run", *data_flags, "--epochs", "1", "--finetune-epochs", "1",
         "--scan-step", "0.3", "--export-values", "kmeans", "--export-bits", "4", "--out", str(out),
     ])
     assert code == 0
@@ -25,9 +41,11 @@ def test_run_writes_report_on_real_fashion_mnist(tmp_path, capsys):
                  "finetuned.epz", "sensitivity.png", "weight_distribution.png", "num_parameters.png"):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
+    data = results["data"]
+    assert (data["train_images"], data["val_images"], data["test_images"]) == images
     rows = {r["model"]: r for r in results["comparison"]}
     assert list(rows) == ["Baseline", "Pruned", "Fine-tuned + pruned"]
-    assert rows["Baseline"]["accuracy"] > 50  # one epoch on 1,000 real images learns something
+    assert rows["Baseline"]["accuracy"] > min_accuracy  # one epoch on real images learns something (chance: 10)
     assert rows["Pruned"]["sparsity"] > 0.7 and rows["Pruned"]["theoretical_mib"] < rows["Baseline"]["theoretical_mib"]
     assert rows["Fine-tuned + pruned"]["compressed_bytes"] < rows["Fine-tuned + pruned"]["file_bytes"] / 8
     model, _, masks, _ = load_checkpoint(out / "finetuned.safetensors")
@@ -46,10 +64,8 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert "--download" in capsys.readouterr().err
 
 
-@pytest.mark.integration
-@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
-def test_step_by_step_commands(tmp_path, capsys):
-    d = ["--limit", "600", "--val-size", "200"]
+def test_step_by_step_commands(tmp_path, capsys, fashion_slice):
+    d = ["--data-dir", fashion_slice, "--limit", "300", "--val-size", "200"]
     base, pruned, tuned = tmp_path / "base.safetensors", tmp_path / "pruned.safetensors", tmp_path / "tuned.safetensors"
     assert main(["train", *d, "--epochs", "1", "--out", str(base)]) == 0
     assert main(["inspect", *d, str(base), "--out", str(tmp_path / "inspect")]) == 0
@@ -77,11 +93,9 @@ def test_step_by_step_commands(tmp_path, capsys):
     assert "valid names: conv1.weight" in capsys.readouterr().err
 
 
-@pytest.mark.integration
-@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
-def test_torchvision_models_train_prune_and_compare(tmp_path, name):
-    d = ["--model", name, "--limit", "64", "--val-size", "32", "--batch-size", "32"]
+def test_torchvision_models_train_prune_and_compare(tmp_path, name, fashion_slice):
+    d = ["--model", name, "--data-dir", fashion_slice, "--limit", "64", "--val-size", "32", "--batch-size", "32"]
     base, pruned = tmp_path / "base.safetensors", tmp_path / "pruned.safetensors"
     assert main(["train", *d, "--epochs", "1", "--out", str(base)]) == 0
     assert main(["prune", *d, str(base), "--sparsity", '{"re:.*conv.*": 0.6, "_default": 0.3}', "--out", str(pruned)]) == 0
@@ -96,14 +110,14 @@ def test_torchvision_models_train_prune_and_compare(tmp_path, name):
     assert rows[1]["compressed_bytes"] < rows[0]["compressed_bytes"]
 
 
-@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
-def test_model_that_does_not_fit_the_data_is_a_clear_error(tmp_path, capsys):
+def test_model_that_does_not_fit_the_data_is_a_clear_error(tmp_path, capsys, fashion_slice):
     from edgeprune.checkpoint import save_checkpoint
     from edgeprune.models import ModelSpec
     from edgeprune.models import BasicCNN
 
     cifar = save_checkpoint(tmp_path / "cifar.safetensors", BasicCNN(), ModelSpec("basiccnn", 3, 10, 32))
-    assert main(["scan", str(cifar), "--limit", "50", "--val-size", "20", "--out", str(tmp_path / "s")]) == 2
+    scan = ["scan", str(cifar), "--data-dir", fashion_slice, "--limit", "50", "--val-size", "20"]
+    assert main([*scan, "--out", str(tmp_path / "s")]) == 2
     assert "use the --dataset" in capsys.readouterr().err
 
 

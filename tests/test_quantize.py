@@ -20,6 +20,8 @@ from edgeprune.export.quantize import (
     quantize_state_dict,
 )
 
+from conftest import reference_lloyd
+
 
 def test_linear_quantize_by_hand():
     codes, scale = linear_quantize(torch.tensor([0.0, 1.27, -0.635, 0.004]))
@@ -66,6 +68,20 @@ def test_kmeans_clusters_the_non_zeros_only():
     nonzero = weights[weights != 0]
     grid_error = (nonzero[:, None] - grid[None]).abs().min(dim=1).values.pow(2).mean()
     assert float((restored[weights != 0] - nonzero).pow(2).mean()) < float(grid_error)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_kmeans_quantize_follows_a_hand_run_lloyd(bits):
+    generator = torch.Generator().manual_seed(10 + bits)
+    weights = torch.randn(13, 11, generator=generator)
+    weights[weights.abs() < 0.3] = 0  # pruned
+    nonzero = weights[weights != 0].tolist()
+    assert len(set(nonzero)) > 2**bits
+    codebook, codes = kmeans_quantize(weights, bits)
+    expected = torch.tensor(reference_lloyd(nonzero, bits), dtype=torch.float32)
+    assert torch.equal(codebook, expected)
+    nearest = (torch.tensor(nonzero)[:, None] - expected[None]).abs().argmin(dim=1)
+    assert torch.equal(codes, nearest)
 
 
 def test_kmeans_is_deterministic_and_idempotent():
