@@ -90,3 +90,17 @@ def test_onnx_accuracy_equals_pytorch_on_fashion_mnist_slice(tmp_path, fashion_s
         with torch.no_grad():
             expected = model(images).argmax(1).numpy()
         np.testing.assert_array_equal(session.run(None, {"input": images.numpy()})[0].argmax(1), expected)
+
+
+def test_cli_exports_onnx(tmp_path, fashion_slice, capsys):
+    from edgeprune.checkpoint import save_checkpoint
+    from edgeprune.cli import main
+    from edgeprune.models import ModelSpec
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", BasicCNN(1, 10, 28), ModelSpec("basiccnn", 1, 10, 28))
+    common = [str(ckpt), "--data-dir", fashion_slice, "--limit", "40", "--val-size", "0", "--device", "cpu"]
+    assert main(["export", *common, "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "logits equal within tolerance" in out and "on 40 test images" in out
+    assert onnx.load(str(tmp_path / "m.onnx")).graph.input[0].type.tensor_type.shape.dim[0].dim_param

@@ -420,3 +420,21 @@ def test_fits_on_boards():
     assert [row["fits"] for row in fits_on(256 * kib, 32 * kib)][-1]
     with pytest.raises(ValueError, match="non-negative"):
         fits_on(-1, 0)
+
+
+def test_cli_exports_tflite_with_c_source(tmp_path, fashion_slice, capsys):
+    from edgeprune.checkpoint import save_checkpoint
+    from edgeprune.cli import main
+    from edgeprune.models import ModelSpec
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", BasicCNN(1, 10, 28), ModelSpec("basiccnn", 1, 10, 28))
+    common = [str(ckpt), "--data-dir", fashion_slice, "--limit", "40", "--val-size", "0", "--device", "cpu"]
+    assert main(["export", *common, "--format", "tflite", "--calibration", "30", "--out", str(tmp_path / "m.tflite"),
+                 "--c-source", str(tmp_path / "fw")]) == 0
+    out = capsys.readouterr().out
+    assert "TFLM accuracy" in out and "on 40 test images" in out and "STM32L476RG" in out
+    data = (tmp_path / "m.tflite").read_bytes()
+    assert data[4:8] == b"TFL3" and f"g_model_len = {len(data)};" in (tmp_path / "fw" / "model_data.cc").read_text()
+    assert main(["export", *common, "--format", "tflite", "--values", "int8"]) == 2
+    assert "drop them with --format tflite" in capsys.readouterr().err
