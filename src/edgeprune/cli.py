@@ -309,7 +309,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     cfg = RunConfig(
         model=args.model, data=_data_config(args), weights=args.weights, epochs=args.epochs,
         finetune_epochs=args.finetune_epochs, lr=args.lr, sparsity=args.sparsity,
-        target_sparsity=args.target_sparsity, max_drop=args.max_drop, scan_split=args.scan_on,
+        plan=args.plan, target_sparsity=args.target_sparsity, schedule=args.schedule, max_drop=args.max_drop, scan_split=args.scan_on,
         scan_start=args.scan_start, scan_step=args.scan_step, scan_end=args.scan_end,
         export_values=args.export_values, export_bits=args.export_bits, centroid_epochs=args.centroid_epochs,
         out=args.out, device=args.device, seed=args.seed,
@@ -357,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_real(positive=True), default=RunConfig.lr)
     p.add_argument("--sparsity", help="sparsity dict: inline JSON or a .json/.toml/.yaml file (default: planned from the scan)")
     p.add_argument("--target-sparsity", type=FRACTION, default=RunConfig.target_sparsity, help="planner budget: fraction of prunable weights removed")
+    p.add_argument("--plan", choices=("scan", "global"), default="scan",
+                   help="how the planner reaches --target-sparsity: from the sensitivity scan, or one global magnitude ranking")
+    p.add_argument("--schedule", choices=("oneshot", "agp", "iterative"), default="oneshot",
+                   help="oneshot: prune, then fine-tune; agp: cubic ramp to the targets while training; iterative: rounds of prune + fine-tune")
     p.add_argument("--max-drop", type=_real(0.0, 100.0), help="plan by tolerance instead: largest sparsity per layer within this accuracy drop")
     p.add_argument("--scan-on", choices=("val", "test"), default="val", help="scan on the validation split (default) or the test set")
     _add_scan_range(p, 0.0, 0.05)
