@@ -91,10 +91,11 @@ def main() -> None:
     parser.add_argument("--importance", default="l2", choices=["l1", "l2", "taylor"])
     parser.add_argument("--limit", type=int, default=None, help="images per split (quick trials)")
     parser.add_argument("--rounds", type=int, default=5, help="latency rounds (models alternate within a round)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads while timing (1: steadiest on a shared CPU)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadiest on a shared CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     splits = load_data(DataConfig(name="fashion-mnist", limit=args.limit, seed=args.seed))
     train_loader, val_loader, test_loader = make_loaders(splits, 64, seed=args.seed)
@@ -121,10 +122,8 @@ def main() -> None:
                          "params": sum(p.numel() for p in model.parameters()), "acc_pruned": acc_pruned,
                          "acc": evaluate(model, test_loader, "cpu")})
             models[name] = model
-    training_threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
     latency = latency_rounds(models, args.rounds)
-    print(f"threads: {training_threads} training, {torch.get_num_threads()} timing; train/val/test images {splits.info['train_images']}/"
+    print(f"threads: {torch.get_num_threads()}; train/val/test images {splits.info['train_images']}/"
           f"{splits.info['val_images']}/{splits.info['test_images']}")
     print("| model | ratio | MACs | params | acc pruned (%) | acc fine-tuned (%) | ms b1 median / min | ms b64 median / min "
           "| speedup b1 median / min | speedup b64 median / min |")

@@ -180,6 +180,29 @@ def test_output_layer_is_never_pruned():
         prune_channels(model, {"fc2": 0.5}, x)
 
 
+class TwoHeads(nn.Module):
+    """The classes are the sum of two linear heads, so both heads' outputs are coupled with the output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 6)
+        self.head_a = nn.Linear(6, 3)
+        self.head_b = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.body(x))
+        return self.head_a(x) + self.head_b(x)
+
+
+def test_layers_coupled_with_the_output_are_never_pruned():
+    model = _seeded(TwoHeads)
+    x = torch.randn(2, 4)
+    small = prune_channels(model, {"_default": 0.5}, x[:1])
+    assert small.head_a.out_features == small.head_b.out_features == 3
+    assert small.body.out_features == 3
+    assert small(x).shape == (2, 3)
+
+
 def test_ratio_errors_and_conflicts():
     model = _seeded(Residual)
     x = torch.randn(1, 3, 5, 5)
