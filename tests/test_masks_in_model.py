@@ -190,7 +190,7 @@ def test_attach_zeroes_the_pruned_weights_of_a_dense_model(tiny_net):
 def test_attach_again_replaces_masks_and_bad_masks_are_clear_errors(tiny_net):
     first = FineGrainedPruner(tiny_net, {"fc.weight": 0.9, "conv.weight": 0.0})
     pruner = FineGrainedPruner(tiny_net, {"fc.weight": 0.5, "conv.weight": 0.0})  # re-pruning a pruned model
-    assert torch.equal(tiny_net.fc.weight_mask, pruner.masks["fc.weight"])
+    assert torch.equal(tiny_net.fc.weight_mask, pruner.masks["fc.weight"].float())
     assert len(tiny_net.fc._forward_pre_hooks) == 1
     x, y = _batches()[0]
     F.cross_entropy(tiny_net(x), y).backward()
@@ -228,7 +228,7 @@ def test_deepcopy_and_pickle_carry_working_masks_of_their_own(tiny_net):
     assert all(c.fc.weight_mask.data_ptr() != tiny_net.fc.weight_mask.data_ptr() for c in copies)
     remove(tiny_net)  # the copies' masks do not depend on the original's
     for clone in copies:
-        assert is_pruned(clone) and torch.equal(clone.fc.weight_mask, pruner.masks["fc.weight"])
+        assert is_pruned(clone) and torch.equal(clone.fc.weight_mask, pruner.masks["fc.weight"].float())
         seen = []
         _user_loop(clone, torch.optim.Adam(clone.parameters(), lr=1e-2),
                    _batches(), lambda: seen.append(clone.fc.weight.grad[~pruner.masks["fc.weight"]].abs().max().item()))
@@ -241,7 +241,7 @@ def test_deepcopy_and_pickle_carry_working_masks_of_their_own(tiny_net):
 def test_masks_move_with_the_model(tiny_net):
     pruner = FineGrainedPruner(tiny_net, SPARSITY)
     tiny_net.double()
-    assert tiny_net.fc.weight_mask.dtype == torch.bool
+    assert tiny_net.fc.weight_mask.dtype == torch.float64
     _user_loop(tiny_net, torch.optim.Adam(tiny_net.parameters(), lr=1e-2), [(x.double(), y) for x, y in _batches()])
     assert torch.count_nonzero(_pruned_values(tiny_net, pruner.masks)) == 0
     moved = copy.deepcopy(tiny_net).to("meta")

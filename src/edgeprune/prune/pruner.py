@@ -3,13 +3,19 @@
 Attaching masks to a model (the constructor does it) puts three things in place, in the style
 of ``torch.nn.utils.prune`` but without renaming any parameter:
 
-* each mask is a non-persistent buffer ``<param>_mask`` (True = kept) on the module owning the
-  parameter, so it moves with ``model.to(...)``, is copied by ``copy.deepcopy`` and pickling,
-  and never appears in ``state_dict()`` (whose keys stay the plain ones);
-* a gradient hook on each pruned parameter sets the gradient at pruned positions to exactly 0,
-  so optimizer state (momentum, Adam moments) created after attaching stays 0 there;
+* each mask is a non-persistent buffer ``<param>_mask`` on the module owning the parameter,
+  1 = kept and 0 = pruned in the parameter's dtype (as ``torch.nn.utils.prune`` keeps its
+  masks), so it moves and converts with ``model.to(...)``, is copied by ``copy.deepcopy`` and
+  pickling, and never appears in ``state_dict()`` (whose keys stay the plain ones);
+* a gradient hook on each pruned parameter multiplies its gradient by the mask, so the gradient
+  is 0 at pruned positions and optimizer state (momentum, Adam moments) created after attaching
+  stays 0 there;
 * a step hook shared by every ``torch.optim.Optimizer`` re-zeroes the pruned weights after
-  each ``step()``, whatever the optimizer does with weight decay, momentum or stale state.
+  each ``step()`` (to +0.0), whatever the optimizer does with weight decay, momentum or stale state.
+
+The hooks multiply by a float mask rather than select with a bool one: on CPU that is about
+50 times faster here, and it is exact for every finite value (x * 1 = x; x * 0 + 0.0 = +0.0).
+A NaN or infinity at a pruned position, which only a diverged run produces, stays NaN.
 
 A gradient hook was chosen over a parametrization because a parametrization renames the
 parameter (``parametrizations.weight.original``) and so changes ``state_dict`` keys, which the
@@ -45,16 +51,16 @@ class _MaskedParam:
 
     module: weakref.ReferenceType
     mask_name: str
-    grad_hook: RemovableHandle | None = None
+    grad_hook: RemovableHandle | None = None  # set right after the hook is registered
 
     def mask(self) -> torch.Tensor | None:
         module = self.module()
         return None if module is None else module._buffers.get(self.mask_name)
 
     def __call__(self, grad: torch.Tensor) -> torch.Tensor:
-        """Gradient hook: the gradient with exact zeros at pruned positions."""
+        """Gradient hook: the gradient with zeros at pruned positions."""
         mask = self.mask()
-        return grad if mask is None else grad.where(mask, 0.0)
+        return grad if mask is None else grad * mask.to(grad.dtype)
 
 
 # Every parameter whose gradient hook is installed -> where its mask is. Held weakly by parameter
@@ -73,7 +79,7 @@ def _zero_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -
             entry = _HOOKED.get(param)
             mask = None if entry is None else entry.mask()
             if mask is not None:
-                param.masked_fill_(~mask, 0.0)
+                param.mul_(mask).add_(0.0)  # + 0.0 turns the -0.0 of a negative weight times 0 into +0.0
 
 
 class _MaskKeeper:
@@ -100,7 +106,7 @@ class _MaskKeeper:
         """Remove the gradient hook this keeper installed on the module's parameter, if any."""
         param = module._parameters.get(self.name)
         entry = None if param is None else _HOOKED.pop(param, None)
-        if entry is not None and entry.grad_hook is not None:
+        if entry is not None:
             entry.grad_hook.remove()
 
 
@@ -125,7 +131,7 @@ def remove(model: nn.Module) -> nn.Module:
     """
     for module, hook_id, keeper in _keepers(model):
         mask = module._buffers.pop(keeper.mask_name)
-        module._parameters[keeper.name].masked_fill_(~mask, 0.0)
+        module._parameters[keeper.name].masked_fill_(mask == 0, 0.0)
         keeper.unhook(module)
         del module._forward_pre_hooks[hook_id]
     return model
@@ -186,8 +192,8 @@ class FineGrainedPruner:
                         f"{keeper.mask_name!r}; rename it or remove the other pruning first"
                     )
                 module.register_forward_pre_hook(keeper)
-            module.register_buffer(keeper.mask_name, mask.to(params[name].device, torch.bool, copy=True), persistent=False)
-            params[name].masked_fill_(~module._buffers[keeper.mask_name], 0.0)
+            params[name].masked_fill_(~mask.to(params[name].device, torch.bool), 0.0)
+            module.register_buffer(keeper.mask_name, mask.to(params[name]), persistent=False)
             keeper(module, ())
         return self
 
