@@ -244,7 +244,7 @@ class FlatThenAdd(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(2, 3, 3)
+        self.conv = nn.Conv2d(2, 3, 3, padding="same")
 
     def forward(self, x):
         f = torch.flatten(torch.relu(self.conv(x)), 1)

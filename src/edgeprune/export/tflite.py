@@ -257,9 +257,12 @@ class _Converter:
     def conv(self, node: fx.Node) -> None:
         m: nn.Conv2d = self.modules[node.target]
         x = self.tensor_of[node.args[0].name]
-        if m.padding_mode != "zeros" or isinstance(m.padding, str) and m.padding != "valid":
-            raise _unsupported(node, self.modules, f"padding {m.padding!r} mode {m.padding_mode!r}")
-        pads = (0, 0) if m.padding == "valid" else _pair(m.padding)
+        if m.padding_mode != "zeros" or m.padding == "same" and any(d * (k - 1) % 2 for k, d in zip(m.kernel_size, m.dilation)):
+            raise _unsupported(node, self.modules, f"padding {m.padding!r} with mode {m.padding_mode!r}")
+        if isinstance(m.padding, str):  # "valid", or "same" with an odd effective kernel: symmetric padding
+            pads = (0, 0) if m.padding == "valid" else tuple(d * (k - 1) // 2 for k, d in zip(m.kernel_size, m.dilation))
+        else:
+            pads = _pair(m.padding)
         _, h, w, c = self.g.tensors[x].shape
         depthwise = m.groups > 1 and m.groups == m.in_channels
         if m.groups > 1 and not depthwise:
@@ -280,8 +283,8 @@ class _Converter:
             weight, axis = weight.transpose(0, 2, 3, 1), 0
         qw, scales = _quantize_weight(weight, axis)
         bias = m.bias.detach().double().numpy() if m.bias is not None else np.zeros(m.out_channels)
-        wi = self.g.const(f"{m_name(node)}.weight", qw, scales, axis)
-        bi = self.g.const(f"{m_name(node)}.bias", _quantize_bias(bias, self.g.qp(x)[0], scales), np.float32(self.g.qp(x)[0]) * scales)
+        wi = self.g.const(f"{node.target}.weight", qw, scales, axis)
+        bi = self.g.const(f"{node.target}.bias", _quantize_bias(bias, self.g.qp(x)[0], scales), np.float32(self.g.qp(x)[0]) * scales)
         out = self._out(node, last)
         common = dict(padding=padding, stride=m.stride, dilation=m.dilation, act=_ACT[act])
         if depthwise:
@@ -302,8 +305,8 @@ class _Converter:
             weight = weight[:, perm]
         qw, scales = _quantize_weight(weight, 0)
         bias = m.bias.detach().double().numpy() if m.bias is not None else np.zeros(m.out_features)
-        wi = self.g.const(f"{m_name(node)}.weight", qw, scales, 0)
-        bi = self.g.const(f"{m_name(node)}.bias", _quantize_bias(bias, self.g.qp(x)[0], scales), np.float32(self.g.qp(x)[0]) * scales)
+        wi = self.g.const(f"{node.target}.weight", qw, scales, 0)
+        bi = self.g.const(f"{node.target}.bias", _quantize_bias(bias, self.g.qp(x)[0], scales), np.float32(self.g.qp(x)[0]) * scales)
         out = self._out(node, last)
         self.g.ops.append(_Op(_OP["FULLY_CONNECTED"], [x, wi, bi], [out], (8, _options("FullyConnectedOptions", act=_ACT[act]))))
 
@@ -323,7 +326,7 @@ class _Converter:
                 extra_ok = getattr(m, "count_include_pad", True) or p == 0
             else:
                 k = _arg(node, 1, "kernel_size", None)
-                s = _arg(node, 2, "stride", None) or k
+                s = _arg(node, 2, "stride", None)
                 p = _arg(node, 3, "padding", 0)
                 d = _arg(node, 4, "dilation", 1) if kind == "maxpool" else 1
                 ceil = _arg(node, 5 if kind == "maxpool" else 4, "ceil_mode", False)
@@ -435,12 +438,10 @@ class _Converter:
             else:
                 raise _unsupported(node, self.modules)
         if softmax:
+            if len(self.g.tensors[out].shape) != 2:
+                raise ValueError(f"softmax=True needs 2-D logits, but the model returns shape {self.g.tensors[out].shape[1:]} per sample")
             out = self._softmax(out, "softmax")
         return inp, out
-
-
-def m_name(node: fx.Node) -> str:
-    return str(node.target)
 
 
 def _nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:
