@@ -312,3 +312,31 @@ def test_measure_latency_structure():
     assert 0 < min(times[1]) < min(times[64])  # 64 images cost more than one (noise only adds time)
     with pytest.raises(ValueError, match="batch_sizes"):
         measure_latency(model, torch.randn(1, 3, 16, 16), batch_sizes=(0,))
+
+
+def test_cli_prune_channel_ratios_writes_a_smaller_checkpoint(tmp_path, capsys):
+    from edgeprune.checkpoint import masks_path_for, save_checkpoint
+    from edgeprune.cli import main
+    from edgeprune.models import BasicCNN, ModelSpec
+
+    torch.manual_seed(0)
+    spec = ModelSpec("basiccnn", 1, 10, 28)
+    model = BasicCNN(1, 10, 28)
+    save_checkpoint(tmp_path / "base.safetensors", model, spec)
+    out = tmp_path / "small.safetensors"
+    assert main(["prune", str(tmp_path / "base.safetensors"), "--channel-ratios", '{"_default": 0.5}', "--out", str(out)]) == 0
+    assert "conv1 8, conv2 16, fc1 60, fc2 10" in capsys.readouterr().out
+    state, meta = load_state_dict_file(out)
+    # conv1 16 -> 8, conv2 32 -> 16 (its inputs 8), fc1 120 -> 60 (its inputs 16 channels x 7 x 7), fc2 keeps 10 classes
+    assert state["conv1.weight"].shape == (8, 1, 5, 5) and state["conv2.weight"].shape == (16, 8, 5, 5)
+    assert state["fc1.weight"].shape == (60, 16 * 7 * 7) and state["fc2.weight"].shape == (10, 60)
+    assert '"channel_pruned": true' in meta["info"] and not masks_path_for(out).exists()
+    x = torch.randn(2, 1, 28, 28)
+    expected = prune_channels(model, {"_default": 0.5}, x[:1]).eval()
+    assert torch.equal(load_channel_pruned(spec.build().eval(), state)(x), expected(x))
+    both = tmp_path / "both.safetensors"
+    argv = ["prune", str(tmp_path / "base.safetensors"), "--channel-ratios", '{"conv2": 0.25}', "--sparsity", '{"_default": 0.5}']
+    assert main([*argv, "--out", str(both)]) == 0
+    masks, _ = load_state_dict_file(masks_path_for(both))
+    assert masks["conv2.weight"].shape == (24, 16, 5, 5) and masks["fc1.weight"].shape == (120, 24 * 7 * 7)
+    assert main(["prune", str(tmp_path / "base.safetensors"), "--out", str(both)]) == 2

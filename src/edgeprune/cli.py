@@ -14,6 +14,8 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from . import __version__
 from .analyze.metrics import count_macs, layer_stats, model_stats
 from .analyze.plots import plot_num_parameters_distribution, plot_weight_distribution
@@ -42,6 +44,7 @@ from .pipeline import (
     scan_model,
     train_baseline,
 )
+from .prune.channels import channel_counts, prune_channels
 from .prune.pruner import FineGrainedPruner
 from .prune.settings import load_layer_settings
 from .report import comparison_markdown, layers_markdown
@@ -181,11 +184,13 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         "model": asdict(spec), **model_stats(model, args.bit_width),
         "macs_dense": count_macs(model, (spec.in_channels, spec.image_size, spec.image_size)),
         "layers": [s.to_dict() for s in layer_stats(model, args.bit_width)],
+        "channels": channel_counts(model),
     }
     write_json_atomic(out / "inspect.json", stats)
     plot_weight_distribution(model, out / "weight_distribution.png", count_nonzero_only=args.nonzero_only, show=args.show)
     plot_num_parameters_distribution(model, out / "num_parameters.png", show=args.show)
     print(layers_markdown(stats["layers"]))
+    print("output channels: " + ", ".join(f"{name} {c['out']}" for name, c in stats["channels"].items()))
     print(f"{stats['params']:,} parameters, {stats['nonzeros']:,} non-zero ({100 * stats['sparsity']:.1f} % sparse), "
           f"{stats['theoretical_mib']:.3f} MiB at {args.bit_width} bit, {stats['macs_dense']['total']:,} MACs; wrote {out}/")
 
@@ -215,10 +220,25 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
+    if args.sparsity is None and args.channel_ratios is None:
+        raise ValueError("prune needs --sparsity (fine-grained), --channel-ratios (whole channels), or both")
     out = _writable_file(args.out)
     model, spec, _ = _load(args, args.checkpoint)
+    info: dict = {"stage": "pruned"}
+    if args.channel_ratios is not None:  # whole channels first: a smaller dense model
+        ratios = load_layer_settings(args.channel_ratios)
+        example = torch.zeros(1, spec.in_channels, spec.image_size, spec.image_size)
+        before = count_macs(model, example.shape[1:])["total"]
+        model = prune_channels(model, ratios, example, args.importance)
+        info.update(channel_pruned=True, channel_ratios=ratios, channel_importance=args.importance)
+        print(f"channels pruned: {before:,} -> {count_macs(model, example.shape[1:])['total']:,} MACs; output channels: "
+              + ", ".join(f"{name} {c['out']}" for name, c in channel_counts(model).items()))
+        if args.sparsity is None:
+            save_checkpoint(out, model, spec, None, info)
+            print(f"saved {out}")
+            return
     pruned, pruner = prune_copy(model, spec, load_layer_settings(args.sparsity))
-    save_checkpoint(out, pruned, spec, pruner.masks, {"stage": "pruned", "sparsity_dict": pruner.sparsity_dict})
+    save_checkpoint(out, pruned, spec, pruner.masks, {**info, "sparsity_dict": pruner.sparsity_dict})
     print(layers_markdown([s.to_dict() for s in layer_stats(pruned) if s.name in pruner.masks]))
     print(f"saved {out} with the masks of {len(pruner.masks)} layers")
 
@@ -411,10 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="sparsity.json")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("prune", help="fine-grained magnitude pruning by a sparsity dict; saves the masks")
+    p = sub.add_parser("prune", help="fine-grained magnitude pruning by a sparsity dict (saves the masks), and/or whole channels")
     _add_common(p)
     p.add_argument("checkpoint")
-    p.add_argument("--sparsity", required=True, help="inline JSON or a .json/.toml/.yaml file; keys: names, 're:' regexes, '_default'")
+    p.add_argument("--sparsity", help="inline JSON or a .json/.toml/.yaml file; keys: names, 're:' regexes, '_default'")
+    p.add_argument("--channel-ratios", help="fraction of output channels removed per Conv2d/Linear module name, as --sparsity "
+                   "(e.g. '{\"_default\": 0.5}'): a smaller dense model, pruned before --sparsity; the classes layer is kept")
+    p.add_argument("--importance", choices=("l1", "l2", "bn_scale"), default="l2", help="channel importance for --channel-ratios")
     p.add_argument("--out", default="pruned.safetensors")
     p.set_defaults(func=cmd_prune)
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 import torch
-import torch_pruning as tp
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -84,8 +83,8 @@ def _is_grouped(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups > 1 and not _is_depthwise(module)
 
 
-def _group_rows(graph: tp.DependencyGraph, group, criterion: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The rows (tensor slice per pruned index, root channel per index) of every weight a coupled group removes.
+def _group_rows(graph, group, criterion: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The rows (tensor slice per pruned index, root channel per index) of every weight a Torch-Pruning group removes.
 
     ``taylor`` rows are weight × gradient; ``bn_scale`` rows are the BatchNorm scales (the
     group's weights when it has no BatchNorm).
@@ -142,6 +141,8 @@ def prune_channels(
     without one), or ``taylor`` (first-order, from ``batches`` of (inputs, targets) and ``loss_fn``).
     Kept weights are copied bit for bit.
     """
+    import torch_pruning as tp  # imported on use: loading a checkpoint does not need it
+
     if importance not in CRITERIA:
         raise ValueError(f"unknown channel importance {importance!r}; choose one of {', '.join(CRITERIA)}")
     if importance == "taylor" and batches is None:
