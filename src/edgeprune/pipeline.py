@@ -8,9 +8,11 @@ and :func:`compare_models`. :class:`RunConfig` checks a whole run before any wor
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import numbers
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .analyze.metrics import count_macs, file_size, layer_stats, model_stats
 from .analyze.plan import make_plan
 from .analyze.plots import plot_num_parameters_distribution, plot_weight_distribution
@@ -355,9 +358,14 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
     The folder is locked while the run writes it. A folder holding another run's files is refused
     unless ``overwrite`` (its run files are removed first) or ``resume`` (the steps already done,
     with the same config, are loaded instead of redone; the results equal an uninterrupted run's).
+    Under ``torchrun`` every process runs the steps (training data-parallel) and only rank 0 writes ``cfg.out``.
     """
     start = time.time()
-    with RunFolder(cfg.out, cfg.to_dict(), overwrite=overwrite, resume=resume) as folder:
+    if resume and distributed.is_distributed():
+        raise ValueError("--resume runs in one process: resume without torchrun, or start again with --overwrite")
+    with contextlib.ExitStack() as stack:
+        where = cfg.out if distributed.is_main() else stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeprune-rank"))
+        folder = stack.enter_context(RunFolder(where, cfg.to_dict(), overwrite=overwrite, resume=resume))
         out = folder.path
         device = pick_device(cfg.device)
         splits = load_data(cfg.data)

@@ -8,12 +8,16 @@ from typing import Callable, Iterable
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from . import distributed
 from .device import pick_device
 from .prune.pruner import FineGrainedPruner
 
-__all__ = ["evaluate", "train", "finetune", "TrainHistory"]
+__all__ = ["evaluate", "train", "finetune", "TrainHistory", "LR_SCHEDULES"]
+
+LR_SCHEDULES = ("constant", "cosine", "step")
 
 
 @torch.inference_mode()
@@ -46,14 +50,14 @@ def _train_epoch(model, loader, optimizer, device, after_step, desc) -> float:
     model.train()
     criterion = nn.CrossEntropyLoss()
     total_loss, batches = 0.0, 0
-    for images, labels in tqdm(loader, desc=desc, leave=False):
+    for images, labels in tqdm(loader, desc=desc, leave=False, disable=not distributed.is_main()):
         images, labels = images.to(device), labels.to(device)
         optimizer.zero_grad()
         loss = criterion(model(images), labels)
         loss.backward()
         optimizer.step()
         if after_step is not None:
-            after_step(model)
+            after_step(model.module if isinstance(model, DistributedDataParallel) else model)
         total_loss += loss.item()
         batches += 1
     return total_loss / max(batches, 1)
@@ -69,26 +73,46 @@ def train(
     seed: int = 0,
     after_step: Callable[[nn.Module], None] | None = None,
     keep_best: bool = False,
+    lr_schedule: str = "constant",
 ) -> TrainHistory:
     """Train with Adam and cross-entropy, as the seed does; evaluate after each epoch when given a loader.
 
     ``after_step(model)`` runs after every optimizer step.
     With ``keep_best`` the weights of the epoch with the best evaluation accuracy are restored at the end.
+    ``lr_schedule``: ``constant``, ``cosine`` (annealed to 0 over the epochs) or ``step`` (x0.1 every third of them).
+    Under ``torchrun`` (see :mod:`edgeprune.distributed`) the model is wrapped in DistributedDataParallel
+    and each process trains on its shard of every epoch; every process ends with the same weights.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be at least 0, got {epochs}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
     torch.manual_seed(seed)
     device = pick_device(device)
     model.to(device)
+    net, sampler = model, None
+    if distributed.is_distributed() and epochs:
+        train_loader, sampler = distributed.sharded_loader(train_loader, seed)
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = None
+    if lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+    elif lr_schedule == "step":
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.1)
     history = TrainHistory()
     best_state, best_acc = None, -1.0
     for epoch in range(1, epochs + 1):
-        history.loss.append(_train_epoch(model, train_loader, optimizer, device, after_step, f"epoch {epoch}/{epochs}"))
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        history.loss.append(_train_epoch(net, train_loader, optimizer, device, after_step, f"epoch {epoch}/{epochs}"))
+        if scheduler is not None:
+            scheduler.step()
         if eval_loader is not None:
             acc = evaluate(model, eval_loader, device)
             history.accuracy.append(acc)
-            tqdm.write(f"epoch {epoch}/{epochs}: loss {history.loss[-1]:.4f}, accuracy {acc:.2f} %")
+            if distributed.is_main():
+                tqdm.write(f"epoch {epoch}/{epochs}: loss {history.loss[-1]:.4f}, accuracy {acc:.2f} %")
             if keep_best and acc > best_acc:
                 best_acc, history.best_epoch = acc, epoch
                 best_state = copy.deepcopy(model.state_dict())
