@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .analyze.metrics import count_macs, layer_stats, model_stats
 from .analyze.plots import plot_num_parameters_distribution, plot_weight_distribution
 from .analyze.scan import ScanResult
@@ -173,7 +173,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     model, spec = build_baseline(args.model, splits, seed=args.seed)
     history = train_baseline(model, splits, args.epochs, args.lr, args.device, args.seed)
     accuracy = evaluate(model, make_loaders(splits, args.batch_size)[2], args.device)
-    save_checkpoint(out, model, spec, info={"stage": "baseline", "test_accuracy": accuracy, "data": splits.info})
+    if distributed.is_main():
+        save_checkpoint(out, model, spec, info={"stage": "baseline", "test_accuracy": accuracy, "data": splits.info})
     print(f"test accuracy {accuracy:.2f} % (best epoch {history.best_epoch}); saved {out}")
 
 
@@ -252,7 +253,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     splits = _splits(args, spec)
     history = finetune_pruned(model, pruner, splits, args.epochs, args.lr, args.device, args.seed)
     accuracy = evaluate(model, make_loaders(splits, args.batch_size)[2], args.device)
-    save_checkpoint(out, model, spec, pruner.masks, {"stage": "finetuned", "test_accuracy": accuracy})
+    if distributed.is_main():
+        save_checkpoint(out, model, spec, pruner.masks, {"stage": "finetuned", "test_accuracy": accuracy})
     print(f"test accuracy {accuracy:.2f} % (best epoch {history.best_epoch}); saved {out}")
 
 
@@ -335,8 +337,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         out=args.out, device=args.device, seed=args.seed,
     )
     results = run_experiment(cfg, overwrite=args.overwrite, resume=args.resume)
-    print(comparison_markdown(results["comparison"]))
-    print(f"report: {Path(cfg.out) / 'report.md'} (finished in {results['seconds']} s)")
+    if distributed.is_main():
+        print(comparison_markdown(results["comparison"]))
+        print(f"report: {Path(cfg.out) / 'report.md'} (finished in {results['seconds']} s)")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -484,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     where = f"edgeprune {args.command}"
     try:
+        distributed.init_from_env()  # under torchrun: join the other processes
         args.func(args)
     except KeyboardInterrupt:
         hint = "; continue it with the same flags and --resume" if args.command == "run" else ""
@@ -502,4 +506,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{where}: internal error: {type(exc).__name__}: {first}; rerun with EDGEPRUNE_DEBUG=1 for the "
               "traceback and report it", file=sys.stderr)
         return 1
+    finally:
+        distributed.shutdown()
     return 0
