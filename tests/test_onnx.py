@@ -104,3 +104,25 @@ def test_cli_exports_onnx(tmp_path, fashion_slice, capsys):
     out = capsys.readouterr().out
     assert "logits equal within tolerance" in out and "on 40 test images" in out
     assert onnx.load(str(tmp_path / "m.onnx")).graph.input[0].type.tensor_type.shape.dim[0].dim_param
+
+
+def test_int8_qdq_copy_is_quantized_and_close(tmp_path):
+    from edgeprune.export.onnx import quantize_onnx
+
+    torch.manual_seed(2)
+    model = BasicCNN(1, 5, 9).eval()
+    calib = torch.rand(64, 1, 9, 9) * 2 - 1
+    fp32 = export_onnx(model, tmp_path / "m.onnx", calib[:1])
+    int8 = quantize_onnx(fp32, tmp_path / "m.int8.onnx", calib)
+    ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    weights = [t for t in onnx.load(str(int8)).graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]
+    assert len(weights) == 4  # conv1, conv2, fc1, fc2 weights stored as int8
+    x = torch.rand(8, 1, 9, 9) * 2 - 1
+    session = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        expected = model(x).numpy()
+    # int8 error: a few percent of the logits' range, far below it
+    assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max() + 1e-3
+    assert not np.allclose(got, expected, rtol=1e-5, atol=1e-6)  # it really is the quantized model

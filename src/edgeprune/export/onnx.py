@@ -13,7 +13,7 @@ from torch import nn
 
 from ..files import atomic_path
 
-__all__ = ["ONNX_ATOL", "ONNX_RTOL", "export_onnx", "onnx_session", "compare_onnx", "evaluate_onnx", "onnx_latency"]
+__all__ = ["ONNX_ATOL", "ONNX_RTOL", "export_onnx", "quantize_onnx", "onnx_session", "compare_onnx", "evaluate_onnx", "onnx_latency"]
 
 ONNX_ATOL = 1e-4
 """onnxruntime's float32 logits equal PyTorch's when ``|ort - torch| <= ONNX_ATOL + ONNX_RTOL * |torch|`` everywhere."""
@@ -43,6 +43,35 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example_input: torch.
             raise ValueError(f"cannot export {type(model).__name__} to ONNX with an input of shape "
                              f"{tuple(example_input.shape)} ({type(exc).__name__}: {first}); check the input shape") from exc
     return path
+
+
+def quantize_onnx(path: str | os.PathLike, out: str | os.PathLike, calibration_images: torch.Tensor, batch: int = 32) -> Path:
+    """Write an int8 copy of the .onnx file ``path`` to ``out``: onnxruntime's static quantization in QDQ format.
+
+    Weights int8 per output channel, activations int8 per tensor, calibrated (min/max) on the float
+    ``calibration_images`` (N x C x H x W training images).
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    if not isinstance(calibration_images, torch.Tensor) or len(calibration_images) == 0:
+        raise ValueError("calibration_images must be a non-empty float tensor N x C x H x W of training images")
+    session = onnx_session(path)
+    name = session.get_inputs()[0].name
+    chunks = [calibration_images[i:i + batch].cpu().numpy().astype(np.float32) for i in range(0, len(calibration_images), batch)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(chunks)
+
+        def get_next(self):
+            chunk = next(self.items, None)
+            return None if chunk is None else {name: chunk}
+
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        quantize_static(str(path), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    return out
 
 
 def onnx_session(path: str | os.PathLike, threads: int | None = None):
