@@ -175,6 +175,9 @@ def test_any_dtype_round_trips(tmp_path):
     assert_bit_exact(loaded, quantize_state_dict(state_dict, "fp32"))
     for name in ("half_weight", "bf16_weight", "bias64", "scalar", "flags", "bytes", "small_ints", "nan"):
         assert torch.equal(bits_of(loaded[name]), bits_of(state_dict[name])), name
+    # a float64 weight in fp32 mode keeps float32 precision and its dtype
+    assert loaded["double"].dtype == torch.float64
+    assert torch.equal(bits_of(loaded["double"]), bits_of(state_dict["double"].float().double()))
 
 
 # --------------------------------------------------------------------------- value modes, checked by hand
