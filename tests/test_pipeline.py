@@ -229,3 +229,27 @@ def test_ctrl_c_in_a_real_process_exits_130_with_one_line(tmp_path, fashion_slic
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "edgeprune run: interrupted; continue it with the same flags and --resume"
     assert not (out / LOCK_NAME).exists()
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    ("constant", [0.1, 0.1, 0.1, 0.1]),
+    ("cosine", [0.1 * (1 + __import__("math").cos(__import__("math").pi * e / 4)) / 2 for e in range(4)]),
+    ("step", [0.1, 0.01, 0.001, 0.0001]),
+])
+def test_lr_schedules_give_the_hand_computed_rates(monkeypatch, tiny_net, schedule, expected):
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from edgeprune.training import train
+
+    seen = []
+
+    class Recording(torch.optim.Adam):
+        def step(self, *args, **kwargs):
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", Recording)
+    data = TensorDataset(torch.randn(8, 3, 5, 5), torch.randint(0, 7, (8,)))
+    train(tiny_net, DataLoader(data, batch_size=8), 4, lr=0.1, lr_schedule=schedule)
+    assert seen == pytest.approx(expected, rel=1e-9)

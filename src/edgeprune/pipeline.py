@@ -42,7 +42,7 @@ from .prune.schedule import SCHEDULES, prune_gradually
 from .prune.settings import load_layer_settings, resolve_sparsity_dict
 from .report import run_report
 from .runfolder import RunFolder
-from .training import TrainHistory, evaluate, finetune, train
+from .training import LR_SCHEDULES, TrainHistory, evaluate, finetune, train
 
 __all__ = [
     "RunConfig",
@@ -122,6 +122,7 @@ class RunConfig:
     epochs: int | None = None
     finetune_epochs: int = 3
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # of fine-tuning: "constant", "cosine" or "step"
     sparsity: str | dict | None = None  # a sparsity dict; None: the planner chooses one
     plan: str = "scan"  # how the planner chooses: "scan" (from the sensitivity scan) or "global" (one magnitude ranking)
     target_sparsity: float = 0.8  # the planner's budget: fraction of prunable weights removed
@@ -152,6 +153,8 @@ class RunConfig:
         self.centroid_epochs = _check_int(self.centroid_epochs, "centroid_epochs", 0, 10_000)
         self.seed = _check_int(self.seed, "seed", 0, MAX_SEED)
         self.lr = _check_positive(self.lr, "lr")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
         if self.epochs == 0 and not self.weights:
             raise ValueError("epochs=0 needs weights: a trained baseline to start from (--weights FILE)")
         if self.weights is not None and not Path(self.weights).is_file():
@@ -292,11 +295,11 @@ def prune_copy(model: nn.Module, spec: ModelSpec, sparsity: Mapping[str, object]
 
 def finetune_pruned(
     model: nn.Module, pruner: FineGrainedPruner, splits: DataSplits, epochs: int, lr: float = 1e-3,
-    device: str | torch.device | None = None, seed: int = 0,
+    device: str | torch.device | None = None, seed: int = 0, lr_schedule: str = "constant",
 ) -> TrainHistory:
     """Fine-tune with the masks kept; the best epoch on the validation split is kept (shuffling seeded afresh)."""
     train_loader, val_loader, _ = make_loaders(splits, splits.info.get("batch_size", 64), seed)
-    return finetune(model, pruner, train_loader, epochs, val_loader, lr, device, seed)
+    return finetune(model, pruner, train_loader, epochs, val_loader, lr, device, seed, lr_schedule)
 
 
 def prune_while_training(
@@ -427,7 +430,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             ft_history = TrainHistory(**done["finetune"])
         elif cfg.schedule == "oneshot":
             finetuned = copy.deepcopy(pruned)
-            ft_history = finetune_pruned(finetuned, pruner, splits, cfg.finetune_epochs, cfg.lr, device, cfg.seed)
+            ft_history = finetune_pruned(finetuned, pruner, splits, cfg.finetune_epochs, cfg.lr, device, cfg.seed, cfg.lr_schedule)
         else:
             finetuned = copy.deepcopy(model)
             pruner, ft_history = prune_while_training(

@@ -132,6 +132,7 @@ def finetune(
     lr: float = 1e-3,
     device: str | torch.device | None = None,
     seed: int = 0,
+    lr_schedule: str = "constant",
 ) -> TrainHistory:
     """Fine-tune a pruned model with the pruner's masks attached (:meth:`FineGrainedPruner.attach`).
 
@@ -140,4 +141,4 @@ def finetune(
     accuracy. The masks stay attached on return; ``edgeprune.prune.pruner.remove(model)`` detaches them.
     """
     pruner.attach(model)
-    return train(model, train_loader, epochs, eval_loader, lr, device, seed, keep_best=True)
+    return train(model, train_loader, epochs, eval_loader, lr, device, seed, keep_best=True, lr_schedule=lr_schedule)
