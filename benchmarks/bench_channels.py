@@ -1,13 +1,15 @@
-"""Channel pruning benchmark: BasicCNN on real Fashion-MNIST, edgeprune against Torch-Pruning's MetaPruner.
+"""Channel pruning benchmark: BasicCNN (or resnet18) on real Fashion-MNIST, edgeprune against Torch-Pruning's MetaPruner.
 
 Trains a baseline, prunes whole channels with ``edgeprune.prune.channels.prune_channels`` at each
 ``--ratios`` value (uniform ``_default``), and prunes the same baseline with Torch-Pruning's own
 ``MetaPruner`` + ``MagnitudeImportance`` (uniform and global), each at the pruning ratio whose MACs
-come closest to edgeprune's. Every pruned model is fine-tuned for the same epochs with the same
-seed; test accuracy, MACs, parameters and CPU latency (batch 1 and 64; dense and pruned models
-timed in the same process, alternating round by round) are printed as a Markdown table.
+come closest to edgeprune's. Every pruned model (and a copy of the dense one, the reference for
+accuracy lost) is fine-tuned for the same epochs with the same seed and shuffling; test accuracy,
+MACs, parameters and CPU latency (batch 1 and 64; dense and pruned models timed in the same
+process, alternating round by round) are printed as a Markdown table.
 
-    .venv/bin/python benchmarks/bench_channels.py --epochs 3 --finetune-epochs 2 --ratios 0.3,0.5
+    .venv/bin/python benchmarks/bench_channels.py --epochs 5 --finetune-epochs 2 --ratios 0.3,0.5 --limit 10000
+    .venv/bin/python benchmarks/bench_channels.py --model resnet18 --epochs 0 --finetune-epochs 0 --limit 500
 """
 
 from __future__ import annotations
@@ -25,35 +27,33 @@ from edgeprune.analyze.latency import measure_latency
 from edgeprune.analyze.metrics import count_macs
 from edgeprune.data import DataConfig, load_data, make_loaders
 from edgeprune.files import write_json_atomic
-from edgeprune.models import BasicCNN
-from edgeprune.prune.channels import prune_channels
+from edgeprune.models import build_model
+from edgeprune.prune.channels import output_layer_names, prune_channels
 from edgeprune.training import evaluate, train
 
-SHAPE = (1, 28, 28)
-
-
-def tp_prune(model: BasicCNN, ratio: float, global_pruning: bool) -> nn.Module:
+def tp_prune(model: nn.Module, shape: tuple[int, ...], ratio: float, global_pruning: bool) -> nn.Module:
     """Torch-Pruning's own pruner: MetaPruner with L2 MagnitudeImportance, the classes layer ignored."""
     pruned = copy.deepcopy(model).eval()
+    example = torch.zeros(1, *shape)
     pruner = tp.pruner.MetaPruner(
         pruned,
-        torch.zeros(1, *SHAPE),
+        example,
         importance=tp.importance.MagnitudeImportance(p=2),
         pruning_ratio=ratio,
         global_pruning=global_pruning,
-        ignored_layers=[pruned.fc2],
+        ignored_layers=[pruned.get_submodule(name) for name in output_layer_names(pruned, example)],
     )
     pruner.step()
     return pruned
 
 
-def tp_at_macs(model: BasicCNN, target: int, global_pruning: bool) -> tuple[nn.Module, float]:
+def tp_at_macs(model: nn.Module, shape: tuple[int, ...], target: int, global_pruning: bool) -> tuple[nn.Module, float]:
     """Torch-Pruning's model whose MACs are closest to ``target``, by bisection on its pruning ratio."""
     low, high, best = 0.0, 0.9, None
     for _ in range(12):
         ratio = (low + high) / 2
-        pruned = tp_prune(model, ratio, global_pruning)
-        macs = count_macs(pruned, SHAPE)["total"]
+        pruned = tp_prune(model, shape, ratio, global_pruning)
+        macs = count_macs(pruned, shape)["total"]
         if best is None or abs(macs - target) < abs(best[2] - target):
             best = (pruned, ratio, macs)
         if macs > target:
@@ -63,17 +63,17 @@ def tp_at_macs(model: BasicCNN, target: int, global_pruning: bool) -> tuple[nn.M
     return best[0], best[1]
 
 
-def latency_rounds(models: dict[str, nn.Module], rounds: int) -> dict[str, dict[str, dict[int, float]]]:
+def latency_rounds(models: dict[str, nn.Module], shape: tuple[int, ...], rounds: int, warmup: int, repeats: int) -> dict[str, dict[str, dict[int, float]]]:
     """Per model and batch size, the median of its per-round medians and the fastest single pass (ms) on the CPU.
 
     The models are timed in turn within each round, so a slow spell of the shared machine hits them all.
     """
-    example = torch.zeros(1, *SHAPE)
+    example = torch.zeros(1, *shape)
     medians: dict[str, dict[int, list[float]]] = {name: {1: [], 64: []} for name in models}
     fastest: dict[str, dict[int, float]] = {name: {1: float("inf"), 64: float("inf")} for name in models}
     for _ in range(rounds):
         for name, model in models.items():
-            result = measure_latency(model, example, (1, 64), device="cpu", warmup=3, repeats=10)
+            result = measure_latency(model, example, (1, 64), device="cpu", warmup=warmup, repeats=repeats)
             for batch, ms in result["latency_ms"]["cpu"].items():
                 medians[name][batch].append(ms)
                 fastest[name][batch] = min(fastest[name][batch], *result["all_ms"]["cpu"][batch])
@@ -85,45 +85,56 @@ def latency_rounds(models: dict[str, nn.Module], rounds: int) -> dict[str, dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="basiccnn", help="basiccnn or a torchvision classifier such as resnet18 (3x32x32)")
     parser.add_argument("--epochs", type=int, default=3, help="baseline training epochs")
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--ratios", default="0.3,0.5", help="uniform channel ratios for edgeprune (comma-separated)")
     parser.add_argument("--importance", default="l2", choices=["l1", "l2", "taylor"])
     parser.add_argument("--limit", type=int, default=None, help="images per split (quick trials)")
     parser.add_argument("--rounds", type=int, default=5, help="latency rounds (models alternate within a round)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed passes before each model's timed ones, per round")
+    parser.add_argument("--repeats", type=int, default=10, help="timed passes per model, batch size and round")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadiest on a shared CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    splits = load_data(DataConfig(name="fashion-mnist", limit=args.limit, seed=args.seed))
+    geometry = {} if args.model == "basiccnn" else {"channels": 3, "image_size": 32}
+    splits = load_data(DataConfig(name="fashion-mnist", limit=args.limit, seed=args.seed, **geometry))
+    shape = (splits.in_channels, splits.image_size, splits.image_size)
     train_loader, val_loader, test_loader = make_loaders(splits, 64, seed=args.seed)
     torch.manual_seed(args.seed)
-    dense = BasicCNN(in_channels=1, num_classes=10, image_size=28)
+    dense = build_model(args.model, splits.in_channels, splits.num_classes, splits.image_size)
     train(dense, train_loader, args.epochs, val_loader, device="cpu", seed=args.seed)
-    dense_macs = count_macs(dense, SHAPE)["total"]
+    dense_macs = count_macs(dense, shape)["total"]
     rows = [{"name": "dense", "ratio": 0.0, "macs": dense_macs, "params": sum(p.numel() for p in dense.parameters()),
              "acc_pruned": None, "acc": evaluate(dense, test_loader, "cpu")}]
     models = {"dense": dense}
+    # the reference for accuracy lost: the dense model trained for the same extra epochs as every pruned one
+    dense_more = copy.deepcopy(dense)
+    train(dense_more, make_loaders(splits, 64, seed=args.seed)[0], args.finetune_epochs, val_loader, device="cpu", seed=args.seed)
+    rows.append({"name": "dense + fine-tune epochs", "ratio": 0.0, "macs": dense_macs, "params": rows[0]["params"],
+                 "acc_pruned": None, "acc": evaluate(dense_more, test_loader, "cpu")})
+    models["dense + fine-tune epochs"] = dense_more
     batches = list(itertools.islice(train_loader, 4)) if args.importance == "taylor" else None
     for ratio in (float(r) for r in args.ratios.split(",")):
-        ours = prune_channels(dense, {"_default": ratio}, torch.zeros(1, *SHAPE), args.importance, batches=batches)
-        target = count_macs(ours, SHAPE)["total"]
+        ours = prune_channels(dense, {"_default": ratio}, torch.zeros(1, *shape), args.importance, batches=batches)
+        target = count_macs(ours, shape)["total"]
         candidates = {f"edgeprune {args.importance} {ratio}": (ours, ratio)}
         for global_pruning in (False, True):
-            pruned, tp_ratio = tp_at_macs(dense, target, global_pruning)
+            pruned, tp_ratio = tp_at_macs(dense, shape, target, global_pruning)
             candidates[f"TP {'global' if global_pruning else 'uniform'} @{ratio}"] = (pruned, tp_ratio)
         for name, (model, used_ratio) in candidates.items():
             acc_pruned = evaluate(model, test_loader, "cpu")
             fresh_order, _, _ = make_loaders(splits, 64, seed=args.seed)  # the same shuffling for every candidate
             train(model, fresh_order, args.finetune_epochs, val_loader, device="cpu", seed=args.seed)
-            rows.append({"name": name, "ratio": round(used_ratio, 4), "macs": count_macs(model, SHAPE)["total"],
+            rows.append({"name": name, "ratio": round(used_ratio, 4), "macs": count_macs(model, shape)["total"],
                          "params": sum(p.numel() for p in model.parameters()), "acc_pruned": acc_pruned,
                          "acc": evaluate(model, test_loader, "cpu")})
             models[name] = model
-    latency = latency_rounds(models, args.rounds)
-    print(f"threads: {torch.get_num_threads()}; train/val/test images {splits.info['train_images']}/"
+    latency = latency_rounds(models, shape, args.rounds, args.warmup, args.repeats)
+    print(f"{args.model} {shape}, threads: {torch.get_num_threads()}; train/val/test images {splits.info['train_images']}/"
           f"{splits.info['val_images']}/{splits.info['test_images']}")
     print("| model | ratio | MACs | params | acc pruned (%) | acc fine-tuned (%) | ms b1 median / min | ms b64 median / min "
           "| speedup b1 median / min | speedup b64 median / min |")
