@@ -229,6 +229,8 @@ def test_deepcopy_and_pickle_carry_working_masks_of_their_own(tiny_net):
     remove(tiny_net)  # the copies' masks do not depend on the original's
     for clone in copies:
         assert is_pruned(clone) and torch.equal(clone.fc.weight_mask, pruner.masks["fc.weight"].float())
+        with torch.inference_mode():  # a first forward pass without autograd (evaluate) installs the hooks too
+            clone(_batches()[0][0])
         seen = []
         _user_loop(clone, torch.optim.Adam(clone.parameters(), lr=1e-2),
                    _batches(), lambda: seen.append(clone.fc.weight.grad[~pruner.masks["fc.weight"]].abs().max().item()))

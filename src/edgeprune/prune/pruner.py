@@ -14,7 +14,7 @@ of ``torch.nn.utils.prune`` but without renaming any parameter:
   each ``step()`` (to +0.0), whatever the optimizer does with weight decay, momentum or stale state.
 
 The hooks multiply by a float mask rather than select with a bool one: on CPU that is about
-50 times faster here, and it is exact for every finite value (x * 1 = x; x * 0 + 0.0 = +0.0).
+50 times faster here, and it is exact for every finite value (x * 1 = x; 0 + x * 0 = +0.0).
 A NaN or infinity at a pruned position, which only a diverged run produces, stays NaN.
 
 A gradient hook was chosen over a parametrization because a parametrization renames the
@@ -24,6 +24,7 @@ checkpoint format, the sparsity dicts and the export all rely on.
 
 from __future__ import annotations
 
+import functools
 import os
 import weakref
 from dataclasses import dataclass
@@ -69,6 +70,12 @@ _HOOKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
 _STEP_HOOK: list[RemovableHandle] = []
 
 
+@functools.lru_cache(maxsize=None)
+def _zero(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A 0-dim zero on ``device``, the ``0 +`` of the step hook's fused multiply-add."""
+    return torch.zeros((), device=device, dtype=dtype)
+
+
 @torch.no_grad()
 def _zero_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     """Optimizer step post-hook: re-zero the pruned weights among this optimizer's parameters."""
@@ -78,8 +85,8 @@ def _zero_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -
         for param in group["params"]:
             entry = _HOOKED.get(param)
             mask = None if entry is None else entry.mask()
-            if mask is not None:
-                param.mul_(mask).add_(0.0)  # + 0.0 turns the -0.0 of a negative weight times 0 into +0.0
+            if mask is not None:  # 0 + w * mask in one pass: +0.0 where pruned, even for a negative w
+                torch.addcmul(_zero(param.device, param.dtype), param, mask, out=param)
 
 
 class _MaskKeeper:
