@@ -14,6 +14,7 @@ from torch import nn
 from .export.epz import load_compressed
 from .files import check_is_file, load_state_dict_file, safetensors_header, save_tensors
 from .models import ModelSpec, build_skeleton
+from .prune.channels import resize_to_state_dict
 from .prune.pruner import MASKS_FORMAT
 
 __all__ = [
@@ -94,14 +95,26 @@ def _basiccnn_geometry(stored: dict[str, tuple[int, ...]]) -> str:
     )
 
 
-def check_shapes(path: str | os.PathLike, spec: ModelSpec, stored: dict[str, tuple[int, ...]]) -> nn.Module:
+def check_shapes(
+    path: str | os.PathLike, spec: ModelSpec, stored: dict[str, tuple[int, ...]], channel_pruned: bool = False
+) -> nn.Module:
     """Check that the tensors a file stores (names and shapes) are exactly those of ``spec``'s model; return its skeleton.
 
     The model is built on the ``meta`` device (no memory) to learn its shapes, so a file whose
     header promises a huge model is refused before anything is allocated. The error names the
     first missing and unexpected tensor, the first shape that differs, and the flags to give.
+    A ``channel_pruned`` file may store fewer channels, never more: its layers are resized to the
+    stored shapes (on ``meta``) before the comparison.
     """
     skeleton = build_skeleton(spec)
+    if channel_pruned:
+        full = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
+        larger = [name for name, shape in stored.items() if name in full and
+                  (len(shape) != len(full[name]) or any(a > b for a, b in zip(shape, full[name])))]
+        if larger:
+            raise ValueError(f"{path}: channel-pruned tensor {larger[0]!r} is stored as {list(stored[larger[0]])}, larger than "
+                             f"model {spec.name!r}'s {list(full[larger[0]])}; re-save it or give the options it was trained with")
+        resize_to_state_dict(skeleton, {name: torch.empty(shape, device="meta") for name, shape in stored.items()})
     expected = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
     missing, unexpected, differ = shape_mismatches(stored, expected)
     if missing or unexpected or differ:
@@ -162,11 +175,17 @@ def load_checkpoint(
         spec = header_spec
     elif spec is None:
         raise ValueError(f"{path}: has no model spec; say which model it is ({MODEL_FLAGS})")
-    skeleton = check_shapes(path, spec, stored)
     info = _json_header(path, meta, "info")
+    channel_pruned = isinstance(info, dict) and info.get("channel_pruned") is True
+    skeleton = check_shapes(path, spec, stored, channel_pruned)
     if state is None:
         state, _ = load_state_dict_file(path)
-    model = spec.build() if any(t.is_meta for t in skeleton.state_dict().values()) else skeleton
+    if any(t.is_meta for t in skeleton.state_dict().values()):
+        model = spec.build()
+        if channel_pruned:  # a smaller dense model: its layers take the stored shapes
+            resize_to_state_dict(model, state)
+    else:
+        model = skeleton
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:  # names and shapes fit; a dtype that cannot be copied is left

@@ -1,0 +1,45 @@
+"""A channel-pruned model saves as a smaller dense checkpoint and loads back through the same API, checked before allocation."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from edgeprune.checkpoint import load_checkpoint, save_checkpoint
+from edgeprune.models import ModelSpec
+from edgeprune.prune.channels import prune_channels
+
+
+@pytest.mark.parametrize("spec", [ModelSpec("basiccnn", 1, 10, 28), ModelSpec("mobilenet_v2", 3, 7, 32)])
+def test_channel_pruned_checkpoint_loads_back_smaller_and_equal(tmp_path, spec):
+    model = spec.build(seed=0).eval()
+    x = torch.randn(2, spec.in_channels, spec.image_size, spec.image_size)
+    small = prune_channels(model, {"_default": 0.5}, x[:1]).eval()
+    path = tmp_path / "small.safetensors"
+    save_checkpoint(path, small, spec, info={"channel_pruned": True})
+    back, back_spec, _, info = load_checkpoint(path)
+    back.eval()
+    assert back_spec == spec and info["channel_pruned"] is True
+    assert sum(p.numel() for p in back.parameters()) == sum(p.numel() for p in small.parameters())
+    assert sum(p.numel() for p in back.parameters()) < sum(p.numel() for p in model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), small.state_dict().values()))
+    assert torch.equal(back(x), small(x))
+
+
+def test_without_the_flag_a_smaller_model_is_refused(tmp_path):
+    spec = ModelSpec("basiccnn", 1, 10, 28)
+    small = prune_channels(spec.build(seed=0), {"_default": 0.5}, torch.zeros(1, 1, 28, 28))
+    path = tmp_path / "small.safetensors"
+    save_checkpoint(path, small, spec)
+    with pytest.raises(ValueError, match="do not fit"):
+        load_checkpoint(path)
+
+
+def test_a_channel_pruned_file_claiming_more_channels_is_refused_before_allocation(tmp_path):
+    spec = ModelSpec("basiccnn", 1, 10, 28)
+    state = {k: v.clone() for k, v in spec.build(seed=0).state_dict().items()}
+    state["conv1.weight"] = torch.zeros(4096, 1, 5, 5)  # more filters than the model has
+    path = tmp_path / "big.safetensors"
+    save_file(state, str(path), metadata={"format": "edgeprune.checkpoint/1", "info": '{"channel_pruned": true}',
+                                          "spec": '{"name": "basiccnn", "in_channels": 1, "num_classes": 10, "image_size": 28}'})
+    with pytest.raises(ValueError, match="conv1.weight.*larger"):
+        load_checkpoint(path)
