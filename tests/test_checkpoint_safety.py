@@ -272,9 +272,14 @@ def test_live_writers_temporary_is_left_alone(tmp_path):
             code = 0
         finally:
             os._exit(code)
-    tmp = Path(os.read(name_read, 4096).decode())
-    write_text_atomic(target, "parent")
-    assert tmp.exists() and target.read_text() == "parent"
-    os.write(go_write, b"x")
-    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    try:
+        tmp = Path(os.read(name_read, 4096).decode())
+        write_text_atomic(target, "parent")
+        assert tmp.exists() and target.read_text() == "parent"
+    finally:  # always let the child finish, even when an assertion failed
+        os.write(go_write, b"x")
+        status = os.waitpid(pid, 0)[1]
+        for fd in (go_read, go_write, name_read, name_write):
+            os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
     assert target.read_text() == "from the child" and sorted(p.name for p in tmp_path.iterdir()) == ["shared.json"]
