@@ -438,3 +438,16 @@ def test_cli_exports_tflite_with_c_source(tmp_path, fashion_slice, capsys):
     assert data[4:8] == b"TFL3" and f"g_model_len = {len(data)};" in (tmp_path / "fw" / "model_data.cc").read_text()
     assert main(["export", *common, "--format", "tflite", "--values", "int8"]) == 2
     assert "drop them with --format tflite" in capsys.readouterr().err
+
+
+def test_evaluate_tflite_errors(tmp_path):
+    path = export_tflite(BasicCNN(1, 3, 28).eval(), tmp_path / "m.tflite", _calib((1, 28, 28), n=4))
+    batch = [(torch.zeros(1, 1, 28, 28), torch.zeros(1, dtype=torch.long))]
+    with pytest.raises(ValueError, match="larger arena_size"):
+        evaluate_tflite(path, batch, arena_size=4096)  # it needs about 19 KB
+    with pytest.raises(ValueError, match="at least 4096"):
+        evaluate_tflite(path, batch, arena_size=256)
+    with pytest.raises(FileNotFoundError, match="export_tflite"):
+        evaluate_tflite(tmp_path / "none.tflite", batch)
+    with pytest.raises(ValueError, match="no images"):
+        evaluate_tflite(path, [])

@@ -673,8 +673,14 @@ def evaluate_tflite(path: str | os.PathLike, loader: Iterable, arena_size: int =
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; write it first with export_tflite")
+    if arena_size < 4096:  # TFLM's own bookkeeping needs a few KB; smaller arenas can crash it instead of failing
+        raise ValueError(f"arena_size {arena_size} is too small; give at least 4096 bytes")
     data = path.read_bytes()
-    interp = _interpreter(data, arena_size)
+    try:
+        interp = _interpreter(data, arena_size)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: TFLM could not allocate the model in a {arena_size:,}-byte arena ({exc}); "
+                         "give a larger arena_size, or check the file was written by export_tflite") from exc
     qp = interp.get_input_details(0)["quantization_parameters"]
     scale, zp = float(qp["scales"][0]), int(qp["zero_points"][0])
     correct = total = 0
