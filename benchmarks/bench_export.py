@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from torch.utils.data import Subset
 
 from edgeprune.data import DataConfig, load_data, make_loader

@@ -11,10 +11,10 @@ from torch import nn
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from edgeprune.data import DataConfig, load_data, make_loader  # noqa: E402
-from edgeprune.export.onnx import compare_onnx, evaluate_onnx, export_onnx, onnx_latency  # noqa: E402
-from edgeprune.models import BasicCNN  # noqa: E402
-from edgeprune.training import evaluate  # noqa: E402
+from edgeprune.data import DataConfig, load_data, make_loader
+from edgeprune.export.onnx import compare_onnx, evaluate_onnx, export_onnx, onnx_latency
+from edgeprune.models import BasicCNN
+from edgeprune.training import evaluate
 
 
 class Residual(nn.Module):

@@ -21,11 +21,11 @@ from torch import nn
 tflite = pytest.importorskip("tflite")
 runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
 
-from edgeprune.data import DataConfig, load_data, make_loader  # noqa: E402
-from edgeprune.export.c_source import fits_on, write_c_source  # noqa: E402
-from edgeprune.export.tflite import calibration_images, evaluate_tflite, export_tflite  # noqa: E402
-from edgeprune.models import BasicCNN  # noqa: E402
-from edgeprune.training import evaluate, train  # noqa: E402
+from edgeprune.data import DataConfig, load_data, make_loader
+from edgeprune.export.c_source import fits_on, write_c_source
+from edgeprune.export.tflite import calibration_images, evaluate_tflite, export_tflite
+from edgeprune.models import BasicCNN
+from edgeprune.training import evaluate, train
 
 # ------------------------------------------------------------------ fixed-point arithmetic (gemmlowp / TFLM)
 
@@ -34,7 +34,7 @@ def quantize_multiplier(m: float) -> tuple[int, int]:
     if m == 0.0:
         return 0, 0
     frac, shift = math.frexp(m)
-    q = int(math.floor(abs(frac) * 2**31 + 0.5))  # round half away from zero (frac > 0 here)
+    q = math.floor(abs(frac) * 2**31 + 0.5)  # round half away from zero (frac > 0 here)
     if q == 2**31:
         q, shift = q // 2, shift + 1
     if shift < -31:
@@ -91,7 +91,7 @@ def _act_range(kind: int, scale: float, zp: int) -> tuple[int, int]:
     if kind in (1, 3):
         lo = max(lo, zp)
     if kind == 3:
-        hi = min(hi, zp + int(math.floor(6.0 / scale + 0.5)))
+        hi = min(hi, zp + math.floor(6.0 / scale + 0.5))
     return lo, hi
 
 
@@ -290,7 +290,7 @@ def test_one_conv_by_hand(tmp_path):
     calib = torch.tensor([[[[-0.6, 0.0, 1.0], [0.2, -0.3, 0.5], [0.9, 0.1, -0.4]]]])
     path = export_tflite(conv, tmp_path / "conv.tflite", calib)
 
-    f32 = lambda v: float(np.float32(v))  # noqa: E731  (the model's numbers are float32)
+    f32 = lambda v: float(np.float32(v))
     # input: range [-0.6, 1.0] -> scale 1.6/255, zero point round(-128 + 0.6/scale) = round(-32.375) = -32
     s_in, z_in = (1.0 - f32(-0.6)) / 255, -32
     # weights, per output channel: scale max|w|/127 (1.0 and 0.3), q = round(w / scale):
@@ -394,7 +394,7 @@ int main() {
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 def test_c_array_compiles_and_round_trips_the_bytes(tmp_path):
     path = export_tflite(BasicCNN(1, 3, 5).eval(), tmp_path / "m.tflite", _calib((1, 5, 5)))
-    cc, h = write_c_source(path, tmp_path / "src")
+    cc, _ = write_c_source(path, tmp_path / "src")
     (tmp_path / "src" / "main.cc").write_text(MAIN_CC)
     for source in (cc, tmp_path / "src" / "main.cc"):
         subprocess.run(["g++", "-std=c++11", "-Wall", "-Werror", "-c", str(source), "-o", str(source.with_suffix(".o"))],

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..files import write_text_atomic
 
-__all__ = ["BOARDS", "write_c_source", "fits_on"]
+__all__ = ["BOARDS", "fits_on", "write_c_source"]
 
 BOARDS = (
     {"board": "STM32L476RG (Nucleo-L476RG, Cortex-M4F)", "flash_bytes": 1024 * 1024, "ram_bytes": 128 * 1024},

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from torch import nn
 
 from ..files import atomic_path
 
-__all__ = ["ONNX_ATOL", "ONNX_RTOL", "export_onnx", "quantize_onnx", "onnx_session", "compare_onnx", "evaluate_onnx", "onnx_latency"]
+__all__ = ["ONNX_ATOL", "ONNX_RTOL", "compare_onnx", "evaluate_onnx", "export_onnx", "onnx_latency", "onnx_session", "quantize_onnx"]
 
 ONNX_ATOL = 1e-4
 """onnxruntime's float32 logits equal PyTorch's when ``|ort - torch| <= ONNX_ATOL + ONNX_RTOL * |torch|`` everywhere."""
@@ -51,7 +51,12 @@ def quantize_onnx(path: str | os.PathLike, out: str | os.PathLike, calibration_i
     Weights int8 per output channel, activations int8 per tensor, calibrated (min/max) on the float
     ``calibration_images`` (N x C x H x W training images).
     """
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     if not isinstance(calibration_images, torch.Tensor) or len(calibration_images) == 0:
         raise ValueError("calibration_images must be a non-empty float tensor N x C x H x W of training images")

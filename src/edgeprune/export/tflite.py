@@ -24,9 +24,9 @@ import operator
 import os
 import re
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import flatbuffers
 import numpy as np
@@ -37,7 +37,7 @@ from torch.fx.experimental.optimization import fuse as fuse_conv_bn
 
 from ..files import atomic_path
 
-__all__ = ["SUPPORTED_OPS", "calibration_images", "export_tflite", "evaluate_tflite", "tflite_arena_bytes", "activation_qparams", "weight_scales"]
+__all__ = ["SUPPORTED_OPS", "activation_qparams", "calibration_images", "evaluate_tflite", "export_tflite", "tflite_arena_bytes", "weight_scales"]
 
 SUPPORTED_OPS = (
     "Conv2d (groups 1 or depthwise), Linear, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), add, ReLU, ReLU6, "
@@ -286,7 +286,7 @@ class _Converter:
         wi = self.g.const(f"{node.target}.weight", qw, scales, axis)
         bi = self.g.const(f"{node.target}.bias", _quantize_bias(bias, self.g.qp(x)[0], scales), np.float32(self.g.qp(x)[0]) * scales)
         out = self._out(node, last)
-        common = dict(padding=padding, stride=m.stride, dilation=m.dilation, act=_ACT[act])
+        common = {"padding": padding, "stride": m.stride, "dilation": m.dilation, "act": _ACT[act]}
         if depthwise:
             opts = (2, _options("DepthwiseConv2DOptions", depth_multiplier=m.out_channels // m.in_channels, **common))
             self.g.ops.append(_Op(_OP["DEPTHWISE_CONV_2D"], [x, wi, bi], [out], opts))
@@ -312,7 +312,7 @@ class _Converter:
 
     def pool(self, node: fx.Node, kind: str) -> None:
         x = self.tensor_of[node.args[0].name]
-        _, h, w, c = self.g.tensors[x].shape
+        _, h, w, _ = self.g.tensors[x].shape
         if kind == "adaptiveavg":
             size = self.modules[node.target].output_size if node.op == "call_module" else _arg(node, 1, "output_size", None)
             if _pair(size) != (1, 1):
