@@ -212,6 +212,8 @@ def test_ratio_errors_and_conflicts():
         prune_channels(model, {"stem": 1.0}, x)
     with pytest.raises(ValueError, match="coupled"):
         prune_channels(model, {"stem": 0.5, "b": 0.25}, x)
+    with pytest.raises(ValueError, match="one input tensor"):
+        prune_channels(model, {"stem": 0.5}, (x,))
     # an exact key wins over _default for the whole coupled group
     small = prune_channels(model, {"b": 0.5, "_default": 0.0}, x)
     assert small.stem.out_channels == 3 and small.a.out_channels == 4

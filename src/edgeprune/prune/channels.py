@@ -101,7 +101,11 @@ def _group_rows(graph, group, criterion: str) -> list[tuple[torch.Tensor, torch.
         seen.add((id(module), dim))
         weight = module.weight.detach()
         idxs = torch.as_tensor(item.idxs, dtype=torch.long, device=weight.device)
-        values = weight if criterion != "taylor" else weight * module.weight.grad
+        if criterion == "taylor":  # a weight the loss never reached has no gradient: it changes nothing
+            grad = module.weight.grad
+            values = weight * grad if grad is not None else torch.zeros_like(weight)
+        else:
+            values = weight
         rows.append((values.index_select(dim, idxs).movedim(dim, 0), torch.as_tensor(item.root_idxs), isinstance(module, _BatchNorm)))
     if criterion == "bn_scale" and any(is_bn for _, _, is_bn in rows):
         return [(values, root) for values, root, is_bn in rows if is_bn]
@@ -147,6 +151,8 @@ def prune_channels(
         raise ValueError(f"unknown channel importance {importance!r}; choose one of {', '.join(CRITERIA)}")
     if importance == "taylor" and batches is None:
         raise ValueError("importance='taylor' needs batches=[(inputs, targets), ...] to compute gradients; pass a few batches")
+    if not isinstance(example_inputs, torch.Tensor):
+        raise ValueError(f"example_inputs must be one input tensor with a batch dimension, got {type(example_inputs).__name__}")
     spec = load_layer_settings(ratios)
     small = copy.deepcopy(model)
     was_training = small.training
