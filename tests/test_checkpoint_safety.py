@@ -283,3 +283,19 @@ def test_live_writers_temporary_is_left_alone(tmp_path):
             os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0
     assert target.read_text() == "from the child" and sorted(p.name for p in tmp_path.iterdir()) == ["shared.json"]
+
+
+@pytest.mark.parametrize("lie", ["shape", "offsets"])
+def test_header_claiming_more_bytes_than_the_file_holds_is_refused(tmp_path, lie):
+    """A raw safetensors header (8-byte length, JSON) that promises 40 GB while the file holds 48 bytes."""
+    header = {"__metadata__": {"spec": json.dumps({"name": "basiccnn"})}, "w": {"dtype": "F32", "shape": [3, 4], "data_offsets": [0, 48]}}
+    if lie == "shape":
+        header["w"]["shape"] = [100_000, 100_000]
+    else:
+        header["w"].update(shape=[100_000, 100_000], data_offsets=[0, 4 * 10**10])
+    text = json.dumps(header).encode()
+    path = tmp_path / "liar.safetensors"
+    path.write_bytes(len(text).to_bytes(8, "little") + text + bytes(48))
+    with pytest.raises(ValueError, match="not a readable safetensors file .*; re-save it or check the path") as err:
+        load_checkpoint(path)
+    one_line(err)
