@@ -175,7 +175,8 @@ def _comparable(out: Path) -> dict:
         results.pop(key)
     results["config"].pop("out")
     for row in results["comparison"]:
-        row.pop("checkpoint"), row.pop("compressed_file")
+        for key in ("checkpoint", "compressed_file", "latency_ms", "latency_threads"):  # paths and timings differ
+            row.pop(key)
     return results
 
 
@@ -253,3 +254,29 @@ def test_lr_schedules_give_the_hand_computed_rates(monkeypatch, tiny_net, schedu
     data = TensorDataset(torch.randn(8, 3, 5, 5), torch.randint(0, 7, (8,)))
     train(tiny_net, DataLoader(data, batch_size=8), 4, lr=0.1, lr_schedule=schedule)
     assert seen == pytest.approx(expected, rel=1e-9)
+
+
+def test_channels_first_then_fine_grained_in_one_run_and_resumed(tmp_path, monkeypatch, fashion_slice):
+    """--target-macs: a smaller dense model (MACs at most half), then fine-grained pruning; resumable after it."""
+    argv = ["run", "--data-dir", fashion_slice, "--val-size", "100", "--limit", "300", "--epochs", "1",
+            "--finetune-epochs", "1", "--target-macs", "0.5", "--plan", "global", "--target-sparsity", "0.5"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert main([*argv, "--out", str(whole)]) == 0
+    rows = {r["model"]: r for r in json.loads((whole / "results.json").read_text())["comparison"]}
+    assert list(rows) == ["Baseline", "Channel-pruned + fine-tuned", "Pruned", "Fine-tuned + pruned"]
+    assert rows["Channel-pruned + fine-tuned"]["macs"] <= 0.5 * rows["Baseline"]["macs"]
+    assert rows["Channel-pruned + fine-tuned"]["params"] < rows["Baseline"]["params"]
+    assert rows["Fine-tuned + pruned"]["params"] == rows["Channel-pruned + fine-tuned"]["params"]
+    assert all(set(r["latency_ms"]) == {"1", "64"} for r in rows.values())  # keyed by batch size (JSON keys)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    real = pipeline.choose_sparsity
+    monkeypatch.setattr(pipeline, "choose_sparsity", interrupt)
+    assert main([*argv, "--out", str(parts)]) == 130
+    monkeypatch.setattr(pipeline, "choose_sparsity", real)
+    monkeypatch.setattr(pipeline, "prune_channels_step", lambda *a, **k: pytest.fail("channels pruned again"))
+    assert main([*argv, "--out", str(parts), "--resume"]) == 0
+    assert json.loads((parts / "results.json").read_text())["resumed_steps"] == ["baseline", "channels"]
+    assert _comparable(parts) == _comparable(whole)

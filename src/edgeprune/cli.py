@@ -331,6 +331,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     cfg = RunConfig(
         model=args.model, data=_data_config(args), weights=args.weights, epochs=args.epochs,
         finetune_epochs=args.finetune_epochs, lr=args.lr, lr_schedule=args.lr_schedule, sparsity=args.sparsity,
+        channels=args.channel_ratios, target_macs=args.target_macs, channel_importance=args.channel_importance,
         plan=args.plan, target_sparsity=args.target_sparsity, schedule=args.schedule, max_drop=args.max_drop, scan_split=args.scan_on,
         scan_start=args.scan_start, scan_step=args.scan_step, scan_end=args.scan_end,
         export_values=args.export_values, export_bits=args.export_bits, centroid_epochs=args.centroid_epochs,
@@ -380,6 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_real(positive=True), default=RunConfig.lr)
     p.add_argument("--sparsity", help="sparsity dict: inline JSON or a .json/.toml/.yaml file (default: planned from the scan)")
     p.add_argument("--target-sparsity", type=FRACTION, default=RunConfig.target_sparsity, help="planner budget: fraction of prunable weights removed")
+    p.add_argument("--channel-ratios", help="channel pruning first: fraction of output channels removed per Conv2d/Linear module "
+                   "name, as inline JSON or a file (e.g. '{\"_default\": 0.5}'); a smaller dense model, fine-tuned, then pruned fine-grained")
+    p.add_argument("--target-macs", type=_real(0.0, 1.0), help="channel pruning first: remove channels uniformly until MACs are at most this fraction")
+    p.add_argument("--channel-importance", choices=("l1", "l2", "bn_scale"), default="l2", help="how channels are ranked (default l2)")
     p.add_argument("--lr-schedule", choices=("constant", "cosine", "step"), default="constant",
                    help="learning rate over the fine-tuning epochs: constant, cosine (annealed to 0) or step (x0.1 every third)")
     p.add_argument("--plan", choices=("scan", "global"), default="scan",

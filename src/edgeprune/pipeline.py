@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
+from .analyze.latency import measure_latency
 from .analyze.metrics import count_macs, file_size, layer_stats, model_stats
 from .analyze.plan import make_plan
 from .analyze.plots import plot_num_parameters_distribution, plot_weight_distribution
@@ -36,10 +37,11 @@ from .export.quantize import MODES, QuantConfig
 from .files import write_json_atomic, write_text_atomic
 from .models import ModelSpec, prunable_parameters
 from .prune.masks import check_sparsity
+from .prune.channels import channel_counts, prune_channels
 from .prune.global_magnitude import global_magnitude_sparsity
 from .prune.pruner import FineGrainedPruner
 from .prune.schedule import SCHEDULES, prune_gradually
-from .prune.settings import load_layer_settings, resolve_sparsity_dict
+from .prune.settings import load_layer_settings, resolve_layer_settings, resolve_sparsity_dict
 from .report import run_report
 from .runfolder import RunFolder
 from .training import LR_SCHEDULES, TrainHistory, evaluate, finetune, train
@@ -56,13 +58,14 @@ __all__ = [
     "fit_data_to_model",
     "model_for_data",
     "prune_copy",
+    "prune_channels_step",
     "prune_while_training",
     "run_experiment",
     "scan_model",
     "train_baseline",
 ]
 
-STEPS = ("baseline", "scan", "prune", "finetune", "shared")
+STEPS = ("baseline", "channels", "scan", "prune", "finetune", "shared")
 PLANS = ("scan", "global")
 """The steps of a run whose outputs are kept on disk, in order; a resumed run skips those done."""
 
@@ -123,6 +126,9 @@ class RunConfig:
     finetune_epochs: int = 3
     lr: float = 1e-3
     lr_schedule: str = "constant"  # of fine-tuning: "constant", "cosine" or "step"
+    channels: str | dict | None = None  # channel ratios by module name (re:, _default): a smaller dense model first
+    target_macs: float | None = None  # or: remove channels uniformly until MACs are at most this fraction of the dense
+    channel_importance: str = "l2"
     sparsity: str | dict | None = None  # a sparsity dict; None: the planner chooses one
     plan: str = "scan"  # how the planner chooses: "scan" (from the sensitivity scan) or "global" (one magnitude ranking)
     target_sparsity: float = 0.8  # the planner's budget: fraction of prunable weights removed
@@ -166,6 +172,17 @@ class RunConfig:
             if not self.sparsity:
                 raise ValueError("the sparsity dict is empty: name layers (e.g. {\"_default\": 0.5}) or leave it out to plan one")
         check_sparsity(self.target_sparsity, "target_sparsity")
+        if self.channels is not None and self.target_macs is not None:
+            raise ValueError("give channel ratios (--channels) or a MACs target (--target-macs), not both")
+        if self.channels is not None:
+            self.channels = load_layer_settings(self.channels)
+            for key, value in self.channels.items():
+                check_sparsity(value, f"channel ratio {key}")
+        if self.target_macs is not None and (isinstance(self.target_macs, bool) or not isinstance(self.target_macs, numbers.Real)
+                                             or not 0.0 < self.target_macs <= 1.0):
+            raise ValueError(f"target_macs must be a fraction of the dense MACs in (0, 1], got {self.target_macs!r}; e.g. 0.5")
+        if self.channel_importance not in ("l1", "l2", "bn_scale"):
+            raise ValueError(f"unknown channel importance {self.channel_importance!r}; use l1, l2 or bn_scale")
         if self.plan not in PLANS:
             raise ValueError(f"unknown plan {self.plan!r}; use one of {', '.join(PLANS)}")
         if self.plan == "global" and self.max_drop is not None:
@@ -311,6 +328,38 @@ def prune_while_training(
     return prune_gradually(model, train_loader, sparsity, epochs, schedule, val_loader, lr, device, seed)
 
 
+def prune_channels_step(
+    model: nn.Module, spec: ModelSpec, ratios: Mapping[str, object] | None = None, target_macs: float | None = None,
+    importance: str = "l2",
+) -> tuple[nn.Module, dict]:
+    """A smaller dense copy of ``model`` with whole channels removed: by ``ratios``, or uniformly until the MACs are
+    at most ``target_macs`` of the dense model's (a bisection on one ratio for every layer). Returns (model, info)."""
+    example = torch.zeros(1, spec.in_channels, spec.image_size, spec.image_size, device=next(model.parameters()).device)
+    shape = (spec.in_channels, spec.image_size, spec.image_size)
+    dense_macs = count_macs(model, shape)["total"]
+    if ratios is None:
+        if target_macs is None:
+            raise ValueError("give channel ratios or a MACs target")
+        low, high, best = 0.0, 0.95, None
+        for _ in range(12):
+            middle = (low + high) / 2
+            small = prune_channels(model, {"_default": middle}, example, importance)
+            if count_macs(small, shape)["total"] <= target_macs * dense_macs:
+                best, high = (middle, small), middle
+            else:
+                low = middle
+        if best is None:
+            raise ValueError(f"removing 95 % of every layer's channels still leaves more than {target_macs} of the MACs; "
+                             "raise --target-macs")
+        ratios, small = {"_default": round(best[0], 4)}, best[1]
+    else:
+        small = prune_channels(model, ratios, example, importance)
+    macs = count_macs(small, shape)["total"]
+    info = {"channel_ratios": dict(ratios), "channel_importance": importance, "macs_dense": dense_macs, "macs": macs,
+            "macs_fraction": macs / dense_macs, "channels": channel_counts(small)}
+    return small, info
+
+
 def export_compressed(model: nn.Module, path: str | Path, values: str = "kmeans", bits: int | Mapping | None = None) -> Path:
     """Write ``model`` as a compressed ``.epz`` file (sparse, quantized, entropy-coded); return the path."""
     save_compressed(model.state_dict(), path, values=values, bits=bits)
@@ -324,11 +373,14 @@ def compare_models(
     export_dir: Path | None = None,
     export_values: str = "fp32",
     export_bits: int | None = None,
+    input_shape: tuple[int, ...] | None = None,
 ) -> list[dict]:
     """One row per (label, model, checkpoint path): sizes, sparsity and test accuracy.
 
     With ``export_dir`` each model is also written as a compressed file there, read
     back, and evaluated as decoded: the accuracy a device running that file would see.
+    With ``input_shape`` (one image, e.g. ``(1, 28, 28)``) each row also gets its dense ``macs`` and
+    measured ``latency_ms`` ({batch size: median ms} at batch 1 and 64, on ``device``).
     """
     rows = []
     stems = [Path(path).stem for _, _, path in models]
@@ -336,6 +388,11 @@ def compare_models(
     for index, (label, model, path) in enumerate(tqdm(models, desc="compare", leave=False)):
         row = {"model": label, "checkpoint": str(path), **model_stats(model), "file_bytes": file_size(path)}
         row["accuracy"] = evaluate(model, loader, device)
+        if input_shape is not None:
+            row["macs"] = count_macs(model, input_shape)["total"]
+            timing = measure_latency(model, torch.zeros(1, *input_shape), (1, 64), pick_device(device))
+            row["latency_ms"] = next(iter(timing["latency_ms"].values()))
+            row["latency_threads"] = timing["threads"]
         if export_dir is not None:
             name = stems[index] if unique else f"{index}-{stems[index]}"  # two runs' finetuned.* must not collide
             target = export_compressed(model, Path(export_dir) / f"{name}.epz", export_values, export_bits)
@@ -383,6 +440,9 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             model, spec = build_baseline(cfg.model, splits, cfg.weights, cfg.seed)
             if cfg.sparsity is not None:  # wrong layer names are an error now, not after training
                 resolve_sparsity_dict(cfg.sparsity, prunable_parameters(model), (n for n, _ in model.named_parameters()))
+            if cfg.channels is not None:
+                layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+                resolve_layer_settings(cfg.channels, layers, layers, check_sparsity)
             if cfg.epochs:
                 tqdm.write(f"training the baseline {cfg.model} for {cfg.epochs} epochs on {device}")
             history = train_baseline(model, splits, cfg.epochs, cfg.lr, device, cfg.seed)
@@ -391,6 +451,20 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             folder.mark_done("baseline", asdict(history))
         model.to(device)
         baseline_path = out / "baseline.safetensors"
+        compared = [("Baseline", model, baseline_path)]
+
+        # 1b. Optionally: whole channels first (a smaller dense model), fine-tuned; fine-grained pruning starts from it.
+        source = model
+        if cfg.channels is not None or cfg.target_macs is not None:
+            if "channels" in done:
+                source = load_checkpoint(out / "channels.safetensors", spec)[0].to(device)
+            else:
+                source, channel_info = prune_channels_step(model, spec, cfg.channels, cfg.target_macs, cfg.channel_importance)
+                ch_history = train_baseline(source, splits, cfg.finetune_epochs, cfg.lr, device, cfg.seed)
+                save_checkpoint(out / "channels.safetensors", source, spec,
+                                info={"stage": "channels", "channel_pruned": True, **channel_info})
+                folder.mark_done("channels", {**channel_info, "history": asdict(ch_history)})
+            compared.append(("Channel-pruned + fine-tuned", source, out / "channels.safetensors"))
 
         # 2. Sensitivity scan (only when the planner needs it).
         scan = None
@@ -398,7 +472,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             if "scan" in done:
                 scan = ScanResult.from_json(out / "scan.json")
             else:
-                scan = scan_model(model, splits, cfg.scan_split, cfg.scan_start, cfg.scan_step, cfg.scan_end, cfg.scan_method, device)
+                scan = scan_model(source, splits, cfg.scan_split, cfg.scan_start, cfg.scan_step, cfg.scan_end, cfg.scan_method, device)
                 scan.to_json(out / "scan.json")
                 folder.mark_done("scan", {})
 
@@ -409,13 +483,14 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             pruner.sparsity_dict = done["prune"]["sparsity_dict"]
             plan_info = done["prune"]["plan"]
         else:
-            sparsity, plan_info = choose_sparsity(model, scan, cfg.sparsity, cfg.target_sparsity, cfg.max_drop, plan=cfg.plan)
-            pruned, pruner = prune_copy(model, spec, sparsity)
+            sparsity, plan_info = choose_sparsity(source, scan, cfg.sparsity, cfg.target_sparsity, cfg.max_drop, plan=cfg.plan)
+            pruned, pruner = prune_copy(source, spec, sparsity)
             write_json_atomic(out / "sparsity.json", pruner.sparsity_dict)
             write_json_atomic(out / "plan.json", plan_info)
             if scan is not None:
                 scan.plot(out / "sensitivity.png", chosen=pruner.sparsity_dict)
-            save_checkpoint(out / "pruned.safetensors", pruned, spec, pruner.masks, {"stage": "pruned"})
+            save_checkpoint(out / "pruned.safetensors", pruned, spec, pruner.masks,
+                            {"stage": "pruned", "channel_pruned": source is not model})
             folder.mark_done("prune", {"sparsity_dict": pruner.sparsity_dict, "plan": plan_info})
         pruned.to(device)
         pruned_path = out / "pruned.safetensors"
@@ -432,18 +507,18 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             finetuned = copy.deepcopy(pruned)
             ft_history = finetune_pruned(finetuned, pruner, splits, cfg.finetune_epochs, cfg.lr, device, cfg.seed, cfg.lr_schedule)
         else:
-            finetuned = copy.deepcopy(model)
+            finetuned = copy.deepcopy(source)
             pruner, ft_history = prune_while_training(
                 finetuned, pruner.sparsity_dict, splits, cfg.finetune_epochs, cfg.schedule, cfg.lr, device, cfg.seed
             )
         if "finetune" not in done:
-            save_checkpoint(out / "finetuned.safetensors", finetuned, spec, pruner.masks, {"stage": "finetuned"})
+            save_checkpoint(out / "finetuned.safetensors", finetuned, spec, pruner.masks,
+                            {"stage": "finetuned", "channel_pruned": source is not model})
             plot_num_parameters_distribution(finetuned, out / "num_parameters.png")
             plot_weight_distribution(finetuned, out / "weight_distribution_finetuned.png", count_nonzero_only=True)
             folder.mark_done("finetune", asdict(ft_history))
         finetuned_path = out / "finetuned.safetensors"
-        compared = [("Baseline", model, baseline_path), ("Pruned", pruned, pruned_path),
-                    ("Fine-tuned + pruned", finetuned, finetuned_path)]
+        compared += [("Pruned", pruned, pruned_path), ("Fine-tuned + pruned", finetuned, finetuned_path)]
 
         # 5. Optionally: share weights (k-means) and fine-tune the centroids, as Deep Compression does.
         if cfg.centroid_epochs:
@@ -454,13 +529,15 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
                 train_loader = make_loaders(splits, cfg.data.batch_size, cfg.seed)[0]
                 torch.manual_seed(cfg.seed)
                 share_weights(shared, cfg.export_bits, train_loader, cfg.centroid_epochs, lr=1e-4)
-                save_checkpoint(out / "shared.safetensors", shared, spec, pruner.masks, {"stage": "shared"})
+                save_checkpoint(out / "shared.safetensors", shared, spec, pruner.masks,
+                                {"stage": "shared", "channel_pruned": source is not model})
                 folder.mark_done("shared", {})
             compared.append((f"+ {cfg.export_bits}-bit centroids fine-tuned", shared, out / "shared.safetensors"))
 
         # 6. Compare on the test set, with the real compressed files; then the report.
         test_loader = make_loaders(splits, cfg.data.batch_size, cfg.seed)[2]
-        rows = compare_models(compared, test_loader, device, out, cfg.export_values, cfg.export_bits)
+        shape = (spec.in_channels, spec.image_size, spec.image_size)
+        rows = compare_models(compared, test_loader, device, out, cfg.export_values, cfg.export_bits, shape)
         results = {
             "config": cfg.to_dict(),
             "data": splits.info,

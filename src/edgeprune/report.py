@@ -17,9 +17,12 @@ def comparison_markdown(rows: Iterable[Mapping]) -> str:
     """The seed's comparison table, plus real file sizes: one row per model."""
     rows = list(rows)
     has_compressed = any(r.get("compressed_bytes") is not None for r in rows)
+    has_speed = any(r.get("latency_ms") for r in rows)
     head = ["Model", "Memory usage (MiB)", "Sparsity (%)", "File on disk (bytes)"]
     if has_compressed:
         head += ["Compressed file (bytes)", "Accuracy decoded (%)"]
+    if has_speed:
+        head += ["MACs", "Latency b1 / b64 (ms)"]
     head.append("Accuracy (%)")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
@@ -27,6 +30,10 @@ def comparison_markdown(rows: Iterable[Mapping]) -> str:
         if has_compressed:
             dec = r.get("decoded_accuracy")
             cells += [_fmt_bytes(r.get("compressed_bytes")), "–" if dec is None else f"{dec:.2f}"]
+        if has_speed:
+            ms = {int(k): v for k, v in (r.get("latency_ms") or {}).items()}
+            cells += [f"{r['macs']:,}" if r.get("macs") is not None else "–",
+                      " / ".join(f"{ms[b]:.2f}" if b in ms else "–" for b in (1, 64))]
         cells.append(f"{r['accuracy']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -34,6 +41,12 @@ def comparison_markdown(rows: Iterable[Mapping]) -> str:
         "*Memory usage* is the seed's theoretical size: non-zero parameters × 32 bits. "
         "*File on disk* is the dense safetensors checkpoint, which does not shrink when weights are zero."
     )
+    if has_speed:
+        threads = next(r.get("latency_threads") for r in rows if r.get("latency_ms"))
+        lines.append(
+            "*MACs* are dense multiply-accumulates per image (zeros still count: only channel pruning lowers them); "
+            f"*latency* is the median forward time after warm-up at batch 1 and 64, measured in this run ({threads} threads)."
+        )
     if has_compressed:
         r = next(r for r in rows if r.get("compressed_bytes") is not None)
         bits = f", {r['compressed_bits']} bits" if r.get("compressed_bits") else ""

@@ -31,7 +31,7 @@ RUN_FILES = (
     "config.json", "progress.json", "results.json", "report.md", "scan.json", "plan.json", "sparsity.json",
     "baseline.safetensors", "pruned.safetensors", "pruned.masks.safetensors", "finetuned.safetensors",
     "finetuned.masks.safetensors", "shared.safetensors", "shared.masks.safetensors",
-    "baseline.epz", "pruned.epz", "finetuned.epz", "shared.epz",
+    "channels.safetensors", "baseline.epz", "channels.epz", "pruned.epz", "finetuned.epz", "shared.epz",
     "sensitivity.png", "weight_distribution.png", "weight_distribution_finetuned.png", "num_parameters.png",
 )
 """Every file a run writes; ``overwrite`` removes these and nothing else."""
