@@ -187,9 +187,10 @@ def reference_int8(path, x_q: np.ndarray) -> np.ndarray:
             c = requantize((x2.astype(np.int64) - z2) * (1 << 20), float(s2) / twice)
             y = np.clip(requantize(a + c, twice / ((1 << 20) * float(so))) + zo,
                         *_act_range(opts.FusedActivationFunction(), so, zo))
-        elif code == 34:  # PAD with the zero point
+        elif code in (34, 60):  # PAD with the zero point, PADV2 with a given int8 value
             pads, _, _, _ = _tensor_params(model, sg, ins[1])
-            y = np.pad(x, [tuple(p) for p in pads[1:]], constant_values=zo)
+            fill = zo if code == 34 else int(_tensor_params(model, sg, ins[2])[0][0])
+            y = np.pad(x, [tuple(p) for p in pads[1:]], constant_values=fill)
         elif code == 39:  # TRANSPOSE of the batch-free tensor
             perm, _, _, _ = _tensor_params(model, sg, ins[1])
             y = x.transpose([p - 1 for p in perm[1:]])
@@ -218,23 +219,24 @@ def quantize_input(path, x: torch.Tensor) -> np.ndarray:
 
 
 class Branchy(nn.Module):
-    """Odd sizes through every supported op: conv (SAME), depthwise with an explicit PAD, pools, add, relu6, flatten."""
+    """Odd sizes through every supported op: conv (SAME), depthwise and pools with explicit padding, add, relu6, flatten."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 5, 3, padding=1)
         self.dw = nn.Conv2d(5, 5, 3, stride=2, padding=1, groups=5)
-        self.side = nn.Conv2d(5, 5, 1, stride=2)
+        self.side = nn.Conv2d(5, 5, 1)
+        self.pool3 = nn.MaxPool2d(3, stride=2, padding=1)  # ResNet's stem pooling: explicit PADV2 with -128
         self.bn = nn.BatchNorm2d(5)
         self.pool = nn.MaxPool2d(2)
-        self.avg = nn.AvgPool2d(kernel_size=1)
+        self.avg = nn.AvgPool2d(3, stride=1, padding=1)  # count_include_pad: explicit PAD with the zero point
         self.fc1 = nn.Linear(5 * 2 * 2, 7)
         self.fc2 = nn.Linear(7, 3)
 
     def forward(self, x):
         x = F.relu(self.conv(x))
         y = F.relu6(self.bn(self.dw(x)))
-        z = self.side(x)
+        z = self.side(self.pool3(x))
         x = self.avg(self.pool(y + z))
         return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
 
@@ -451,3 +453,24 @@ def test_evaluate_tflite_errors(tmp_path):
         evaluate_tflite(tmp_path / "none.tflite", batch)
     with pytest.raises(ValueError, match="no images"):
         evaluate_tflite(path, [])
+
+
+@pytest.mark.parametrize("pool,side", [(nn.MaxPool2d(3, stride=2, padding=1), 6), (nn.MaxPool2d(3, stride=2, padding=1), 5),
+                                       (nn.AvgPool2d(3, stride=2, padding=1), 5), (nn.AvgPool2d(3, stride=2, padding=1), 6)])
+def test_padded_pooling_matches_pytorch(tmp_path, pool, side):
+    """PyTorch pads max pooling with -inf and counts average pooling's zero padding: so must the file.
+
+    On 6x6 the padding is not TFLite's SAME (explicit padding); on 5x5 it is, which is exact for max
+    pooling but not for average pooling (SAME leaves the padding out of the count).
+    """
+    calib = _calib((3, side, side)) - 0.5  # mostly negative: a wrong max-pool fill value would win
+    path = export_tflite(nn.Sequential(pool), tmp_path / "p.tflite", calib)
+    model, sg = _read(path)
+    _, s, z, _ = _tensor_params(model, sg, sg.Inputs(0))
+    for x in calib[:3]:
+        got = run_tflm(path, quantize_input(path, x)).astype(int)
+        expected = pool(x[None])[0].numpy().transpose(1, 2, 0) / s[0] + z[0]  # same scale in and out
+        if isinstance(pool, nn.MaxPool2d):  # max commutes with quantization: exact
+            np.testing.assert_array_equal(got, np.round(expected))
+        else:
+            assert np.abs(got - expected).max() <= 1.0

@@ -12,7 +12,8 @@ the TFLite quantization specification:
 
 Ops: conv2d, depthwise conv2d, linear, max/avg pool (and adaptive average pool to 1x1), add, relu and
 relu6 (fused into the op before them when it is their only user), flatten/reshape to 2-D, softmax,
-dropout/identity (dropped). A PyTorch flatten of an NCHW tensor is matched by permuting the next
+dropout/identity (dropped). Padding that TFLite's SAME does not reproduce becomes an explicit PAD
+(the zero point: convolutions, average pooling) or PADV2 (-128: max pooling, as PyTorch's -inf). A PyTorch flatten of an NCHW tensor is matched by permuting the next
 linear layer's weight columns (or by an explicit TRANSPOSE when no linear layer follows).
 """
 
@@ -46,7 +47,7 @@ SUPPORTED_OPS = (
 
 # TFLite schema constants (tflite.BuiltinOperator, TensorType, Padding, ActivationFunctionType, BuiltinOptions)
 _OP = {"ADD": 0, "AVERAGE_POOL_2D": 1, "CONV_2D": 3, "DEPTHWISE_CONV_2D": 4, "FULLY_CONNECTED": 9,
-       "MAX_POOL_2D": 17, "RELU": 19, "RELU6": 21, "RESHAPE": 22, "SOFTMAX": 25, "PAD": 34, "TRANSPOSE": 39}
+       "MAX_POOL_2D": 17, "RELU": 19, "RELU6": 21, "RESHAPE": 22, "SOFTMAX": 25, "PAD": 34, "TRANSPOSE": 39, "PADV2": 60}
 _INT8, _INT32 = 9, 2
 _SAME, _VALID = 0, 1
 _ACT = {None: 0, "relu": 1, "relu6": 3}
@@ -271,10 +272,7 @@ class _Converter:
         if hw[0] is not None and hw[0] == hw[1]:
             padding = hw[0]
         else:  # explicit PAD filled with the input's zero point, then VALID
-            padded = self.g.act(f"{node.name}_pad", (1, h + 2 * pads[0], w + 2 * pads[1], c), self.g.qp(x))
-            amounts = self.g.const(f"{node.name}_paddings", np.array([[0, 0], [pads[0]] * 2, [pads[1]] * 2, [0, 0]], np.int32))
-            self.g.ops.append(_Op(_OP["PAD"], [x, amounts], [padded], (22, _options("PadOptions"))))
-            x, padding = padded, _VALID
+            x, padding = self._pad(node, x, pads, None), _VALID
         act, last = self._fused(node)
         weight = m.weight.detach().double().numpy()
         if depthwise:  # PyTorch [C*m, 1, kh, kw] -> TFLite [1, kh, kw, C*m]
@@ -310,6 +308,20 @@ class _Converter:
         out = self._out(node, last)
         self.g.ops.append(_Op(_OP["FULLY_CONNECTED"], [x, wi, bi], [out], (8, _options("FullyConnectedOptions", act=_ACT[act]))))
 
+    def _pad(self, node: fx.Node, x: int, pads: tuple[int, int], value: int | None) -> int:
+        """Pad H and W symmetrically: PAD with the zero point (``value`` None), else PADV2 with the int8 ``value``."""
+        _, h, w, c = self.g.tensors[x].shape
+        padded = self.g.act(f"{node.name}_pad", (1, h + 2 * pads[0], w + 2 * pads[1], c), self.g.qp(x))
+        amounts = self.g.const(f"{node.name}_paddings", np.array([[0, 0], [pads[0]] * 2, [pads[1]] * 2, [0, 0]], np.int32))
+        if value is None:
+            self.g.ops.append(_Op(_OP["PAD"], [x, amounts], [padded], (22, _options("PadOptions"))))
+        else:
+            scale, zp = self.g.qp(x)
+            fill = self.g.const(f"{node.name}_fill", np.array([value], np.int8), np.array([scale], np.float32))
+            self.g.tensors[fill].zero_point[:] = zp
+            self.g.ops.append(_Op(_OP["PADV2"], [x, amounts, fill], [padded], (43, _options("PadV2Options"))))
+        return padded
+
     def pool(self, node: fx.Node, kind: str) -> None:
         x = self.tensor_of[node.args[0].name]
         _, h, w, _ = self.g.tensors[x].shape
@@ -323,25 +335,29 @@ class _Converter:
                 m = self.modules[node.target]
                 k, s, p, ceil = m.kernel_size, m.stride, m.padding, m.ceil_mode
                 d = getattr(m, "dilation", 1)
-                extra_ok = getattr(m, "count_include_pad", True) or p == 0
+                include_pad, divisor = getattr(m, "count_include_pad", True), getattr(m, "divisor_override", None)
             else:
                 k = _arg(node, 1, "kernel_size", None)
                 s = _arg(node, 2, "stride", None)
                 p = _arg(node, 3, "padding", 0)
                 d = _arg(node, 4, "dilation", 1) if kind == "maxpool" else 1
                 ceil = _arg(node, 5 if kind == "maxpool" else 4, "ceil_mode", False)
-                extra_ok = True
+                include_pad = kind == "maxpool" or _arg(node, 5, "count_include_pad", True)
+                divisor = None if kind == "maxpool" else _arg(node, 6, "divisor_override", None)
             k, s, p, d = _pair(k), _pair(s if s is not None else k), _pair(p), _pair(d)
             code = _OP["MAX_POOL_2D"] if kind == "maxpool" else _OP["AVERAGE_POOL_2D"]
-            if ceil or d != (1, 1) or (kind == "avgpool" and p != (0, 0)) or not extra_ok:
-                raise _unsupported(node, self.modules, "ceil_mode, dilation or padded average pooling")
+            if ceil or d != (1, 1) or divisor is not None or (p != (0, 0) and not include_pad):
+                raise _unsupported(node, self.modules, "ceil_mode, dilation, divisor_override or count_include_pad=False")
         hw = [_padding(size, kk, ss, pp, 1) for size, kk, ss, pp in zip((h, w), k, s, p)]
-        if hw[0] is None or hw[0] != hw[1]:
-            raise _unsupported(node, self.modules, f"padding {p} is neither SAME nor VALID for this input")
+        padding = hw[0]
+        if p != (0, 0) and (hw[0] is None or hw[0] != hw[1] or code == _OP["AVERAGE_POOL_2D"]):
+            # explicit padding, then VALID: max pool pads with int8's minimum (PyTorch pads with -inf),
+            # average pool with the zero point and counts it (count_include_pad, unlike TFLite's SAME)
+            x, padding = self._pad(node, x, p, -128 if code == _OP["MAX_POOL_2D"] else None), _VALID
         shape = self.rec.shapes[node.name]
         out = self.g.act(node.name, (1, *_nhwc(shape)), self.g.qp(x))
         self.tensor_of[node.name] = out
-        self.g.ops.append(_Op(code, [x], [out], (5, _options("Pool2DOptions", padding=hw[0], stride=s, filter=k))))
+        self.g.ops.append(_Op(code, [x], [out], (5, _options("Pool2DOptions", padding=padding, stride=s, filter=k))))
 
     def add(self, node: fx.Node) -> None:
         a, b = (node.args[0], node.args[1]) if len(node.args) > 1 else (node.args[0], node.kwargs.get("other"))
