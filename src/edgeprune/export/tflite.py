@@ -264,7 +264,7 @@ class _Converter:
             pads = (0, 0) if m.padding == "valid" else tuple(d * (k - 1) // 2 for k, d in zip(m.kernel_size, m.dilation))
         else:
             pads = _pair(m.padding)
-        _, h, w, c = self.g.tensors[x].shape
+        _, h, w, _ = self.g.tensors[x].shape
         depthwise = m.groups > 1 and m.groups == m.in_channels
         if m.groups > 1 and not depthwise:
             raise _unsupported(node, self.modules, f"grouped convolution with groups={m.groups}")
