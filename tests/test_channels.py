@@ -342,3 +342,19 @@ def test_cli_prune_channel_ratios_writes_a_smaller_checkpoint(tmp_path, capsys):
     masks, _ = load_state_dict_file(masks_path_for(both))
     assert masks["conv2.weight"].shape == (24, 16, 5, 5) and masks["fc1.weight"].shape == (120, 24 * 7 * 7)
     assert main(["prune", str(tmp_path / "base.safetensors"), "--out", str(both)]) == 2
+
+
+def test_cli_channel_pruned_checkpoint_inspects_and_finetunes(tmp_path, capsys, fashion_slice):
+    from edgeprune.checkpoint import load_checkpoint
+    from edgeprune.cli import main
+
+    d = ["--data-dir", fashion_slice, "--limit", "200", "--val-size", "100"]
+    base, small, tuned = tmp_path / "base.safetensors", tmp_path / "small.safetensors", tmp_path / "tuned.safetensors"
+    assert main(["train", *d, "--epochs", "1", "--out", str(base)]) == 0
+    assert main(["prune", *d, str(base), "--channel-ratios", '{"re:conv.*": 0.5, "fc1": 0.25}', "--out", str(small)]) == 0
+    assert main(["inspect", *d, str(small), "--out", str(tmp_path / "inspect")]) == 0
+    assert "output channels: conv1 8, conv2 16, fc1 90, fc2 10" in capsys.readouterr().out
+    assert main(["finetune", *d, str(small), "--epochs", "1", "--out", str(tuned)]) == 0
+    model, _, masks, info = load_checkpoint(tuned)
+    assert masks is None and info["channel_pruned"] is True
+    assert model.fc1.weight.shape == (90, 16 * 7 * 7) and model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)

@@ -246,15 +246,17 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     out = _writable_file(args.out)
-    model, spec, masks = _load(args, args.checkpoint)
-    if masks is None:
+    model, spec, masks, info = load_checkpoint(args.checkpoint, _spec(args))
+    model.to(pick_device(args.device))
+    channels = {"channel_pruned": True} if info.get("channel_pruned") is True else {}  # stays loadable when saved again
+    if masks is None and not channels:
         raise ValueError(f"{args.checkpoint} has no masks beside it; prune it first with 'edgeprune prune'")
-    pruner = FineGrainedPruner.from_masks(masks)
+    pruner = FineGrainedPruner.from_masks(masks or {})
     splits = _splits(args, spec)
     history = finetune_pruned(model, pruner, splits, args.epochs, args.lr, args.device, args.seed)
     accuracy = evaluate(model, make_loaders(splits, args.batch_size)[2], args.device)
     if distributed.is_main():
-        save_checkpoint(out, model, spec, pruner.masks, {"stage": "finetuned", "test_accuracy": accuracy})
+        save_checkpoint(out, model, spec, pruner.masks, {"stage": "finetuned", "test_accuracy": accuracy, **channels})
     print(f"test accuracy {accuracy:.2f} % (best epoch {history.best_epoch}); saved {out}")
 
 
