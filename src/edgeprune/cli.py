@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import os
 import sys
 import tempfile
@@ -360,7 +361,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--val-size", type=_whole(0), default=5000, help="images held out of the training set for scans and model selection")
     g.add_argument("--seed", type=SEED, default=0)
     g.add_argument("--limit", type=_whole(1), help="use at most this many images of each split (quick trials)")
-    g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    g.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when present)")
 
 
 def _add_scan_range(p: argparse.ArgumentParser, start: float, step: float) -> None:
@@ -495,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     where = f"edgeprune {args.command}"
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # a kill still cleans up its files
     try:
         distributed.init_from_env()  # under torchrun: join the other processes
         args.func(args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import asdict, dataclass
 
@@ -70,16 +71,13 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]
     """Dense multiply-accumulates of one forward pass on a batch of one, by module and in total.
 
     Counted with ``torch.utils.flop_counter`` (FLOPs / 2); pruned weights are still counted,
-    as a dense kernel would compute them.
+    as a dense kernel would compute them. The forward pass runs on a ``meta`` copy of the model:
+    no memory and no time, whatever ``input_shape`` claims.
     """
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
     counter = FlopCounterMode(display=False)
-    was_training = model.training
-    model.eval()
+    shadow = copy.deepcopy(model).to("meta").eval()
     with torch.no_grad(), counter:
-        model(torch.zeros(1, *input_shape, device=device))
-    model.train(was_training)
+        shadow(torch.zeros(1, *input_shape, device="meta"))
     per_module = {
         name: int(sum(counts.values())) // 2
         for name, counts in counter.get_flop_counts().items()
