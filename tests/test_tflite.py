@@ -474,3 +474,23 @@ def test_padded_pooling_matches_pytorch(tmp_path, pool, side):
             np.testing.assert_array_equal(got, np.round(expected))
         else:
             assert np.abs(got - expected).max() <= 1.0
+
+
+def test_lut_compressed_weights_run_the_same_and_shrink(tmp_path):
+    """Weights shared to 4 values per tensor: TFLM look-up tables with 2-bit indices, identical outputs."""
+    torch.manual_seed(4)
+    model = BasicCNN(1, 3, 12).eval()
+    with torch.no_grad():
+        for layer in (model.conv1, model.conv2, model.fc1, model.fc2):
+            a = float(layer.weight.abs().max())
+            levels = torch.tensor([-a, -a / 3, a / 3, a])
+            layer.weight.copy_(levels[(layer.weight.unsqueeze(-1) - levels).abs().argmin(-1)])
+    calib = _calib((1, 12, 12))
+    plain = export_tflite(model, tmp_path / "plain.tflite", calib)
+    packed = export_tflite(model, tmp_path / "lut.tflite", calib, lut_bits=2)
+    assert packed.stat().st_size < 0.5 * plain.stat().st_size
+    for x in calib[:3]:
+        xq = quantize_input(plain, x)
+        np.testing.assert_array_equal(run_tflm(packed, xq), run_tflm(plain, xq))
+    with pytest.raises(ValueError, match="at most 2 distinct values per channel"):
+        export_tflite(model, tmp_path / "x.tflite", calib, lut_bits=1)

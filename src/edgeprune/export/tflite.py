@@ -25,6 +25,7 @@ import operator
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -614,16 +615,43 @@ def _serialize(g: _Graph, inputs: list[int], outputs: list[int], description: st
 # public API
 
 
+def _lut_compress(data: bytes, g: _Graph, bits: int) -> bytes:
+    """Store every int8 weight tensor with at most 2**bits values per channel as TFLM look-up-table tensors."""
+    from tflite_micro.tensorflow.lite.micro.compression import spec, spec_builder
+    from tflite_micro.tensorflow.lite.micro.compression.compress import compress
+
+    builder, chosen = spec_builder.SpecBuilder(), 0
+    for index, t in enumerate(g.tensors):  # the flatbuffer's tensors are g.tensors, in order
+        if t.data is None or t.dtype != _INT8 or not t.name.endswith(".weight"):
+            continue
+        values = np.moveaxis(np.frombuffer(t.data, np.int8).reshape(t.shape), t.qdim, 0).reshape(t.shape[t.qdim], -1)
+        if max(len(np.unique(row)) for row in values) <= 2**bits:
+            builder.add_tensor(0, index).with_lut(index_bitwidth=bits, mode=spec.PerChannel(axis=t.qdim))
+            chosen += 1
+    if not chosen:
+        raise ValueError(f"lut_bits={bits}: no weight tensor has at most {2**bits} distinct values per channel; "
+                         f"share the weights first (k-means with {bits} bits) or leave lut_bits out")
+    with warnings.catch_warnings():  # a tiny tensor can grow by its table; the file still shrinks overall
+        warnings.simplefilter("ignore")
+        return bytes(compress(data, builder.build()))
+
+
 def export_tflite(
-    model: nn.Module, path: str | os.PathLike, calibration_images: torch.Tensor, softmax: bool = False
+    model: nn.Module, path: str | os.PathLike, calibration_images: torch.Tensor, softmax: bool = False,
+    lut_bits: int | None = None,
 ) -> Path:
     """Write ``model`` as a fully int8 .tflite file (input NHWC int8, output int8 logits or softmax); return the path.
 
     ``calibration_images`` is a float N x C x H x W tensor of real training images (a few hundred),
     preprocessed exactly as the model sees them; activation ranges are their [min, max].
+    With ``lut_bits``, weight tensors whose channels hold at most ``2**lut_bits`` distinct int8 values
+    (after k-means weight sharing) are stored as TFLM look-up tables (``lut_bits``-bit indices, DECODE ops),
+    which TFLM expands at run time.
     """
     if not isinstance(calibration_images, torch.Tensor) or calibration_images.dim() != 4 or len(calibration_images) == 0:
         raise ValueError("calibration_images must be a non-empty float tensor N x C x H x W of training images")
+    if lut_bits is not None and not 1 <= lut_bits <= 7:
+        raise ValueError(f"lut_bits must be from 1 to 7 (TFLM's look-up-table index widths), got {lut_bits}")
     model = model.eval().cpu()
     if not list(model.children()):  # a bare layer: trace it as a one-layer container, so it stays one module
         model = nn.Sequential(model)
@@ -636,6 +664,8 @@ def export_tflite(
     conv = _Converter(gm, rec)
     inp, out = conv.run(softmax)
     data = _serialize(conv.g, [inp], [out], f"edgeprune int8 {type(model).__name__}")
+    if lut_bits is not None:
+        data = _lut_compress(data, conv.g, lut_bits)
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
