@@ -8,14 +8,17 @@ on the first ``--train-images`` shuffled training images (a subset, to fit a sha
 ``export_onnx`` / ``evaluate_onnx`` / ``compare_onnx`` / ``onnx_latency`` do the same for ONNX. At
 1x28x28 a channel-pruned copy (``prune_channels``: 50 % of the output channels of conv1, conv2, fc1),
 fine-tuned one epoch, then fine-grained pruned (50 % of every weight tensor) and fine-tuned one
-epoch with the masks kept, goes through both formats too, with the ``fits_on`` board table.
+epoch with the masks kept, goes through both formats too, with the ``fits_on`` board table. With
+``--lut-bits N`` a copy of the dense model has its weights k-means shared (``share_weights``, N bits,
+no centroid fine-tuning) and is written with ``export_tflite(..., lut_bits=N)``: TFLM look-up tables.
 
-    python benchmarks/bench_export.py [--epochs 2] [--train-images 12000] [--calibration 500]
+    python benchmarks/bench_export.py [--epochs 2] [--train-images 12000] [--calibration 500] [--lut-bits 4] [--no-pruned]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +29,7 @@ from torch.utils.data import Subset
 from edgeprune.data import DataConfig, load_data, make_loader
 from edgeprune.device import pick_device
 from edgeprune.export.c_source import fits_on
+from edgeprune.export.centroids import share_weights
 from edgeprune.export.onnx import compare_onnx, evaluate_onnx, export_onnx, onnx_latency
 from edgeprune.export.tflite import calibration_images, evaluate_tflite, export_tflite
 from edgeprune.pipeline import build_baseline
@@ -36,13 +40,13 @@ from edgeprune.training import evaluate, finetune, train
 __all__: list[str] = []
 
 
-def score(model: torch.nn.Module, splits, calib: torch.Tensor, folder: Path, tag: str) -> dict:
+def score(model: torch.nn.Module, splits, calib: torch.Tensor, folder: Path, tag: str, lut_bits: int | None = None) -> dict:
     """PyTorch fp32, TFLM int8 and onnxruntime accuracy on the full test set, sizes, arena and latencies."""
     model = model.cpu().eval()
     test_loader = make_loader(splits.test, 256)
     row = {"model": tag, "fp32": evaluate(model, test_loader, "cpu")}
     start = time.perf_counter()
-    tfl = export_tflite(model, folder / f"{tag}.tflite", calib)
+    tfl = export_tflite(model, folder / f"{tag}.tflite", calib, lut_bits=lut_bits)
     result = evaluate_tflite(tfl, test_loader)
     row.update(tflite=result["accuracy"], arena=result["arena_bytes"], flash=result["model_bytes"],
                tflm_s=time.perf_counter() - start, count=result["count"])
@@ -74,6 +78,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--calibration", type=int, default=500)
     parser.add_argument("--train-images", type=int, default=12000, help="training images used (the first of a seeded shuffle)")
+    parser.add_argument("--lut-bits", type=int, default=4, help="also k-means share the dense model's weights with this many bits "
+                        "and store them as TFLM look-up tables (0: skip)")
+    parser.add_argument("--pruned", action=argparse.BooleanOptionalAction, default=True, help="the channel + fine-grained pruned row")
     parser.add_argument("--geometries", default="28,32", help="comma-separated: 28 (1x28x28) and/or 32 (3x32x32)")
     args = parser.parse_args()
     device = pick_device(None)
@@ -91,7 +98,11 @@ def main() -> None:
             train(model, train_loader, args.epochs, device=device, seed=0)
             print(f"trained {args.epochs} epochs on {args.train_images} images in {time.perf_counter() - start:.0f} s")
             rows = [score(model, splits, calib, folder, f"basiccnn-{geometry}")]
-            if geometry == "28":
+            if args.lut_bits:
+                shared = copy.deepcopy(model).cpu()
+                share_weights(shared, args.lut_bits)
+                rows.append(score(shared, splits, calib, folder, f"kmeans{args.lut_bits}-lut-{geometry}", args.lut_bits))
+            if geometry == "28" and args.pruned:
                 small = prune_channels(model.cpu(), {"conv1": 0.5, "conv2": 0.5, "fc1": 0.5}, calib[:2])
                 train(small, train_loader, 1, device=device, seed=0)
                 pruner = FineGrainedPruner(small, {"_default": 0.5})
