@@ -15,7 +15,7 @@ def test_channel_pruned_checkpoint_loads_back_smaller_and_equal(tmp_path, spec):
     x = torch.randn(2, spec.in_channels, spec.image_size, spec.image_size)
     small = prune_channels(model, {"_default": 0.5}, x[:1]).eval()
     path = tmp_path / "small.safetensors"
-    save_checkpoint(path, small, spec, info={"channel_pruned": True})
+    save_checkpoint(path, small, spec)  # marked channel-pruned because its shapes are smaller than the spec's
     back, back_spec, _, info = load_checkpoint(path)
     back.eval()
     assert back_spec == spec and info["channel_pruned"] is True
@@ -29,9 +29,12 @@ def test_without_the_flag_a_smaller_model_is_refused(tmp_path):
     spec = ModelSpec("basiccnn", 1, 10, 28)
     small = prune_channels(spec.build(seed=0), {"_default": 0.5}, torch.zeros(1, 1, 28, 28))
     path = tmp_path / "small.safetensors"
-    save_checkpoint(path, small, spec)
+    save_file(small.state_dict(), str(path), metadata={"format": "edgeprune.checkpoint/1", "info": "{}",
+                                                       "spec": '{"name": "basiccnn", "in_channels": 1, "num_classes": 10, "image_size": 28}'})
     with pytest.raises(ValueError, match="do not fit"):
         load_checkpoint(path)
+    save_checkpoint(path, spec.build(seed=0), spec)
+    assert "channel_pruned" not in load_checkpoint(path)[3]  # a full-size model is not marked
 
 
 def test_a_channel_pruned_file_claiming_more_channels_is_refused_before_allocation(tmp_path):

@@ -49,11 +49,18 @@ def save_checkpoint(
 
     The weights file holds only the weights, so its size on disk is what a dense
     format costs; the masks (one bool per pruned weight) are in ``<stem>.masks.safetensors``.
+    A model whose tensors are smaller than ``spec`` builds (channel pruning) is marked
+    ``channel_pruned`` in ``info``, so that loading resizes its layers.
     """
     path = Path(path)
-    meta = {"format": CHECKPOINT_FORMAT, "spec": json.dumps(asdict(spec)), "info": json.dumps(info or {})}
+    state = model.state_dict()
+    full = {name: tuple(t.shape) for name, t in build_skeleton(spec).state_dict().items()}
+    info = dict(info or {})
+    if any(full.get(name) != tuple(t.shape) for name, t in state.items()):
+        info["channel_pruned"] = True
+    meta = {"format": CHECKPOINT_FORMAT, "spec": json.dumps(asdict(spec)), "info": json.dumps(info)}
     masks_path_for(path).unlink(missing_ok=True)  # never leave old masks beside new weights
-    save_tensors(path, model.state_dict(), meta)
+    save_tensors(path, state, meta)
     if masks:
         save_tensors(masks_path_for(path), masks, {"format": MASKS_FORMAT})
     return path

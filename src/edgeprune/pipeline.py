@@ -32,7 +32,10 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataConfig, DataSplits, load_data, make_loaders, native_geometry
 from .device import pick_device
 from .export.centroids import share_weights
+from .export.c_source import fits_on, write_c_source
 from .export.epz import load_compressed, save_compressed
+from .export.onnx import evaluate_onnx, export_onnx
+from .export.tflite import calibration_images, evaluate_tflite, export_tflite
 from .export.quantize import MODES, QuantConfig
 from .files import write_json_atomic, write_text_atomic
 from .models import ModelSpec, prunable_parameters
@@ -54,6 +57,7 @@ __all__ = [
     "compare_models",
     "default_bits",
     "export_compressed",
+    "export_for_devices",
     "finetune_pruned",
     "fit_data_to_model",
     "model_for_data",
@@ -67,6 +71,7 @@ __all__ = [
 
 STEPS = ("baseline", "channels", "scan", "prune", "finetune", "shared")
 PLANS = ("scan", "global")
+DEVICE_EXPORTS = ("final", "all", "none")
 """The steps of a run whose outputs are kept on disk, in order; a resumed run skips those done."""
 
 
@@ -142,6 +147,7 @@ class RunConfig:
     export_values: str = "kmeans"
     export_bits: int | None = None
     centroid_epochs: int = 0  # with kmeans export: epochs of Deep Compression's centroid fine-tuning
+    device_exports: str = "final"  # ONNX + int8 TFLite, verified in onnxruntime and TFLM: "final" model, "all", "none"
     out: str = "runs/latest"
     device: str | None = None
     seed: int = 0
@@ -207,6 +213,8 @@ class RunConfig:
         if self.export_bits is None:
             self.export_bits = default_bits(self.export_values)
         QuantConfig(self.export_values, self.export_bits)  # a mode with bits it cannot use is an error now, not after training
+        if self.device_exports not in DEVICE_EXPORTS:
+            raise ValueError(f"unknown device_exports {self.device_exports!r}; use one of {', '.join(DEVICE_EXPORTS)}")
         if self.centroid_epochs and self.export_values != "kmeans":
             raise ValueError("centroid_epochs fine-tunes k-means centroids: use it with export_values='kmeans'")
         pick_device(self.device)
@@ -366,6 +374,39 @@ def export_compressed(model: nn.Module, path: str | Path, values: str = "kmeans"
     return Path(path)
 
 
+def export_for_devices(
+    model: nn.Module, stem: Path, splits: DataSplits, loader: Iterable, c_source: bool = False
+) -> dict:
+    """Export ``model`` as ``<stem>.onnx`` and fully int8 ``<stem>.tflite`` (calibrated on 500 training images), and
+    score each in its own runtime (onnxruntime, TensorFlow Lite Micro) on ``loader``; returns the row fields.
+
+    With ``c_source`` the .tflite is also written as ``model_data.cc`` / ``model_data.h`` beside it.
+    """
+    cpu = copy.deepcopy(model).cpu().eval()
+    example = next(iter(loader))[0][:1].cpu()
+    onnx_path = export_onnx(cpu, stem.with_suffix(".onnx"), example)
+    tflite_path = export_tflite(cpu, stem.with_suffix(".tflite"), calibration_images(splits.train, 500))
+    tflm = evaluate_tflite(tflite_path, loader)
+    row = {
+        "onnx_file": str(onnx_path), "onnx_accuracy": evaluate_onnx(onnx_path, loader)["accuracy"],
+        "tflite_file": str(tflite_path), "tflite_accuracy": tflm["accuracy"],
+        "tflite_arena_bytes": tflm["arena_bytes"], "tflite_bytes": tflm["model_bytes"],
+    }
+    if c_source:
+        row["c_source"] = [str(p) for p in write_c_source(tflite_path, stem.parent)]
+    return row
+
+
+def check_device_export(model: nn.Module, spec: ModelSpec) -> None:
+    """Refuse, before any training, a model that the int8 TFLite export cannot convert (names the op and layer)."""
+    example = torch.randn(4, spec.in_channels, spec.image_size, spec.image_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            export_tflite(copy.deepcopy(model).cpu().eval(), Path(tmp) / "probe.tflite", example)
+        except ValueError as exc:
+            raise ValueError(f"{str(exc).splitlines()[0]}; or pass --device-exports none to skip the ONNX and TFLite exports") from None
+
+
 def compare_models(
     models: list[tuple[str, nn.Module, Path]],
     loader: Iterable,
@@ -438,6 +479,8 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             history = TrainHistory(**done["baseline"])
         else:
             model, spec = build_baseline(cfg.model, splits, cfg.weights, cfg.seed)
+            if cfg.device_exports != "none":  # an op TFLite Micro cannot run is an error now, not after training
+                check_device_export(model, spec)
             if cfg.sparsity is not None:  # wrong layer names are an error now, not after training
                 resolve_sparsity_dict(cfg.sparsity, prunable_parameters(model), (n for n, _ in model.named_parameters()))
             if cfg.channels is not None:
@@ -461,8 +504,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             else:
                 source, channel_info = prune_channels_step(model, spec, cfg.channels, cfg.target_macs, cfg.channel_importance)
                 ch_history = train_baseline(source, splits, cfg.finetune_epochs, cfg.lr, device, cfg.seed)
-                save_checkpoint(out / "channels.safetensors", source, spec,
-                                info={"stage": "channels", "channel_pruned": True, **channel_info})
+                save_checkpoint(out / "channels.safetensors", source, spec, info={"stage": "channels", **channel_info})
                 folder.mark_done("channels", {**channel_info, "history": asdict(ch_history)})
             compared.append(("Channel-pruned + fine-tuned", source, out / "channels.safetensors"))
 
@@ -489,8 +531,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             write_json_atomic(out / "plan.json", plan_info)
             if scan is not None:
                 scan.plot(out / "sensitivity.png", chosen=pruner.sparsity_dict)
-            save_checkpoint(out / "pruned.safetensors", pruned, spec, pruner.masks,
-                            {"stage": "pruned", "channel_pruned": source is not model})
+            save_checkpoint(out / "pruned.safetensors", pruned, spec, pruner.masks, {"stage": "pruned"})
             folder.mark_done("prune", {"sparsity_dict": pruner.sparsity_dict, "plan": plan_info})
         pruned.to(device)
         pruned_path = out / "pruned.safetensors"
@@ -512,8 +553,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
                 finetuned, pruner.sparsity_dict, splits, cfg.finetune_epochs, cfg.schedule, cfg.lr, device, cfg.seed
             )
         if "finetune" not in done:
-            save_checkpoint(out / "finetuned.safetensors", finetuned, spec, pruner.masks,
-                            {"stage": "finetuned", "channel_pruned": source is not model})
+            save_checkpoint(out / "finetuned.safetensors", finetuned, spec, pruner.masks, {"stage": "finetuned"})
             plot_num_parameters_distribution(finetuned, out / "num_parameters.png")
             plot_weight_distribution(finetuned, out / "weight_distribution_finetuned.png", count_nonzero_only=True)
             folder.mark_done("finetune", asdict(ft_history))
@@ -529,8 +569,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
                 train_loader = make_loaders(splits, cfg.data.batch_size, cfg.seed)[0]
                 torch.manual_seed(cfg.seed)
                 share_weights(shared, cfg.export_bits, train_loader, cfg.centroid_epochs, lr=1e-4)
-                save_checkpoint(out / "shared.safetensors", shared, spec, pruner.masks,
-                                {"stage": "shared", "channel_pruned": source is not model})
+                save_checkpoint(out / "shared.safetensors", shared, spec, pruner.masks, {"stage": "shared"})
                 folder.mark_done("shared", {})
             compared.append((f"+ {cfg.export_bits}-bit centroids fine-tuned", shared, out / "shared.safetensors"))
 
@@ -538,6 +577,16 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
         test_loader = make_loaders(splits, cfg.data.batch_size, cfg.seed)[2]
         shape = (spec.in_channels, spec.image_size, spec.image_size)
         rows = compare_models(compared, test_loader, device, out, cfg.export_values, cfg.export_bits, shape)
+        # 7. The files devices load: ONNX and int8 TFLite, each scored in its own runtime; does the final model fit a board?
+        fits = None
+        if cfg.device_exports != "none":
+            exported = range(len(rows)) if cfg.device_exports == "all" else [len(rows) - 1]
+            for index in tqdm(exported, desc="device exports", leave=False):
+                label, exported_model, path = compared[index]
+                rows[index].update(export_for_devices(exported_model, out / Path(path).stem, splits, test_loader,
+                                                      c_source=index == len(rows) - 1))
+            final = rows[-1]
+            fits = {"model": final["model"], "boards": fits_on(final["tflite_bytes"], final["tflite_arena_bytes"])}
         results = {
             "config": cfg.to_dict(),
             "data": splits.info,
@@ -548,6 +597,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             "baseline_training": asdict(history),
             "finetune": asdict(ft_history),
             "comparison": rows,
+            "fits_on": fits,
             "layers": [s.to_dict() for s in layer_stats(finetuned)],
             "resumed_steps": resumed,
             "seconds": round(time.time() - start, 1),
