@@ -10,7 +10,6 @@ from edgeprune.analyze.metrics import count_macs, layer_stats, model_stats
 from edgeprune.models import BasicCNN, build_model
 from edgeprune.analyze.plots import grid_shape, plot_num_parameters_distribution, plot_weight_distribution
 
-from conftest import FASHION_DIR
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path):
@@ -22,9 +21,9 @@ def test_missing_dataset_says_how_to_get_it(tmp_path):
         DataConfig(name="imagenet")
 
 
-@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
-def test_fashion_mnist_from_debian_with_seeded_split():
-    splits = load_data(DataConfig(val_size=100, limit=300))
+@pytest.mark.integration
+def test_fashion_mnist_from_debian_with_seeded_split(fashion_full):
+    splits = load_data(DataConfig(val_size=100, limit=300))  # no data_dir: Debian's default location
     assert (len(splits.train), len(splits.val), len(splits.test)) == (300, 100, 300)
     x, y = splits.test[0]
     assert x.shape == (1, 28, 28) and -1.0 <= float(x.min()) and float(x.max()) <= 1.0
@@ -35,18 +34,18 @@ def test_fashion_mnist_from_debian_with_seeded_split():
     assert rgb.test[0][0].shape == (3, 32, 32)
 
 
-@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
 @pytest.mark.parametrize("channels", [None, 3])
-def test_in_memory_tensors_equal_the_per_image_transform(channels):
+def test_in_memory_tensors_equal_the_per_image_transform(channels, fashion_slice, tmp_path, monkeypatch):
     from torchvision import datasets
 
     from edgeprune.data import _build_transform, cache_dir
 
-    cfg = DataConfig(channels=channels, mean=0.25, std=0.3)
+    monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))  # only this slice is staged there
+    cfg = DataConfig(data_dir=fashion_slice, channels=channels, mean=0.25, std=0.3, val_size=100)
     splits = load_data(cfg)
     root = next((cache_dir() / "datasets").glob("*/FashionMNIST")).parent  # where load_data staged the files
     raw = datasets.FashionMNIST(str(root), train=False, transform=_build_transform(cfg, 1, 28, 28))
-    for i in (0, 1, 9999):
+    for i in (0, 1, 299):
         x, y = raw[i]
         assert torch.equal(splits.test[i][0], x) and splits.test[i][1] == y
 

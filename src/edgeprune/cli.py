@@ -338,7 +338,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         plan=args.plan, target_sparsity=args.target_sparsity, schedule=args.schedule, max_drop=args.max_drop, scan_split=args.scan_on,
         scan_start=args.scan_start, scan_step=args.scan_step, scan_end=args.scan_end,
         export_values=args.export_values, export_bits=args.export_bits, centroid_epochs=args.centroid_epochs,
-        out=args.out, device=args.device, seed=args.seed,
+        device_exports=args.device_exports, out=args.out, device=args.device, seed=args.seed,
     )
     results = run_experiment(cfg, overwrite=args.overwrite, resume=args.resume)
     if distributed.is_main():
@@ -400,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-values", default=RunConfig.export_values, choices=("fp32", "fp16", "int8", "kmeans"))
     p.add_argument("--export-bits", type=_whole(2, 8), help="bits of the k-means codebook (default: 4 for kmeans, 8 for int8)")
     p.add_argument("--centroid-epochs", type=_whole(0, 10_000), default=0, help="with kmeans: fine-tune the shared centroids this many epochs")
+    p.add_argument("--device-exports", choices=("final", "all", "none"), default="final",
+                   help="ONNX and int8 TFLite files (+ model_data.cc/.h) scored in onnxruntime and TFLite Micro: "
+                   "for the final model (default), every model, or none")
     p.add_argument("--out", default=RunConfig.out, help="report folder")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out (only those)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-__all__ = ["comparison_markdown", "sparsity_markdown", "layers_markdown", "run_report"]
+__all__ = ["comparison_markdown", "device_markdown", "sparsity_markdown", "layers_markdown", "run_report"]
 
 
 def _fmt_bytes(n: int | float | None) -> str:
@@ -72,6 +72,30 @@ def layers_markdown(layers: Iterable[Mapping]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def device_markdown(results: Mapping) -> str:
+    """The "on the device" section: ONNX and int8 TFLite accuracy, flash and arena, and which boards it fits."""
+    rows = [r for r in results["comparison"] if r.get("tflite_file")]
+    if not rows:
+        return ""
+    lines = ["## On the device", "",
+             "Each file was scored on the test set in the runtime that will run it: onnxruntime for ONNX, "
+             "TensorFlow Lite Micro's own interpreter for the fully int8 `.tflite` (flash = file bytes, RAM = the arena "
+             "TFLM allocated).", "",
+             "| Model | Accuracy PyTorch (%) | ONNX (%) | TFLite int8 (%) | Flash (bytes) | Arena (bytes) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['accuracy']:.2f} | {r['onnx_accuracy']:.2f} | {r['tflite_accuracy']:.2f} | "
+                     f"{r['tflite_bytes']:,} | {r['tflite_arena_bytes']:,} |")
+    fits = results.get("fits_on")
+    if fits:
+        lines += ["", f"Fits on ({fits['model']}; model and arena only: the firmware and the TFLM runtime come on top):", "",
+                  "| Board | Flash | RAM | Fits |", "|---|---|---|---|"]
+        for b in fits["boards"]:
+            lines.append(f"| {b['board']} | {100 * b['flash_used']:.1f} % of {b['flash_bytes'] // 1024:,} KB | "
+                         f"{100 * b['ram_used']:.1f} % of {b['ram_bytes'] // 1024:,} KB | {'yes' if b['fits'] else '**no**'} |")
+        lines += ["", "`model_data.cc` / `model_data.h` hold the `.tflite` as a C array for a TFLM firmware (docs/firmware.md)."]
+    return "\n".join(lines) + "\n\n"
+
+
 def run_report(results: Mapping, model: str, scan_split: str, scanned: bool = True) -> str:
     """The report a person reads: the table, the dict, the per-layer sparsity and the plots."""
     data = results["data"]
@@ -115,7 +139,7 @@ Non-zero weights of the fine-tuned model:
 
 ![weights fine-tuned](weight_distribution_finetuned.png)
 
-Parameters per layer, kept and pruned:
+{device_markdown(results)}Parameters per layer, kept and pruned:
 
 ![parameters](num_parameters.png)
 

@@ -32,6 +32,8 @@ RUN_FILES = (
     "baseline.safetensors", "pruned.safetensors", "pruned.masks.safetensors", "finetuned.safetensors",
     "finetuned.masks.safetensors", "shared.safetensors", "shared.masks.safetensors",
     "channels.safetensors", "baseline.epz", "channels.epz", "pruned.epz", "finetuned.epz", "shared.epz",
+    *(f"{stem}.{ext}" for stem in ("baseline", "channels", "pruned", "finetuned", "shared") for ext in ("onnx", "tflite")),
+    "model_data.cc", "model_data.h",
     "sensitivity.png", "weight_distribution.png", "weight_distribution_finetuned.png", "num_parameters.png",
 )
 """Every file a run writes; ``overwrite`` removes these and nothing else."""
