@@ -1,22 +1,45 @@
-"""edgeprune: fine-grained pruning for edge devices.
+"""edgeprune: take a trained PyTorch network to an edge device, and prove every step.
 
-Inspect a model, scan each layer's sensitivity, choose a sparsity dict, prune, fine-tune
-with fixed masks, export a file that really shrinks, and compare, from Python or the CLI.
+Inspect a model, scan each layer's sensitivity, plan a sparsity dict, prune (fine-grained,
+global or gradual; or whole channels into a smaller dense model), fine-tune with the masks
+held in the model, export a compressed file, ONNX and int8 TFLite for microcontrollers, and
+compare, from Python or the CLI. The steps of the one-command run are in :mod:`edgeprune.pipeline`.
 """
 
 __version__ = "0.1.0"
 
-from .export.epz import load_compressed, save_compressed
-from .data import DataConfig, load_data, make_loader
-from .pipeline import RunConfig, compare_models, run_experiment
-from .checkpoint import load_checkpoint, save_checkpoint
-from .prune.masks import fine_grained_mask, fine_grained_prune, sparsity_of
+from .analyze.latency import measure_latency
 from .analyze.metrics import count_macs, layer_stats, model_stats
-from .models import BasicCNN, ModelSpec, build_model, prunable_parameters
 from .analyze.plan import plan_by_budget, plan_by_tolerance
 from .analyze.plots import plot_num_parameters_distribution, plot_weight_distribution
-from .prune.pruner import FineGrainedPruner
 from .analyze.scan import ScanResult, sensitivity_scan
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import DataConfig, load_data, make_loader
+from .export.c_source import fits_on, write_c_source
+from .export.epz import load_compressed, save_compressed
+from .export.onnx import evaluate_onnx, export_onnx
+from .export.tflite import evaluate_tflite, export_tflite
+from .models import BasicCNN, ModelSpec, build_model, prunable_parameters
+from .pipeline import (
+    RunConfig,
+    build_baseline,
+    choose_sparsity,
+    compare_models,
+    export_compressed,
+    export_for_devices,
+    finetune_pruned,
+    prune_channels_step,
+    prune_copy,
+    prune_while_training,
+    run_experiment,
+    scan_model,
+    train_baseline,
+)
+from .prune.channels import prune_channels
+from .prune.global_magnitude import global_magnitude_sparsity
+from .prune.masks import fine_grained_mask, fine_grained_prune, sparsity_of
+from .prune.pruner import FineGrainedPruner, is_pruned, remove
+from .prune.schedule import GradualPruner, agp_sparsity, prune_gradually
 from .prune.settings import load_layer_settings
 from .training import evaluate, finetune, train
 
@@ -24,32 +47,56 @@ __all__ = [
     "BasicCNN",
     "DataConfig",
     "FineGrainedPruner",
+    "GradualPruner",
     "ModelSpec",
     "RunConfig",
     "ScanResult",
+    "agp_sparsity",
+    "build_baseline",
     "build_model",
+    "choose_sparsity",
     "compare_models",
     "count_macs",
     "evaluate",
+    "evaluate_onnx",
+    "evaluate_tflite",
+    "export_compressed",
+    "export_for_devices",
+    "export_onnx",
+    "export_tflite",
     "fine_grained_mask",
     "fine_grained_prune",
     "finetune",
+    "finetune_pruned",
+    "fits_on",
+    "global_magnitude_sparsity",
+    "is_pruned",
     "layer_stats",
     "load_checkpoint",
     "load_compressed",
     "load_data",
     "load_layer_settings",
     "make_loader",
+    "measure_latency",
     "model_stats",
     "plan_by_budget",
     "plan_by_tolerance",
     "plot_num_parameters_distribution",
     "plot_weight_distribution",
     "prunable_parameters",
+    "prune_channels",
+    "prune_channels_step",
+    "prune_copy",
+    "prune_gradually",
+    "prune_while_training",
+    "remove",
     "run_experiment",
     "save_checkpoint",
     "save_compressed",
+    "scan_model",
     "sensitivity_scan",
     "sparsity_of",
     "train",
+    "train_baseline",
+    "write_c_source",
 ]
