@@ -13,8 +13,9 @@ of ``torch.nn.utils.prune`` but without renaming any parameter:
 * a step hook shared by every ``torch.optim.Optimizer`` re-zeroes the pruned weights after
   each ``step()`` (to +0.0), whatever the optimizer does with weight decay, momentum or stale state.
 
-The hooks multiply by a float mask rather than select with a bool one: on CPU that is about
-50 times faster here, and it is exact for every finite value (x * 1 = x; 0 + x * 0 = +0.0).
+The hooks multiply by a float mask rather than select with a bool one: on the development CPU a
+bool select (``where``, ``masked_fill_``) of BasicCNN's fc1 gradient took about 1.2 ms, a multiply
+13 us. A multiply is exact for every finite value (x * 1 = x; 0 + x * 0 = +0.0).
 A NaN or infinity at a pruned position, which only a diverged run produces, stays NaN.
 
 A gradient hook was chosen over a parametrization because a parametrization renames the
