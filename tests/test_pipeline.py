@@ -101,6 +101,15 @@ def test_global_plan_with_agp_schedule_skips_the_scan_and_hits_the_target(tmp_pa
     layers = [layer for layer in results["layers"] if len(layer["shape"]) > 1]
     zeros = sum(layer["params"] - layer["nonzeros"] for layer in layers)
     assert zeros == round(0.9 * sum(layer["params"] for layer in layers))  # the exact global count, kept through AGP
+    final = results["comparison"][-1]  # the final model went to ONNX and int8 TFLite, scored in their runtimes
+    for name in ("finetuned.onnx", "finetuned.tflite", "model_data.cc", "model_data.h"):
+        assert (out / name).is_file(), name
+    assert abs(final["onnx_accuracy"] - final["accuracy"]) <= 100 / 300  # at most one test image flips
+    assert abs(final["tflite_accuracy"] - final["accuracy"]) <= 5.0 and final["tflite_arena_bytes"] > 0
+    assert final["tflite_bytes"] == (out / "finetuned.tflite").stat().st_size
+    boards = {b["board"].split()[0]: b["fits"] for b in results["fits_on"]["boards"]}
+    assert boards["STM32L476RG"] is True  # BasicCNN int8 (~210 KB flash, ~20 KB arena) fits 1 MB / 128 KB
+    assert "## On the device" in (out / "report.md").read_text()
 
 
 # --------------------------------------------------------------------------- run folders
@@ -175,8 +184,8 @@ def _comparable(out: Path) -> dict:
         results.pop(key)
     results["config"].pop("out")
     for row in results["comparison"]:
-        for key in ("checkpoint", "compressed_file", "latency_ms", "latency_threads"):  # paths and timings differ
-            row.pop(key)
+        for key in ("checkpoint", "compressed_file", "onnx_file", "tflite_file", "c_source", "latency_ms", "latency_threads"):
+            row.pop(key, None)  # paths and timings differ between the two folders
     return results
 
 

@@ -38,7 +38,7 @@ from .pipeline import (
 from .prune.channels import prune_channels
 from .prune.global_magnitude import global_magnitude_sparsity
 from .prune.masks import fine_grained_mask, fine_grained_prune, sparsity_of
-from .prune.pruner import FineGrainedPruner, is_pruned, remove
+from .prune.pruner import FineGrainedPruner, is_pruned
 from .prune.schedule import GradualPruner, agp_sparsity, prune_gradually
 from .prune.settings import load_layer_settings
 from .training import evaluate, finetune, train
@@ -89,7 +89,6 @@ __all__ = [
     "prune_copy",
     "prune_gradually",
     "prune_while_training",
-    "remove",
     "run_experiment",
     "save_checkpoint",
     "save_compressed",

@@ -94,7 +94,9 @@ def train(
     if distributed.is_distributed() and epochs:
         train_loader, sampler = distributed.sharded_loader(train_loader, seed)
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    # fused Adam: one kernel for every tensor; with masks attached it costs +1.7 % a step against +7 % for the
+    # per-tensor loop, whose sqrt of the all-zero state at pruned positions is slow on CPUs (docs/benchmarks.md)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda"))
     scheduler = None
     if lr_schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
