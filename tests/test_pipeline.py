@@ -289,3 +289,22 @@ def test_channels_first_then_fine_grained_in_one_run_and_resumed(tmp_path, monke
     assert main([*argv, "--out", str(parts), "--resume"]) == 0
     assert json.loads((parts / "results.json").read_text())["resumed_steps"] == ["baseline", "channels"]
     assert _comparable(parts) == _comparable(whole)
+
+
+def test_a_named_data_dir_that_does_not_exist_is_an_error_not_a_fallback(tmp_path, capsys):
+    assert main(["train", "--data-dir", str(tmp_path / "nowhere"), "--epochs", "1", "--out", str(tmp_path / "b.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--data-dir" in err and not (tmp_path / "b.safetensors").exists()
+
+
+def test_empty_sparsity_dict_and_warnings_are_one_line_each(tmp_path, capsys, fashion_slice):
+    base = tmp_path / "b.safetensors"
+    assert main(["train", "--data-dir", fashion_slice, "--val-size", "100", "--limit", "200", "--epochs", "1", "--out", str(base)]) == 0
+    capsys.readouterr()
+    assert main(["prune", str(base), "--data-dir", fashion_slice, "--sparsity", "{}", "--out", str(tmp_path / "p.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "empty" in err and not (tmp_path / "p.safetensors").exists()
+    assert main(["prune", str(base), "--data-dir", fashion_slice, "--sparsity", '{"fc1.weight": 0.5}',
+                 "--out", str(tmp_path / "p.safetensors")]) == 0
+    err = capsys.readouterr().err
+    assert err == "edgeprune prune: warning: the sparsity dict does not name conv1.weight, conv2.weight, fc2.weight; left dense\n"

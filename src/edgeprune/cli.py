@@ -12,6 +12,7 @@ import signal
 import os
 import sys
 import tempfile
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -499,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     where = f"edgeprune {args.command}"
+    warnings.showwarning = lambda message, *rest, **kw: print(f"{where}: warning: {message}", file=sys.stderr)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # a kill still cleans up its files
     try:
         distributed.init_from_env()  # under torchrun: join the other processes

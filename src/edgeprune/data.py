@@ -253,6 +253,9 @@ def load_data(cfg: DataConfig) -> DataSplits:
             candidates = []
             if cfg.data_dir:
                 d = Path(cfg.data_dir)
+                if not d.is_dir():  # never fall back silently to other data than the folder the user named
+                    raise FileNotFoundError(f"--data-dir {d}: no such folder; give the folder holding the {cfg.name} "
+                                            "files, or leave --data-dir out to use the installed data set")
                 candidates += [d, d / tv_class.__name__ / "raw"]
             if debian:
                 candidates.append(Path(debian))

@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -138,7 +139,9 @@ def load_state_dict_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
         except (SafetensorError, OSError, ValueError) as exc:
             raise _unreadable(path, exc) from exc
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols; the error below says what matters
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for foreign or corrupt files
         raise ValueError(
             f"{path}: cannot be read as a PyTorch state_dict with weights_only=True ({type(exc).__name__}: "

@@ -311,6 +311,8 @@ def choose_sparsity(
 
 def prune_copy(model: nn.Module, spec: ModelSpec, sparsity: Mapping[str, object]) -> tuple[nn.Module, FineGrainedPruner]:
     """A pruned copy of ``model`` (the original is untouched) and the pruner that holds its masks."""
+    if not sparsity:
+        raise ValueError("the sparsity dict is empty, so it prunes no layer; name layers or use '_default' (e.g. {\"_default\": 0.5})")
     pruned = copy.deepcopy(model)
     pruner = FineGrainedPruner(pruned, sparsity)
     if not pruner.masks:
