@@ -330,10 +330,11 @@ def finetune_pruned(
 
 
 def prune_while_training(
-    model: nn.Module, sparsity: Mapping[str, object], splits: DataSplits, epochs: int, schedule: str = "agp",
+    model: nn.Module, sparsity: Mapping[str, object] | float, splits: DataSplits, epochs: int, schedule: str = "agp",
     lr: float = 1e-3, device: str | torch.device | None = None, seed: int = 0,
 ) -> tuple[FineGrainedPruner, TrainHistory]:
-    """Prune ``model`` gradually to ``sparsity`` while training it ``epochs`` epochs (AGP or iterative rounds)."""
+    """Prune ``model`` gradually to ``sparsity`` (a dict per layer, or one fraction ranked globally) while training it
+    ``epochs`` epochs (AGP or iterative rounds)."""
     train_loader, val_loader, _ = make_loaders(splits, splits.info.get("batch_size", 64), seed)
     return prune_gradually(model, train_loader, sparsity, epochs, schedule, val_loader, lr, device, seed)
 
@@ -551,8 +552,10 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             ft_history = finetune_pruned(finetuned, pruner, splits, cfg.finetune_epochs, cfg.lr, device, cfg.seed, cfg.lr_schedule)
         else:
             finetuned = copy.deepcopy(source)
+            # a global plan is re-ranked across all layers at every pruning step; otherwise each layer ramps to its own target
+            targets = cfg.target_sparsity if cfg.plan == "global" and cfg.sparsity is None else pruner.sparsity_dict
             pruner, ft_history = prune_while_training(
-                finetuned, pruner.sparsity_dict, splits, cfg.finetune_epochs, cfg.schedule, cfg.lr, device, cfg.seed
+                finetuned, targets, splits, cfg.finetune_epochs, cfg.schedule, cfg.lr, device, cfg.seed
             )
         if "finetune" not in done:
             save_checkpoint(out / "finetuned.safetensors", finetuned, spec, pruner.masks, {"stage": "finetuned"})
