@@ -285,7 +285,7 @@ def test_kmeans_by_hand(tmp_path):
     # Midpoints -13/12, 3/4, 31/12 give the clusters {-2, -1.5} {0.25, 0.5} {1} {3, 3.5};
     # their means -1.75, 0.375, 1, 3.25 give midpoints -0.6875, 0.6875, 2.125: the same clusters.
     codebook = [-1.75, 0.375, 1.0, 3.25]
-    codes = [0, 0, 1, 1, 2, 3, 3]
+    # codes in order of the non-zeros: 0, 0, 1, 1, 2, 3, 3 (packed below)
     assert reference_lloyd([-2.0, -1.5, 0.25, 0.5, 1.0, 3.0, 3.5], 2) == codebook
     # zeros cannot be stored as codes, so the positions go in a bitmap (2 + 2 bytes) or relative (7 + 2)
     record = records["w"]

@@ -15,7 +15,6 @@ Targets are either per layer (a sparsity dict, e.g. the planner's, resolved like
 
 from __future__ import annotations
 
-import math
 from typing import Iterable, Mapping
 
 import torch
