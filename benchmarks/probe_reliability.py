@@ -341,8 +341,18 @@ def make_fixtures(fx: Path) -> None:
         "from pathlib import Path\nfrom torch import nn\nPath('FACTORY_RAN').touch()\n\n\n"
         "def make():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))\n"
     )
-    save_checkpoint(fx / "factory.safetensors", nn.Sequential(nn.Flatten(), nn.Linear(784, 10)),
-                    ModelSpec("probe_factory:make", 1, 10, 28))
+    # saving checks the model against its spec, which imports the factory: do it in fx, then drop its marker
+    cwd = os.getcwd()
+    sys.path.insert(0, str(fx))
+    try:
+        os.chdir(fx)
+        save_checkpoint(fx / "factory.safetensors", nn.Sequential(nn.Flatten(), nn.Linear(784, 10)),
+                        ModelSpec("probe_factory:make", 1, 10, 28))
+    finally:
+        os.chdir(cwd)
+        sys.path.remove(str(fx))
+        sys.modules.pop("probe_factory", None)
+        (fx / "FACTORY_RAN").unlink(missing_ok=True)
     shutil.copy(fx / "baseline.safetensors", fx / "badmasks.safetensors")
     (fx / "badmasks.masks.safetensors").write_bytes(b"not a safetensors file at all")
     # compressed files
@@ -428,7 +438,7 @@ def run_case(case: Case, case_dir: Path, src: Path) -> Outcome:
         status = None
     for t in readers:
         t.join()
-    stderr = "".join(err_chunks)
+    stderr = "".join(err_chunks).replace(str(src.parent) + os.sep, "")  # src/edgeprune/..., not a temporary path
     lines = message_lines(stderr)
     problems = []
     if status != case.expect:
