@@ -145,7 +145,8 @@ def load_state_dict_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
     except Exception as exc:  # torch raises many types for foreign or corrupt files
         raise ValueError(
             f"{path}: cannot be read as a PyTorch state_dict with weights_only=True ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); save it with torch.save(model.state_dict(), path)"
+            f"{str(exc).split('. ')[0].splitlines()[0] if str(exc) else ''}); it may hold code, which is never run: "
+            "save only tensors, with torch.save(model.state_dict(), path)"
         ) from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
