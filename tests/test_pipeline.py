@@ -277,6 +277,8 @@ def test_channels_first_then_fine_grained_in_one_run_and_resumed(tmp_path, monke
     assert rows["Channel-pruned + fine-tuned"]["params"] < rows["Baseline"]["params"]
     assert rows["Fine-tuned + pruned"]["params"] == rows["Channel-pruned + fine-tuned"]["params"]
     assert all(set(r["latency_ms"]) == {"1", "64"} for r in rows.values())  # keyed by batch size (JSON keys)
+    channels = json.loads((whole / "progress.json").read_text())["done"]["channels"]
+    assert channels["channel_scan"]["ratios"] and channels["macs_fraction"] <= 0.5  # planned from the channel scan
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
