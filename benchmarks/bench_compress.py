@@ -75,10 +75,10 @@ def trained_baseline(splits: DataSplits, epochs: int, device: torch.device, seed
 
 
 def pruned_finetuned(
-    dense: nn.Module, spec: ModelSpec, sparsity: dict, splits: DataSplits, epochs: int, device: torch.device, seed: int
+    dense: nn.Module, sparsity: dict, splits: DataSplits, epochs: int, device: torch.device, seed: int
 ) -> nn.Module:
     """The pipeline's prune and fine-tune steps on a copy of ``dense``."""
-    pruned, pruner = prune_copy(dense, spec, sparsity)
+    pruned, pruner = prune_copy(dense, sparsity)
     finetune_pruned(pruned, pruner, splits, epochs, LR, device, seed)
     return pruned
 
@@ -110,7 +110,7 @@ def main() -> None:
     pruned: dict[str, tuple[nn.Module, Path]] = {}
     for name, sparsity in SPARSITY_DICTS.items():
         path = cache / f"{tag}-{name}-ft{args.finetune_epochs}.safetensors"
-        build = partial(pruned_finetuned, dense, spec, sparsity, splits, args.finetune_epochs, device, args.seed)
+        build = partial(pruned_finetuned, dense, sparsity, splits, args.finetune_epochs, device, args.seed)
         pruned[name] = cached(path, spec, build), path
     print(f"[{time.time() - start:5.0f} s] models ready on {device}, {torch.get_num_threads()} threads", flush=True)
 

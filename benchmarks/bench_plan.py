@@ -77,13 +77,13 @@ def main() -> None:
 
     scan = scan_model(model, splits, "val", args.scan_start, args.scan_step, args.scan_end, "auto", device)
     sparsity, plan = choose_sparsity(model, scan, None, target_sparsity=args.target)
-    budget = prune_copy(model, spec, sparsity)[0]
+    budget = prune_copy(model, sparsity)[0]
     num_zeros, total = zero_count(budget)
     global_dict = global_magnitude_sparsity(prunable_parameters(model), num_zeros / total)
     candidates = {
         "budget plan": budget,
-        f"uniform {args.target}": prune_copy(model, spec, {"_default": args.target})[0],
-        "global magnitude": prune_copy(model, spec, global_dict)[0],
+        f"uniform {args.target}": prune_copy(model, {"_default": args.target})[0],
+        "global magnitude": prune_copy(model, global_dict)[0],
     }
     print(f"dense: validation {scan.dense_accuracy:.2f} % ({len(splits.val)} images), "
           f"test {evaluate(model, test, device):.2f} % ({len(splits.test)} images)")

@@ -11,7 +11,6 @@ import math
 import signal
 import os
 import sys
-import tempfile
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -29,7 +28,7 @@ from .export.c_source import fits_on, write_c_source
 from .export.centroids import share_weights
 from .export.onnx import compare_onnx, evaluate_onnx, export_onnx, onnx_latency
 from .export.tflite import calibration_images, evaluate_tflite, export_tflite
-from .files import write_json_atomic, write_text_atomic
+from .files import writable_folder, write_json_atomic, write_text_atomic
 from .models import ModelSpec
 from .pipeline import (
     MAX_SEED,
@@ -38,6 +37,7 @@ from .pipeline import (
     check_fits,
     choose_sparsity,
     compare_models,
+    default_bits,
     export_compressed,
     finetune_pruned,
     fit_data_to_model,
@@ -139,21 +139,7 @@ def _writable_file(path: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"--out {path}: is a folder; give a file name such as {path / 'model.safetensors'}")
-    _writable_folder(path.parent, f"--out {path}")
-    return path
-
-
-def _writable_folder(path: str | Path, flag: str | None = None) -> Path:
-    """``path`` as an output folder, checked (and made) before any work."""
-    path, flag = Path(path), flag or f"--out {path}"
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{flag}: is a file, not a folder; give a folder name")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as exc:
-        raise ValueError(f"{flag}: cannot write there ({exc.strerror or exc}); choose a folder you can write") from None
+    writable_folder(path.parent, f"--out {path}")
     return path
 
 
@@ -162,7 +148,7 @@ def _bits(text: str | None, values: str) -> int | dict | None:
     if values == "kmeans" and text is None:
         raise ValueError("--values kmeans needs a bit width: add --bits N (N from 2 to 8) or a per-layer dict")
     if text is None:
-        return 8 if values == "int8" else None
+        return default_bits(values)
     return int(text) if text.isdigit() else load_layer_settings(text)
 
 
@@ -181,7 +167,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    out = _writable_folder(args.out)
+    out = writable_folder(args.out)
     model, spec, _ = _load(args, args.checkpoint)
     stats = {
         "model": asdict(spec), **model_stats(model, args.bit_width),
@@ -199,7 +185,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_scan(args: argparse.Namespace) -> None:
-    out = _writable_folder(args.out)
+    out = writable_folder(args.out)
     model, spec, _ = _load(args, args.checkpoint)
     splits = _splits(args, spec)
     result = scan_model(model, splits, args.split, args.scan_start, args.scan_step, args.scan_end, args.method, args.device)
@@ -240,7 +226,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
             save_checkpoint(out, model, spec, None, info)
             print(f"saved {out}")
             return
-    pruned, pruner = prune_copy(model, spec, load_layer_settings(args.sparsity))
+    pruned, pruner = prune_copy(model, load_layer_settings(args.sparsity))
     save_checkpoint(out, pruned, spec, pruner.masks, {**info, "sparsity_dict": pruner.sparsity_dict})
     print(layers_markdown([s.to_dict() for s in layer_stats(pruned) if s.name in pruner.masks]))
     print(f"saved {out} with the masks of {len(pruner.masks)} layers")
@@ -263,7 +249,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    out = _writable_folder(args.out)
+    out = writable_folder(args.out)
     labels = args.labels.split(",") if args.labels else [Path(p).stem for p in args.checkpoints]
     if len(labels) != len(args.checkpoints):
         raise ValueError(f"--labels names {len(labels)} models but {len(args.checkpoints)} checkpoints were given")
@@ -273,7 +259,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     models = [(label, model, Path(path)) for label, (model, _, _), path in zip(labels, loaded, args.checkpoints)]
     test_loader = make_loaders(_splits(args, loaded[0][1]), args.batch_size)[2]
     export_dir = None if args.export_values == "none" else out
-    bits = args.export_bits if args.export_bits is not None else (8 if args.export_values == "int8" else None)
+    bits = args.export_bits if args.export_bits is not None else default_bits(args.export_values)
     rows = compare_models(models, test_loader, args.device, export_dir, args.export_values, bits)
     table = comparison_markdown(rows)
     write_text_atomic(out / "comparison.md", table)
@@ -306,7 +292,7 @@ def _export_runtime(args: argparse.Namespace, model, spec: ModelSpec, out: Path)
     print(f"wrote {out} ({result['model_bytes']:,} bytes, int8); TFLM accuracy {result['accuracy']:.2f} % on "
           f"{result['count']} test images (PyTorch fp32 {fp32:.2f} %); tensor arena {result['arena_bytes']:,} bytes")
     if args.c_source:
-        cc, h = write_c_source(out, _writable_folder(args.c_source, "--c-source"))
+        cc, h = write_c_source(out, writable_folder(args.c_source, "--c-source"))
         print(f"wrote {cc} and {h}")
     for row in fits_on(result["model_bytes"], result["arena_bytes"]):
         print(f"  {row['board']}: model {100 * row['flash_used']:.1f} % of flash, arena {100 * row['ram_used']:.1f} % of RAM: "

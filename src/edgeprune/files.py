@@ -17,11 +17,11 @@ from safetensors.torch import load_file, save_file
 
 __all__ = [
     "atomic_path", "remove_stale_temporaries", "write_text_atomic", "write_json_atomic", "save_tensors",
-    "load_state_dict_file", "safetensors_header", "check_is_file",
+    "load_state_dict_file", "safetensors_header", "check_is_file", "pid_alive", "writable_folder",
 ]
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether a process with this id runs on this machine (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
@@ -44,10 +44,25 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     removed = []
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         pid = tmp.name[len(path.name) + 2 : -len(".tmp")].split(".")[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
+
+
+def writable_folder(path: str | os.PathLike, flag: str | None = None) -> Path:
+    """``path`` as an output folder, made if missing and checked writable before any work; ``flag`` names it in errors."""
+    path = Path(path)
+    flag = flag or f"--out {path}"
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag}: is a file, not a folder; give a folder name (e.g. runs/demo)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{flag}: cannot write there ({exc.strerror or exc}); choose a folder you can write") from None
+    return path
 
 
 @contextlib.contextmanager

@@ -311,7 +311,7 @@ def choose_sparsity(
     return dict(planned.sparsity_dict), planned.to_dict()
 
 
-def prune_copy(model: nn.Module, spec: ModelSpec, sparsity: Mapping[str, object]) -> tuple[nn.Module, FineGrainedPruner]:
+def prune_copy(model: nn.Module, sparsity: Mapping[str, object]) -> tuple[nn.Module, FineGrainedPruner]:
     """A pruned copy of ``model`` (the original is untouched) and the pruner that holds its masks."""
     if not sparsity:
         raise ValueError("the sparsity dict is empty, so it prunes no layer; name layers or use '_default' (e.g. {\"_default\": 0.5})")
@@ -543,7 +543,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             plan_info = done["prune"]["plan"]
         else:
             sparsity, plan_info = choose_sparsity(source, scan, cfg.sparsity, cfg.target_sparsity, cfg.max_drop, plan=cfg.plan)
-            pruned, pruner = prune_copy(source, spec, sparsity)
+            pruned, pruner = prune_copy(source, sparsity)
             write_json_atomic(out / "sparsity.json", pruner.sparsity_dict)
             write_json_atomic(out / "plan.json", plan_info)
             if scan is not None:
@@ -610,7 +610,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             "config": cfg.to_dict(),
             "data": splits.info,
             "model": asdict(spec),
-            "macs_dense": count_macs(model, (spec.in_channels, spec.image_size, spec.image_size)),
+            "macs_dense": count_macs(model, shape),
             "sparsity_dict": chosen,
             "plan": plan_info,
             "baseline_training": asdict(history),

@@ -17,11 +17,10 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
-from .files import write_json_atomic
+from .files import pid_alive, writable_folder, write_json_atomic
 
 __all__ = ["RunFolder", "RUN_FILES", "LOCK_NAME"]
 
@@ -42,16 +41,6 @@ RUN_FILES = (
 _MAY_DIFFER = ("out", "device")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, under another user
-    return True
-
-
 class RunFolder:
     """The output folder of one run; see the module docstring."""
 
@@ -67,7 +56,7 @@ class RunFolder:
     # ------------------------------------------------------------------ entry and exit
 
     def __enter__(self) -> "RunFolder":
-        self._check_writable()
+        writable_folder(self.path)
         self._lock()
         try:
             self._prepare()
@@ -78,16 +67,6 @@ class RunFolder:
 
     def __exit__(self, *exc) -> None:
         self._unlock()
-
-    def _check_writable(self) -> None:
-        if self.path.exists() and not self.path.is_dir():
-            raise ValueError(f"--out {self.path}: is a file, not a folder; give a folder for the report (e.g. runs/demo)")
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=self.path):
-                pass
-        except OSError as exc:
-            raise ValueError(f"--out {self.path}: cannot write there ({exc.strerror or exc}); choose a folder you can write") from exc
 
     def _lock(self) -> None:
         lock = self.path / LOCK_NAME
@@ -118,7 +97,7 @@ class RunFolder:
             pid, host = int(holder["pid"]), str(holder["host"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if host == socket.gethostname() and not _pid_alive(pid):
+        if host == socket.gethostname() and not pid_alive(pid):
             return None
         return {"pid": pid, "host": host}
 
