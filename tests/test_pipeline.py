@@ -163,13 +163,15 @@ def test_resume_refuses_another_config_and_names_the_difference(tmp_path):
 @pytest.mark.parametrize("out", ["file", "/proc/edgeprune-cannot-write-here"])
 def test_unusable_out_is_one_line_before_any_work(tmp_path, capsys, monkeypatch, out):
     monkeypatch.setattr(pipeline, "train_baseline", lambda *a, **k: pytest.fail("trained before --out was checked"))
+    expected = "cannot write there"
     if out == "file":
         out = tmp_path / "a-file"
         out.write_text("x")
+        expected = "is a file, not a folder"
     for argv in (["run", "--out", str(out)], ["train", "--out", str(Path(out) / "b.safetensors")]):
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "--out" in err and "Traceback" not in err
+        assert err.count("\n") == 1 and "--out" in err and expected in err and "Traceback" not in err
 
 
 # --------------------------------------------------------------------------- resume
