@@ -46,7 +46,7 @@ from .prune.channels import channel_counts, prune_channels
 from .prune.global_magnitude import global_magnitude_sparsity
 from .prune.pruner import FineGrainedPruner
 from .prune.schedule import SCHEDULES, prune_gradually
-from .prune.settings import load_layer_settings, resolve_layer_settings, resolve_sparsity_dict
+from .prune.settings import load_layer_settings, resolve_sparsity_dict
 from .report import run_report
 from .runfolder import RunFolder
 from .training import LR_SCHEDULES, TrainHistory, evaluate, finetune, train
@@ -498,9 +498,9 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
                 check_device_export(model, spec)
             if cfg.sparsity is not None:  # wrong layer names are an error now, not after training
                 resolve_sparsity_dict(cfg.sparsity, prunable_parameters(model), (n for n, _ in model.named_parameters()))
-            if cfg.channels is not None:
-                layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-                resolve_layer_settings(cfg.channels, layers, layers, check_sparsity)
+            if cfg.channels is not None:  # the channel step itself, on the untrained model: names, output layer, ratios
+                prune_channels(model, cfg.channels, torch.zeros(1, spec.in_channels, spec.image_size, spec.image_size),
+                               cfg.channel_importance)
             if cfg.epochs:
                 tqdm.write(f"training the baseline {cfg.model} for {cfg.epochs} epochs on {device}")
             history = train_baseline(model, splits, cfg.epochs, cfg.lr, device, cfg.seed)
