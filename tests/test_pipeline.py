@@ -90,7 +90,7 @@ def test_wrong_layer_name_in_sparsity_is_refused_before_training(tmp_path, capsy
     assert code == 2 and "fc9.weight" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("ratios, message", [('{"conv9": 0.5}', "unknown module name 'conv9'"), ('{"fc2": 0.5}', "output layer")])
+@pytest.mark.parametrize("ratios, message", [('{"conv9": 0.5}', "'conv9'"), ('{"fc2": 0.5}', "output layer")])
 def test_bad_channel_ratios_are_refused_before_training(tmp_path, capsys, monkeypatch, fashion_slice, ratios, message):
     monkeypatch.setattr(pipeline, "train_baseline", lambda *a, **k: pytest.fail("trained before the ratios were checked"))
     code = main(["run", "--data-dir", fashion_slice, "--val-size", "100", "--channel-ratios", ratios, "--out", str(tmp_path / "r")])
