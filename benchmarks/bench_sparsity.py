@@ -40,26 +40,25 @@ from edgeprune.checkpoint import load_checkpoint, save_checkpoint
 from edgeprune.data import DataConfig, cache_dir, load_data, make_loaders
 from edgeprune.files import write_json_atomic
 from edgeprune.models import ModelSpec, prunable_parameters
+from edgeprune.pipeline import fit_data_to_model, model_for_data
 from edgeprune.prune.global_magnitude import global_magnitude_sparsity
 from edgeprune.prune.pruner import FineGrainedPruner
-from edgeprune.prune.schedule import prune_gradually
-from edgeprune.training import evaluate, finetune, train
+from edgeprune.training import LR_SCHEDULES, evaluate, finetune, prune_gradually, train
 
 __all__: list[str] = []
 
-SPEC = ModelSpec("basiccnn", in_channels=1, num_classes=10, image_size=28)
 METHODS = ("planned", "global", "agp", "iterative", "uniform")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def baseline(train_loader, val_loader, epochs: int, seed: int, tag: str) -> nn.Module:
+def baseline(spec: ModelSpec, train_loader, val_loader, epochs: int, seed: int, tag: str) -> nn.Module:
     """The dense model trained ``epochs`` epochs (best validation epoch), cached on disk."""
-    cache = cache_dir() / "bench" / f"sparsity-{tag}-e{epochs}.safetensors"
+    cache = cache_dir() / "bench" / f"sparsity-{spec.name}-{tag}-e{epochs}.safetensors"
     if cache.exists():
         return load_checkpoint(cache)[0]
-    model = SPEC.build(seed=seed)
+    model = spec.build(seed=seed)
     train(model, train_loader, epochs, val_loader, seed=seed, keep_best=True)
-    save_checkpoint(cache, model, SPEC)
+    save_checkpoint(cache, model, spec)
     return model
 
 
@@ -69,7 +68,7 @@ def zero_fraction(model: nn.Module) -> float:
     return sum(int((p == 0).sum()) for p in params) / sum(p.numel() for p in params)
 
 
-def run_method(method: str, dense: nn.Module, target: float, scan, data, budget: int, seed: int) -> nn.Module:
+def run_method(method: str, dense: nn.Module, target: float, scan, data, budget: int, seed: int, lr_schedule: str) -> nn.Module:
     """A copy of ``dense`` pruned to ``target`` by ``method`` with ``budget`` epochs of training (fresh loaders)."""
     train_loader, val_loader, _ = make_loaders(data, 64, seed)
     model = copy.deepcopy(dense)
@@ -81,13 +80,14 @@ def run_method(method: str, dense: nn.Module, target: float, scan, data, budget:
         else:
             sparsity = {"_default": target}
         pruner = FineGrainedPruner(model, sparsity)
-        finetune(model, pruner, train_loader, budget, val_loader, seed=seed)
+        finetune(model, pruner, train_loader, budget, val_loader, seed=seed, lr_schedule=lr_schedule)
     else:
-        prune_gradually(model, train_loader, target, budget, schedule=method, eval_loader=val_loader, seed=seed)
+        prune_gradually(model, train_loader, target, budget, schedule=method, eval_loader=val_loader, seed=seed,
+                        lr_schedule=lr_schedule)
     return model
 
 
-def plot(rows: list[dict], dense: dict[str, float], path: Path) -> None:
+def plot(rows: list[dict], dense: dict[str, float], path: Path, title: str) -> None:
     """Test accuracy against sparsity, one line per method, the dense references as horizontal lines."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -99,7 +99,7 @@ def plot(rows: list[dict], dense: dict[str, float], path: Path) -> None:
         ax.axhline(acc, color="grey", linestyle=style, label=label)
     ax.set_xlabel("sparsity of the prunable weights (%)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("BasicCNN on Fashion-MNIST: same training budget per method")
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
     save_figure(fig, path)
@@ -107,6 +107,9 @@ def plot(rows: list[dict], dense: dict[str, float], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="basiccnn", help="basiccnn (1x28x28) or a torchvision model (3x32x32)")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                        help="of every training after the baseline (dense continuation included)")
     parser.add_argument("--epochs", type=int, default=3, help="dense baseline training epochs")
     parser.add_argument("--budget", type=int, default=3, help="training epochs each method gets after the baseline")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.8, 0.9, 0.95])
@@ -119,15 +122,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    data = load_data(DataConfig(name="fashion-mnist", val_size=args.val_size, seed=args.seed, limit=args.limit))
+    data = load_data(fit_data_to_model(args.model, DataConfig(name="fashion-mnist", val_size=args.val_size, seed=args.seed, limit=args.limit)))
+    spec = model_for_data(args.model, data)
     # Fresh loaders for every training: the shuffling never depends on what ran before (or on the cache).
     train_loader, val_loader, test_loader = make_loaders(data, 64, args.seed)
     tag = f"seed{args.seed}-val{args.val_size}" + (f"-limit{args.limit}" if args.limit else "")
     start = time.time()
-    dense = baseline(train_loader, val_loader, args.epochs, args.seed, tag)
+    dense = baseline(spec, train_loader, val_loader, args.epochs, args.seed, tag)
     longer = copy.deepcopy(dense)
     train_loader = make_loaders(data, 64, args.seed)[0]
-    train(longer, train_loader, args.budget, val_loader, seed=args.seed + 1, keep_best=True)
+    train(longer, train_loader, args.budget, val_loader, seed=args.seed + 1, keep_best=True, lr_schedule=args.lr_schedule)
     references = {
         f"dense, {args.epochs} epochs": evaluate(dense, test_loader),
         f"dense, {args.epochs}+{args.budget} epochs": evaluate(longer, test_loader),
@@ -140,7 +144,7 @@ def main() -> None:
     for target in args.sparsities:
         for method in args.methods:
             began = time.time()
-            model = run_method(method, dense, target, scan, data, args.budget, args.seed)
+            model = run_method(method, dense, target, scan, data, args.budget, args.seed, args.lr_schedule)
             row = {"method": method, "target": target, "sparsity": zero_fraction(model),
                    "test_accuracy": evaluate(model, test_loader), "seconds": round(time.time() - began, 1)}
             rows.append(row)
@@ -148,7 +152,7 @@ def main() -> None:
                   f"test {row['test_accuracy']:.2f} %, {row['seconds']} s", flush=True)
             write_json_atomic(args.out.with_suffix(".json"), {"args": {**vars(args), "out": str(args.out)},
                                                              "data": data.info, "dense": references, "rows": rows})
-    plot(rows, references, args.out.with_suffix(".png"))
+    plot(rows, references, args.out.with_suffix(".png"), f"{args.model} on Fashion-MNIST: same training budget per method")
     print(f"\n| sparsity | {' | '.join(args.methods)} |\n|---|{'---|' * len(args.methods)}")
     for target in args.sparsities:
         accs = [next(r["test_accuracy"] for r in rows if r["method"] == m and r["target"] == target) for m in args.methods]

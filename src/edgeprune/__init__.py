@@ -39,9 +39,9 @@ from .prune.channels import prune_channels
 from .prune.global_magnitude import global_magnitude_sparsity
 from .prune.masks import fine_grained_mask, fine_grained_prune, sparsity_of
 from .prune.pruner import FineGrainedPruner, is_pruned
-from .prune.schedule import GradualPruner, agp_sparsity, prune_gradually
+from .prune.schedule import GradualPruner, agp_sparsity
 from .prune.settings import load_layer_settings
-from .training import evaluate, finetune, train
+from .training import evaluate, finetune, prune_gradually, train
 
 __all__ = [
     "BasicCNN",

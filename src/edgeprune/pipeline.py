@@ -45,11 +45,11 @@ from .prune.masks import check_sparsity
 from .prune.channels import channel_counts, prune_channels
 from .prune.global_magnitude import global_magnitude_sparsity
 from .prune.pruner import FineGrainedPruner
-from .prune.schedule import SCHEDULES, prune_gradually
+from .prune.schedule import SCHEDULES
 from .prune.settings import load_layer_settings, resolve_sparsity_dict
 from .report import run_report
 from .runfolder import RunFolder
-from .training import LR_SCHEDULES, TrainHistory, evaluate, finetune, train
+from .training import LR_SCHEDULES, TrainHistory, evaluate, finetune, prune_gradually, train
 
 __all__ = [
     "RunConfig",
@@ -333,12 +333,12 @@ def finetune_pruned(
 
 def prune_while_training(
     model: nn.Module, sparsity: Mapping[str, object] | float, splits: DataSplits, epochs: int, schedule: str = "agp",
-    lr: float = 1e-3, device: str | torch.device | None = None, seed: int = 0,
+    lr: float = 1e-3, device: str | torch.device | None = None, seed: int = 0, lr_schedule: str = "constant",
 ) -> tuple[FineGrainedPruner, TrainHistory]:
     """Prune ``model`` gradually to ``sparsity`` (a dict per layer, or one fraction ranked globally) while training it
     ``epochs`` epochs (AGP or iterative rounds)."""
     train_loader, val_loader, _ = make_loaders(splits, splits.info.get("batch_size", 64), seed)
-    return prune_gradually(model, train_loader, sparsity, epochs, schedule, val_loader, lr, device, seed)
+    return prune_gradually(model, train_loader, sparsity, epochs, schedule, val_loader, lr, device, seed, lr_schedule=lr_schedule)
 
 
 def prune_channels_step(
@@ -569,7 +569,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             # a global plan is re-ranked across all layers at every pruning step; otherwise each layer ramps to its own target
             targets = cfg.target_sparsity if cfg.plan == "global" and cfg.sparsity is None else pruner.sparsity_dict
             pruner, ft_history = prune_while_training(
-                finetuned, targets, splits, cfg.finetune_epochs, cfg.schedule, cfg.lr, device, cfg.seed
+                finetuned, targets, splits, cfg.finetune_epochs, cfg.schedule, cfg.lr, device, cfg.seed, cfg.lr_schedule
             )
         if "finetune" not in done:
             save_checkpoint(out / "finetuned.safetensors", finetuned, spec, pruner.masks, {"stage": "finetuned"})

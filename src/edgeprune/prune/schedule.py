@@ -4,9 +4,8 @@
 * :class:`GradualPruner` owns masks: called after every optimizer step (the ``after_step`` hook of
   :func:`~edgeprune.training.train`), it re-prunes each layer by magnitude to its current target
   at the scheduled steps (masks only grow) and zeroes the pruned weights after every step.
-* :func:`prune_gradually` is the Python entry point: ``schedule="agp"`` (train while the
-  sparsity ramps up, then fine-tune with fixed masks) or ``schedule="iterative"`` (rounds of
-  prune, then fine-tune).
+* The loops that train while they prune, :func:`edgeprune.training.prune_gradually` and
+  :func:`edgeprune.training.prune_iteratively`, live with the other loops in :mod:`edgeprune.training`.
 
 Targets are either per layer (a sparsity dict, e.g. the planner's, resolved like the pruner's:
 ``_default``, ``re:`` keys) or one float: a global magnitude ranking across all prunable layers
@@ -15,19 +14,18 @@ Targets are either per layer (a sparsity dict, e.g. the planner's, resolved like
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import torch
 from torch import nn
 
 from ..models import prunable_parameters
-from ..training import TrainHistory, finetune, train
 from .global_magnitude import global_magnitude_counts, mask_from_scores, prune_scores
 from .masks import check_sparsity, num_pruned
 from .pruner import FineGrainedPruner
 from .settings import resolve_sparsity_dict
 
-__all__ = ["SCHEDULES", "GradualPruner", "agp_sparsity", "iterative_sparsities", "prune_gradually", "prune_iteratively"]
+__all__ = ["SCHEDULES", "GradualPruner", "agp_sparsity", "iterative_sparsities"]
 
 SCHEDULES = ("agp", "iterative")
 
@@ -148,94 +146,3 @@ def _resolve_targets(model: nn.Module, targets: float | Mapping[str, object]) ->
         resolved = resolve_sparsity_dict(targets, prunable, (name for name, _ in model.named_parameters()))
         return dict(resolved), list(resolved)
     return check_sparsity(targets, "target sparsity"), list(prunable)
-
-
-def prune_gradually(
-    model: nn.Module,
-    train_loader: Iterable,
-    targets: float | Mapping[str, object],
-    epochs: int,
-    schedule: str = "agp",
-    eval_loader: Iterable | None = None,
-    lr: float = 1e-3,
-    device: str | torch.device | None = None,
-    seed: int = 0,
-    ramp_epochs: int | None = None,
-    prunes_per_epoch: int = 10,
-    initial: float = 0.0,
-    max_sparsity: float = 0.99,
-) -> tuple[FineGrainedPruner, TrainHistory]:
-    """Prune ``model`` to ``targets`` while training it ``epochs`` epochs in all; return the pruner and the history.
-
-    ``schedule="agp"``: for ``ramp_epochs`` (default: all but a third of ``epochs``, at least 1)
-    the sparsity follows :func:`agp_sparsity` from ``initial`` up to the targets, pruning
-    ``prunes_per_epoch`` times an epoch and reaching the final sparsity at the ramp's last step;
-    the remaining epochs fine-tune with the masks fixed (the best epoch on ``eval_loader`` kept).
-    ``schedule="iterative"``: ``ramp_epochs`` (default ``epochs``) rounds of prune, then
-    fine-tune, see :func:`prune_iteratively`. ``targets`` is a float (global magnitude across
-    the prunable layers) or a sparsity dict. On return every pruned weight is exactly zero.
-    """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    if epochs < 1:
-        raise ValueError(f"gradual pruning trains while it prunes: epochs must be at least 1, got {epochs}")
-    if schedule == "iterative":
-        return prune_iteratively(
-            model, train_loader, targets, ramp_epochs or epochs, epochs, eval_loader, lr, device, seed, max_sparsity
-        )
-    ramp = ramp_epochs if ramp_epochs is not None else max(1, epochs - epochs // 3)
-    if not 1 <= ramp <= epochs or prunes_per_epoch < 1:
-        raise ValueError(f"ramp_epochs must be between 1 and epochs ({epochs}) and prunes_per_epoch >= 1, got {ramp} and {prunes_per_epoch}")
-    steps = ramp * len(train_loader)
-    num_prunes = min(steps, ramp * prunes_per_epoch)
-    frequency = max(1, steps // num_prunes)
-    gradual = GradualPruner(model, targets, num_prunes, frequency, begin_step=steps - num_prunes * frequency,
-                            initial=initial, max_sparsity=max_sparsity)
-    history = train(model, train_loader, ramp, eval_loader, lr, device, seed, after_step=gradual)
-    pruner = gradual.fixed()
-    if epochs > ramp:
-        more = finetune(model, pruner, train_loader, epochs - ramp, eval_loader, lr, device, seed + 1)
-        history = _joined(history, more, ramp)
-    return pruner, history
-
-
-def prune_iteratively(
-    model: nn.Module,
-    train_loader: Iterable,
-    targets: float | Mapping[str, object],
-    rounds: int,
-    epochs: int,
-    eval_loader: Iterable | None = None,
-    lr: float = 1e-3,
-    device: str | torch.device | None = None,
-    seed: int = 0,
-    max_sparsity: float = 0.99,
-) -> tuple[FineGrainedPruner, TrainHistory]:
-    """Han et al.'s iterative pruning: ``rounds`` rounds of prune by magnitude, then fine-tune, ``epochs`` epochs in all.
-
-    Round ``r`` prunes to :func:`iterative_sparsities` (each layer's, or the global fraction),
-    keeping what earlier rounds pruned, then fine-tunes with the masks fixed (epochs spread as
-    evenly as possible, the last rounds getting the extra ones).
-    """
-    if not 1 <= rounds <= epochs:
-        raise ValueError(f"rounds must be between 1 and epochs ({epochs}), got {rounds}; every round fine-tunes at least one epoch")
-    gradual = GradualPruner(model, targets, num_prunes=rounds, frequency=1, max_sparsity=max_sparsity)
-    final = gradual.final
-    if isinstance(final, float):
-        steps: list[float | dict[str, float]] = list(iterative_sparsities(final, rounds))
-    else:
-        per_layer = {name: iterative_sparsities(s, rounds) for name, s in final.items()}
-        steps = [{name: values[r] for name, values in per_layer.items()} for r in range(rounds)]
-    history, done = TrainHistory(), 0
-    for r, target in enumerate(steps):
-        gradual.prune_to(model, target)
-        share = epochs // rounds + (1 if r >= rounds - epochs % rounds else 0)
-        more = finetune(model, gradual.fixed(), train_loader, share, eval_loader, lr, device, seed + r)
-        history = _joined(history, more, done)
-        done += share
-    return gradual.fixed(), history
-
-
-def _joined(first: TrainHistory, second: TrainHistory, offset: int) -> TrainHistory:
-    """Two histories one after the other; the kept epoch is the second's, counted after ``offset`` epochs."""
-    return TrainHistory(first.loss + second.loss, first.accuracy + second.accuracy, offset + second.best_epoch)
