@@ -9,6 +9,7 @@ from edgeprune.analyze.channel_scan import (
     _greedy_plans,
     channel_sensitivity_scan,
     plan_channels_for_macs,
+    prune_along_plans,
     prune_for_macs,
 )
 from edgeprune.analyze.metrics import count_macs
@@ -124,6 +125,28 @@ def test_prune_for_macs_meets_target_where_additivity_fails(setup):
     assert count_macs(prune_channels(model, {k: v for k, v in before.items() if v > 0}, example), (3, 5, 5))["total"] > target * scan.dense_macs
     with pytest.raises(ValueError, match="out of reach"):
         prune_for_macs(model, scan, 0.05, example)
+
+
+def test_prune_along_plans_returns_the_earliest_plan_that_meets_any_test(setup):
+    """Bisection finds what a plain walk along the greedy sequence finds; None when no plan meets the test."""
+    model, loader, example = setup
+    scan = channel_sensitivity_scan(model, loader, example, ratios=(0.2, 0.4, 0.6), device="cpu")
+    plans = [p for p, _ in _greedy_plans(scan)]
+
+    def params(m: nn.Module) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    sizes = [params(prune_channels(model, {k: v for k, v in p.items() if v > 0}, example)) for p in plans]
+    for limit in (sizes[0], sizes[3] + 1, sizes[-1]):
+        walked = next(i for i, size in enumerate(sizes) if size <= limit)
+        small, chosen = prune_along_plans(model, scan, lambda m, limit=limit: params(m) <= limit, example)
+        assert chosen == plans[walked] and params(small) == sizes[walked]
+    assert prune_along_plans(model, scan, lambda m: params(m) < sizes[-1], example) is None
+
+
+def test_plot_writes_a_png(tmp_path):
+    _hand_scan().plot(tmp_path / "channels.png", chosen={"A": 0.5})
+    assert (tmp_path / "channels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_round_trip(tmp_path):

@@ -1,13 +1,14 @@
 """Channel pruning: tiny models for every graph shape, checked against hand-computed shapes and zeroed-channel references."""
 
 import copy
+import time
 
 import pytest
 import torch
 import torchvision
 from torch import nn
 
-from edgeprune.analyze.latency import measure_latency
+from edgeprune.analyze.latency import latency_ratio, measure_latency
 from edgeprune.files import load_state_dict_file, save_tensors
 from edgeprune.prune.channels import channel_counts, load_channel_pruned, output_layer_names, prune_channels
 from edgeprune.prune.importance import channel_scores, channels_to_remove, num_channels_removed
@@ -358,3 +359,56 @@ def test_cli_channel_pruned_checkpoint_inspects_and_finetunes(tmp_path, capsys, 
     model, _, masks, info = load_checkpoint(tuned)
     assert masks is None and info["channel_pruned"] is True
     assert model.fc1.weight.shape == (90, 16 * 7 * 7) and model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+
+
+class _Sleep(nn.Module):
+    """A forward pass that takes at least ``seconds`` (time.sleep), whatever else the machine does."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x):
+        time.sleep(self.seconds)
+        return x
+
+
+def test_latency_ratio_puts_the_model_over_the_reference():
+    ratio = latency_ratio(_Sleep(0.002), _Sleep(0.008), torch.zeros(1, 3), batch_size=2, device="cpu", rounds=2, repeats=3, warmup=0)
+    assert 0.1 < ratio < 0.7  # 2 ms / 8 ms = 0.25; load adds the same to both, which pulls the ratio toward 1, never past 0.7 here
+    with pytest.raises(ValueError, match="batch_size"):
+        latency_ratio(_Sleep(0.0), _Sleep(0.0), torch.zeros(1, 3), batch_size=0)
+
+
+def test_latency_target_walks_the_channel_plan_until_the_timed_ratio_meets_it(monkeypatch):
+    """prune_channels_step(target_latency=...) takes the first plan whose timed ratio meets the target.
+
+    The timing is replaced by each candidate's parameter fraction (deterministic), so the plan it picks must be
+    the one a parameter target picks by walking the same greedy plans."""
+    from edgeprune import pipeline
+    from edgeprune.models import ModelSpec
+
+    model = _seeded(Chain).eval()
+    spec = ModelSpec("chain", 3, 4, 32)
+
+    def params(m):
+        return sum(p.numel() for p in m.parameters())
+
+    def fake_ratio(small, reference, *args):
+        assert reference is model
+        return params(small) / params(model)
+
+    monkeypatch.setattr(pipeline, "latency_ratio", fake_ratio)
+    torch.manual_seed(0)
+    images = torch.randn(16, 3, 32, 32)
+    loader = [(images, model(images).argmax(1))]
+    small, info = pipeline.prune_channels_step(model, spec, loader=loader, device="cpu", target_latency=0.6)
+    assert info["latency_fraction_b64"] == params(small) / params(model) <= 0.6
+    assert info["channel_scan"] is not None  # planned from the scan, not the uniform fallback
+    from edgeprune.analyze.channel_scan import ChannelScanResult, _greedy_plans
+
+    plans = [p for p, _ in _greedy_plans(ChannelScanResult.from_dict(info["channel_scan"]))]
+    fractions = [params(prune_channels(model, {k: v for k, v in p.items() if v > 0}, images[:1])) / params(model) for p in plans]
+    assert info["channel_ratios"] == plans[next(i for i, f in enumerate(fractions) if f <= 0.6)]
+    with pytest.raises(ValueError, match="exactly one"):
+        pipeline.prune_channels_step(model, spec, {"_default": 0.5}, target_latency=0.5)

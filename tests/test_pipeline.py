@@ -51,6 +51,11 @@ def test_bits_default_to_what_the_export_mode_needs():
     ({"schedule": "agp", "finetune_epochs": 0}, "finetune_epochs"),
     ({"plan": "random"}, "plan"),
     ({"plan": "global", "max_drop": 1.0}, "max_drop"),
+    ({"target_latency": 0.0}, "target_latency"),
+    ({"target_latency": True}, "target_latency"),
+    ({"target_macs": 1.5}, "target_macs"),
+    ({"target_macs": 0.5, "target_latency": 0.5}, "not several"),
+    ({"channels": {"_default": 0.5}, "target_latency": 0.5}, "not several"),
     ({"device": "cuda:7" if not __import__("torch").cuda.is_available() else "nonsense"}, "device|CUDA"),
 ])
 def test_a_bad_config_is_refused_on_construction(kwargs, match):
@@ -288,6 +293,11 @@ def test_channels_first_then_fine_grained_in_one_run_and_resumed(tmp_path, monke
     assert all(set(r["latency_ms"]) == {"1", "64"} for r in rows.values())  # keyed by batch size (JSON keys)
     channels = json.loads((whole / "progress.json").read_text())["done"]["channels"]
     assert channels["channel_scan"]["ratios"] and channels["macs_fraction"] <= 0.5  # planned from the channel scan
+    assert (whole / "channel_scan.png").read_bytes()[:4] == b"\x89PNG"
+    summary = json.loads((whole / "results.json").read_text())["channels"]
+    assert summary["scanned"] and "channel_scan" not in summary and summary["macs"] == rows["Channel-pruned + fine-tuned"]["macs"]
+    report = (whole / "report.md").read_text()
+    assert "## Whole channels removed first" in report and "![channel scan](channel_scan.png)" in report
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt

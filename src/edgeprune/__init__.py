@@ -8,7 +8,8 @@ compare, from Python or the CLI. The steps of the one-command run are in :mod:`e
 
 __version__ = "0.1.0"
 
-from .analyze.latency import measure_latency
+from .analyze.channel_scan import ChannelScanResult, channel_sensitivity_scan, prune_for_macs
+from .analyze.latency import latency_ratio, measure_latency
 from .analyze.metrics import count_macs, layer_stats, model_stats
 from .analyze.plan import plan_by_budget, plan_by_tolerance
 from .analyze.plots import plot_num_parameters_distribution, plot_weight_distribution
@@ -45,6 +46,7 @@ from .training import evaluate, finetune, prune_gradually, train
 
 __all__ = [
     "BasicCNN",
+    "ChannelScanResult",
     "DataConfig",
     "FineGrainedPruner",
     "GradualPruner",
@@ -54,6 +56,7 @@ __all__ = [
     "agp_sparsity",
     "build_baseline",
     "build_model",
+    "channel_sensitivity_scan",
     "choose_sparsity",
     "compare_models",
     "count_macs",
@@ -71,6 +74,7 @@ __all__ = [
     "fits_on",
     "global_magnitude_sparsity",
     "is_pruned",
+    "latency_ratio",
     "layer_stats",
     "load_checkpoint",
     "load_compressed",
@@ -87,6 +91,7 @@ __all__ = [
     "prune_channels",
     "prune_channels_step",
     "prune_copy",
+    "prune_for_macs",
     "prune_gradually",
     "prune_while_training",
     "run_experiment",

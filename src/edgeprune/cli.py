@@ -321,7 +321,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     cfg = RunConfig(
         model=args.model, data=_data_config(args), weights=args.weights, epochs=args.epochs,
         finetune_epochs=args.finetune_epochs, lr=args.lr, lr_schedule=args.lr_schedule, sparsity=args.sparsity,
-        channels=args.channel_ratios, target_macs=args.target_macs, channel_importance=args.channel_importance,
+        channels=args.channel_ratios, target_macs=args.target_macs, target_latency=args.target_latency,
+        channel_importance=args.channel_importance,
         plan=args.plan, target_sparsity=args.target_sparsity, schedule=args.schedule, max_drop=args.max_drop, scan_split=args.scan_on,
         scan_start=args.scan_start, scan_step=args.scan_step, scan_end=args.scan_end,
         export_values=args.export_values, export_bits=args.export_bits, centroid_epochs=args.centroid_epochs,
@@ -373,7 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-sparsity", type=FRACTION, default=RunConfig.target_sparsity, help="planner budget: fraction of prunable weights removed")
     p.add_argument("--channel-ratios", help="channel pruning first: fraction of output channels removed per Conv2d/Linear module "
                    "name, as inline JSON or a file (e.g. '{\"_default\": 0.5}'); a smaller dense model, fine-tuned, then pruned fine-grained")
-    p.add_argument("--target-macs", type=_real(0.0, 1.0), help="channel pruning first: remove channels uniformly until MACs are at most this fraction")
+    p.add_argument("--target-macs", type=_real(0.0, 1.0), help="channel pruning first: remove the channels that the channel scan "
+                   "says cost least, until MACs are at most this fraction of the dense model's (e.g. 0.5)")
+    p.add_argument("--target-latency", type=_real(0.0, 1.0), help="channel pruning first, as --target-macs, until the batch-64 "
+                   "latency measured here on --device is at most this fraction of the dense model's (e.g. 0.5)")
     p.add_argument("--channel-importance", choices=("l1", "l2", "bn_scale"), default="l2", help="how channels are ranked (default l2)")
     p.add_argument("--lr-schedule", choices=("constant", "cosine", "step"), default="constant",
                    help="learning rate over the fine-tuning epochs: constant, cosine (annealed to 0) or step (x0.1 every third)")

@@ -24,8 +24,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from .analyze.channel_scan import channel_sensitivity_scan, prune_for_macs
-from .analyze.latency import measure_latency
+from .analyze.channel_scan import ChannelScanResult, channel_sensitivity_scan, prune_along_plans
+from .analyze.latency import latency_ratio, measure_latency
 from .analyze.metrics import count_macs, file_size, layer_stats, model_stats
 from .analyze.plan import make_plan
 from .analyze.plots import plot_num_parameters_distribution, plot_weight_distribution
@@ -134,7 +134,8 @@ class RunConfig:
     lr: float = 1e-3
     lr_schedule: str = "constant"  # of fine-tuning: "constant", "cosine" or "step"
     channels: str | dict | None = None  # channel ratios by module name (re:, _default): a smaller dense model first
-    target_macs: float | None = None  # or: remove channels uniformly until MACs are at most this fraction of the dense
+    target_macs: float | None = None  # or: remove channels until MACs are at most this fraction of the dense model's
+    target_latency: float | None = None  # or: until the measured batch-64 latency is at most this fraction of the dense
     channel_importance: str = "l2"
     sparsity: str | dict | None = None  # a sparsity dict; None: the planner chooses one
     plan: str = "scan"  # how the planner chooses: "scan" (from the sensitivity scan) or "global" (one magnitude ranking)
@@ -180,8 +181,9 @@ class RunConfig:
             if not self.sparsity:
                 raise ValueError("the sparsity dict is empty: name layers (e.g. {\"_default\": 0.5}) or leave it out to plan one")
         check_sparsity(self.target_sparsity, "target_sparsity")
-        if self.channels is not None and self.target_macs is not None:
-            raise ValueError("give channel ratios (--channels) or a MACs target (--target-macs), not both")
+        if sum(x is not None for x in (self.channels, self.target_macs, self.target_latency)) > 1:
+            raise ValueError("give one of channel ratios (--channel-ratios), a MACs target (--target-macs) "
+                             "or a latency target (--target-latency), not several")
         if self.channels is not None:
             self.channels = load_layer_settings(self.channels)
             for key, value in self.channels.items():
@@ -189,6 +191,10 @@ class RunConfig:
         if self.target_macs is not None and (isinstance(self.target_macs, bool) or not isinstance(self.target_macs, numbers.Real)
                                              or not 0.0 < self.target_macs <= 1.0):
             raise ValueError(f"target_macs must be a fraction of the dense MACs in (0, 1], got {self.target_macs!r}; e.g. 0.5")
+        if self.target_latency is not None and (isinstance(self.target_latency, bool)
+                                                or not isinstance(self.target_latency, numbers.Real)
+                                                or not 0.0 < self.target_latency <= 1.0):
+            raise ValueError(f"target_latency must be a fraction of the dense latency in (0, 1], got {self.target_latency!r}; e.g. 0.5")
         if self.channel_importance not in ("l1", "l2", "bn_scale"):
             raise ValueError(f"unknown channel importance {self.channel_importance!r}; use l1, l2 or bn_scale")
         if self.plan not in PLANS:
@@ -344,43 +350,70 @@ def prune_while_training(
 def prune_channels_step(
     model: nn.Module, spec: ModelSpec, ratios: Mapping[str, object] | None = None, target_macs: float | None = None,
     importance: str = "l2", loader: Iterable | None = None, device: str | torch.device | None = None,
+    target_latency: float | None = None,
 ) -> tuple[nn.Module, dict]:
     """A smaller dense copy of ``model`` with whole channels removed: by ``ratios``, or until the MACs are at most
-    ``target_macs`` of the dense model's. With a validation ``loader`` the target is reached with the least predicted
-    accuracy loss (a channel sensitivity scan, then the greedy plan whose real MACs meet it); without one, or when
-    the scanned ratios cannot reach it, one ratio for every layer is bisected. Returns (model, info)."""
+    ``target_macs`` of the dense model's, or until its latency at batch 64 on ``device``, timed against the dense
+    model here, is at most ``target_latency`` of the dense model's. With a validation ``loader`` a target is reached
+    with the least predicted accuracy loss (a channel sensitivity scan, then the earliest plan of its greedy sequence
+    that meets the target); without one, or when the scanned ratios cannot reach it, one ratio for every layer is
+    bisected. Returns (model, info)."""
+    if sum(x is not None for x in (ratios, target_macs, target_latency)) != 1:
+        raise ValueError("give exactly one of channel ratios, a MACs target or a latency target")
     example = torch.zeros(1, spec.in_channels, spec.image_size, spec.image_size, device=next(model.parameters()).device)
     shape = (spec.in_channels, spec.image_size, spec.image_size)
     dense_macs = count_macs(model, shape)["total"]
+    measured: dict[int, float] = {}  # latency fraction of each candidate timed, by id
+    if target_macs is not None:
+        target, what = target_macs, "MACs"
+
+        def meets(small: nn.Module) -> bool:
+            return count_macs(small, shape)["total"] <= target_macs * dense_macs
+    else:
+        target, what = target_latency, "latency"
+
+        def meets(small: nn.Module) -> bool:
+            measured[id(small)] = latency_ratio(small, model, example, 64, device)
+            return measured[id(small)] <= target_latency
+
     scan_info = None
-    if ratios is None and target_macs is not None and loader is not None:
+    if ratios is None and loader is not None:
         channel_scan = channel_sensitivity_scan(model, loader, example, importance=importance, device=device)
         scan_info = channel_scan.to_dict()
-        try:
-            small, ratios = prune_for_macs(model, channel_scan, target_macs, example, importance)
-        except ValueError as exc:
-            warnings.warn(f"{exc}; removing one share of channels from every layer instead", stacklevel=2)
+        found = prune_along_plans(model, channel_scan, meets, example, importance)
+        if found is not None:
+            small, ratios = found
+        else:
+            warnings.warn(f"the scanned ratios do not reach the {what} target {target}; "
+                          "removing one share of channels from every layer instead", stacklevel=2)
     if ratios is None:
-        if target_macs is None:
-            raise ValueError("give channel ratios or a MACs target")
         low, high, best = 0.0, 0.95, None
         for _ in range(12):
             middle = (low + high) / 2
             small = prune_channels(model, {"_default": middle}, example, importance)
-            if count_macs(small, shape)["total"] <= target_macs * dense_macs:
+            if meets(small):
                 best, high = (middle, small), middle
             else:
                 low = middle
         if best is None:
-            raise ValueError(f"removing 95 % of every layer's channels still leaves more than {target_macs} of the MACs; "
-                             "raise --target-macs")
+            flag = "--target-macs" if what == "MACs" else "--target-latency"
+            raise ValueError(f"removing 95 % of every layer's channels still leaves more than {target} of the {what}; raise {flag}")
         ratios, small = {"_default": round(best[0], 4)}, best[1]
     elif scan_info is None:
         small = prune_channels(model, ratios, example, importance)
     macs = count_macs(small, shape)["total"]
     info = {"channel_ratios": dict(ratios), "channel_importance": importance, "macs_dense": dense_macs, "macs": macs,
             "macs_fraction": macs / dense_macs, "channels": channel_counts(small), "channel_scan": scan_info}
+    if target_latency is not None:
+        info["latency_fraction_b64"] = measured[id(small)]  # as timed when it was chosen
     return small, info
+
+
+def channels_summary(info: Mapping | None) -> dict | None:
+    """The channel step's info for results.json: the scan itself is replaced by whether one ran."""
+    if info is None:
+        return None
+    return {**{k: v for k, v in info.items() if k != "channel_scan"}, "scanned": info.get("channel_scan") is not None}
 
 
 def export_compressed(model: nn.Module, path: str | Path, values: str = "kmeans", bits: int | Mapping | None = None) -> Path:
@@ -513,13 +546,16 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
 
         # 1b. Optionally: whole channels first (a smaller dense model), fine-tuned; fine-grained pruning starts from it.
         source = model
-        if cfg.channels is not None or cfg.target_macs is not None:
+        if cfg.channels is not None or cfg.target_macs is not None or cfg.target_latency is not None:
             if "channels" in done:
                 source = load_checkpoint(out / "channels.safetensors", spec)[0].to(device)
             else:
                 val_loader = make_loaders(splits, cfg.data.batch_size, cfg.seed)[1]
                 source, channel_info = prune_channels_step(model, spec, cfg.channels, cfg.target_macs,
-                                                           cfg.channel_importance, val_loader, device)
+                                                           cfg.channel_importance, val_loader, device, cfg.target_latency)
+                if channel_info["channel_scan"] is not None:
+                    scanned = ChannelScanResult.from_dict(channel_info["channel_scan"])
+                    scanned.plot(out / "channel_scan.png", chosen=channel_info["channel_ratios"])
                 ch_history = train_baseline(source, splits, cfg.finetune_epochs, cfg.lr, device, cfg.seed)
                 save_checkpoint(out / "channels.safetensors", source, spec, info={"stage": "channels", **channel_info})
                 folder.mark_done("channels", {**channel_info, "history": asdict(ch_history)})
@@ -611,6 +647,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             "data": splits.info,
             "model": asdict(spec),
             "macs_dense": count_macs(model, shape),
+            "channels": channels_summary(done.get("channels")),
             "sparsity_dict": chosen,
             "plan": plan_info,
             "baseline_training": asdict(history),

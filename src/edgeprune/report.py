@@ -96,6 +96,24 @@ def device_markdown(results: Mapping) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+def channels_markdown(channels: Mapping | None) -> str:
+    """The "whole channels" section: the ratios removed, MACs (and measured latency) left, channels per layer."""
+    if not channels:
+        return ""
+    lines = ["## Whole channels removed first", "",
+             f"MACs per image: {channels['macs_dense']:,} dense, {channels['macs']:,} after ({100 * channels['macs_fraction']:.1f} %)"
+             + (f"; measured batch-64 latency {100 * channels['latency_fraction_b64']:.1f} % of the dense model's"
+                if "latency_fraction_b64" in channels else "") + f". Importance: {channels['channel_importance']}.", "",
+             "| Module | Ratio removed | Output channels left |", "|---|---|---|"]
+    counts = channels.get("channels", {})
+    for name, ratio in channels["channel_ratios"].items():
+        left = counts.get(name, {}).get("out", "")
+        lines.append(f"| {name} | {ratio:g} | {left} |")
+    if channels.get("scanned"):
+        lines += ["", "Channel sensitivity scan on the validation split (chosen ratios marked):", "", "![channel scan](channel_scan.png)"]
+    return "\n".join(lines) + "\n\n"
+
+
 def run_report(results: Mapping, model: str, scan_split: str, scanned: bool = True) -> str:
     """The report a person reads: the table, the dict, the per-layer sparsity and the plots."""
     data = results["data"]
@@ -121,7 +139,7 @@ Dense MACs per image: {results['macs_dense']['total']:,}. Run time: {results['se
 ## Comparison (test set)
 
 {comparison_markdown(results['comparison'])}
-## Sparsity dict
+{channels_markdown(results.get("channels"))}## Sparsity dict
 
 Sparsity dict {how}:
 

@@ -33,7 +33,7 @@ RUN_FILES = (
     "channels.safetensors", "baseline.epz", "channels.epz", "pruned.epz", "finetuned.epz", "shared.epz",
     *(f"{stem}.{ext}" for stem in ("baseline", "channels", "pruned", "finetuned", "shared") for ext in ("onnx", "tflite")),
     "model_data.cc", "model_data.h",
-    "sensitivity.png", "weight_distribution.png", "weight_distribution_finetuned.png", "num_parameters.png",
+    "sensitivity.png", "channel_scan.png", "weight_distribution.png", "weight_distribution_finetuned.png", "num_parameters.png",
 )
 """Every file a run writes; ``overwrite`` removes these and nothing else."""
 

@@ -1,4 +1,4 @@
-"""Channel sensitivity scan, and a greedy planner that reaches a target MACs fraction.
+"""Channel sensitivity scan, and a greedy planner that reaches a target MACs or measured latency fraction.
 
 The scan prunes the output channels of one Conv2d/Linear module at a time (with
 :func:`~edgeprune.prune.channels.prune_channels`, so the model really gets smaller) at each
@@ -12,14 +12,15 @@ prediction; the MACs part is optimistic when two consecutive modules are both pr
 second one's MACs shrink with its inputs *and* its outputs, so the real saving is smaller
 than the sum by ``macs * r_in * r_out``): check the pruned model with
 :func:`~edgeprune.analyze.metrics.count_macs`, or use :func:`prune_for_macs`, which walks further
-along the same greedy sequence until the real MACs reach the target.
+along the same greedy sequence until the real MACs reach the target. :func:`prune_along_plans` walks
+it until any test holds (``edgeprune run --target-latency`` times each candidate against the dense model).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -36,8 +37,12 @@ from ..prune.channels import (
 from ..prune.importance import check_ratio
 from ..training import evaluate
 from .metrics import count_macs
+from .plots import grid_shape, pyplot, save_figure
 
-__all__ = ["CHANNEL_SCAN_FORMAT", "DEFAULT_RATIOS", "ChannelScanResult", "channel_sensitivity_scan", "plan_channels_for_macs", "prune_for_macs"]
+__all__ = [
+    "CHANNEL_SCAN_FORMAT", "DEFAULT_RATIOS", "ChannelScanResult", "channel_sensitivity_scan", "plan_channels_for_macs",
+    "prune_along_plans", "prune_for_macs",
+]
 
 CHANNEL_SCAN_FORMAT = "edgeprune.channel_scan/1"
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -90,6 +95,32 @@ class ChannelScanResult:
     def to_json(self, path: str | os.PathLike) -> None:
         """Write the result to ``path`` as JSON, atomically."""
         write_json_atomic(path, self.to_dict())
+
+    def plot(self, path: str | os.PathLike, chosen: Mapping[str, float] | None = None, show: bool = False) -> None:
+        """Save a PNG with one panel per scanned module: accuracy, and the MACs left, against the ratio removed."""
+        plt = pyplot()
+        names = list(self.accuracies)
+        rows, cols = grid_shape(len(names))
+        fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+        for ax, name in zip(axes.flat, names):
+            ax.plot(self.ratios, self.accuracies[name], "o-", label="accuracy")
+            ax.axhline(self.dense_accuracy, color="grey", linestyle=":", label="dense")
+            if chosen and chosen.get(name):
+                ax.axvline(chosen[name], color="g", linestyle="--", label=f"chosen {chosen[name]:.2f}")
+            macs = ax.twinx()
+            macs.plot(self.ratios, [100 * m / self.dense_macs for m in self.macs[name]], "s--", color="tab:orange", alpha=0.6)
+            macs.set_ylabel("MACs left (%)", color="tab:orange", fontsize=8)
+            members = self.groups.get(name, [name])
+            ax.set_title(name + (f" (+{len(members) - 1} coupled)" if len(members) > 1 else ""), fontsize=9)
+            ax.set_xlabel("fraction of output channels removed")
+            ax.set_ylabel("top-1 accuracy (%)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="lower left")
+        for ax in axes.flat[len(names):]:
+            ax.set_visible(False)
+        fig.suptitle(f"Channel sensitivity scan (dense accuracy {self.dense_accuracy:.2f} %)")
+        fig.tight_layout()
+        save_figure(fig, path, show=show)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> ChannelScanResult:
@@ -177,10 +208,10 @@ def channel_sensitivity_scan(
     )
 
 
-def _check_target(target_macs_fraction: float) -> float:
-    if isinstance(target_macs_fraction, bool) or not 0.0 < float(target_macs_fraction) <= 1.0:
-        raise ValueError(f"target MACs fraction must be in (0, 1], got {target_macs_fraction!r}; e.g. 0.5 for half the MACs")
-    return float(target_macs_fraction)
+def _check_target(fraction: float, what: str = "MACs") -> float:
+    if isinstance(fraction, bool) or not 0.0 < float(fraction) <= 1.0:
+        raise ValueError(f"target {what} fraction must be in (0, 1], got {fraction!r}; e.g. 0.5 for half the {what}")
+    return float(fraction)
 
 
 def _greedy_plans(scan: ChannelScanResult) -> list[tuple[dict[str, float], float]]:
@@ -241,6 +272,39 @@ def plan_channels_for_macs(scan: ChannelScanResult, target_macs_fraction: float)
     raise _out_of_reach(target, plans[-1][1] / scan.dense_macs, "predicted")
 
 
+def prune_along_plans(
+    model: nn.Module,
+    scan: ChannelScanResult,
+    meets: Callable[[nn.Module], bool],
+    example_inputs: torch.Tensor,
+    importance: str = "l2",
+) -> tuple[nn.Module, dict[str, float]] | None:
+    """The pruned copy of ``model`` and its plan for the earliest plan of the greedy sequence whose model ``meets``.
+
+    Ratios only rise along the greedy sequence, so the pruned models only shrink along it; the
+    sequence is bisected on ``meets`` (a few ``prune_channels`` calls), which must hold for
+    smaller models once it holds for a larger one. ``None`` when even the last plan fails.
+    ``model`` is untouched.
+    """
+    plans = [plan for plan, _ in _greedy_plans(scan)]
+
+    def build(plan: dict[str, float]) -> nn.Module:
+        return prune_channels(model, {k: v for k, v in plan.items() if v > 0}, example_inputs, importance=importance)
+
+    lo, hi = 0, len(plans) - 1
+    best = build(plans[hi])
+    if not meets(best):
+        return None
+    while lo < hi:  # invariant: plans[hi] meets the target (best is its model); plans before lo do not
+        mid = (lo + hi) // 2
+        pruned = build(plans[mid])
+        if meets(pruned):
+            hi, best = mid, pruned
+        else:
+            lo = mid + 1
+    return best, plans[hi]
+
+
 def prune_for_macs(
     model: nn.Module,
     scan: ChannelScanResult,
@@ -250,27 +314,17 @@ def prune_for_macs(
 ) -> tuple[nn.Module, dict[str, float]]:
     """The pruned copy of ``model`` and its plan: the earliest plan of the greedy sequence whose real MACs reach the target.
 
-    Ratios only rise along the greedy sequence, so real MACs
-    (:func:`~edgeprune.analyze.metrics.count_macs`) fall along it, and it is bisected: a few
-    ``prune_channels`` calls. The plan returned always meets the target; ``model`` is untouched.
+    Real MACs (:func:`~edgeprune.analyze.metrics.count_macs`) fall along the greedy sequence, which
+    :func:`prune_along_plans` bisects. The plan returned always meets the target; ``model`` is untouched.
     """
     target = _check_target(target_macs_fraction)
-    plans = [plan for plan, _ in _greedy_plans(scan)]
     input_shape = tuple(example_inputs.shape[1:])
 
-    def build(plan: dict[str, float]) -> tuple[nn.Module, float]:
-        pruned = prune_channels(model, {k: v for k, v in plan.items() if v > 0}, example_inputs, importance=importance)
-        return pruned, count_macs(pruned, input_shape)["total"] / scan.dense_macs
+    def fraction(pruned: nn.Module) -> float:
+        return count_macs(pruned, input_shape)["total"] / scan.dense_macs
 
-    lo, hi = 0, len(plans) - 1
-    best, fraction = build(plans[hi])
-    if fraction > target:
-        raise _out_of_reach(target, fraction, "real")
-    while lo < hi:  # invariant: plans[hi] reaches the target (best is its model); plans before lo do not
-        mid = (lo + hi) // 2
-        pruned, fraction = build(plans[mid])
-        if fraction <= target:
-            hi, best = mid, pruned
-        else:
-            lo = mid + 1
-    return best, plans[hi]
+    found = prune_along_plans(model, scan, lambda pruned: fraction(pruned) <= target, example_inputs, importance)
+    if found is None:
+        last = prune_channels(model, {k: v for k, v in _greedy_plans(scan)[-1][0].items() if v > 0}, example_inputs, importance)
+        raise _out_of_reach(target, fraction(last), "real")
+    return found

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..device import pick_device
 
-__all__ = ["measure_latency", "time_forward"]
+__all__ = ["latency_ratio", "measure_latency", "time_forward"]
 
 
 def time_forward(model: nn.Module, inputs: torch.Tensor, warmup: int, repeats: int) -> list[float]:
@@ -71,3 +71,33 @@ def measure_latency(
             latency[str(dev)][batch] = statistics.median(times)
             samples[str(dev)][batch] = times
     return {"threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats, "latency_ms": latency, "all_ms": samples}
+
+
+def latency_ratio(
+    model: nn.Module,
+    reference: nn.Module,
+    example_inputs: torch.Tensor,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    rounds: int = 5,
+    repeats: int = 5,
+    warmup: int = 2,
+) -> float:
+    """Median latency of ``model`` over that of ``reference`` at ``batch_size``, timed in turn in this process.
+
+    Each of ``rounds`` rounds times ``repeats`` passes of one model, then of the other (after
+    ``warmup`` untimed passes each), so that a change of load on a shared machine hits both;
+    the ratio is of the medians over all passes. Neither model is moved or changed.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1 or rounds < 1 or repeats < 1:
+        raise ValueError(f"batch_size, rounds and repeats must be positive ints, got {batch_size}, {rounds}, {repeats}")
+    dev = pick_device(device)
+    sample = example_inputs.detach()[:1].to(dev)
+    inputs = sample.expand(batch_size, *sample.shape[1:]).contiguous()
+    timed = [copy.deepcopy(m).to(dev).eval() for m in (model, reference)]
+    times: list[list[float]] = [[], []]
+    for _ in range(rounds):
+        for i, m in enumerate(timed):
+            times[i] += time_forward(m, inputs, warmup, repeats)
+    return statistics.median(times[0]) / statistics.median(times[1])
+
