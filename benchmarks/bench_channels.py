@@ -1,14 +1,16 @@
 """Channel pruning benchmark: BasicCNN (or resnet18) on real Fashion-MNIST, edgeprune against Torch-Pruning's MetaPruner.
 
 Trains a baseline, prunes whole channels with ``edgeprune.prune.channels.prune_channels`` at each
-``--ratios`` value (uniform ``_default``), and prunes the same baseline with Torch-Pruning's own
+``--ratios`` value (uniform ``_default``), plans the same MACs from a channel sensitivity scan on the
+validation split (``channel_sensitivity_scan`` + ``prune_for_macs``, what ``edgeprune run --target-macs``
+does: "edgeprune planned"), and prunes the same baseline with Torch-Pruning's own
 ``MetaPruner`` + ``MagnitudeImportance`` (uniform and global), each at the pruning ratio whose MACs
 come closest to edgeprune's. Every pruned model (and a copy of the dense one, the reference for
 accuracy lost) is fine-tuned for the same epochs with the same seed and shuffling; test accuracy,
 MACs, parameters and CPU latency (batch 1 and 64; dense and pruned models timed in the same
 process, alternating round by round) are printed as a Markdown table.
 
-    .venv/bin/python benchmarks/bench_channels.py --epochs 5 --finetune-epochs 2 --ratios 0.3,0.5 --limit 10000
+    .venv/bin/python benchmarks/bench_channels.py --epochs 10 --finetune-epochs 5 --ratios 0.5 --lr-schedule cosine
     .venv/bin/python benchmarks/bench_channels.py --model resnet18 --epochs 0 --finetune-epochs 0 --limit 500
 """
 
@@ -23,13 +25,14 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from edgeprune.analyze.channel_scan import channel_sensitivity_scan, prune_for_macs
 from edgeprune.analyze.latency import measure_latency
 from edgeprune.analyze.metrics import count_macs
 from edgeprune.data import DataConfig, load_data, make_loaders
 from edgeprune.files import write_json_atomic
 from edgeprune.models import build_model
 from edgeprune.prune.channels import output_layer_names, prune_channels
-from edgeprune.training import evaluate, train
+from edgeprune.training import LR_SCHEDULES, evaluate, train
 
 def tp_prune(model: nn.Module, shape: tuple[int, ...], ratio: float, global_pruning: bool) -> nn.Module:
     """Torch-Pruning's own pruner: MetaPruner with L2 MagnitudeImportance, the classes layer ignored."""
@@ -88,6 +91,7 @@ def main() -> None:
     parser.add_argument("--model", default="basiccnn", help="basiccnn or a torchvision classifier such as resnet18 (3x32x32)")
     parser.add_argument("--epochs", type=int, default=3, help="baseline training epochs")
     parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES, help="of every fine-tuning (dense + epochs too)")
     parser.add_argument("--ratios", default="0.3,0.5", help="uniform channel ratios for edgeprune (comma-separated)")
     parser.add_argument("--importance", default="l2", choices=["l1", "l2", "taylor"])
     parser.add_argument("--limit", type=int, default=None, help="images per split (quick trials)")
@@ -113,22 +117,30 @@ def main() -> None:
     models = {"dense": dense}
     # the reference for accuracy lost: the dense model trained for the same extra epochs as every pruned one
     dense_more = copy.deepcopy(dense)
-    train(dense_more, make_loaders(splits, 64, seed=args.seed)[0], args.finetune_epochs, val_loader, device="cpu", seed=args.seed)
+    train(dense_more, make_loaders(splits, 64, seed=args.seed)[0], args.finetune_epochs, val_loader, device="cpu", seed=args.seed,
+          lr_schedule=args.lr_schedule)
     rows.append({"name": "dense + fine-tune epochs", "ratio": 0.0, "macs": dense_macs, "params": rows[0]["params"],
                  "acc_pruned": None, "acc": evaluate(dense_more, test_loader, "cpu")})
     models["dense + fine-tune epochs"] = dense_more
     batches = list(itertools.islice(train_loader, 4)) if args.importance == "taylor" else None
+    scan = None  # the planner's channel scan ranks channels by magnitude (l1, l2); taylor gets no planned row
+    if args.importance != "taylor":
+        scan = channel_sensitivity_scan(dense, val_loader, torch.zeros(1, *shape), importance=args.importance, device="cpu")
     for ratio in (float(r) for r in args.ratios.split(",")):
         ours = prune_channels(dense, {"_default": ratio}, torch.zeros(1, *shape), args.importance, batches=batches)
         target = count_macs(ours, shape)["total"]
         candidates = {f"edgeprune {args.importance} {ratio}": (ours, ratio)}
+        if scan is not None:
+            planned, plan = prune_for_macs(dense, scan, target / dense_macs, torch.zeros(1, *shape), args.importance)
+            candidates[f"edgeprune planned @{ratio}"] = (planned, max(plan.values()))
+            print(f"planned @{ratio}: {plan}", flush=True)
         for global_pruning in (False, True):
             pruned, tp_ratio = tp_at_macs(dense, shape, target, global_pruning)
             candidates[f"TP {'global' if global_pruning else 'uniform'} @{ratio}"] = (pruned, tp_ratio)
         for name, (model, used_ratio) in candidates.items():
             acc_pruned = evaluate(model, test_loader, "cpu")
             fresh_order, _, _ = make_loaders(splits, 64, seed=args.seed)  # the same shuffling for every candidate
-            train(model, fresh_order, args.finetune_epochs, val_loader, device="cpu", seed=args.seed)
+            train(model, fresh_order, args.finetune_epochs, val_loader, device="cpu", seed=args.seed, lr_schedule=args.lr_schedule)
             rows.append({"name": name, "ratio": round(used_ratio, 4), "macs": count_macs(model, shape)["total"],
                          "params": sum(p.numel() for p in model.parameters()), "acc_pruned": acc_pruned,
                          "acc": evaluate(model, test_loader, "cpu")})
