@@ -46,3 +46,31 @@ def test_a_channel_pruned_file_claiming_more_channels_is_refused_before_allocati
                                           "spec": '{"name": "basiccnn", "in_channels": 1, "num_classes": 10, "image_size": 28}'})
     with pytest.raises(ValueError, match="conv1.weight.*larger"):
         load_checkpoint(path)
+
+
+def test_a_channel_pruned_epz_export_loads_back_without_model_flags(tmp_path, capsys):
+    """export --format epz of a channel-pruned checkpoint: the file carries the spec; inspect and load rebuild the small model."""
+    from edgeprune.cli import main
+    from edgeprune.export.epz import load_compressed, read_header, save_compressed
+    from edgeprune.pipeline import export_compressed
+
+    spec = ModelSpec("basiccnn", 1, 10, 28)
+    x = torch.randn(3, 1, 28, 28)
+    small = prune_channels(spec.build(seed=0).eval(), {"_default": 0.5}, x[:1]).eval()
+    path = export_compressed(small, tmp_path / "small.epz", values="fp32", spec=spec)
+    back, back_spec, masks, info = load_checkpoint(path)
+    assert back_spec == spec and info["channel_pruned"] is True and masks is None
+    assert torch.equal(back.eval()(x), small(x))  # fp32 values: bit for bit
+    checkpoint = tmp_path / "small.safetensors"
+    save_checkpoint(checkpoint, small, spec)
+    assert main(["export", str(checkpoint), "--values", "kmeans", "--bits", "4", "--out", str(tmp_path / "k.epz")]) == 0
+    assert main(["inspect", str(tmp_path / "k.epz")]) == 0  # no --model flags needed
+    out = capsys.readouterr().out
+    assert "conv1" in out and str(small.conv1.out_channels) in out
+    assert torch.equal(load_checkpoint(tmp_path / "k.epz")[0].conv1.weight, load_compressed(tmp_path / "k.epz")["conv1.weight"])
+    with pytest.raises(ValueError, match="header"):
+        save_compressed(small.state_dict(), tmp_path / "bad.epz", header={"format": "mine"})
+    save_compressed(small.state_dict(), tmp_path / "bare.epz")
+    assert read_header(tmp_path / "bare.epz") == {}
+    with pytest.raises(ValueError, match="do not fit"):  # without the header a smaller model is refused, as for checkpoints
+        load_checkpoint(tmp_path / "bare.epz", spec)

@@ -11,14 +11,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .export.epz import load_compressed
+from .export.epz import load_compressed, read_header
 from .files import check_is_file, load_state_dict_file, safetensors_header, save_tensors
 from .models import ModelSpec, build_skeleton
 from .prune.channels import resize_to_state_dict
 from .prune.pruner import MASKS_FORMAT
 
 __all__ = [
-    "save_checkpoint", "load_checkpoint", "check_shapes", "shape_mismatches", "read_tensors", "masks_path_for",
+    "save_checkpoint", "load_checkpoint", "model_header", "check_shapes", "shape_mismatches", "read_tensors", "masks_path_for",
     "CHECKPOINT_FORMAT", "MASKS_FORMAT", "MODEL_FLAGS",
 ]
 
@@ -28,7 +28,9 @@ CHECKPOINT_FORMAT = "edgeprune.checkpoint/1"
 def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and header of a checkpoint, a plain ``.pth`` state_dict or a compressed ``.epz`` export."""
     if Path(path).suffix == ".epz":
-        return load_compressed(check_is_file(path, "a file written by 'edgeprune export'")), {}
+        path = check_is_file(path, "a file written by 'edgeprune export'")
+        header = read_header(path)  # checked and small: read before any tensor is decoded
+        return load_compressed(path), header
     return load_state_dict_file(path)
 
 
@@ -36,6 +38,16 @@ def masks_path_for(path: str | os.PathLike) -> Path:
     """Where the masks of checkpoint ``path`` live: ``model.safetensors`` -> ``model.masks.safetensors``."""
     path = Path(path)
     return path.with_name(f"{path.stem}.masks.safetensors")
+
+
+def model_header(model: nn.Module, spec: ModelSpec, info: dict | None = None) -> dict[str, str]:
+    """The header fields that rebuild ``model``: its ``spec`` and ``info`` as JSON, ``channel_pruned`` marked in ``info``
+    when its tensors are smaller than ``spec`` builds (used by checkpoints and by ``.epz`` exports)."""
+    full = {name: tuple(t.shape) for name, t in build_skeleton(spec).state_dict().items()}
+    info = dict(info or {})
+    if any(full.get(name) != tuple(t.shape) for name, t in model.state_dict().items()):
+        info["channel_pruned"] = True
+    return {"spec": json.dumps(asdict(spec)), "info": json.dumps(info)}
 
 
 def save_checkpoint(
@@ -53,14 +65,9 @@ def save_checkpoint(
     ``channel_pruned`` in ``info``, so that loading resizes its layers.
     """
     path = Path(path)
-    state = model.state_dict()
-    full = {name: tuple(t.shape) for name, t in build_skeleton(spec).state_dict().items()}
-    info = dict(info or {})
-    if any(full.get(name) != tuple(t.shape) for name, t in state.items()):
-        info["channel_pruned"] = True
-    meta = {"format": CHECKPOINT_FORMAT, "spec": json.dumps(asdict(spec)), "info": json.dumps(info)}
+    meta = {"format": CHECKPOINT_FORMAT, **model_header(model, spec, info)}
     masks_path_for(path).unlink(missing_ok=True)  # never leave old masks beside new weights
-    save_tensors(path, state, meta)
+    save_tensors(path, model.state_dict(), meta)
     if masks:
         save_tensors(masks_path_for(path), masks, {"format": MASKS_FORMAT})
     return path

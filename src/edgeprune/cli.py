@@ -313,7 +313,7 @@ def cmd_export(args: argparse.Namespace) -> None:
             raise ValueError("--centroid-epochs fine-tunes k-means centroids: use it with --values kmeans")
         train_loader = make_loaders(_splits(args, spec), args.batch_size, args.seed)[0]
         share_weights(model, bits, train_loader, args.centroid_epochs, args.centroid_lr)
-    export_compressed(model, out, args.values, bits)
+    export_compressed(model, out, args.values, bits, spec)
     print(f"wrote {out} ({out.stat().st_size:,} bytes; the dense checkpoint is {Path(args.checkpoint).stat().st_size:,})")
 
 

@@ -30,7 +30,7 @@ from .analyze.metrics import count_macs, file_size, layer_stats, model_stats
 from .analyze.plan import make_plan
 from .analyze.plots import plot_num_parameters_distribution, plot_weight_distribution
 from .analyze.scan import METHODS, ScanResult, scan_sparsities, sensitivity_scan
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, model_header, save_checkpoint
 from .data import DataConfig, DataSplits, load_data, make_loaders, native_geometry
 from .device import pick_device
 from .export.centroids import share_weights
@@ -416,9 +416,15 @@ def channels_summary(info: Mapping | None) -> dict | None:
     return {**{k: v for k, v in info.items() if k != "channel_scan"}, "scanned": info.get("channel_scan") is not None}
 
 
-def export_compressed(model: nn.Module, path: str | Path, values: str = "kmeans", bits: int | Mapping | None = None) -> Path:
-    """Write ``model`` as a compressed ``.epz`` file (sparse, quantized, entropy-coded); return the path."""
-    save_compressed(model.state_dict(), path, values=values, bits=bits)
+def export_compressed(
+    model: nn.Module, path: str | Path, values: str = "kmeans", bits: int | Mapping | None = None, spec: ModelSpec | None = None
+) -> Path:
+    """Write ``model`` as a compressed ``.epz`` file (sparse, quantized, entropy-coded); return the path.
+
+    With ``spec`` the file's header carries it (and whether channels were pruned), so that ``load_checkpoint`` and
+    every CLI command load the file without model flags, a channel-pruned model included."""
+    header = model_header(model, spec, {"stage": "export"}) if spec is not None else None
+    save_compressed(model.state_dict(), path, values=values, bits=bits, header=header)
     return Path(path)
 
 
@@ -463,11 +469,12 @@ def compare_models(
     export_values: str = "fp32",
     export_bits: int | None = None,
     input_shape: tuple[int, ...] | None = None,
+    spec: ModelSpec | None = None,
 ) -> list[dict]:
     """One row per (label, model, checkpoint path): sizes, sparsity and test accuracy.
 
     With ``export_dir`` each model is also written as a compressed file there, read
-    back, and evaluated as decoded: the accuracy a device running that file would see.
+    back, and evaluated as decoded: the accuracy a device running that file would see (with ``spec`` in its header).
     With ``input_shape`` (one image, e.g. ``(1, 28, 28)``) each row also gets its dense ``macs`` and
     measured ``latency_ms`` ({batch size: median ms} at batch 1 and 64, on ``device``).
     """
@@ -484,7 +491,7 @@ def compare_models(
             row["latency_threads"] = timing["threads"]
         if export_dir is not None:
             name = stems[index] if unique else f"{index}-{stems[index]}"  # two runs' finetuned.* must not collide
-            target = export_compressed(model, Path(export_dir) / f"{name}.epz", export_values, export_bits)
+            target = export_compressed(model, Path(export_dir) / f"{name}.epz", export_values, export_bits, spec)
             decoded = copy.deepcopy(model)
             decoded.load_state_dict(load_compressed(target))
             row.update(
@@ -631,7 +638,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
         # 6. Compare on the test set, with the real compressed files; then the report.
         test_loader = make_loaders(splits, cfg.data.batch_size, cfg.seed)[2]
         shape = (spec.in_channels, spec.image_size, spec.image_size)
-        rows = compare_models(compared, test_loader, device, out, cfg.export_values, cfg.export_bits, shape)
+        rows = compare_models(compared, test_loader, device, out, cfg.export_values, cfg.export_bits, shape, spec)
         # 7. The files devices load: ONNX and int8 TFLite, each scored in its own runtime; does the final model fit a board?
         fits = None
         if cfg.device_exports != "none":

@@ -61,6 +61,7 @@ __all__ = [
     "encode_relative",
     "encode_tensor",
     "load_compressed",
+    "read_header",
     "pack_codes",
     "relative_length_bound",
     "save_compressed",
@@ -69,6 +70,7 @@ __all__ = [
 ]
 
 FORMAT = "edgeprune.compressed/1"
+RESERVED = frozenset({"format", "tensors"})  # header keys of the format itself
 DEFAULT_LEVEL = 19
 ESCAPE = 255
 MAX_DIMS = 16
@@ -376,13 +378,18 @@ def save_compressed(
     values: str | Mapping[str, str] = "fp32",
     bits: int | Mapping[str, int] | None = None,
     level: int = DEFAULT_LEVEL,
+    header: Mapping[str, str] | None = None,
 ) -> int:
     """Write ``state_dict`` as a compressed model file; return its size in bytes.
 
     ``values`` and ``bits`` choose each weight tensor's value mode as in
     :class:`edgeprune.export.quantize.QuantConfig`; ``level`` is the zstd level (1..22).
     ``load_compressed`` returns exactly ``quantize_state_dict(state_dict, values, bits)``.
+    ``header``: more string fields for the file's header (such as the model spec), read back by :func:`read_header`.
     """
+    header = dict(header or {})
+    if RESERVED & set(header) or not all(isinstance(k, str) and isinstance(v, str) for k, v in header.items()):
+        raise ValueError(f"header must map strings to strings, without the keys {sorted(RESERVED)}")
     config = QuantConfig(values, bits)
     config.check_names(state_dict)
     if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 22:
@@ -401,7 +408,7 @@ def save_compressed(
             arrays[key] = np.frombuffer(frame, dtype=np.uint8)
             entry["streams"][kind] = {"key": key, "length": len(frame), "raw_length": len(raw)}
         records.append(entry)
-    metadata = {"format": FORMAT, "tensors": json.dumps(records, separators=(",", ":"))}
+    metadata = {**header, "format": FORMAT, "tensors": json.dumps(records, separators=(",", ":"))}
     with atomic_path(path) as tmp:
         safetensors.numpy.save_file(arrays, os.fspath(tmp), metadata=metadata)
     return os.path.getsize(path)
@@ -506,6 +513,18 @@ def _open(path: str | os.PathLike, max_bytes: int | None):
             f"for a {file_size}-byte file; if you trust the file, pass max_bytes={needed}"
         )
     return parsed, streams, file_size
+
+
+def read_header(path: str | os.PathLike) -> dict[str, str]:
+    """The extra header fields given to :func:`save_compressed` (no tensor is read); ``{}`` for none."""
+    try:
+        with safetensors.safe_open(os.fspath(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+    except safetensors.SafetensorError as exc:
+        raise _fail("safetensors container", str(exc)[:200]) from exc
+    if metadata.get("format") != FORMAT:
+        raise CompressedFormatError(f"not an {FORMAT} file (format field {metadata.get('format')!r:.80}); {REEXPORT}")
+    return {k: v for k, v in metadata.items() if k not in RESERVED}
 
 
 def load_compressed(path: str | os.PathLike, max_bytes: int | None = None) -> dict[str, torch.Tensor]:
