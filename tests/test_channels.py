@@ -276,7 +276,7 @@ def test_checkpoint_roundtrip_into_a_fresh_model(cls, tmp_path):
     assert torch.equal(fresh(x), small(x))
 
 
-@pytest.mark.parametrize("build", [torchvision.models.resnet18, torchvision.models.mobilenet_v2])
+@pytest.mark.parametrize("build", [torchvision.models.resnet18, torchvision.models.mobilenet_v2, torchvision.models.vgg11_bn])
 def test_torchvision_models_get_smaller_and_run(build):
     x = torch.randn(2, 3, 32, 32)
     torch.manual_seed(0)
