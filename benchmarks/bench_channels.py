@@ -30,9 +30,11 @@ from edgeprune.analyze.latency import measure_latency
 from edgeprune.analyze.metrics import count_macs
 from edgeprune.data import DataConfig, load_data, make_loaders
 from edgeprune.files import write_json_atomic
-from edgeprune.models import build_model
+from edgeprune.models import ModelSpec
 from edgeprune.prune.channels import output_layer_names, prune_channels
 from edgeprune.training import LR_SCHEDULES, evaluate, train
+
+from bench_sparsity import baseline  # this folder is on sys.path when the script runs
 
 def tp_prune(model: nn.Module, shape: tuple[int, ...], ratio: float, global_pruning: bool) -> nn.Module:
     """Torch-Pruning's own pruner: MetaPruner with L2 MagnitudeImportance, the classes layer ignored."""
@@ -105,12 +107,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     geometry = {} if args.model == "basiccnn" else {"channels": 3, "image_size": 32}
-    splits = load_data(DataConfig(name="fashion-mnist", limit=args.limit, seed=args.seed, **geometry))
+    config = DataConfig(name="fashion-mnist", limit=args.limit, seed=args.seed, **geometry)
+    splits = load_data(config)
     shape = (splits.in_channels, splits.image_size, splits.image_size)
     train_loader, val_loader, test_loader = make_loaders(splits, 64, seed=args.seed)
-    torch.manual_seed(args.seed)
-    dense = build_model(args.model, splits.in_channels, splits.num_classes, splits.image_size)
-    train(dense, train_loader, args.epochs, val_loader, device="cpu", seed=args.seed)
+    # the dense baseline of bench_sparsity.py (best validation epoch; cached, so the two benchmarks share it)
+    spec = ModelSpec(args.model, splits.in_channels, splits.num_classes, splits.image_size)
+    tag = f"seed{args.seed}-val{config.val_size}" + (f"-limit{args.limit}" if args.limit else "")
+    dense = baseline(spec, train_loader, val_loader, args.epochs, args.seed, tag).cpu()
     dense_macs = count_macs(dense, shape)["total"]
     rows = [{"name": "dense", "ratio": 0.0, "macs": dense_macs, "params": sum(p.numel() for p in dense.parameters()),
              "acc_pruned": None, "acc": evaluate(dense, test_loader, "cpu")}]
