@@ -20,8 +20,7 @@ from edgeprune.prune.global_magnitude import (
 from edgeprune.prune.masks import num_pruned
 from edgeprune.prune.pruner import FineGrainedPruner
 from edgeprune.prune.schedule import GradualPruner, agp_sparsity, iterative_sparsities
-from edgeprune.training import prune_gradually
-from edgeprune.training import train
+from edgeprune.training import prune_gradually, train
 
 
 def tiny_model(seed: int = 0) -> nn.Module:

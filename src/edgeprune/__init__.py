@@ -42,7 +42,7 @@ from .prune.masks import fine_grained_mask, fine_grained_prune, sparsity_of
 from .prune.pruner import FineGrainedPruner, is_pruned
 from .prune.schedule import GradualPruner, agp_sparsity
 from .prune.settings import load_layer_settings
-from .training import evaluate, finetune, prune_gradually, train
+from .training import Teacher, evaluate, finetune, prune_gradually, train
 
 __all__ = [
     "BasicCNN",
@@ -53,6 +53,7 @@ __all__ = [
     "ModelSpec",
     "RunConfig",
     "ScanResult",
+    "Teacher",
     "agp_sparsity",
     "build_baseline",
     "build_model",

@@ -320,7 +320,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     cfg = RunConfig(
         model=args.model, data=_data_config(args), weights=args.weights, epochs=args.epochs,
-        finetune_epochs=args.finetune_epochs, lr=args.lr, lr_schedule=args.lr_schedule, sparsity=args.sparsity,
+        finetune_epochs=args.finetune_epochs, lr=args.lr, lr_schedule=args.lr_schedule, distill=args.distill, sparsity=args.sparsity,
         channels=args.channel_ratios, target_macs=args.target_macs, target_latency=args.target_latency,
         channel_importance=args.channel_importance,
         plan=args.plan, target_sparsity=args.target_sparsity, schedule=args.schedule, max_drop=args.max_drop, scan_split=args.scan_on,
@@ -381,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel-importance", choices=("l1", "l2", "bn_scale"), default="l2", help="how channels are ranked (default l2)")
     p.add_argument("--lr-schedule", choices=("constant", "cosine", "step"), default="constant",
                    help="learning rate over the fine-tuning epochs: constant, cosine (annealed to 0) or step (x0.1 every third)")
+    p.add_argument("--distill", type=_real(0.0, 1.0), default=0.0,
+                   help="every fine-tuning also learns the dense baseline's outputs (knowledge distillation, temperature 4) "
+                   "with this weight against the labels' (e.g. 0.5; default 0: off)")
     p.add_argument("--plan", choices=("scan", "global"), default="scan",
                    help="how the planner reaches --target-sparsity: from the sensitivity scan, or one global magnitude ranking")
     p.add_argument("--schedule", choices=("oneshot", "agp", "iterative"), default="oneshot",

@@ -49,7 +49,7 @@ from .prune.schedule import SCHEDULES
 from .prune.settings import load_layer_settings, resolve_sparsity_dict
 from .report import run_report
 from .runfolder import RunFolder
-from .training import LR_SCHEDULES, TrainHistory, evaluate, finetune, prune_gradually, train
+from .training import LR_SCHEDULES, Teacher, TrainHistory, evaluate, finetune, prune_gradually, train
 
 __all__ = [
     "RunConfig",
@@ -133,6 +133,7 @@ class RunConfig:
     finetune_epochs: int = 3
     lr: float = 1e-3
     lr_schedule: str = "constant"  # of fine-tuning: "constant", "cosine" or "step"
+    distill: float = 0.0  # fine-tuning also distils the dense baseline's outputs with this weight (0: off)
     channels: str | dict | None = None  # channel ratios by module name (re:, _default): a smaller dense model first
     target_macs: float | None = None  # or: remove channels until MACs are at most this fraction of the dense model's
     target_latency: float | None = None  # or: until the measured batch-64 latency is at most this fraction of the dense
@@ -170,6 +171,8 @@ class RunConfig:
         self.lr = _check_positive(self.lr, "lr")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
+        if isinstance(self.distill, bool) or not isinstance(self.distill, numbers.Real) or not 0.0 <= self.distill <= 1.0:
+            raise ValueError(f"distill must be a weight from 0 (off) to 1, got {self.distill!r}; e.g. 0.5")
         if self.epochs == 0 and not self.weights:
             raise ValueError("epochs=0 needs weights: a trained baseline to start from (--weights FILE)")
         if self.weights is not None and not Path(self.weights).is_file():
@@ -274,14 +277,16 @@ def build_baseline(name: str, splits: DataSplits, weights: str | None = None, se
 
 
 def train_baseline(
-    model: nn.Module, splits: DataSplits, epochs: int, lr: float = 1e-3, device: str | torch.device | None = None, seed: int = 0
+    model: nn.Module, splits: DataSplits, epochs: int, lr: float = 1e-3, device: str | torch.device | None = None, seed: int = 0,
+    teacher: Teacher | None = None,
 ) -> TrainHistory:
     """Train with Adam (the seed's recipe); keep the best epoch on the validation split when there is one.
 
     The shuffling is seeded afresh for this step, so the step gives the same model however the run got here.
+    With a ``teacher`` the loss also distils its outputs (the channel step's fine-tuning uses it).
     """
     train_loader, val_loader, _ = make_loaders(splits, splits.info.get("batch_size", 64), seed)
-    return train(model, train_loader, epochs, val_loader, lr, device, seed, keep_best=val_loader is not None)
+    return train(model, train_loader, epochs, val_loader, lr, device, seed, keep_best=val_loader is not None, teacher=teacher)
 
 
 def scan_model(
@@ -330,21 +335,24 @@ def prune_copy(model: nn.Module, sparsity: Mapping[str, object]) -> tuple[nn.Mod
 
 def finetune_pruned(
     model: nn.Module, pruner: FineGrainedPruner, splits: DataSplits, epochs: int, lr: float = 1e-3,
-    device: str | torch.device | None = None, seed: int = 0, lr_schedule: str = "constant",
+    device: str | torch.device | None = None, seed: int = 0, lr_schedule: str = "constant", teacher: Teacher | None = None,
 ) -> TrainHistory:
-    """Fine-tune with the masks kept; the best epoch on the validation split is kept (shuffling seeded afresh)."""
+    """Fine-tune with the masks kept; the best epoch on the validation split is kept (shuffling seeded afresh).
+    With a ``teacher`` (e.g. ``Teacher(baseline)``) the loss also distils its outputs."""
     train_loader, val_loader, _ = make_loaders(splits, splits.info.get("batch_size", 64), seed)
-    return finetune(model, pruner, train_loader, epochs, val_loader, lr, device, seed, lr_schedule)
+    return finetune(model, pruner, train_loader, epochs, val_loader, lr, device, seed, lr_schedule, teacher)
 
 
 def prune_while_training(
     model: nn.Module, sparsity: Mapping[str, object] | float, splits: DataSplits, epochs: int, schedule: str = "agp",
     lr: float = 1e-3, device: str | torch.device | None = None, seed: int = 0, lr_schedule: str = "constant",
+    teacher: Teacher | None = None,
 ) -> tuple[FineGrainedPruner, TrainHistory]:
     """Prune ``model`` gradually to ``sparsity`` (a dict per layer, or one fraction ranked globally) while training it
     ``epochs`` epochs (AGP or iterative rounds)."""
     train_loader, val_loader, _ = make_loaders(splits, splits.info.get("batch_size", 64), seed)
-    return prune_gradually(model, train_loader, sparsity, epochs, schedule, val_loader, lr, device, seed, lr_schedule=lr_schedule)
+    return prune_gradually(model, train_loader, sparsity, epochs, schedule, val_loader, lr, device, seed,
+                           lr_schedule=lr_schedule, teacher=teacher)
 
 
 def prune_channels_step(
@@ -551,6 +559,9 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
         baseline_path = out / "baseline.safetensors"
         compared = [("Baseline", model, baseline_path)]
 
+        # every fine-tuning may distil the dense baseline (a frozen copy: the baseline row stays what was trained)
+        teacher = Teacher(copy.deepcopy(model), cfg.distill) if cfg.distill else None
+
         # 1b. Optionally: whole channels first (a smaller dense model), fine-tuned; fine-grained pruning starts from it.
         source = model
         if cfg.channels is not None or cfg.target_macs is not None or cfg.target_latency is not None:
@@ -563,7 +574,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
                 if channel_info["channel_scan"] is not None:
                     scanned = ChannelScanResult.from_dict(channel_info["channel_scan"])
                     scanned.plot(out / "channel_scan.png", chosen=channel_info["channel_ratios"])
-                ch_history = train_baseline(source, splits, cfg.finetune_epochs, cfg.lr, device, cfg.seed)
+                ch_history = train_baseline(source, splits, cfg.finetune_epochs, cfg.lr, device, cfg.seed, teacher)
                 save_checkpoint(out / "channels.safetensors", source, spec, info={"stage": "channels", **channel_info})
                 folder.mark_done("channels", {**channel_info, "history": asdict(ch_history)})
             compared.append(("Channel-pruned + fine-tuned", source, out / "channels.safetensors"))
@@ -606,13 +617,14 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             ft_history = TrainHistory(**done["finetune"])
         elif cfg.schedule == "oneshot":
             finetuned = copy.deepcopy(pruned)
-            ft_history = finetune_pruned(finetuned, pruner, splits, cfg.finetune_epochs, cfg.lr, device, cfg.seed, cfg.lr_schedule)
+            ft_history = finetune_pruned(finetuned, pruner, splits, cfg.finetune_epochs, cfg.lr, device, cfg.seed, cfg.lr_schedule,
+                                         teacher)
         else:
             finetuned = copy.deepcopy(source)
             # a global plan is re-ranked across all layers at every pruning step; otherwise each layer ramps to its own target
             targets = cfg.target_sparsity if cfg.plan == "global" and cfg.sparsity is None else pruner.sparsity_dict
             pruner, ft_history = prune_while_training(
-                finetuned, targets, splits, cfg.finetune_epochs, cfg.schedule, cfg.lr, device, cfg.seed, cfg.lr_schedule
+                finetuned, targets, splits, cfg.finetune_epochs, cfg.schedule, cfg.lr, device, cfg.seed, cfg.lr_schedule, teacher
             )
         if "finetune" not in done:
             save_checkpoint(out / "finetuned.safetensors", finetuned, spec, pruner.masks, {"stage": "finetuned"})

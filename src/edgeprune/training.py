@@ -8,6 +8,7 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -16,7 +17,7 @@ from .device import pick_device
 from .prune.pruner import FineGrainedPruner
 from .prune.schedule import SCHEDULES, GradualPruner, iterative_sparsities
 
-__all__ = ["evaluate", "train", "finetune", "prune_gradually", "prune_iteratively", "TrainHistory", "LR_SCHEDULES"]
+__all__ = ["evaluate", "train", "finetune", "prune_gradually", "prune_iteratively", "Teacher", "TrainHistory", "LR_SCHEDULES"]
 
 LR_SCHEDULES = ("constant", "cosine", "step")
 
@@ -47,14 +48,44 @@ class TrainHistory:
     best_epoch: int = 0
 
 
-def _train_epoch(model, loader, optimizer, device, after_step, desc) -> float:
+@dataclass
+class Teacher:
+    """Knowledge distillation (Hinton et al. 2015) from ``model``, usually the dense baseline of a pruned model.
+
+    The loss becomes ``(1 - weight) * cross-entropy + weight * T² * KL(teacher ‖ student)`` on the logits
+    divided by ``temperature`` T. The teacher is only evaluated (eval mode, no gradients).
+    """
+
+    model: nn.Module
+    weight: float = 0.5
+    temperature: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, nn.Module):
+            raise ValueError(f"the teacher must be an nn.Module, got {type(self.model).__name__}")
+        if isinstance(self.weight, bool) or not 0.0 < self.weight <= 1.0:
+            raise ValueError(f"distillation weight must be in (0, 1], got {self.weight!r}; e.g. 0.5")
+        if isinstance(self.temperature, bool) or not self.temperature > 0:
+            raise ValueError(f"distillation temperature must be positive, got {self.temperature!r}; e.g. 4")
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """The blended loss of a batch of student ``logits``."""
+        with torch.no_grad():
+            target = self.model(images)
+        t = self.temperature
+        soft = F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(target / t, dim=1), reduction="batchmean", log_target=True)
+        return (1.0 - self.weight) * F.cross_entropy(logits, labels) + self.weight * t * t * soft
+
+
+def _train_epoch(model, loader, optimizer, device, after_step, desc, teacher: Teacher | None = None) -> float:
     model.train()
     criterion = nn.CrossEntropyLoss()
     total_loss, batches = 0.0, 0
     for images, labels in tqdm(loader, desc=desc, leave=False, disable=not distributed.is_main()):
         images, labels = images.to(device), labels.to(device)
         optimizer.zero_grad()
-        loss = criterion(model(images), labels)
+        logits = model(images)
+        loss = criterion(logits, labels) if teacher is None else teacher.loss(logits, labels, images)
         loss.backward()
         optimizer.step()
         if after_step is not None:
@@ -75,12 +106,14 @@ def train(
     after_step: Callable[[nn.Module], None] | None = None,
     keep_best: bool = False,
     lr_schedule: str = "constant",
+    teacher: Teacher | None = None,
 ) -> TrainHistory:
     """Train with Adam and cross-entropy, as the seed does; evaluate after each epoch when given a loader.
 
     ``after_step(model)`` runs after every optimizer step.
     With ``keep_best`` the weights of the epoch with the best evaluation accuracy are restored at the end.
     ``lr_schedule``: ``constant``, ``cosine`` (annealed to 0 over the epochs) or ``step`` (x0.1 every third of them).
+    With a ``teacher`` the loss also distils the teacher's outputs (:class:`Teacher`).
     Under ``torchrun`` (see :mod:`edgeprune.distributed`) the model is wrapped in DistributedDataParallel
     and each process trains on its shard of every epoch; every process ends with the same weights.
     """
@@ -91,6 +124,8 @@ def train(
     torch.manual_seed(seed)
     device = pick_device(device)
     model.to(device)
+    if teacher is not None:
+        teacher.model.to(device).eval()
     net, sampler = model, None
     if distributed.is_distributed() and epochs:
         train_loader, sampler = distributed.sharded_loader(train_loader, seed)
@@ -108,7 +143,7 @@ def train(
     for epoch in range(1, epochs + 1):
         if sampler is not None:
             sampler.set_epoch(epoch)
-        history.loss.append(_train_epoch(net, train_loader, optimizer, device, after_step, f"epoch {epoch}/{epochs}"))
+        history.loss.append(_train_epoch(net, train_loader, optimizer, device, after_step, f"epoch {epoch}/{epochs}", teacher))
         if scheduler is not None:
             scheduler.step()
         if eval_loader is not None:
@@ -136,6 +171,7 @@ def finetune(
     device: str | torch.device | None = None,
     seed: int = 0,
     lr_schedule: str = "constant",
+    teacher: Teacher | None = None,
 ) -> TrainHistory:
     """Fine-tune a pruned model with the pruner's masks attached (:meth:`FineGrainedPruner.attach`).
 
@@ -144,7 +180,8 @@ def finetune(
     accuracy. The masks stay attached on return; ``edgeprune.prune.pruner.remove(model)`` detaches them.
     """
     pruner.attach(model)
-    return train(model, train_loader, epochs, eval_loader, lr, device, seed, keep_best=True, lr_schedule=lr_schedule)
+    return train(model, train_loader, epochs, eval_loader, lr, device, seed, keep_best=True, lr_schedule=lr_schedule,
+                 teacher=teacher)
 
 
 def prune_gradually(
@@ -162,6 +199,7 @@ def prune_gradually(
     initial: float = 0.0,
     max_sparsity: float = 0.99,
     lr_schedule: str = "constant",
+    teacher: Teacher | None = None,
 ) -> tuple[FineGrainedPruner, TrainHistory]:
     """Prune ``model`` to ``targets`` while training it ``epochs`` epochs in all; return the pruner and the history.
 
@@ -173,7 +211,8 @@ def prune_gradually(
     fine-tune, see :func:`prune_iteratively`. ``targets`` is a float (global magnitude across
     the prunable layers) or a sparsity dict. On return every pruned weight is exactly zero.
     ``lr_schedule`` applies to each phase on its own (the ramp, then the fine-tuning; each round
-    of ``iterative``): a ``cosine`` schedule anneals to 0 at the end of each and restarts.
+    of ``iterative``): a ``cosine`` schedule anneals to 0 at the end of each and restarts. With a ``teacher`` every
+    phase distils it (:class:`Teacher`).
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
@@ -182,7 +221,7 @@ def prune_gradually(
     if schedule == "iterative":
         return prune_iteratively(
             model, train_loader, targets, ramp_epochs or epochs, epochs, eval_loader, lr, device, seed, max_sparsity,
-            lr_schedule,
+            lr_schedule, teacher,
         )
     ramp = ramp_epochs if ramp_epochs is not None else max(1, epochs - epochs // 3)
     if not 1 <= ramp <= epochs or prunes_per_epoch < 1:
@@ -192,10 +231,11 @@ def prune_gradually(
     frequency = max(1, steps // num_prunes)
     gradual = GradualPruner(model, targets, num_prunes, frequency, begin_step=steps - num_prunes * frequency,
                             initial=initial, max_sparsity=max_sparsity)
-    history = train(model, train_loader, ramp, eval_loader, lr, device, seed, after_step=gradual, lr_schedule=lr_schedule)
+    history = train(model, train_loader, ramp, eval_loader, lr, device, seed, after_step=gradual, lr_schedule=lr_schedule,
+                    teacher=teacher)
     pruner = gradual.fixed()
     if epochs > ramp:
-        more = finetune(model, pruner, train_loader, epochs - ramp, eval_loader, lr, device, seed + 1, lr_schedule)
+        more = finetune(model, pruner, train_loader, epochs - ramp, eval_loader, lr, device, seed + 1, lr_schedule, teacher)
         history = _joined(history, more, ramp)
     return pruner, history
 
@@ -212,6 +252,7 @@ def prune_iteratively(
     seed: int = 0,
     max_sparsity: float = 0.99,
     lr_schedule: str = "constant",
+    teacher: Teacher | None = None,
 ) -> tuple[FineGrainedPruner, TrainHistory]:
     """Han et al.'s iterative pruning: ``rounds`` rounds of prune by magnitude, then fine-tune, ``epochs`` epochs in all.
 
@@ -232,7 +273,7 @@ def prune_iteratively(
     for r, target in enumerate(steps):
         gradual.prune_to(model, target)
         share = epochs // rounds + (1 if r >= rounds - epochs % rounds else 0)
-        more = finetune(model, gradual.fixed(), train_loader, share, eval_loader, lr, device, seed + r, lr_schedule)
+        more = finetune(model, gradual.fixed(), train_loader, share, eval_loader, lr, device, seed + r, lr_schedule, teacher)
         history = _joined(history, more, done)
         done += share
     return gradual.fixed(), history
