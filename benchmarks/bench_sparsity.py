@@ -43,7 +43,7 @@ from edgeprune.models import ModelSpec, prunable_parameters
 from edgeprune.pipeline import fit_data_to_model, model_for_data
 from edgeprune.prune.global_magnitude import global_magnitude_sparsity
 from edgeprune.prune.pruner import FineGrainedPruner
-from edgeprune.training import LR_SCHEDULES, evaluate, finetune, prune_gradually, train
+from edgeprune.training import LR_SCHEDULES, Teacher, evaluate, finetune, prune_gradually, train
 
 __all__: list[str] = []
 
@@ -68,10 +68,13 @@ def zero_fraction(model: nn.Module) -> float:
     return sum(int((p == 0).sum()) for p in params) / sum(p.numel() for p in params)
 
 
-def run_method(method: str, dense: nn.Module, target: float, scan, data, budget: int, seed: int, lr_schedule: str) -> nn.Module:
+def run_method(
+    method: str, dense: nn.Module, target: float, scan, data, budget: int, seed: int, lr_schedule: str, distill: float
+) -> nn.Module:
     """A copy of ``dense`` pruned to ``target`` by ``method`` with ``budget`` epochs of training (fresh loaders)."""
     train_loader, val_loader, _ = make_loaders(data, 64, seed)
     model = copy.deepcopy(dense)
+    teacher = Teacher(copy.deepcopy(dense), distill) if distill else None
     if method in ("planned", "global", "uniform"):
         if method == "planned":
             sparsity = make_plan(scan, model, target_sparsity=target).sparsity_dict
@@ -80,10 +83,10 @@ def run_method(method: str, dense: nn.Module, target: float, scan, data, budget:
         else:
             sparsity = {"_default": target}
         pruner = FineGrainedPruner(model, sparsity)
-        finetune(model, pruner, train_loader, budget, val_loader, seed=seed, lr_schedule=lr_schedule)
+        finetune(model, pruner, train_loader, budget, val_loader, seed=seed, lr_schedule=lr_schedule, teacher=teacher)
     else:
         prune_gradually(model, train_loader, target, budget, schedule=method, eval_loader=val_loader, seed=seed,
-                        lr_schedule=lr_schedule)
+                        lr_schedule=lr_schedule, teacher=teacher)
     return model
 
 
@@ -110,6 +113,7 @@ def main() -> None:
     parser.add_argument("--model", default="basiccnn", help="basiccnn (1x28x28) or a torchvision model (3x32x32)")
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                         help="of every training after the baseline (dense continuation included)")
+    parser.add_argument("--distill", type=float, default=0.0, help="every method also distils the dense baseline (weight)")
     parser.add_argument("--epochs", type=int, default=3, help="dense baseline training epochs")
     parser.add_argument("--budget", type=int, default=3, help="training epochs each method gets after the baseline")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.8, 0.9, 0.95])
@@ -144,7 +148,7 @@ def main() -> None:
     for target in args.sparsities:
         for method in args.methods:
             began = time.time()
-            model = run_method(method, dense, target, scan, data, args.budget, args.seed, args.lr_schedule)
+            model = run_method(method, dense, target, scan, data, args.budget, args.seed, args.lr_schedule, args.distill)
             row = {"method": method, "target": target, "sparsity": zero_fraction(model),
                    "test_accuracy": evaluate(model, test_loader), "seconds": round(time.time() - began, 1)}
             rows.append(row)
