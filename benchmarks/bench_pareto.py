@@ -135,6 +135,7 @@ def plot(rows: list[dict], references: dict[str, float], dense_bytes: int, path:
             ax.set_ylim(min(references.values()) - 3, best + 0.6)
             ax.set_title("zoomed near the dense accuracy")
         else:
+            ax.set_ylim(top=max(best, max(r["accuracy"] for r in rows)) + 0.3)
             ax.set_title(title)
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=6, fontsize=8, bbox_to_anchor=(0.45, -0.1))
