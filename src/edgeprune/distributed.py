@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-__all__ = ["init_from_env", "shutdown", "is_distributed", "rank", "world_size", "is_main", "sharded_loader"]
+__all__ = ["init_from_env", "shutdown", "is_distributed", "rank", "world_size", "is_main", "sharded_loader", "gather"]
 
 
 def is_distributed() -> bool:
@@ -63,3 +63,13 @@ def sharded_loader(loader: DataLoader, seed: int) -> tuple[DataLoader, Distribut
     """A loader like ``loader`` that gives this process its shard of each epoch (call ``sampler.set_epoch``)."""
     sampler = DistributedSampler(loader.dataset, shuffle=True, seed=seed, drop_last=False)
     return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler), sampler
+
+
+def gather(obj: object) -> list:
+    """Every process's ``obj`` (picklable), in rank order, on every process; ``[obj]`` when not distributed."""
+    if not is_distributed():
+        return [obj]
+    gathered: list = [None] * world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+

@@ -293,13 +293,25 @@ def scan_model(
     model: nn.Module, splits: DataSplits, split: str = "val", start: float = 0.0, step: float = 0.05, end: float = 1.0,
     method: str = "auto", device: str | torch.device | None = None,
 ) -> ScanResult:
-    """The sensitivity scan on the validation split (the test set only when asked for by name)."""
+    """The sensitivity scan on the validation split (the test set only when asked for by name).
+
+    Under ``torchrun`` the layers are shared out across the processes, and the parts gathered on every process."""
     _, val_loader, test_loader = make_loaders(splits, splits.info.get("batch_size", 64))
     if split == "val" and val_loader is None:
         raise ValueError("scanning on the validation split needs --val-size > 0 (or scan on the test split)")
     loader = val_loader if split == "val" else test_loader
-    scan = sensitivity_scan(model, loader, scan_step=step, scan_start=start, scan_end=end, method=method, device=device)
-    scan.meta.update(split=split, images=len(loader.dataset))
+    names = list(prunable_parameters(model))
+    # under torchrun each process scans every world_size-th layer; all of them then hold the whole, identical result
+    mine = names[distributed.rank()::distributed.world_size()]
+    part = None
+    if mine:
+        part = sensitivity_scan(model, loader, scan_step=step, scan_start=start, scan_end=end, layers=mine, method=method,
+                                device=device, progress=distributed.is_main())
+    parts = [p for p in distributed.gather(part) if p is not None]
+    scan = replace(parts[0], accuracies={name: acc for p in parts for name, acc in p.accuracies.items()},
+                   layer_sizes={name: n for p in parts for name, n in p.layer_sizes.items()})
+    scan.accuracies = {name: scan.accuracies[name] for name in names}  # the model's layer order, whoever scanned them
+    scan.meta.update(split=split, images=len(loader.dataset), processes=len(parts))
     return scan
 
 
