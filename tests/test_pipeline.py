@@ -146,6 +146,26 @@ def test_overwrite_removes_only_the_files_a_run_writes(tmp_path):
     assert not (tmp_path / LOCK_NAME).exists()
 
 
+def test_a_run_stopped_before_its_first_step_leaves_no_run_behind(tmp_path):
+    with pytest.raises(ValueError, match="bad layer"):
+        with RunFolder(tmp_path, {"a": 1}):
+            raise ValueError("bad layer")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # the corrected command needs no --overwrite
+    with pytest.raises(KeyboardInterrupt):
+        with RunFolder(tmp_path, {"a": 1}) as folder:
+            folder.mark_done("baseline", {})
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "progress.json"]  # a finished step is kept
+
+
+def test_a_bad_layer_name_fails_before_training_and_the_corrected_run_needs_no_overwrite(tmp_path, capsys, fashion_slice):
+    argv = ["run", "--data-dir", fashion_slice, "--val-size", "100", "--limit", "300", "--epochs", "1", "--finetune-epochs", "1",
+            "--device-exports", "none", "--out", str(tmp_path)]
+    assert main([*argv, "--sparsity", '{"conv9.weight": 0.5}']) == 2
+    assert "conv9.weight" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
+    assert main([*argv, "--sparsity", '{"_default": 0.5}']) == 0
+
+
 def test_a_second_run_into_a_locked_folder_is_refused(tmp_path):
     with RunFolder(tmp_path / "out", {"a": 1}):
         with pytest.raises(ValueError, match="another edgeprune run"):

@@ -52,6 +52,7 @@ class RunFolder:
         self.overwrite, self.resume = overwrite, resume
         self.done: dict[str, dict] = {}
         self._locked = False
+        self._started = False  # this run wrote config.json afresh
 
     # ------------------------------------------------------------------ entry and exit
 
@@ -65,7 +66,12 @@ class RunFolder:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is not None and self._started and not self.done:
+            # stopped before any step finished (a check that failed, Ctrl-C in the first step): leave no run behind,
+            # so that the same command, corrected, needs neither --overwrite nor --resume
+            for name in ("config.json", "progress.json"):
+                (self.path / name).unlink(missing_ok=True)
         self._unlock()
 
     def _lock(self) -> None:
@@ -128,6 +134,7 @@ class RunFolder:
         if not self.resume or not (self.path / "config.json").exists():
             write_json_atomic(self.path / "config.json", self.config)
             self._write_progress()
+            self._started = True
 
     def _load_progress(self) -> None:
         config_path, progress_path = self.path / "config.json", self.path / "progress.json"
