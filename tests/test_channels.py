@@ -412,3 +412,5 @@ def test_latency_target_walks_the_channel_plan_until_the_timed_ratio_meets_it(mo
     assert info["channel_ratios"] == plans[next(i for i, f in enumerate(fractions) if f <= 0.6)]
     with pytest.raises(ValueError, match="exactly one"):
         pipeline.prune_channels_step(model, spec, {"_default": 0.5}, target_latency=0.5)
+    with pytest.raises(ValueError, match="target MACs fraction"):
+        pipeline.prune_channels_step(model, spec, target_macs=1.5)

@@ -146,6 +146,16 @@ def test_overwrite_removes_only_the_files_a_run_writes(tmp_path):
     assert not (tmp_path / LOCK_NAME).exists()
 
 
+def test_resume_reads_a_key_missing_from_an_older_saved_config_as_its_default(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"epochs": 1}))  # written before 'distill' existed
+    (tmp_path / "progress.json").write_text(json.dumps({"format": "edgeprune.progress/1", "done": {"baseline": {}}}))
+    with RunFolder(tmp_path, {"epochs": 1, "distill": 0.0}, resume=True, defaults={"distill": 0.0}) as folder:
+        assert list(folder.done) == ["baseline"]
+    with pytest.raises(ValueError, match="distill: saved 0.0, now 0.5"):
+        with RunFolder(tmp_path, {"epochs": 1, "distill": 0.5}, resume=True, defaults={"distill": 0.0}):
+            pass
+
+
 def test_a_run_stopped_before_its_first_step_leaves_no_run_behind(tmp_path):
     with pytest.raises(ValueError, match="bad layer"):
         with RunFolder(tmp_path, {"a": 1}):

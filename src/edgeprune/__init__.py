@@ -42,7 +42,7 @@ from .prune.masks import fine_grained_mask, fine_grained_prune, sparsity_of
 from .prune.pruner import FineGrainedPruner, is_pruned
 from .prune.schedule import GradualPruner, agp_sparsity
 from .prune.settings import load_layer_settings
-from .training import Teacher, evaluate, finetune, prune_gradually, train
+from .training import Teacher, evaluate, finetune, prune_gradually, prune_iteratively, train
 
 __all__ = [
     "BasicCNN",
@@ -94,6 +94,7 @@ __all__ = [
     "prune_copy",
     "prune_for_macs",
     "prune_gradually",
+    "prune_iteratively",
     "prune_while_training",
     "run_experiment",
     "save_checkpoint",

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .export.epz import load_compressed, read_header
+from .export.epz import load_compressed, read_header, read_shapes
 from .files import check_is_file, load_state_dict_file, safetensors_header, save_tensors
 from .models import ModelSpec, build_skeleton
 from .prune.channels import resize_to_state_dict
@@ -29,8 +29,7 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     """Tensors and header of a checkpoint, a plain ``.pth`` state_dict or a compressed ``.epz`` export."""
     if Path(path).suffix == ".epz":
         path = check_is_file(path, "a file written by 'edgeprune export'")
-        header = read_header(path)  # checked and small: read before any tensor is decoded
-        return load_compressed(path), header
+        return load_compressed(path), read_header(path)
     return load_state_dict_file(path)
 
 
@@ -151,8 +150,8 @@ def check_shapes(
 def _json_header(path: str | os.PathLike, meta: dict[str, str], key: str) -> object:
     try:
         return json.loads(meta.get(key) or "{}")
-    except ValueError as exc:
-        raise ValueError(f"{path}: its {key!r} header is damaged ({exc}); retrain or re-save it") from exc
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"{path}: its {key!r} header is damaged ({str(exc)[:100]}); retrain or re-save it") from exc
 
 
 def load_checkpoint(
@@ -163,13 +162,15 @@ def load_checkpoint(
     A safetensors checkpoint written by edgeprune carries its spec; for a plain
     ``.pth`` state_dict (such as the seed's), give ``spec``. Nothing is trusted before it is
     checked: the spec's fields are bounded (``ModelSpec``), and every stored tensor's name and
-    shape (from the safetensors header, before any tensor is read) must match the model the
+    shape (from the safetensors or ``.epz`` header, before any tensor is read) must match the model the
     spec builds on the ``meta`` device; only then are the model and its tensors allocated.
     """
     path = check_is_file(path)
     if path.suffix == ".safetensors":
         stored, meta = safetensors_header(path)
         state = None
+    elif path.suffix == ".epz":  # shapes and spec from the checked header; decoded only after they fit the model
+        stored, meta, state = read_shapes(path), read_header(path), None
     else:
         state, meta = read_tensors(path)
         stored = {name: tuple(t.shape) for name, t in state.items()}
@@ -193,7 +194,7 @@ def load_checkpoint(
     channel_pruned = isinstance(info, dict) and info.get("channel_pruned") is True
     skeleton = check_shapes(path, spec, stored, channel_pruned)
     if state is None:
-        state, _ = load_state_dict_file(path)
+        state, _ = read_tensors(path)
     if any(t.is_meta for t in skeleton.state_dict().values()):
         model = spec.build()
         if channel_pruned:  # a smaller dense model: its layers take the stored shapes

@@ -190,6 +190,8 @@ def cmd_scan(args: argparse.Namespace) -> None:
     splits = _splits(args, spec)
     result = scan_model(model, splits, args.split, args.scan_start, args.scan_step, args.scan_end, args.method, args.device)
     result.meta.update(data=splits.info)
+    if not distributed.is_main():
+        return  # under torchrun the processes shared the scan out; one of them writes it
     result.to_json(out / "scan.json")
     result.plot(out / "sensitivity.png", show=args.show)
     print(f"dense accuracy {result.dense_accuracy:.2f} % on the {args.split} split; wrote {out}/scan.json and sensitivity.png")
@@ -260,7 +262,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     test_loader = make_loaders(_splits(args, loaded[0][1]), args.batch_size)[2]
     export_dir = None if args.export_values == "none" else out
     bits = args.export_bits if args.export_bits is not None else default_bits(args.export_values)
-    rows = compare_models(models, test_loader, args.device, export_dir, args.export_values, bits)
+    rows = compare_models(models, test_loader, args.device, export_dir, args.export_values, bits,
+                          specs=[spec for _, spec, _ in loaded])
     table = comparison_markdown(rows)
     write_text_atomic(out / "comparison.md", table)
     write_json_atomic(out / "comparison.json", rows)
@@ -383,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning rate over the fine-tuning epochs: constant, cosine (annealed to 0) or step (x0.1 every third)")
     p.add_argument("--distill", type=_real(0.0, 1.0), default=0.0,
                    help="every fine-tuning also learns the dense baseline's outputs (knowledge distillation, temperature 4) "
-                   "with this weight against the labels' (e.g. 0.5; default 0: off)")
+                   "with this weight against the labels' (e.g. 0.5; default 0: off); k-means centroid fine-tuning does not")
     p.add_argument("--plan", choices=("scan", "global"), default="scan",
                    help="how the planner reaches --target-sparsity: from the sensitivity scan, or one global magnitude ranking")
     p.add_argument("--schedule", choices=("oneshot", "agp", "iterative"), default="oneshot",

@@ -15,7 +15,7 @@ import numbers
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from .analyze.channel_scan import ChannelScanResult, channel_sensitivity_scan, prune_along_plans
+from .analyze.channel_scan import ChannelScanResult, channel_sensitivity_scan, check_fraction, prune_along_plans
 from .analyze.latency import latency_ratio, measure_latency
 from .analyze.metrics import count_macs, file_size, layer_stats, model_stats
 from .analyze.plan import make_plan
@@ -278,7 +278,7 @@ def build_baseline(name: str, splits: DataSplits, weights: str | None = None, se
 
 def train_baseline(
     model: nn.Module, splits: DataSplits, epochs: int, lr: float = 1e-3, device: str | torch.device | None = None, seed: int = 0,
-    teacher: Teacher | None = None,
+    teacher: Teacher | None = None, lr_schedule: str = "constant",
 ) -> TrainHistory:
     """Train with Adam (the seed's recipe); keep the best epoch on the validation split when there is one.
 
@@ -286,7 +286,8 @@ def train_baseline(
     With a ``teacher`` the loss also distils its outputs (the channel step's fine-tuning uses it).
     """
     train_loader, val_loader, _ = make_loaders(splits, splits.info.get("batch_size", 64), seed)
-    return train(model, train_loader, epochs, val_loader, lr, device, seed, keep_best=val_loader is not None, teacher=teacher)
+    return train(model, train_loader, epochs, val_loader, lr, device, seed, keep_best=val_loader is not None, teacher=teacher,
+                 lr_schedule=lr_schedule)
 
 
 def scan_model(
@@ -308,9 +309,13 @@ def scan_model(
         part = sensitivity_scan(model, loader, scan_step=step, scan_start=start, scan_end=end, layers=mine, method=method,
                                 device=device, progress=distributed.is_main())
     parts = [p for p in distributed.gather(part) if p is not None]
-    scan = replace(parts[0], accuracies={name: acc for p in parts for name, acc in p.accuracies.items()},
-                   layer_sizes={name: n for p in parts for name, n in p.layer_sizes.items()})
-    scan.accuracies = {name: scan.accuracies[name] for name in names}  # the model's layer order, whoever scanned them
+    accuracies = {name: acc for p in parts for name, acc in p.accuracies.items()}
+    sizes = {name: n for p in parts for name, n in p.layer_sizes.items()}
+    scan = replace(parts[0], accuracies={name: accuracies[name] for name in names},  # the model's order, whoever scanned
+                   layer_sizes={name: sizes[name] for name in names if name in sizes}, meta=dict(parts[0].meta))
+    naive = [name for p in parts for name in p.meta.get("naive_layers", [])]
+    if naive:
+        scan.meta["naive_layers"] = naive
     scan.meta.update(split=split, images=len(loader.dataset), processes=len(parts))
     return scan
 
@@ -385,15 +390,17 @@ def prune_channels_step(
     dense_macs = count_macs(model, shape)["total"]
     measured: dict[int, float] = {}  # latency fraction of each candidate timed, by id
     if target_macs is not None:
-        target, what = target_macs, "MACs"
+        target, what = check_fraction(target_macs, "MACs"), "MACs"
 
         def meets(small: nn.Module) -> bool:
             return count_macs(small, shape)["total"] <= target_macs * dense_macs
     else:
-        target, what = target_latency, "latency"
+        target, what = check_fraction(target_latency, "latency") if ratios is None else target_latency, "latency"
 
         def meets(small: nn.Module) -> bool:
-            measured[id(small)] = latency_ratio(small, model, example, 64, device)
+            # timed by rank 0 alone and shared: under torchrun every process must choose the same (same-shaped) model
+            mine = latency_ratio(small, model, example, 64, device) if distributed.is_main() else None
+            measured[id(small)] = distributed.gather(mine)[0]
             return measured[id(small)] <= target_latency
 
     scan_info = None
@@ -489,12 +496,13 @@ def compare_models(
     export_values: str = "fp32",
     export_bits: int | None = None,
     input_shape: tuple[int, ...] | None = None,
-    spec: ModelSpec | None = None,
+    specs: list[ModelSpec] | None = None,
 ) -> list[dict]:
     """One row per (label, model, checkpoint path): sizes, sparsity and test accuracy.
 
     With ``export_dir`` each model is also written as a compressed file there, read
-    back, and evaluated as decoded: the accuracy a device running that file would see (with ``spec`` in its header).
+    back, and evaluated as decoded: the accuracy a device running that file would see (with ``specs[i]``, one per
+    model, in its header, so that the file loads without model flags).
     With ``input_shape`` (one image, e.g. ``(1, 28, 28)``) each row also gets its dense ``macs`` and
     measured ``latency_ms`` ({batch size: median ms} at batch 1 and 64, on ``device``).
     """
@@ -511,7 +519,8 @@ def compare_models(
             row["latency_threads"] = timing["threads"]
         if export_dir is not None:
             name = stems[index] if unique else f"{index}-{stems[index]}"  # two runs' finetuned.* must not collide
-            target = export_compressed(model, Path(export_dir) / f"{name}.epz", export_values, export_bits, spec)
+            target = export_compressed(model, Path(export_dir) / f"{name}.epz", export_values, export_bits,
+                                       specs[index] if specs else None)
             decoded = copy.deepcopy(model)
             decoded.load_state_dict(load_compressed(target))
             row.update(
@@ -541,7 +550,8 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
         raise ValueError("--resume runs in one process: resume without torchrun, or start again with --overwrite")
     with contextlib.ExitStack() as stack:
         where = cfg.out if distributed.is_main() else stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeprune-rank"))
-        folder = stack.enter_context(RunFolder(where, cfg.to_dict(), overwrite=overwrite, resume=resume))
+        defaults = {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
+        folder = stack.enter_context(RunFolder(where, cfg.to_dict(), overwrite=overwrite, resume=resume, defaults=defaults))
         out = folder.path
         device = pick_device(cfg.device)
         splits = load_data(cfg.data)
@@ -586,7 +596,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
                 if channel_info["channel_scan"] is not None:
                     scanned = ChannelScanResult.from_dict(channel_info["channel_scan"])
                     scanned.plot(out / "channel_scan.png", chosen=channel_info["channel_ratios"])
-                ch_history = train_baseline(source, splits, cfg.finetune_epochs, cfg.lr, device, cfg.seed, teacher)
+                ch_history = train_baseline(source, splits, cfg.finetune_epochs, cfg.lr, device, cfg.seed, teacher, cfg.lr_schedule)
                 save_checkpoint(out / "channels.safetensors", source, spec, info={"stage": "channels", **channel_info})
                 folder.mark_done("channels", {**channel_info, "history": asdict(ch_history)})
             compared.append(("Channel-pruned + fine-tuned", source, out / "channels.safetensors"))
@@ -662,7 +672,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
         # 6. Compare on the test set, with the real compressed files; then the report.
         test_loader = make_loaders(splits, cfg.data.batch_size, cfg.seed)[2]
         shape = (spec.in_channels, spec.image_size, spec.image_size)
-        rows = compare_models(compared, test_loader, device, out, cfg.export_values, cfg.export_bits, shape, spec)
+        rows = compare_models(compared, test_loader, device, out, cfg.export_values, cfg.export_bits, shape, [spec] * len(compared))
         # 7. The files devices load: ONNX and int8 TFLite, each scored in its own runtime; does the final model fit a board?
         fits = None
         if cfg.device_exports != "none":

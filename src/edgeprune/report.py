@@ -104,11 +104,10 @@ def channels_markdown(channels: Mapping | None) -> str:
              f"MACs per image: {channels['macs_dense']:,} dense, {channels['macs']:,} after ({100 * channels['macs_fraction']:.1f} %)"
              + (f"; measured batch-64 latency {100 * channels['latency_fraction_b64']:.1f} % of the dense model's"
                 if "latency_fraction_b64" in channels else "") + f". Importance: {channels['channel_importance']}.", "",
-             "| Module | Ratio removed | Output channels left |", "|---|---|---|"]
-    counts = channels.get("channels", {})
-    for name, ratio in channels["channel_ratios"].items():
-        left = counts.get(name, {}).get("out", "")
-        lines.append(f"| {name} | {ratio:g} | {left} |")
+             "Ratios removed: " + ", ".join(f"`{name}` {ratio:g}" for name, ratio in channels["channel_ratios"].items() if ratio)
+             + ".", "", "| Module | Input channels | Output channels |", "|---|---|---|"]
+    for name, count in channels.get("channels", {}).items():
+        lines.append(f"| {name} | {count['in']} | {count['out']} |")
     if channels.get("scanned"):
         lines += ["", "Channel sensitivity scan on the validation split (chosen ratios marked):", "", "![channel scan](channel_scan.png)"]
     return "\n".join(lines) + "\n\n"

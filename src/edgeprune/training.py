@@ -113,7 +113,7 @@ def train(
     ``after_step(model)`` runs after every optimizer step.
     With ``keep_best`` the weights of the epoch with the best evaluation accuracy are restored at the end.
     ``lr_schedule``: ``constant``, ``cosine`` (annealed to 0 over the epochs) or ``step`` (x0.1 every third of them).
-    With a ``teacher`` the loss also distils the teacher's outputs (:class:`Teacher`).
+    With a ``teacher`` the loss also distils the teacher's outputs (:class:`Teacher`; its model is moved to ``device``).
     Under ``torchrun`` (see :mod:`edgeprune.distributed`) the model is wrapped in DistributedDataParallel
     and each process trains on its shard of every epoch; every process ends with the same weights.
     """
@@ -204,7 +204,7 @@ def prune_gradually(
     """Prune ``model`` to ``targets`` while training it ``epochs`` epochs in all; return the pruner and the history.
 
     ``schedule="agp"``: for ``ramp_epochs`` (default: all but a third of ``epochs``, at least 1)
-    the sparsity follows :func:`agp_sparsity` from ``initial`` up to the targets, pruning
+    the sparsity follows :func:`~edgeprune.prune.schedule.agp_sparsity` from ``initial`` up to the targets, pruning
     ``prunes_per_epoch`` times an epoch and reaching the final sparsity at the ramp's last step;
     the remaining epochs fine-tune with the masks fixed (the best epoch on ``eval_loader`` kept).
     ``schedule="iterative"``: ``ramp_epochs`` (default ``epochs``) rounds of prune, then
@@ -256,7 +256,7 @@ def prune_iteratively(
 ) -> tuple[FineGrainedPruner, TrainHistory]:
     """Han et al.'s iterative pruning: ``rounds`` rounds of prune by magnitude, then fine-tune, ``epochs`` epochs in all.
 
-    Round ``r`` prunes to :func:`iterative_sparsities` (each layer's, or the global fraction),
+    Round ``r`` prunes to :func:`~edgeprune.prune.schedule.iterative_sparsities` (each layer's, or the global fraction),
     keeping what earlier rounds pruned, then fine-tunes with the masks fixed (epochs spread as
     evenly as possible, the last rounds getting the extra ones).
     """

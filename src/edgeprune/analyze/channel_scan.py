@@ -41,7 +41,7 @@ from .plots import grid_shape, pyplot, save_figure
 
 __all__ = [
     "CHANNEL_SCAN_FORMAT", "DEFAULT_RATIOS", "ChannelScanResult", "channel_sensitivity_scan", "plan_channels_for_macs",
-    "prune_along_plans", "prune_for_macs",
+    "check_fraction", "prune_along_plans", "prune_for_macs",
 ]
 
 CHANNEL_SCAN_FORMAT = "edgeprune.channel_scan/1"
@@ -208,7 +208,8 @@ def channel_sensitivity_scan(
     )
 
 
-def _check_target(fraction: float, what: str = "MACs") -> float:
+def check_fraction(fraction: float, what: str = "MACs") -> float:
+    """``fraction`` as a float when it is a target fraction in (0, 1] of the dense MACs (or latency); else ValueError."""
     if isinstance(fraction, bool) or not 0.0 < float(fraction) <= 1.0:
         raise ValueError(f"target {what} fraction must be in (0, 1], got {fraction!r}; e.g. 0.5 for half the {what}")
     return float(fraction)
@@ -264,7 +265,7 @@ def plan_channels_for_macs(scan: ChannelScanResult, target_macs_fraction: float)
     pruned (see the module docstring; :func:`prune_for_macs` checks the real MACs). Returns
     every scanned name, 0.0 for those left whole.
     """
-    target = _check_target(target_macs_fraction)
+    target = check_fraction(target_macs_fraction)
     plans = _greedy_plans(scan)
     for plan, predicted in plans:
         if predicted <= target * scan.dense_macs:
@@ -317,7 +318,7 @@ def prune_for_macs(
     Real MACs (:func:`~edgeprune.analyze.metrics.count_macs`) fall along the greedy sequence, which
     :func:`prune_along_plans` bisects. The plan returned always meets the target; ``model`` is untouched.
     """
-    target = _check_target(target_macs_fraction)
+    target = check_fraction(target_macs_fraction)
     input_shape = tuple(example_inputs.shape[1:])
 
     def fraction(pruned: nn.Module) -> float:

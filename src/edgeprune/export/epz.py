@@ -62,6 +62,7 @@ __all__ = [
     "encode_tensor",
     "load_compressed",
     "read_header",
+    "read_shapes",
     "pack_codes",
     "relative_length_bound",
     "save_compressed",
@@ -513,6 +514,12 @@ def _open(path: str | os.PathLike, max_bytes: int | None):
             f"for a {file_size}-byte file; if you trust the file, pass max_bytes={needed}"
         )
     return parsed, streams, file_size
+
+
+def read_shapes(path: str | os.PathLike, max_bytes: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Each stored tensor's shape, from the checked header; nothing is decompressed."""
+    parsed, _, _ = _open(path, max_bytes)
+    return {record.name: tuple(record.shape) for record, _ in parsed}
 
 
 def read_header(path: str | os.PathLike) -> dict[str, str]:
