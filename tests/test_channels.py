@@ -345,6 +345,31 @@ def test_cli_prune_channel_ratios_writes_a_smaller_checkpoint(tmp_path, capsys):
     assert main(["prune", str(tmp_path / "base.safetensors"), "--out", str(both)]) == 2
 
 
+def test_cli_prune_with_taylor_importance_takes_its_gradients_from_training_batches(tmp_path, fashion_slice):
+    import itertools
+
+    from edgeprune.checkpoint import load_checkpoint, save_checkpoint
+    from edgeprune.cli import main
+    from edgeprune.data import DataConfig, load_data, make_loaders
+    from edgeprune.models import ModelSpec
+
+    spec = ModelSpec("basiccnn", 1, 10, 28)
+    model = spec.build(seed=0).eval()
+    save_checkpoint(tmp_path / "base.safetensors", model, spec)
+    out = tmp_path / "taylor.safetensors"
+    argv = ["prune", str(tmp_path / "base.safetensors"), "--channel-ratios", '{"_default": 0.5}', "--importance", "taylor",
+            "--data-dir", fashion_slice, "--val-size", "100", "--out", str(out)]
+    assert main(argv) == 0
+    small, _, _, info = load_checkpoint(out)
+    assert info["channel_importance"] == "taylor"
+    splits = load_data(DataConfig(data_dir=fashion_slice, val_size=100))
+    batches = list(itertools.islice(make_loaders(splits, 64, 0)[0], 4))
+    expected = prune_channels(model, {"_default": 0.5}, torch.zeros(1, 1, 28, 28), "taylor", batches)
+    assert all(torch.equal(a, b) for a, b in zip(small.state_dict().values(), expected.state_dict().values()))
+    by_l2 = prune_channels(model, {"_default": 0.5}, torch.zeros(1, 1, 28, 28), "l2")
+    assert not torch.equal(by_l2.conv1.weight, expected.conv1.weight)  # another criterion keeps other channels
+
+
 def test_cli_channel_pruned_checkpoint_inspects_and_finetunes(tmp_path, capsys, fashion_slice):
     from edgeprune.checkpoint import load_checkpoint
     from edgeprune.cli import main

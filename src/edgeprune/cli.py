@@ -6,6 +6,7 @@ Every error a user can cause is one line naming the fix, with exit status 2; Ctr
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import signal
@@ -47,6 +48,7 @@ from .pipeline import (
     train_baseline,
 )
 from .prune.channels import channel_counts, prune_channels
+from .prune.importance import CRITERIA
 from .prune.pruner import FineGrainedPruner
 from .prune.settings import load_layer_settings
 from .report import comparison_markdown, layers_markdown
@@ -220,7 +222,10 @@ def cmd_prune(args: argparse.Namespace) -> None:
         ratios = load_layer_settings(args.channel_ratios)
         example = torch.zeros(1, spec.in_channels, spec.image_size, spec.image_size)
         before = count_macs(model, example.shape[1:])["total"]
-        model = prune_channels(model, ratios, example, args.importance)
+        batches = None
+        if args.importance == "taylor":  # gradients from a few training batches
+            batches = list(itertools.islice(make_loaders(_splits(args, spec), args.batch_size, args.seed)[0], 4))
+        model = prune_channels(model, ratios, example, args.importance, batches)
         info.update(channel_pruned=True, channel_ratios=ratios, channel_importance=args.importance)
         print(f"channels pruned: {before:,} -> {count_macs(model, example.shape[1:])['total']:,} MACs; output channels: "
               + ", ".join(f"{name} {c['out']}" for name, c in channel_counts(model).items()))
@@ -381,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "says cost least, until MACs are at most this fraction of the dense model's (e.g. 0.5)")
     p.add_argument("--target-latency", type=_real(0.0, 1.0), help="channel pruning first, as --target-macs, until the batch-64 "
                    "latency measured here on --device is at most this fraction of the dense model's (e.g. 0.5)")
-    p.add_argument("--channel-importance", choices=("l1", "l2", "bn_scale"), default="l2", help="how channels are ranked (default l2)")
+    p.add_argument("--channel-importance", choices=CRITERIA, default="l2",
+                   help="how channels are ranked: l1/l2 magnitude, bn_scale, or taylor (first order, from 4 training batches)")
     p.add_argument("--lr-schedule", choices=("constant", "cosine", "step"), default="constant",
                    help="learning rate over the fine-tuning epochs: constant, cosine (annealed to 0) or step (x0.1 every third)")
     p.add_argument("--distill", type=_real(0.0, 1.0), default=0.0,
@@ -450,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", help="inline JSON or a .json/.toml/.yaml file; keys: names, 're:' regexes, '_default'")
     p.add_argument("--channel-ratios", help="fraction of output channels removed per Conv2d/Linear module name, as --sparsity "
                    "(e.g. '{\"_default\": 0.5}'): a smaller dense model, pruned before --sparsity; the classes layer is kept")
-    p.add_argument("--importance", choices=("l1", "l2", "bn_scale"), default="l2", help="channel importance for --channel-ratios")
+    p.add_argument("--importance", choices=CRITERIA, default="l2",
+                   help="channel importance for --channel-ratios (taylor: first order, from 4 training batches)")
     p.add_argument("--out", default="pruned.safetensors")
     p.set_defaults(func=cmd_prune)
 

@@ -9,6 +9,7 @@ and :func:`compare_models`. :class:`RunConfig` checks a whole run before any wor
 from __future__ import annotations
 
 import contextlib
+import itertools
 import copy
 import math
 import numbers
@@ -43,6 +44,7 @@ from .files import write_json_atomic, write_text_atomic
 from .models import ModelSpec, prunable_parameters
 from .prune.masks import check_sparsity
 from .prune.channels import channel_counts, prune_channels
+from .prune.importance import CRITERIA
 from .prune.global_magnitude import global_magnitude_sparsity
 from .prune.pruner import FineGrainedPruner
 from .prune.schedule import SCHEDULES
@@ -198,8 +200,8 @@ class RunConfig:
                                                 or not isinstance(self.target_latency, numbers.Real)
                                                 or not 0.0 < self.target_latency <= 1.0):
             raise ValueError(f"target_latency must be a fraction of the dense latency in (0, 1], got {self.target_latency!r}; e.g. 0.5")
-        if self.channel_importance not in ("l1", "l2", "bn_scale"):
-            raise ValueError(f"unknown channel importance {self.channel_importance!r}; use l1, l2 or bn_scale")
+        if self.channel_importance not in CRITERIA:
+            raise ValueError(f"unknown channel importance {self.channel_importance!r}; use one of {', '.join(CRITERIA)}")
         if self.plan not in PLANS:
             raise ValueError(f"unknown plan {self.plan!r}; use one of {', '.join(PLANS)}")
         if self.plan == "global" and self.max_drop is not None:
@@ -375,14 +377,14 @@ def prune_while_training(
 def prune_channels_step(
     model: nn.Module, spec: ModelSpec, ratios: Mapping[str, object] | None = None, target_macs: float | None = None,
     importance: str = "l2", loader: Iterable | None = None, device: str | torch.device | None = None,
-    target_latency: float | None = None,
+    target_latency: float | None = None, batches: Iterable | None = None,
 ) -> tuple[nn.Module, dict]:
     """A smaller dense copy of ``model`` with whole channels removed: by ``ratios``, or until the MACs are at most
     ``target_macs`` of the dense model's, or until its latency at batch 64 on ``device``, timed against the dense
     model here, is at most ``target_latency`` of the dense model's. With a validation ``loader`` a target is reached
     with the least predicted accuracy loss (a channel sensitivity scan, then the earliest plan of its greedy sequence
     that meets the target); without one, or when the scanned ratios cannot reach it, one ratio for every layer is
-    bisected. Returns (model, info)."""
+    bisected. ``batches`` (a few training batches) feed ``importance="taylor"``. Returns (model, info)."""
     if sum(x is not None for x in (ratios, target_macs, target_latency)) != 1:
         raise ValueError("give exactly one of channel ratios, a MACs target or a latency target")
     example = torch.zeros(1, spec.in_channels, spec.image_size, spec.image_size, device=next(model.parameters()).device)
@@ -405,9 +407,9 @@ def prune_channels_step(
 
     scan_info = None
     if ratios is None and loader is not None:
-        channel_scan = channel_sensitivity_scan(model, loader, example, importance=importance, device=device)
+        channel_scan = channel_sensitivity_scan(model, loader, example, importance=importance, device=device, batches=batches)
         scan_info = channel_scan.to_dict()
-        found = prune_along_plans(model, channel_scan, meets, example, importance)
+        found = prune_along_plans(model, channel_scan, meets, example, importance, batches)
         if found is not None:
             small, ratios = found
         else:
@@ -417,7 +419,7 @@ def prune_channels_step(
         low, high, best = 0.0, 0.95, None
         for _ in range(12):
             middle = (low + high) / 2
-            small = prune_channels(model, {"_default": middle}, example, importance)
+            small = prune_channels(model, {"_default": middle}, example, importance, batches)
             if meets(small):
                 best, high = (middle, small), middle
             else:
@@ -427,7 +429,7 @@ def prune_channels_step(
             raise ValueError(f"removing 95 % of every layer's channels still leaves more than {target} of the {what}; raise {flag}")
         ratios, small = {"_default": round(best[0], 4)}, best[1]
     elif scan_info is None:
-        small = prune_channels(model, ratios, example, importance)
+        small = prune_channels(model, ratios, example, importance, batches)
     macs = count_macs(small, shape)["total"]
     info = {"channel_ratios": dict(ratios), "channel_importance": importance, "macs_dense": dense_macs, "macs": macs,
             "macs_fraction": macs / dense_macs, "channels": channel_counts(small), "channel_scan": scan_info}
@@ -570,7 +572,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
                 resolve_sparsity_dict(cfg.sparsity, prunable_parameters(model), (n for n, _ in model.named_parameters()))
             if cfg.channels is not None:  # the channel step itself, on the untrained model: names, output layer, ratios
                 prune_channels(model, cfg.channels, torch.zeros(1, spec.in_channels, spec.image_size, spec.image_size),
-                               cfg.channel_importance)
+                               "l2")  # the names and ratios are what is checked; taylor's batches come after training
             if cfg.epochs:
                 tqdm.write(f"training the baseline {cfg.model} for {cfg.epochs} epochs on {device}")
             history = train_baseline(model, splits, cfg.epochs, cfg.lr, device, cfg.seed)
@@ -590,9 +592,11 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             if "channels" in done:
                 source = load_checkpoint(out / "channels.safetensors", spec)[0].to(device)
             else:
-                val_loader = make_loaders(splits, cfg.data.batch_size, cfg.seed)[1]
+                train_loader, val_loader, _ = make_loaders(splits, cfg.data.batch_size, cfg.seed)
+                batches = list(itertools.islice(train_loader, 4)) if cfg.channel_importance == "taylor" else None
                 source, channel_info = prune_channels_step(model, spec, cfg.channels, cfg.target_macs,
-                                                           cfg.channel_importance, val_loader, device, cfg.target_latency)
+                                                           cfg.channel_importance, val_loader, device, cfg.target_latency,
+                                                           batches)
                 if channel_info["channel_scan"] is not None:
                     scanned = ChannelScanResult.from_dict(channel_info["channel_scan"])
                     scanned.plot(out / "channel_scan.png", chosen=channel_info["channel_ratios"])

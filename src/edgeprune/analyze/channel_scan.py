@@ -158,13 +158,14 @@ def channel_sensitivity_scan(
     layers: Sequence[str] | None = None,
     importance: str = "l2",
     device: str | torch.device | None = None,
+    batches: Iterable | None = None,
 ) -> ChannelScanResult:
     """Accuracy on ``loader`` and MACs of ``model`` with each module's output channels alone pruned at each ratio.
 
     ``layers`` are Conv2d/Linear module names (default: every one but the output layer). A
     module coupled to an earlier scanned one (residual add) is pruned with it, so it is not
     scanned again; ``groups`` records the members of each scanned name. ``model`` is untouched
-    (left in its train/eval mode, on ``device``).
+    (left in its train/eval mode, on ``device``). ``batches`` feed ``importance="taylor"`` (see ``prune_channels``).
     """
     ratios = [check_ratio(r, "channel scan ratio") for r in ratios]
     if not ratios or sorted(set(ratios)) != ratios:
@@ -188,7 +189,7 @@ def channel_sensitivity_scan(
                 continue
             accuracies[name], macs[name] = [], []
             for ratio in ratios:
-                pruned = prune_channels(model, {name: ratio}, example, importance=importance)
+                pruned = prune_channels(model, {name: ratio}, example, importance=importance, batches=batches)
                 accuracies[name].append(evaluate(pruned, loader, device=device))
                 macs[name].append(count_macs(pruned, input_shape)["total"])
             counts = channel_counts(pruned)  # at the largest ratio: the modules whose outputs shrank
@@ -279,18 +280,20 @@ def prune_along_plans(
     meets: Callable[[nn.Module], bool],
     example_inputs: torch.Tensor,
     importance: str = "l2",
+    batches: Iterable | None = None,
 ) -> tuple[nn.Module, dict[str, float]] | None:
     """The pruned copy of ``model`` and its plan for the earliest plan of the greedy sequence whose model ``meets``.
 
     Ratios only rise along the greedy sequence, so the pruned models only shrink along it; the
     sequence is bisected on ``meets`` (a few ``prune_channels`` calls), which must hold for
     smaller models once it holds for a larger one. ``None`` when even the last plan fails.
-    ``model`` is untouched.
+    ``model`` is untouched; ``batches`` feed ``importance="taylor"``.
     """
     plans = [plan for plan, _ in _greedy_plans(scan)]
 
     def build(plan: dict[str, float]) -> nn.Module:
-        return prune_channels(model, {k: v for k, v in plan.items() if v > 0}, example_inputs, importance=importance)
+        return prune_channels(model, {k: v for k, v in plan.items() if v > 0}, example_inputs, importance=importance,
+                              batches=batches)
 
     lo, hi = 0, len(plans) - 1
     best = build(plans[hi])
