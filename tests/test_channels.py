@@ -207,7 +207,7 @@ def test_layers_coupled_with_the_output_are_never_pruned():
 def test_ratio_errors_and_conflicts():
     model = _seeded(Residual)
     x = torch.randn(1, 3, 5, 5)
-    with pytest.raises(ValueError, match="unknown parameter name 'stemm'"):
+    with pytest.raises(ValueError, match="unknown module name 'stemm'"):
         prune_channels(model, {"stemm": 0.5}, x)
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         prune_channels(model, {"stem": 1.0}, x)

@@ -165,7 +165,7 @@ def prune_channels(
         if key in outputs:
             raise ValueError(f"{key!r} is the model's output layer (its channels are the classes) and is never pruned; remove it from the ratios")
     targets = [name for name in names.values() if name not in outputs]
-    resolved = resolve_layer_settings(spec, targets, names.values(), check_ratio)
+    resolved = resolve_layer_settings(spec, targets, names.values(), check_ratio, "module")
     requires_grad = {name: p.requires_grad for name, p in small.named_parameters()}
     if importance == "taylor":
         _accumulate_gradients(small, batches, loss_fn)

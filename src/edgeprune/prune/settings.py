@@ -85,10 +85,11 @@ def resolve_layer_settings(
     targets: Iterable[str],
     valid_names: Iterable[str],
     check: Callable[[object, str], T],
+    what: str = "parameter",
 ) -> dict[str, T]:
     """Give each target name its setting: exact key, else the first matching ``re:`` key, else ``_default``.
 
-    Every key must name a parameter of ``valid_names`` (or match one, for ``re:``);
+    Every key must name a ``what`` (parameter, module) of ``valid_names`` (or match one, for ``re:``);
     a wrong name raises ``ValueError`` listing the valid ones. Each value passes ``check(value, key)``.
     Explicit names outside ``targets`` (a bias, say) are included too: the user asked for them.
     """
@@ -102,9 +103,9 @@ def resolve_layer_settings(
             except re.error as exc:
                 raise ValueError(f"{key!r}: not a valid regular expression ({exc})") from exc
             if not any(pattern.fullmatch(name) for name in valid):
-                raise ValueError(f"{key!r} matches no parameter; valid names: {', '.join(valid)}")
+                raise ValueError(f"{key!r} matches no {what}; valid names: {', '.join(valid)}")
         elif key != DEFAULT_KEY and key not in valid_set:
-            raise ValueError(f"unknown parameter name {key!r}; valid names: {', '.join(valid)}")
+            raise ValueError(f"unknown {what} name {key!r}; valid names: {', '.join(valid)}")
     resolved: dict[str, T] = {}
     for name in list(targets) + [k for k in checked if k in valid_set]:
         value = setting_for(checked, name)
