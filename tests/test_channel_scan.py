@@ -106,6 +106,47 @@ def test_plan_applied_reaches_target(setup):
         assert count_macs(pruned, (3, 5, 5))["total"] <= target * scan.dense_macs
 
 
+def assert_refined(chosen: dict, plans: list[dict], walked: int) -> None:
+    """``chosen`` is grid plan ``walked`` with its last step's module at a ratio between its two grid values."""
+    if walked == 0:
+        assert chosen == plans[0]
+        return
+    before, after = plans[walked - 1], plans[walked]
+    (moved,) = [n for n in after if after[n] != before[n]]
+    assert {n: r for n, r in chosen.items() if n != moved} == {n: r for n, r in after.items() if n != moved}
+    assert before[moved] < chosen[moved] <= after[moved]
+
+
+def test_the_last_step_is_refined_to_the_smallest_ratio_that_meets(setup):
+    """A limit between two grid plans: the refined ratio meets it, and one channel fewer removed would not."""
+    model, loader, example = setup
+    scan = channel_sensitivity_scan(model, loader, example, ratios=(0.2, 0.6), device="cpu")
+    plans = [p for p, _ in _greedy_plans(scan)]
+
+    def params(m: nn.Module) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    sizes = [params(prune_channels(model, {k: v for k, v in p.items() if v > 0}, example)) for p in plans]
+
+    def moved(i: int) -> str:
+        return next(n for n in plans[i] if plans[i][n] != plans[i - 1][n])
+
+    def removed(ratio: float, name: str) -> int:
+        return round(ratio * model.get_submodule(name).out_channels)
+
+    # a step that removes at least two more channels of its module, so that a model between the grid plans exists
+    step = next(i for i in range(1, len(plans)) if removed(plans[i][moved(i)], moved(i)) - removed(plans[i - 1][moved(i)], moved(i)) >= 2)
+    limit = (sizes[step - 1] + sizes[step]) // 2
+    small, chosen = prune_along_plans(model, scan, lambda m: params(m) <= limit, example)
+    assert_refined(chosen, plans, step)
+    assert sizes[step] < params(small) <= limit  # strictly between the grid plans: fewer channels removed than the grid's
+    name = moved(step)
+    outs = model.get_submodule(name).out_channels
+    one_fewer = prune_channels(model, {**{k: v for k, v in chosen.items() if v > 0}, name: (removed(chosen[name], name) - 1) / outs},
+                               example)
+    assert params(one_fewer) > limit
+
+
 def test_prune_for_macs_meets_target_where_additivity_fails(setup):
     model, loader, example = setup
     scan = channel_sensitivity_scan(model, loader, example, ratios=(0.2, 0.4, 0.6), device="cpu")
@@ -116,13 +157,16 @@ def test_prune_for_macs_meets_target_where_additivity_fails(setup):
     real = count_macs(pruned, (3, 5, 5))["total"]
     assert predicted <= target * scan.dense_macs < real  # a and the stem group both pruned: b shrinks on both sides
     small, chosen = prune_for_macs(model, scan, target, example)
-    assert count_macs(small, (3, 5, 5))["total"] <= target * scan.dense_macs
+    real = count_macs(small, (3, 5, 5))["total"]
+    assert real <= target * scan.dense_macs
     assert all(chosen[n] >= plan[n] for n in plan) and chosen != plan  # further along the same greedy sequence
     again = prune_channels(model, {k: v for k, v in chosen.items() if v > 0}, example)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in small.state_dict().items())
     plans = [p for p, _ in _greedy_plans(scan)]
-    before = plans[plans.index(chosen) - 1]  # the earliest plan that meets the target: the one before it does not
-    assert count_macs(prune_channels(model, {k: v for k, v in before.items() if v > 0}, example), (3, 5, 5))["total"] > target * scan.dense_macs
+    grid = [count_macs(prune_channels(model, {k: v for k, v in p.items() if v > 0}, example), (3, 5, 5))["total"] for p in plans]
+    walked = next(i for i, m in enumerate(grid) if m <= target * scan.dense_macs)  # the earliest grid plan that meets it
+    assert_refined(chosen, plans, walked)
+    assert real >= grid[walked]  # the refined last step prunes no more than the grid plan
     with pytest.raises(ValueError, match="out of reach"):
         prune_for_macs(model, scan, 0.05, example)
 
@@ -140,7 +184,8 @@ def test_prune_along_plans_returns_the_earliest_plan_that_meets_any_test(setup):
     for limit in (sizes[0], sizes[3] + 1, sizes[-1]):
         walked = next(i for i, size in enumerate(sizes) if size <= limit)
         small, chosen = prune_along_plans(model, scan, lambda m, limit=limit: params(m) <= limit, example)
-        assert chosen == plans[walked] and params(small) == sizes[walked]
+        assert_refined(chosen, plans, walked)
+        assert sizes[walked] <= params(small) <= limit
     assert prune_along_plans(model, scan, lambda m: params(m) < sizes[-1], example) is None
 
 

@@ -46,6 +46,7 @@ __all__ = [
 
 CHANNEL_SCAN_FORMAT = "edgeprune.channel_scan/1"
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+REFINE_STEPS = 6  # bisections of the last greedy step's ratio: a 0.1 grid step refined to about 0.002
 
 
 @dataclass
@@ -282,7 +283,9 @@ def prune_along_plans(
     importance: str = "l2",
     batches: Iterable | None = None,
 ) -> tuple[nn.Module, dict[str, float]] | None:
-    """The pruned copy of ``model`` and its plan for the earliest plan of the greedy sequence whose model ``meets``.
+    """The pruned copy of ``model`` and its plan for the earliest plan of the greedy sequence whose model ``meets``,
+    its last step refined: the module that step moved gets the smallest ratio between its two grid values that still
+    meets, so that the model is no smaller than it must be.
 
     Ratios only rise along the greedy sequence, so the pruned models only shrink along it; the
     sequence is bisected on ``meets`` (a few ``prune_channels`` calls), which must hold for
@@ -306,7 +309,21 @@ def prune_along_plans(
             hi, best = mid, pruned
         else:
             lo = mid + 1
-    return best, plans[hi]
+    if hi == 0:
+        return best, plans[0]
+    before, plan = plans[hi - 1], dict(plans[hi])
+    (moved,) = [name for name in plan if plan[name] != before[name]]  # each greedy step moves one module
+    low, high = before[moved], plan[moved]
+    for _ in range(REFINE_STEPS):  # invariant: the ratio ``high`` meets (best is its model), ``low`` does not
+        middle = round((low + high) / 2, 4)
+        if middle in (low, high):
+            break
+        pruned = build({**plan, moved: middle})
+        if meets(pruned):
+            high, best = middle, pruned
+        else:
+            low = middle
+    return best, {**plan, moved: high}
 
 
 def prune_for_macs(
