@@ -318,7 +318,8 @@ def scan_model(
     naive = [name for p in parts for name in p.meta.get("naive_layers", [])]
     if naive:
         scan.meta["naive_layers"] = naive
-    scan.meta.update(split=split, images=len(loader.dataset), processes=len(parts))
+    scan.meta.update(split=split, images=len(loader.dataset), processes=len(parts),
+                     layers_per_process=[len(p.accuracies) for p in parts])
     return scan
 
 
