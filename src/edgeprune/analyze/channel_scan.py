@@ -37,7 +37,7 @@ from ..prune.channels import (
 from ..prune.importance import check_ratio
 from ..training import evaluate
 from .metrics import count_macs
-from .plots import grid_shape, pyplot, save_figure
+from .plots import panel_grid, save_figure
 
 __all__ = [
     "CHANNEL_SCAN_FORMAT", "DEFAULT_RATIOS", "ChannelScanResult", "channel_sensitivity_scan", "plan_channels_for_macs",
@@ -99,11 +99,9 @@ class ChannelScanResult:
 
     def plot(self, path: str | os.PathLike, chosen: Mapping[str, float] | None = None, show: bool = False) -> None:
         """Save a PNG with one panel per scanned module: accuracy, and the MACs left, against the ratio removed."""
-        plt = pyplot()
         names = list(self.accuracies)
-        rows, cols = grid_shape(len(names))
-        fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-        for ax, name in zip(axes.flat, names):
+        fig, axes = panel_grid(len(names))
+        for ax, name in zip(axes, names):
             ax.plot(self.ratios, self.accuracies[name], "o-", label="accuracy")
             ax.axhline(self.dense_accuracy, color="grey", linestyle=":", label="dense")
             if chosen and chosen.get(name):
@@ -117,8 +115,6 @@ class ChannelScanResult:
             ax.set_ylabel("top-1 accuracy (%)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="lower left")
-        for ax in axes.flat[len(names):]:
-            ax.set_visible(False)
         fig.suptitle(f"Channel sensitivity scan (dense accuracy {self.dense_accuracy:.2f} %)")
         fig.tight_layout()
         save_figure(fig, path, show=show)

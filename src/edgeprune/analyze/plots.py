@@ -14,7 +14,7 @@ from torch import nn
 from ..files import atomic_path
 from ..models import prunable_parameters
 
-__all__ = ["plot_weight_distribution", "plot_num_parameters_distribution", "grid_shape", "pyplot", "save_figure"]
+__all__ = ["plot_weight_distribution", "plot_num_parameters_distribution", "grid_shape", "panel_grid", "pyplot", "save_figure"]
 
 
 def pyplot():
@@ -32,6 +32,18 @@ def grid_shape(n: int) -> tuple[int, int]:
     """Rows and columns of a near-square grid holding ``n`` panels (at most 4 columns)."""
     cols = min(4, max(1, math.ceil(math.sqrt(n))))
     return max(1, math.ceil(n / cols)), cols
+
+
+def panel_grid(n: int, width: float = 4.0, height: float = 3.0) -> tuple[object, list]:
+    """A figure with ``n`` panels of ``width`` x ``height`` inches in a :func:`grid_shape` grid; the spare cells hidden.
+
+    Returns the figure and the ``n`` axes, in reading order.
+    """
+    rows, cols = grid_shape(n)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat)[:n]
 
 
 def save_figure(fig, path: str | os.PathLike, show: bool = False) -> None:
@@ -55,9 +67,8 @@ def plot_weight_distribution(
     params = prunable_parameters(model)
     if not params:
         raise ValueError("the model has no prunable parameters (tensors with more than one dimension) to plot")
-    rows, cols = grid_shape(len(params))
-    fig, axes = pyplot().subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
-    for ax, (name, p) in zip(axes.flat, params.items()):
+    fig, axes = panel_grid(len(params), 3.2, 2.6)
+    for ax, (name, p) in zip(axes, params.items()):
         values = p.detach().flatten().float().cpu()
         if count_nonzero_only:
             values = values[values != 0]
@@ -65,8 +76,6 @@ def plot_weight_distribution(
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("weight", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(params):]:
-        ax.axis("off")
     fig.suptitle("Weight distribution" + (" (non-zeros only)" if count_nonzero_only else ""))
     fig.tight_layout()
     save_figure(fig, path, show)

@@ -33,7 +33,7 @@ from ..models import prunable_parameters
 from ..prune.masks import fine_grained_prune
 from ..training import evaluate
 from .fx_scan import fast_scan, trace
-from .plots import grid_shape, pyplot, save_figure
+from .plots import panel_grid, save_figure
 
 __all__ = ["ScanResult", "sensitivity_scan", "scan_sparsities", "SCAN_FORMAT"]
 
@@ -103,12 +103,9 @@ class ScanResult:
 
     def plot(self, path: str | os.PathLike, chosen: dict[str, float] | None = None, show: bool = False) -> None:
         """Save a PNG with one panel per layer: accuracy vs sparsity, the seed's lower bound, the chosen sparsity."""
-        plt = pyplot()
-
         names = list(self.accuracies)
-        rows, cols = grid_shape(len(names))
-        fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-        for ax, name in zip(axes.flat, names):
+        fig, axes = panel_grid(len(names))
+        for ax, name in zip(axes, names):
             ax.plot(self.sparsities, self.accuracies[name], "o-", label="accuracy after pruning")
             ax.axhline(self.lower_bound, color="r", linestyle="--", label=f"lower bound {self.lower_bound:.1f} %")
             if chosen is not None and name in chosen:
@@ -118,8 +115,6 @@ class ScanResult:
             ax.set_ylabel("top-1 accuracy (%)")
             ax.grid(axis="x")
             ax.legend(fontsize=7)
-        for ax in axes.flat[len(names):]:
-            ax.set_visible(False)
         fig.suptitle(f"Sensitivity scan (dense accuracy {self.dense_accuracy:.2f} %)")
         fig.tight_layout()
         save_figure(fig, path, show=show)
