@@ -193,13 +193,10 @@ class RunConfig:
             self.channels = load_layer_settings(self.channels)
             for key, value in self.channels.items():
                 check_sparsity(value, f"channel ratio {key}")
-        if self.target_macs is not None and (isinstance(self.target_macs, bool) or not isinstance(self.target_macs, numbers.Real)
-                                             or not 0.0 < self.target_macs <= 1.0):
-            raise ValueError(f"target_macs must be a fraction of the dense MACs in (0, 1], got {self.target_macs!r}; e.g. 0.5")
-        if self.target_latency is not None and (isinstance(self.target_latency, bool)
-                                                or not isinstance(self.target_latency, numbers.Real)
-                                                or not 0.0 < self.target_latency <= 1.0):
-            raise ValueError(f"target_latency must be a fraction of the dense latency in (0, 1], got {self.target_latency!r}; e.g. 0.5")
+        for name, what in (("target_macs", "MACs"), ("target_latency", "latency")):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < value <= 1.0):
+                raise ValueError(f"{name} must be a fraction of the dense {what} in (0, 1], got {value!r}; e.g. 0.5")
         if self.channel_importance not in CRITERIA:
             raise ValueError(f"unknown channel importance {self.channel_importance!r}; use one of {', '.join(CRITERIA)}")
         if self.plan not in PLANS:
@@ -397,8 +394,8 @@ def prune_channels_step(
 
         def meets(small: nn.Module) -> bool:
             return count_macs(small, shape)["total"] <= target_macs * dense_macs
-    else:
-        target, what = check_fraction(target_latency, "latency") if ratios is None else target_latency, "latency"
+    elif target_latency is not None:
+        target, what = check_fraction(target_latency, "latency"), "latency"
 
         def meets(small: nn.Module) -> bool:
             # timed by rank 0 alone and shared: under torchrun every process must choose the same (same-shaped) model
