@@ -64,7 +64,7 @@ def test_a_channel_pruned_epz_export_loads_back_without_model_flags(tmp_path, ca
     checkpoint = tmp_path / "small.safetensors"
     save_checkpoint(checkpoint, small, spec)
     assert main(["export", str(checkpoint), "--values", "kmeans", "--bits", "4", "--out", str(tmp_path / "k.epz")]) == 0
-    assert main(["inspect", str(tmp_path / "k.epz")]) == 0  # no --model flags needed
+    assert main(["inspect", str(tmp_path / "k.epz"), "--out", str(tmp_path / "inspect")]) == 0  # no --model flags needed
     out = capsys.readouterr().out
     assert "conv1" in out and str(small.conv1.out_channels) in out
     assert torch.equal(load_checkpoint(tmp_path / "k.epz")[0].conv1.weight, load_compressed(tmp_path / "k.epz")["conv1.weight"])
