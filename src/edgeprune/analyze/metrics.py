@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..prune.masks import size_in_bits
 
-__all__ = ["LayerStats", "layer_stats", "model_stats", "count_macs", "file_size", "MIB"]
+__all__ = ["LayerStats", "layer_stats", "model_stats", "count_macs", "module_macs", "file_size", "MIB"]
 
 MIB = 2**20
 
@@ -74,16 +74,34 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]
     as a dense kernel would compute them. The forward pass runs on a ``meta`` copy of the model:
     no memory and no time, whatever ``input_shape`` claims.
     """
-    counter = FlopCounterMode(display=False)
-    shadow = copy.deepcopy(model).to("meta").eval()
-    with torch.no_grad(), counter:
-        shadow(torch.zeros(1, *input_shape, device="meta"))
+    counter = _count_flops(model, input_shape)
     per_module = {
         name: int(sum(counts.values())) // 2
         for name, counts in counter.get_flop_counts().items()
         if name != "Global" and name.count(".") == 1  # top-level entries look like "BasicCNN.conv1"
     }
     return {"total": int(counter.get_total_flops()) // 2, "by_module": per_module}
+
+
+def module_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Dense multiply-accumulates of one forward pass on a batch of one, by module path at any depth.
+
+    Keys are the names of ``model.named_modules()`` (``"stage1.conv1"``); a module's count includes
+    its children's, and a module called twice counts both calls. Modules that do no counted work
+    (activations, pooling, batch norm) are absent. Counted on a ``meta`` copy, as :func:`count_macs`.
+    """
+    counts = _count_flops(model, input_shape).get_flop_counts()
+    # keys look like "BasicCNN.conv1": the root's class name, then the module path
+    return {name.partition(".")[2]: int(sum(c.values())) // 2 for name, c in counts.items() if "." in name}
+
+
+def _count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> FlopCounterMode:
+    """A flop counter that has seen one forward pass of a ``meta`` copy of ``model`` on a batch of one."""
+    counter = FlopCounterMode(display=False)
+    shadow = copy.deepcopy(model).to("meta").eval()
+    with torch.no_grad(), counter:
+        shadow(torch.zeros(1, *input_shape, device="meta"))
+    return counter
 
 
 def file_size(path: str | os.PathLike) -> int:

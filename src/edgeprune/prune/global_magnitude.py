@@ -68,36 +68,46 @@ def mask_from_scores(scores: torch.Tensor, count: int, shape: torch.Size | tuple
 
 def global_magnitude_counts(
     scores: Mapping[str, torch.Tensor],
-    total: int,
+    total: float,
     min_sparsity: float = 0.0,
     max_sparsity: float = 0.99,
     min_kept: int = 1,
+    unit_costs: Mapping[str, float] | None = None,
 ) -> dict[str, int]:
     """How many weights each layer loses when the ``total`` lowest scores of all layers together are pruned.
 
     ``scores`` maps a name to a tensor of scores (e.g. ``|w|``, see :func:`prune_scores`). Each
     layer's count stays within :func:`count_bounds`; the sum is exactly ``total``.
+
+    With ``unit_costs`` (a positive cost per weight of each layer: its MACs, its bytes...),
+    ``total`` is a cost: the ranking is walked in the same order until the pruned weights' costs
+    add up to at least ``total``, so the sum exceeds it by less than the last weight's cost.
     """
     names = list(scores)
     sizes = [scores[n].numel() for n in names]
+    units = [1.0 if unit_costs is None else float(unit_costs[n]) for n in names]
     bounds = [count_bounds(n, min_sparsity, max_sparsity, min_kept) for n in sizes]
-    low, high = sum(b[0] for b in bounds), sum(b[1] for b in bounds)
+    low = sum(lo * u for (lo, _), u in zip(bounds, units))
+    high = sum(hi * u for (_, hi), u in zip(bounds, units))
     if not low <= total <= high:
+        what = "weights" if unit_costs is None else "cost units"
         raise ValueError(
-            f"cannot prune {total} weights of these layers with their bounds (between {low} and {high} possible); "
+            f"cannot prune {total} {what} of these layers with their bounds (between {low} and {high} possible); "
             "lower the target or relax max_sparsity / min_kept / min_sparsity"
         )
     counts = {name: lo for name, (lo, _) in zip(names, bounds)}
     rest = total - low
-    if rest == 0:
+    if rest <= 0:
         return counts
     pool, owner = [], []
     for index, (name, (lo, hi)) in enumerate(zip(names, bounds)):
         ordered = torch.sort(scores[name].detach().flatten().float().cpu(), stable=True).values[lo:hi]
         pool.append(ordered)
         owner.append(torch.full((ordered.numel(),), index, dtype=torch.long))
-    chosen = torch.sort(torch.cat(pool), stable=True).indices[:rest]
-    taken = torch.bincount(torch.cat(owner)[chosen], minlength=len(names))
+    ranked = torch.cat(owner)[torch.sort(torch.cat(pool), stable=True).indices]
+    spent = torch.cumsum(torch.tensor(units, dtype=torch.float64)[ranked], 0)
+    # the fewest weights whose costs reach ``rest`` (1e-6 absorbs float dust in a cost total)
+    taken = torch.bincount(ranked[: int(torch.searchsorted(spent, rest - 1e-6)) + 1], minlength=len(names))
     return {name: counts[name] + int(taken[i]) for i, name in enumerate(names)}
 
 
