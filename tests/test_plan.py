@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from edgeprune.prune.masks import fine_grained_prune
-from edgeprune.analyze.plan import SparsityPlan, plan_by_budget, plan_by_tolerance
+from edgeprune.analyze.plan import SparsityPlan, layer_unit_costs, make_plan, plan_by_budget, plan_by_tolerance
+from edgeprune.prune.global_magnitude import global_magnitude_counts
 from edgeprune.analyze.scan import ScanResult
 
 SPARSITIES = [0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -184,3 +185,156 @@ def test_plan_json(tmp_path) -> None:
     data = json.loads(path.read_text())
     assert data["format"] == "edgeprune.plan/1"
     assert SparsityPlan(**{k: v for k, v in data.items() if k != "format"}) == plan
+
+
+# --- budgets in MACs and flash bytes -------------------------------------------------------------
+
+
+class ConvThenLinear(nn.Module):
+    """Odd sizes: a 3->5 conv (kernel 3x2, stride 2, padding 1) inside a Sequential, a linear applied
+    to each of its output pixels (5->6), and a linear on everything (120->7)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.features = nn.Sequential(nn.Conv2d(3, 5, (3, 2), stride=2, padding=1))
+        self.mix = nn.Linear(5, 6)
+        self.head = nn.Linear(120, 7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.features(x)  # (1, 5, 4, 5)
+        y = self.mix(y.flatten(2).transpose(1, 2))  # (1, 20, 6)
+        return self.head(y.flatten(1))
+
+
+INPUT = (3, 7, 9)
+# By hand: the conv's output is ((7 + 2 - 3) // 2 + 1) x ((9 + 2 - 2) // 2 + 1) = 4 x 5 pixels, and
+# each of its weights is used once per output pixel; mix runs on 20 rows; head on one.
+HAND_MACS_PER_WEIGHT = {"features.0.weight": 20.0, "mix.weight": 20.0, "head.weight": 1.0}
+SIZES = {"features.0.weight": 5 * 3 * 3 * 2, "mix.weight": 6 * 5, "head.weight": 7 * 120}
+FLASH = {"features.0.weight": 1.5, "mix.weight": 2.25, "head.weight": 1.1}
+
+
+def test_unit_costs_by_hand() -> None:
+    model = ConvThenLinear()
+    assert layer_unit_costs(model, INPUT, "macs") == HAND_MACS_PER_WEIGHT
+    assert layer_unit_costs(model, None, "params") == dict.fromkeys(SIZES, 1.0)
+    assert layer_unit_costs(model, None, "flash") == dict.fromkeys(SIZES, 2.0)  # the placeholder: value + index byte
+    assert layer_unit_costs(model, None, "flash", FLASH) == FLASH
+    by_width = layer_unit_costs(model, None, "flash", lambda name, w: 1 + (1 if w.shape[-1] <= 8 else 2))
+    assert by_width == {"features.0.weight": 2.0, "mix.weight": 2.0, "head.weight": 3.0}
+    with pytest.raises(ValueError, match="input shape"):
+        layer_unit_costs(model, None, "macs")
+    with pytest.raises(ValueError, match="no price for head.weight"):
+        layer_unit_costs(model, None, "flash", {"features.0.weight": 2.0, "mix.weight": 2.0})
+    with pytest.raises(ValueError, match="positive"):
+        layer_unit_costs(model, None, "flash", {**FLASH, "mix.weight": 0})
+    with pytest.raises(ValueError, match="unknown budget 'time'"):
+        layer_unit_costs(model, INPUT, "time")
+    model.table = nn.Parameter(torch.ones(2, 2))  # owned by the root, which has sub-modules: no MACs of its own
+    with pytest.raises(ValueError, match="cannot count the MACs of each weight of table"):
+        layer_unit_costs(model, INPUT, "macs")
+
+
+def equal_scan(model: nn.Module) -> ScanResult:
+    """Every layer loses the same accuracy at the same sparsity, the drop growing faster and faster."""
+    curve = [89.5, 89.0, 88.0, 86.0, 82.0, 74.0]
+    return scan_for(model, {name: list(curve) for name in SIZES})
+
+
+def test_macs_budget_prunes_the_layers_with_many_macs_per_weight_harder() -> None:
+    model = ConvThenLinear()
+    scan = equal_scan(model)
+    by_params = plan_by_budget(scan, model, target_sparsity=0.5).sparsity_dict
+    plan = plan_by_budget(scan, model, target_sparsity=0.5, budget="macs", input_shape=INPUT)
+    by_macs = plan.sparsity_dict
+    # params: head holds 840 of 960 weights, the cheapest per weight; macs: head does 840 of 3240 MACs
+    assert by_macs["features.0.weight"] > by_params["features.0.weight"]
+    assert by_macs["mix.weight"] > by_params["mix.weight"]
+    assert by_macs["head.weight"] < by_params["head.weight"]
+    assert plan.budget == "macs" and plan.dense_cost == 20 * 90 + 20 * 30 + 840
+    removed = sum(HAND_MACS_PER_WEIGHT[n] * k for n, k in pruned_counts(model, by_macs).items())
+    assert plan.predicted_cost_removed == pytest.approx(removed / 3240)
+    assert plan.to_dict()["budget"] == "macs"
+
+
+def ranking_walked_to_cost(model: nn.Module, units: dict[str, float], cost: float) -> dict[str, int]:
+    """Independently: all weights sorted by |w| / unit cost, taken one by one until their costs reach ``cost``."""
+    params = dict(model.named_parameters())
+    names = list(units)
+    score = torch.cat([params[n].detach().abs().flatten() / units[n] for n in names])
+    owner = torch.cat([torch.full((params[n].numel(),), i) for i, n in enumerate(names)])
+    counts, spent = dict.fromkeys(names, 0), 0.0
+    for i in torch.argsort(score, stable=True).tolist():
+        if spent >= cost:
+            break
+        counts[names[owner[i]]] += 1
+        spent += units[names[owner[i]]]
+    return counts
+
+
+def test_macs_budget_without_a_predicted_gain_is_the_ranking_per_unit_of_cost() -> None:
+    model = ConvThenLinear()
+    scan = scan_for(model, dict.fromkeys(SIZES, [90.0] * 6))  # pruning costs nothing anywhere
+    plan = plan_by_budget(scan, model, target_sparsity=0.5, budget="macs", input_shape=INPUT)
+    assert pruned_counts(model, plan.sparsity_dict) == ranking_walked_to_cost(model, HAND_MACS_PER_WEIGHT, 0.5 * 3240)
+
+
+def test_macs_budget_stays_within_the_scanned_range_when_it_can() -> None:
+    model = ConvThenLinear()
+    # at 70 % of the MACs the ranking alone takes the conv to the 99 % cap, past the grid's 0.9
+    assert ranking_walked_to_cost(model, HAND_MACS_PER_WEIGHT, 0.7 * 3240)["features.0.weight"] > 0.9 * 90
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no layer beyond the scanned sparsities
+        plan = plan_by_budget(equal_scan(model), model, target_sparsity=0.7, budget="macs", input_shape=INPUT)
+    counts = pruned_counts(model, plan.sparsity_dict)
+    assert all(counts[n] <= round(0.9 * SIZES[n]) for n in SIZES)
+    assert sum(HAND_MACS_PER_WEIGHT[n] * k for n, k in counts.items()) >= 0.7 * 3240
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    target=st.floats(0.0, 1.0),
+    budget=st.sampled_from(["macs", "flash"]),
+    curves=st.lists(st.lists(st.floats(0.0, 100.0), min_size=6, max_size=6), min_size=3, max_size=3),
+)
+def test_cost_target_is_met_exactly_or_by_less_than_one_weight(target: float, budget: str, curves: list[list[float]]) -> None:
+    model = ConvThenLinear()
+    units = HAND_MACS_PER_WEIGHT if budget == "macs" else FLASH
+    scan = scan_for(model, dict(zip(SIZES, curves)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = plan_by_budget(scan, model, target_sparsity=target, budget=budget, input_shape=INPUT, bytes_per_nonzero=FLASH)
+    dense = sum(units[n] * SIZES[n] for n in SIZES)
+    removed = sum(units[n] * k for n, k in pruned_counts(model, plan.sparsity_dict).items())
+    assert target * dense - 1e-6 <= removed < target * dense + max(units.values())
+    assert plan.predicted_cost_removed == pytest.approx(removed / dense)
+
+
+def test_flash_bytes_target_and_budget_arguments() -> None:
+    model = ConvThenLinear()
+    scan = equal_scan(model)
+    plan = plan_by_budget(scan, model, target_bytes=700, budget="flash", bytes_per_nonzero=FLASH)
+    kept = {n: SIZES[n] - k for n, k in pruned_counts(model, plan.sparsity_dict).items()}
+    assert 700 - max(FLASH.values()) < sum(FLASH[n] * kept[n] for n in SIZES) <= 700
+    assert plan.target == {"target_bytes": 700.0} and plan.budget == "flash"
+    # the same price everywhere is the params plan: only the ratios of unit costs matter
+    same = make_plan(scan, model, target_sparsity=0.6, budget="flash")
+    assert same.sparsity_dict == make_plan(scan, model, target_sparsity=0.6).sparsity_dict
+    assert same.dense_cost == 2.0 * 960
+    with pytest.raises(ValueError, match="not a number of MACs"):
+        plan_by_budget(scan, model, target_bytes=700, budget="macs", input_shape=INPUT)
+    with pytest.raises(ValueError, match="--max-drop plans by accuracy alone"):
+        make_plan(scan, model, max_drop=1.0, budget="macs")
+
+
+def test_global_ranking_walked_to_a_cost_by_hand() -> None:
+    scores = {"a": torch.tensor([0.1, 0.5, 0.9]), "b": torch.tensor([0.2, 0.3])}
+    walk = dict(max_sparsity=1.0, min_kept=0, unit_costs={"a": 1.0, "b": 3.0})
+    # ascending: 0.1 (a, 1) -> 1; 0.2 (b, 3) -> 4; 0.3 (b, 3) -> 7 >= 5: stop
+    assert global_magnitude_counts(scores, 5, **walk) == {"a": 1, "b": 2}
+    assert global_magnitude_counts(scores, 4, **walk) == {"a": 1, "b": 1}
+    assert global_magnitude_counts(scores, 7.5, **walk) == {"a": 2, "b": 2}
+    assert global_magnitude_counts(scores, 5, max_sparsity=1.0, min_kept=0) == {"a": 3, "b": 2}  # counts, not costs
+    with pytest.raises(ValueError, match="between 0.0 and 9.0"):
+        global_magnitude_counts(scores, 9.5, **walk)

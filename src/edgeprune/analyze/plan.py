@@ -217,11 +217,15 @@ def plan_by_budget(
       whose weights do the most MACs, are pruned most. This allocation replaces the ranking's
       only when the scan predicts it costs less accuracy.
 
-    The ranking itself stays per weight, not per unit of cost: |w| stands for the accuracy a
-    weight costs, which the device does not change, and a ranking of |w| / unit cost would
-    let the unit (1 to ~1000 MACs per weight on a small CNN) decide alone and empty the conv
-    layers before the scan is consulted. Where the device matters, the scan's measured curves
-    say what each unit of cost freed costs.
+    The ranking is of |w| per unit of cost (|w| / MACs per weight under ``macs``): with |w| for
+    what a weight is worth, the weights that are worth least for what they cost go first, as a
+    greedy knapsack would take them; with equal unit costs (``params``, one flash price for all
+    layers) it is the plain global magnitude ranking. As the units differ by up to ~1000x
+    between a first conv and a linear layer, this ranking drives the layers with the most MACs
+    per weight to the 99 % cap; so, when unit costs differ and the ranking goes beyond the
+    scanned range, the scan's allocation within the range (when it reaches the target) replaces
+    it if it predicts less accuracy lost, a layer past its last scanned point being predicted
+    along its curve's last piece.
 
     Weights already zero and prunable layers outside the scan count toward the target as they
     are; applied with :func:`~edgeprune.prune.masks.fine_grained_prune`, the plan meets the target
@@ -255,24 +259,31 @@ def plan_by_budget(
 
     names = list(scan.accuracies)
     outside = {name: zeros[name] for name in prunable if name not in scan.accuracies}
-    fixed = _removed_cost(outside, outside, units)
-    ranked = _global_counts({name: prunable[name] for name in names}, units, max(0, required - fixed), BUDGETS[budget])
+    goal = required - _removed_cost(outside, outside, units)  # what the scanned layers must remove
+    ranked = _global_counts({name: prunable[name] for name in names}, units, max(0, goal), BUDGETS[budget])
     pruned = dict(ranked)
-    inside = [name for name in names if ranked[name] <= _scanned_count(scan, name, sizes[name])]
-    beyond = [name for name in names if name not in inside]
+    beyond = [name for name in names if ranked[name] > _scanned_count(scan, name, sizes[name])]
+    inside = [name for name in names if name not in beyond]
+    # the layers the ranking keeps inside the scanned range share its cost for them by the scan
+    rest = goal - _removed_cost({n: ranked[n] for n in beyond}, {n: zeros[n] for n in beyond}, units)
+    by_scan = _scan_allocation(scan, inside, sizes, units, zeros, rest)
+    if _predicted_cost(scan, by_scan, sizes) < _predicted_cost(scan, {n: ranked[n] for n in inside}, sizes) - 1e-9:
+        pruned.update(by_scan)
+    if beyond and len({units[name] for name in names}) > 1:
+        # a ranking per unit of cost pushes the costliest layers to the cap; stay within the
+        # scanned range when it meets the target at a lower predicted accuracy cost
+        within = _scan_allocation(scan, names, sizes, units, zeros, goal)
+        if round(_removed_cost(within, {n: zeros[n] for n in names}, units) - goal, 6) >= 0 and (
+            _predicted_cost(scan, within, sizes) < _predicted_cost(scan, pruned, sizes) - 1e-9
+        ):
+            pruned = within
+    beyond = [name for name in names if pruned[name] > _scanned_count(scan, name, sizes[name])]
     if beyond:
         warnings.warn(
             f"plan_by_budget: the target prunes {', '.join(beyond)} beyond the scanned sparsities; "
             "there the plan follows the global magnitude ranking (scan further toward 1.0 to plan them)",
             stacklevel=2,
         )
-    if inside:
-        by_scan = {name: 0 for name in inside}
-        pieces = [piece for name in inside for piece in _cost_pieces(scan, name, sizes[name], units[name])]
-        rest = required - fixed - _removed_cost({n: ranked[n] for n in beyond}, {n: zeros[n] for n in beyond}, units)
-        _take_cheapest(pieces, by_scan, {name: zeros[name] for name in inside}, units, rest)
-        if _predicted_cost(scan, by_scan, sizes) < _predicted_cost(scan, {n: ranked[n] for n in inside}, sizes) - 1e-9:
-            pruned.update(by_scan)
     sparsity = {name: sparsity_for_count(sizes[name], pruned[name]) for name in names}
     return SparsityPlan(
         sparsity_dict=sparsity,
@@ -287,9 +298,9 @@ def plan_by_budget(
 
 
 def _global_counts(params: dict[str, nn.Parameter], units: dict[str, float], required: float, unit: str) -> dict[str, int]:
-    """Weights each layer loses under one global magnitude ranking walked until ``required`` cost is removed;
-    no layer emptied unless the target needs it."""
-    scores = {name: p.detach().abs() for name, p in params.items()}
+    """Weights each layer loses under one global ranking of |w| per unit of cost, walked until ``required``
+    cost is removed; no layer emptied unless the target needs it."""
+    scores = {name: p.detach().abs() / units[name] for name, p in params.items()}
     size = sum(units[name] * p.numel() for name, p in params.items())
     if required > size:
         raise ValueError(
@@ -308,12 +319,33 @@ def _scanned_count(scan: ScanResult, name: str, size: int) -> int:
 
 
 def _predicted_cost(scan: ScanResult, pruned: dict[str, int], sizes: dict[str, int]) -> float:
-    """Sum over layers of the scan's accuracy drop (non-increasing curve, linear between points) at their counts."""
+    """Sum over layers of the scan's accuracy drop at their counts.
+
+    The curve is :func:`_curve` (non-increasing, linear between points), extended beyond its last
+    point along its last piece, so a layer pruned past the scanned range is not predicted for free.
+    """
     cost = 0.0
     for name, count in pruned.items():
         xs, ys = _curve(scan, name)
-        cost += scan.dense_accuracy - float(np.interp(count / sizes[name], xs, ys))
+        s = count / sizes[name]
+        accuracy = float(np.interp(s, xs, ys))
+        if s > xs[-1] and len(xs) > 1:
+            accuracy += (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]) * (s - xs[-1])
+        cost += scan.dense_accuracy - max(0.0, accuracy)
     return cost
+
+
+def _scan_allocation(
+    scan: ScanResult, names: list[str], sizes: dict[str, int], units: dict[str, float], zeros: dict[str, int], goal: float
+) -> dict[str, int]:
+    """Weights pruned per layer of ``names`` along their scanned cost curves, cheapest first, up to ``goal`` cost.
+
+    Stays within the scanned range, so it may fall short of ``goal``.
+    """
+    pruned = {name: 0 for name in names}
+    pieces = [piece for name in names for piece in _cost_pieces(scan, name, sizes[name], units[name])]
+    _take_cheapest(pieces, pruned, {name: zeros[name] for name in names}, units, goal)
+    return pruned
 
 
 def _curve(scan: ScanResult, name: str) -> tuple[list[float], list[float]]:
