@@ -248,10 +248,17 @@ def test_macs_budget_prunes_the_layers_with_many_macs_per_weight_harder() -> Non
     by_params = plan_by_budget(scan, model, target_sparsity=0.5).sparsity_dict
     plan = plan_by_budget(scan, model, target_sparsity=0.5, budget="macs", input_shape=INPUT)
     by_macs = plan.sparsity_dict
-    # params: head holds 840 of 960 weights, the cheapest per weight; macs: head does 840 of 3240 MACs
     assert by_macs["features.0.weight"] > by_params["features.0.weight"]
     assert by_macs["mix.weight"] > by_params["mix.weight"]
     assert by_macs["head.weight"] < by_params["head.weight"]
+    # By hand. The curve's drops at 0, .4, .5, .6, .7 are 0, .5, 1, 2, 4 points: hull slopes 1.25, 5,
+    # 10, 20 points per unit of sparsity; a layer's piece costs slope / (weights x unit) per unit freed.
+    # params (480 weights): head (840 weights) takes its pieces to .4, .5, then 60 more weights, alone.
+    assert pruned_counts(model, by_params) == {"features.0.weight": 0, "mix.weight": 0, "head.weight": 480}
+    # macs (1620 of 3240): per MAC the conv (1800) piece 1, head (840) piece 1, mix (600) piece 1,
+    # conv piece 2 (5/1800 < 5/840), then conv piece 3 (10/1800 < 5/840) for the last
+    # 1620 - 720 - 336 - 240 - 180 = 144 MACs: 8 weights of 20 MACs.
+    assert pruned_counts(model, by_macs) == {"features.0.weight": 45 + 8, "mix.weight": 12, "head.weight": 336}
     assert plan.budget == "macs" and plan.dense_cost == 20 * 90 + 20 * 30 + 840
     removed = sum(HAND_MACS_PER_WEIGHT[n] * k for n, k in pruned_counts(model, by_macs).items())
     assert plan.predicted_cost_removed == pytest.approx(removed / 3240)

@@ -204,9 +204,9 @@ def plan_by_budget(
       not for ``macs``. Biases and other 1-D parameters are not counted.
 
     The plan starts from the global magnitude ranking of the scanned layers (the smallest |w|
-    of all of them together, each layer keeping at least one weight and at most 99 % pruned,
-    see :mod:`~edgeprune.prune.global_magnitude`), walked until the weights pruned remove the
-    target cost, and moves away from it only where the scan predicts a gain:
+    per unit of cost of all of them together, each layer keeping at least one weight and at most
+    99 % pruned, see :mod:`~edgeprune.prune.global_magnitude`), walked until the weights pruned
+    remove the target cost, and moves away from it only where the scan predicts a gain:
 
     * a layer the ranking prunes beyond its largest scanned sparsity keeps the ranking's count
       (the scan knows nothing there; a warning says so);
