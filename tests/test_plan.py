@@ -234,6 +234,20 @@ def test_unit_costs_by_hand() -> None:
     model.table = nn.Parameter(torch.ones(2, 2))  # owned by the root, which has sub-modules: no MACs of its own
     with pytest.raises(ValueError, match="cannot count the MACs of each weight of table"):
         layer_unit_costs(model, INPUT, "macs")
+    with pytest.raises(ValueError, match="weight of a, b "):
+        layer_unit_costs(TwoMatrices(), (3,), "macs")
+
+
+class TwoMatrices(nn.Module):
+    """One module, two weight matrices: its 12 + 8 MACs cannot be told apart by module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.ones(4, 3))
+        self.b = nn.Parameter(torch.ones(2, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.a.T @ self.b.T
 
 
 def equal_scan(model: nn.Module) -> ScanResult:

@@ -20,6 +20,7 @@ Both return a :class:`SparsityPlan` that records what the scan predicts for it.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -156,7 +157,7 @@ def layer_unit_costs(
 
 def _positive(value: object) -> bool:
     """A finite real number above zero (not a bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def _macs_per_weight(model: nn.Module, prunable: dict[str, nn.Parameter], input_shape: tuple[int, ...] | None) -> dict[str, float]:
@@ -165,11 +166,12 @@ def _macs_per_weight(model: nn.Module, prunable: dict[str, nn.Parameter], input_
         raise ValueError(f"budget 'macs' needs the input shape of one example, e.g. (3, 32, 32), got {input_shape!r}")
     macs = module_macs(model, tuple(input_shape))
     modules = dict(model.named_modules())
+    owners = [name.rpartition(".")[0] for name in prunable]
     units, unknown = {}, []
-    for name, p in prunable.items():
-        owner = name.rpartition(".")[0]
-        # a module's count includes its children's: only a leaf's count is its own weight's
-        if any(True for _ in modules[owner].children()) or macs.get(owner, 0) == 0:
+    for (name, p), owner in zip(prunable.items(), owners):
+        # a module's count includes its children's, and is shared by all its weights: it is this
+        # weight's only for a leaf module with one prunable weight (a conv, a linear layer)
+        if any(True for _ in modules[owner].children()) or owners.count(owner) > 1 or macs.get(owner, 0) == 0:
             unknown.append(name)
         else:
             units[name] = macs[owner] / p.numel()
