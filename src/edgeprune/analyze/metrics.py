@@ -87,8 +87,9 @@ def module_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int
     """Dense multiply-accumulates of one forward pass on a batch of one, by module path at any depth.
 
     Keys are the names of ``model.named_modules()`` (``"stage1.conv1"``, ``""`` for the model
-    itself); a module's count includes its children's, and a module called twice counts both calls. Modules that do no counted work
-    (activations, pooling, batch norm) are absent. Counted on a ``meta`` copy, as :func:`count_macs`.
+    itself); a module's count includes its children's, and a module called twice counts both
+    calls. Modules that do no counted work (activations, pooling, batch norm) are absent.
+    Counted on a ``meta`` copy, as :func:`count_macs`.
     """
     counts = _count_flops(model, input_shape).get_flop_counts()
     # keys look like "BasicCNN.conv1": the root's class name, then the module path; "Global" is the total
