@@ -5,7 +5,8 @@ from .c_source import BOARDS, fits_on, write_c_source
 from .centroids import share_weights
 from .epz import load_compressed, save_compressed
 from .onnx import compare_onnx, evaluate_onnx, export_onnx, quantize_onnx
-from .tflite import calibration_images, evaluate_tflite, export_tflite
+from .tflite import calibration_images, export_tflite
+from .tflm import evaluate_tflite
 
 __all__ = [
     "BOARDS", "calibration_images", "compare_onnx", "evaluate_onnx", "evaluate_tflite", "export_onnx", "export_tflite",

@@ -32,8 +32,8 @@ from tflite.TensorType import TensorType
 
 __all__ = [
     "ACTIVATIONS", "DTYPES", "INT8_MAX", "INT8_MIN", "OPS", "OPTIONS_TABLE", "PADDINGS", "Int8Graph", "OpOptions",
-    "QOp", "QTensor", "activation_qparams", "bias_scales", "multiply_by_quantized_multiplier", "quantize_bias",
-    "quantize_multiplier", "quantize_weight", "weight_scales",
+    "QOp", "QTensor", "activation_qparams", "bias_scales", "multiply_by_quantized_multiplier", "quantize_activation",
+    "quantize_bias", "quantize_multiplier", "quantize_weight", "weight_scales",
 ]
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -167,6 +167,11 @@ def activation_qparams(lo: float, hi: float) -> tuple[float, int]:
     scale = (hi - lo) / (INT8_MAX - INT8_MIN)
     zero_point = int(np.clip(round(INT8_MIN - lo / scale), INT8_MIN, INT8_MAX))
     return scale, zero_point
+
+
+def quantize_activation(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Float values as int8 with a per-tensor (scale, zero point): ``clip(round(x / scale) + zero_point)``."""
+    return np.clip(np.round(np.asarray(values) / scale) + zero_point, INT8_MIN, INT8_MAX).astype(np.int8)
 
 
 def weight_scales(weight: np.ndarray, axis: int) -> np.ndarray:
