@@ -117,9 +117,10 @@ class _Reader:
             raise _Refused(f"corrupt TFLite file: {what} claims {length:,} entries in a {len(self.data):,}-byte file")
         return length
 
-    def index(self, value: int, size: int, what: str) -> int:
+    def index(self, value: int, size: int, what: str, items: str) -> int:
+        """``value`` after checking it indexes one of the ``size`` ``items`` the file has."""
         if not 0 <= value < size:
-            raise _Refused(f"{what} is {value}, out of range (the file has {size})")
+            raise _Refused(f"{what} is {value}, out of range (the file has {size} {items})")
         return int(value)
 
     # the graph -------------------------------------------------------------------------------
@@ -148,7 +149,7 @@ class _Reader:
     def io(self, indices, n_tensors: int, what: str) -> tuple[int, ...]:
         if isinstance(indices, int) or len(indices) == 0:
             raise _Refused(f"the model has no {what}")
-        return tuple(self.index(int(i), n_tensors, what) for i in indices)
+        return tuple(self.index(int(i), n_tensors, what, "tensors") for i in indices)
 
     def opcode(self, model, i: int) -> str:
         oc = self.table(model.OperatorCodes(i), f"operator code {i}")
@@ -173,7 +174,7 @@ class _Reader:
         if t.Sparsity() is not None:
             raise _Refused(f"{label} is stored sparse; only dense tensors are supported")
         nbytes = math.prod(shape) * _ITEMSIZE[dtype]
-        buffer = self.table(model.Buffers(self.index(t.Buffer(), n_buffers, f"{label}'s buffer index")), f"{label}'s buffer")
+        buffer = self.table(model.Buffers(self.index(t.Buffer(), n_buffers, f"{label}'s buffer index", "buffers")), f"{label}'s buffer")
         raw = self.buffer_bytes(buffer, label)
         if raw is None and nbytes > self.limit:
             raise _Refused(f"{label} has shape {list(shape)}: {nbytes:,} bytes, above the "
@@ -219,7 +220,7 @@ class _Reader:
     # operators -------------------------------------------------------------------------------
     def op(self, sg, k: int, codes: list[str], tensors: list[QTensor]) -> QOp:
         op = self.table(sg.Operators(k), f"operator {k}")
-        name = codes[self.index(op.OpcodeIndex(), len(codes), f"operator {k}'s opcode index")]
+        name = codes[self.index(op.OpcodeIndex(), len(codes), f"operator {k}'s opcode index", "operator codes")]
         n_in = self.count(op.InputsLength(), 4, f"operator {k}'s inputs")
         n_out = self.count(op.OutputsLength(), 4, f"operator {k}'s outputs")
         ins = tuple(int(i) for i in op.InputsAsNumpy()) if n_in else ()
@@ -227,9 +228,9 @@ class _Reader:
         label = f"op {k} ({name})"
         for pos, i in enumerate(ins):
             if i != -1 or pos == 0:
-                self.index(i, len(tensors), f"{label}'s input {pos}")
+                self.index(i, len(tensors), f"{label}'s input {pos}", "tensors")
         for pos, i in enumerate(outs):
-            self.index(i, len(tensors), f"{label}'s output {pos}")
+            self.index(i, len(tensors), f"{label}'s output {pos}", "tensors")
         if name not in OPS:
             what = f" writing tensor {outs[0]} {tensors[outs[0]].name!r}" if outs else ""
             raise _Refused(f"{label}{what} is not supported; supported ops: {', '.join(sorted(OPS))}")
@@ -241,7 +242,21 @@ class _Reader:
             if i != -1:
                 self.check_tensor(tensors, i, f"{label}'s input {pos}", constants.get(pos, "int8"), pos in constants)
         self.check_tensor(tensors, outs[0], f"{label}'s output", "int8")
+        if constants is _WEIGHTS:
+            self.check_weights(tensors, ins, label, channel_axis=3 if name == "DEPTHWISE_CONV_2D" else 0)
         return QOp(name, ins, outs, self.options(op, name, label))
+
+    def check_weights(self, tensors: list[QTensor], ins: tuple[int, ...], label: str, channel_axis: int) -> None:
+        """Weights and bias are symmetric (zero point 0); per-channel weights are quantized along the output channels."""
+        for pos, i in enumerate(ins[1:], start=1):
+            t = tensors[i] if i != -1 else None
+            if t is not None and t.zero_point.any():
+                raise _Refused(f"{label}'s input {pos}, tensor {i} {t.name!r}, has a non-zero zero point; "
+                               "weights and biases must be symmetric")
+        w = tensors[ins[1]]
+        if len(w.scale) > 1 and w.quantized_dimension != channel_axis:
+            raise _Refused(f"{label}'s weights, tensor {ins[1]} {w.name!r}, are quantized along dimension "
+                           f"{w.quantized_dimension}; per-channel weights must be quantized along dimension {channel_axis}")
 
     def check_tensor(self, tensors: list[QTensor], i: int, role: str, dtype: str, constant: bool = False) -> None:
         """Tensor ``i`` is a ``dtype`` constant (``constant``) or an int8 activation with one scale, else refused."""
