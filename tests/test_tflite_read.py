@@ -60,12 +60,12 @@ def _patch_vector(data: bytes, obj, vtable_offset: int, index: int, value: int, 
 
 
 # vtable offsets of the schema's fields: Tensor shape 4, type 6, buffer 8; Operator opcode_index 4, inputs 6;
-# OperatorCode deprecated_builtin_code 4, builtin_code 10; SubGraph outputs 8; QuantizationParameters zero_point 10
+# OperatorCode deprecated_builtin_code 4, builtin_code 10; SubGraph tensors 4, outputs 8; QuantizationParameters zero_point 10
 TENSOR_SHAPE, TENSOR_TYPE, TENSOR_BUFFER = 4, 6, 8
 QUANT_ZERO_POINT = 10
 OP_OPCODE, OP_INPUTS = 4, 6
 CODE_DEPRECATED, CODE_BUILTIN = 4, 10
-SUBGRAPH_OUTPUTS = 8
+SUBGRAPH_TENSORS, SUBGRAPH_OUTPUTS = 4, 8
 
 
 def refused(data: bytes, match: str, **kw) -> str:
@@ -162,6 +162,10 @@ def test_truncated_garbage_and_forged_offsets_get_one_line(tiny, tmp_path):
     forged = bytearray(tiny)
     struct.pack_into("<i", forged, x._tab.Pos, 2**30)  # the table's vtable 1 GiB before it
     refused(bytes(forged), r"corrupt TFLite file: the tensor 0's field table lies outside the file")
+    _, sg = _parts(tiny)
+    forged = bytearray(tiny)
+    struct.pack_into("<I", forged, sg._tab.Vector(sg._tab.Offset(SUBGRAPH_TENSORS)) - 4, 10**6)  # the vector's length
+    refused(bytes(forged), r"corrupt TFLite file: the tensor list claims 1,000,000 entries in a [\d,]+-byte file")
     (tmp_path / "bad.tflite").write_bytes(tiny[:100])
     with pytest.raises(ValueError, match=r"bad.tflite: corrupt TFLite file"):
         load_tflite(tmp_path / "bad.tflite")
