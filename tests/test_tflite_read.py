@@ -18,6 +18,7 @@ from torch import nn
 tflite = pytest.importorskip("tflite")
 
 from test_int8_graph import assert_graphs_equal
+from test_tflite import Branchy
 
 from edgeprune.export.tflite import export_tflite
 from edgeprune.export.tflite_read import load_tflite, read_tflite
@@ -143,6 +144,15 @@ def test_files_edgeprune_did_not_write(tiny, tmp_path):
     other = bytes(model_editor.read(tiny).build())
     assert other != tiny
     assert_graphs_equal(read_tflite(other), read_tflite(tiny))
+    # tensors may share a buffer: Branchy's three identical paddings, deduplicated, are read once
+    torch.manual_seed(0)
+    branchy = export_tflite(Branchy().eval(), tmp_path / "b.tflite", torch.rand(4, 3, 8, 8)).read_bytes()
+    edited = model_editor.read(branchy)
+    model_editor.dedupe_buffers(edited)
+    deduped = read_tflite(bytes(edited.build()))
+    assert_graphs_equal(deduped, read_tflite(branchy))
+    paddings = [t.data for t in deduped.tensors if t.name.endswith("_paddings")]
+    assert len(paddings) == 3 and all(np.shares_memory(paddings[0], p) for p in paddings[1:])
     from tflite_micro.python.tflite_micro import runtime
 
     sine = Path(runtime.__file__).parent / "sine_float.tflite"

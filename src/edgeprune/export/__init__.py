@@ -1,5 +1,6 @@
 """Exports: pure quantization arithmetic (quantize), weight sharing (centroids), the compressed .epz format (epz),
-ONNX for onnxruntime (onnx), fully int8 TFLite for TensorFlow Lite Micro (tflite) and its C array (c_source)."""
+ONNX for onnxruntime (onnx), fully int8 TFLite for TensorFlow Lite Micro (tflite over int8_graph, with tflite_convert,
+tflite_write, tflite_read and the runtime tflm) and its C array (c_source)."""
 
 from .c_source import BOARDS, fits_on, write_c_source
 from .centroids import share_weights

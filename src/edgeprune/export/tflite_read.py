@@ -79,7 +79,8 @@ def load_tflite(path: str | os.PathLike, max_activation_bytes: int = MAX_ACTIVAT
 def read_tflite(data: bytes, max_activation_bytes: int = MAX_ACTIVATION_BYTES) -> Int8Graph:
     """The :class:`Int8Graph` of a fully int8 .tflite flatbuffer; ValueError (one line) for anything else.
 
-    Constants' ``data`` are copies (not views of ``data``). Absent optional inputs are -1, as in TFLite.
+    Constants' ``data`` are read-only arrays; tensors that share a buffer share its memory, so what the
+    reader holds stays bounded by the file's size. Absent optional inputs are -1, as in TFLite.
     """
     data = bytes(data)
     if not 8 <= len(data) <= MAX_FILE_BYTES:
@@ -97,6 +98,7 @@ def read_tflite(data: bytes, max_activation_bytes: int = MAX_ACTIVATION_BYTES) -
 class _Reader:
     def __init__(self, data: bytes, max_activation_bytes: int) -> None:
         self.data, self.limit = data, max_activation_bytes
+        self.buffers: dict[int, bytes | None] = {}  # buffer index -> its bytes, read once however many tensors share it
 
     # bounds ---------------------------------------------------------------------------------
     def table(self, obj, what: str):
@@ -174,8 +176,10 @@ class _Reader:
         if t.Sparsity() is not None:
             raise _Refused(f"{label} is stored sparse; only dense tensors are supported")
         nbytes = math.prod(shape) * _ITEMSIZE[dtype]
-        buffer = self.table(model.Buffers(self.index(t.Buffer(), n_buffers, f"{label}'s buffer index", "buffers")), f"{label}'s buffer")
-        raw = self.buffer_bytes(buffer, label)
+        b = self.index(t.Buffer(), n_buffers, f"{label}'s buffer index", "buffers")
+        if b not in self.buffers:
+            self.buffers[b] = self.buffer_bytes(self.table(model.Buffers(b), f"{label}'s buffer"), label)
+        raw = self.buffers[b]
         if raw is None and nbytes > self.limit:
             raise _Refused(f"{label} has shape {list(shape)}: {nbytes:,} bytes, above the "
                            f"{self.limit:,}-byte limit for activations")
@@ -184,11 +188,11 @@ class _Reader:
         scale, zero_point, qdim = self.quantization(t, label, shape)
         if dtype == "int8" and not len(scale):
             raise _Refused(f"{label} is int8 without quantization parameters; give it a scale and zero point")
-        values = None if raw is None else np.frombuffer(raw, np.dtype(dtype).newbyteorder("<")).astype(dtype).reshape(shape)
+        values = None if raw is None else np.frombuffer(raw, np.dtype(dtype).newbyteorder("<")).reshape(shape)
         return QTensor(name, shape, dtype, scale, zero_point, qdim, values)
 
     def buffer_bytes(self, buffer, label: str) -> bytes | None:
-        """The constant bytes a buffer holds (inside the flatbuffer, or after it for files over 2 GiB), or None."""
+        """The constant bytes a buffer holds (inside the flatbuffer, or after it as large models store them), or None."""
         offset, size = buffer.Offset(), buffer.Size()
         if offset > 1:
             if offset + size > len(self.data):
