@@ -14,7 +14,9 @@ pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
 from test_tflite import Branchy, FlatThenAdd, _calib, requantize
 from test_tflite import quantize_multiplier as reference_quantize_multiplier
 
-from edgeprune.export.int8_graph import multiply_by_quantized_multiplier, quantize_multiplier
+from edgeprune.export.int8_graph import (
+    multiply_by_quantized_multiplier, output_shape, quantize_multiplier, same_padding, window_output_size,
+)
 from edgeprune.export.tflite import export_tflite
 from edgeprune.export.tflite_convert import convert_model
 from edgeprune.export.tflite_read import read_tflite
@@ -98,6 +100,16 @@ def test_read_back_equals_the_converted_graph(factory, shape):
     torch.manual_seed(1)
     graph = convert_model(factory().eval(), _calib(shape))
     assert_graphs_equal(read_tflite(graph_to_tflite(graph)), graph)
+    # the converter takes each output's shape from PyTorch's run; TFLite's rules give the same
+    assert [output_shape(op, graph.tensors) for op in graph.ops] == [graph.tensors[op.outputs[0]].shape for op in graph.ops]
+
+
+def test_window_shapes_by_hand():
+    assert window_output_size(5, 3, 2, 1, "SAME") == 3 and same_padding(5, 3, 2, 1) == (1, 1)  # (3 - 1) * 2 + 3 - 5 = 2
+    assert window_output_size(6, 3, 2, 1, "SAME") == 3 and same_padding(6, 3, 2, 1) == (0, 1)  # 4 + 3 - 6 = 1: after
+    assert window_output_size(6, 3, 2, 1, "VALID") == 2  # windows at 0 and 2
+    assert window_output_size(7, 3, 1, 2, "VALID") == 3 and same_padding(7, 3, 1, 2) == (2, 2)  # effective kernel 5
+    assert window_output_size(2, 3, 1, 1, "VALID") == 0  # does not fit
 
 
 def test_read_back_weights_and_parameters_equal_hand_quantization(tmp_path):

@@ -91,6 +91,8 @@ def test_out_of_range_indices_are_named(tiny):
     refused(_patch(tiny, fc, OP_OPCODE, "<I", 200), r"operator 2's opcode index is 200, out of range \(the file has 3 operator codes\)")
     refused(_patch_vector(tiny, fc, OP_INPUTS, 1, 99), r"op 2 \(FULLY_CONNECTED\)'s input 1 is 99, out of range")
     refused(_patch_vector(tiny, fc, OP_INPUTS, 0, -5), r"op 2 \(FULLY_CONNECTED\)'s input 0 is -5, out of range")
+    refused(_patch_vector(tiny, fc, OP_INPUTS, 1, -1), r"op 2 \(FULLY_CONNECTED\)'s input 1 is -1, out of range")
+    assert read_tflite(_patch_vector(tiny, fc, OP_INPUTS, 2, -1)).ops[2].inputs == (4, 6, -1)  # no bias: TFLite's -1
     refused(_patch_vector(tiny, sg, SUBGRAPH_OUTPUTS, 0, 2**31 - 1), r"graph output is 2147483647, out of range")
 
 
@@ -128,6 +130,18 @@ def test_float32_tensor_and_unsupported_op_name_the_op_and_the_tensor(tiny):
     refused(gelu, r"op 2 \(GELU\) writing tensor 8 '_3' is not supported; supported ops: ADD, AVERAGE_POOL_2D")
     refused(_patch(tiny, _tensor(tiny, "0.weight"), TENSOR_TYPE, "<b", 2),  # INT32: 18 bytes cannot hold 18 int32
             r"tensor 1 '0.weight' has shape \[2, 3, 3, 1\] \(72 bytes\) but its buffer holds 18 bytes")
+
+
+def test_shapes_that_disagree_with_the_op_are_refused(tiny):
+    relu, weight = _tensor(tiny, "_1"), _tensor(tiny, "0.weight")  # 1 x 3 x 3 x 2 from a [2, 3, 3, 1] filter on 5 x 5 x 1
+    swapped = tiny
+    for axis, dim in enumerate([1, 2, 3, 3]):
+        swapped = _patch_vector(swapped, relu, TENSOR_SHAPE, axis, dim)
+    refused(swapped, r"op 0 \(CONV_2D\)'s output, tensor 3 '_1', has shape \[1, 2, 3, 3\], but its inputs give \[1, 3, 3, 2\]")
+    wide = _patch_vector(_patch_vector(tiny, weight, TENSOR_SHAPE, 1, 1), weight, TENSOR_SHAPE, 2, 9)
+    refused(wide, r"op 0 \(CONV_2D\): a 1x9 window does not fit an input of shape \[1, 5, 5, 1\]")
+    three_in = _patch_vector(_patch_vector(tiny, weight, TENSOR_SHAPE, 2, 1), weight, TENSOR_SHAPE, 3, 3)
+    refused(three_in, r"op 0 \(CONV_2D\): filter of shape \[2, 3, 1, 3\] does not fit an input of shape \[1, 5, 5, 1\]")
 
 
 def test_asymmetric_weights_are_refused(tiny):

@@ -25,7 +25,10 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.experimental.optimization import fuse as fuse_conv_bn
 
-from .int8_graph import INT8_MIN, Int8Graph, OpOptions, QOp, activation_qparams, bias_scales, quantize_bias, quantize_weight
+from .int8_graph import (
+    INT8_MIN, Int8Graph, OpOptions, QOp, activation_qparams, bias_scales, quantize_bias, quantize_weight, same_padding,
+    window_output_size,
+)
 
 __all__ = ["SUPPORTED_OPS", "convert_model"]
 
@@ -37,13 +40,10 @@ SUPPORTED_OPS = (
 
 def _padding(size: int, k: int, s: int, p: int, d: int) -> str | None:
     """TFLite padding (SAME or VALID) that reproduces PyTorch's symmetric padding ``p``, or None."""
-    eff = d * (k - 1) + 1
-    out = (size + 2 * p - eff) // s + 1
     if p == 0:
         return "VALID"
-    same_out = -(-size // s)
-    total = max((same_out - 1) * s + eff - size, 0)
-    return "SAME" if same_out == out and total // 2 == p else None
+    same = window_output_size(size, k, s, d, "SAME") == window_output_size(size + 2 * p, k, s, d, "VALID")
+    return "SAME" if same and same_padding(size, k, s, d)[0] == p else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ package's generated accessors, but before it follows or allocates anything it ch
   length (so they are bounded by the file), an activation's bytes must be at most ``max_activation_bytes``;
 * the graph itself: one subgraph, only the ops of :data:`~edgeprune.export.int8_graph.OPS` with their
   input counts and options, int8 activations with valid per-tensor quantization, int8 or int32 constants,
-  ops in an order where each reads only tensors already written.
+  symmetric weights quantized per output channel, every output shape equal to the one TFLite computes
+  from the op's inputs (:func:`~edgeprune.export.int8_graph.output_shape`), ops in an order where each
+  reads only tensors already written.
 
 Anything else is refused with one-line ValueError naming the op and the tensor; a truncated or
 garbage file is refused with one line too.
@@ -30,7 +32,9 @@ from tflite.BuiltinOperator import BuiltinOperator
 from tflite.Padding import Padding
 from tflite.TensorType import TensorType
 
-from .int8_graph import ACTIVATIONS, DTYPES, OPS, OPTIONS_TABLE, PADDINGS, INT8_MAX, INT8_MIN, Int8Graph, OpOptions, QOp, QTensor
+from .int8_graph import (
+    ACTIVATIONS, DTYPES, INT8_MAX, INT8_MIN, OPS, OPTIONS_TABLE, PADDINGS, Int8Graph, OpOptions, QOp, QTensor, output_shape,
+)
 
 __all__ = ["MAX_ACTIVATION_BYTES", "MAX_FILE_BYTES", "load_tflite", "read_tflite"]
 
@@ -231,7 +235,7 @@ class _Reader:
         outs = tuple(int(i) for i in op.OutputsAsNumpy()) if n_out else ()
         label = f"op {k} ({name})"
         for pos, i in enumerate(ins):
-            if i != -1 or pos == 0:
+            if not (i == -1 and pos == 2 and _CONSTANT_INPUTS.get(name) is _WEIGHTS):  # only a bias may be absent
                 self.index(i, len(tensors), f"{label}'s input {pos}", "tensors")
         for pos, i in enumerate(outs):
             self.index(i, len(tensors), f"{label}'s output {pos}", "tensors")
@@ -248,7 +252,15 @@ class _Reader:
         self.check_tensor(tensors, outs[0], f"{label}'s output", "int8")
         if constants is _WEIGHTS:
             self.check_weights(tensors, ins, label, channel_axis=3 if name == "DEPTHWISE_CONV_2D" else 0)
-        return QOp(name, ins, outs, self.options(op, name, label))
+        qop = QOp(name, ins, outs, self.options(op, name, label))
+        try:
+            shape = output_shape(qop, tensors)
+        except ValueError as exc:
+            raise _Refused(f"{label}: {exc}") from exc
+        if shape != tensors[outs[0]].shape:
+            raise _Refused(f"{label}'s output, tensor {outs[0]} {tensors[outs[0]].name!r}, has shape "
+                           f"{list(tensors[outs[0]].shape)}, but its inputs give {list(shape)}")
+        return qop
 
     def check_weights(self, tensors: list[QTensor], ins: tuple[int, ...], label: str, channel_axis: int) -> None:
         """Weights and bias are symmetric (zero point 0); per-channel weights are quantized along the output channels."""
