@@ -175,6 +175,13 @@ def test_files_edgeprune_did_not_write(tiny, tmp_path):
         load_tflite(sine)
 
 
+def test_look_up_table_weights_are_refused_naming_the_decode_op(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(18, 3)).eval()
+    path = export_tflite(model, tmp_path / "lut.tflite", torch.rand(8, 1, 5, 5), lut_bits=5)  # <= 18 values a channel
+    refused(path.read_bytes(), r"op 0 \(CUSTOM b'TFLM_DECODE'\) writing tensor \d+ .* is not supported")
+
+
 def test_truncated_garbage_and_forged_offsets_get_one_line(tiny, tmp_path):
     for cut in (0, 7, 8, 64, len(tiny) // 2, len(tiny) - 1):
         with pytest.raises(ValueError) as info:

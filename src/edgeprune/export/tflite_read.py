@@ -160,10 +160,10 @@ class _Reader:
     def opcode(self, model, i: int) -> str:
         oc = self.table(model.OperatorCodes(i), f"operator code {i}")
         code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())  # files before code 127 only set the deprecated one
-        name = _OP_NAMES.get(code, f"builtin code {code}")
-        if name == "CUSTOM":
-            name = f"CUSTOM {oc.CustomCode()!r}"
-        return name  # checked against OPS where an op uses it, so the message can name the op's tensor
+        custom = oc.CustomCode()
+        if custom is not None or code == BuiltinOperator.CUSTOM:  # TFLM's DECODE keeps builtin code 0 (ADD)
+            return f"CUSTOM {custom!r}"
+        return _OP_NAMES.get(code, f"builtin code {code}")  # checked where an op uses it, so the message names its tensor
 
     def tensor(self, model, sg, i: int, n_buffers: int) -> QTensor:
         t = self.table(sg.Tensors(i), f"tensor {i}")
