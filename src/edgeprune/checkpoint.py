@@ -182,19 +182,21 @@ def _and_more(items: list) -> str:
     return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
 
 
-def _basiccnn_geometry(stored: dict[str, tuple[int, ...]]) -> str:
-    """The flags a BasicCNN file was saved with, read off its shapes; empty when it is not one."""
+def _basiccnn_flags(stored: dict[str, tuple[int, ...]], spec: ModelSpec) -> str | None:
+    """The flags that make ``spec`` fit a BasicCNN file, read off its shapes (only those that differ, with what it holds);
+    None when the file is not a BasicCNN of the seed's channel counts, or no flag differs."""
     keys = {f"{layer}.{kind}" for layer in ("conv1", "conv2", "fc1", "fc2") for kind in ("weight", "bias")}
     if set(stored) != keys or len(stored["conv1.weight"]) != 4 or len(stored["fc2.weight"]) != 2 or len(stored["fc1.weight"]) != 2:
-        return ""
+        return None
     side = math.isqrt(stored["fc1.weight"][1] // 32)
     if 32 * side * side != stored["fc1.weight"][1] or side < 1:
-        return ""
+        return None
     channels, classes = stored["conv1.weight"][1], stored["fc2.weight"][0]
-    return (
-        f"; the file holds a basiccnn for {channels}-channel images of {4 * side} to {4 * side + 3} pixels and "
-        f"{classes} classes (--model basiccnn --channels {channels} --image-size {4 * side} --num-classes {classes})"
-    )
+    flags = [("--model", "basiccnn", spec.name.lower() == "basiccnn"), ("--channels", channels, spec.in_channels == channels),
+             ("--image-size", 4 * side, 4 * side <= spec.image_size <= 4 * side + 3), ("--num-classes", classes, spec.num_classes == classes)]
+    differ = " ".join(f"{flag} {value}" for flag, value, fits in flags if not fits)
+    held = f"{channels}-channel images of {4 * side} to {4 * side + 3} pixels and {classes} classes"
+    return f"give {differ} (the file holds a basiccnn for {held})" if differ else None
 
 
 def check_shapes(
@@ -228,10 +230,10 @@ def check_shapes(
         if differ:
             name, have, want = differ[0]
             found.append(f"{name!r} is stored as {list(have)} but the model has {list(want)}{_and_more(differ)}")
+        fix = _basiccnn_flags(stored, spec) or f"give the options it was trained with ({MODEL_FLAGS})"
         raise ValueError(
             f"{path}: its tensors do not fit model {spec.name!r} (in_channels={spec.in_channels}, "
-            f"image_size={spec.image_size}, num_classes={spec.num_classes}): {'; '.join(found)}"
-            f"{_basiccnn_geometry(stored)}; give the options it was trained with ({MODEL_FLAGS})"
+            f"image_size={spec.image_size}, num_classes={spec.num_classes}): {'; '.join(found)}; {fix}"
         )
     return skeleton
 
