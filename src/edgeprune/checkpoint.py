@@ -48,9 +48,6 @@ def model_header(model: nn.Module, spec: ModelSpec, info: dict | None = None) ->
     return {"spec": json.dumps(asdict(spec)), "info": json.dumps(info)}
 
 
-# --------------------------------------------------------------------------- one reader per format
-
-
 @dataclass(frozen=True)
 class StoredModel:
     """What a model file holds, from its checked header: tensor shapes, header fields, and a reader of its tensors."""
@@ -60,38 +57,35 @@ class StoredModel:
     read: Callable[[], dict[str, torch.Tensor]]
 
 
+# --------------------------------------------------------------------------- safetensors checkpoints, and their masks
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    spec: ModelSpec,
+    masks: dict[str, torch.Tensor] | None = None,
+    info: dict | None = None,
+) -> Path:
+    """Save the model's state_dict as safetensors with its spec in the header; masks go beside it.
+
+    The weights file holds only the weights, so its size on disk is what a dense
+    format costs; the masks (one bool per pruned weight) are in ``<stem>.masks.safetensors``.
+    A model whose tensors are smaller than ``spec`` builds (channel pruning) is marked
+    ``channel_pruned`` in ``info``, so that loading resizes its layers.
+    """
+    path = Path(path)
+    meta = {"format": CHECKPOINT_FORMAT, **model_header(model, spec, info)}
+    masks_path_for(path).unlink(missing_ok=True)  # never leave old masks beside new weights
+    save_tensors(path, model.state_dict(), meta)
+    if masks:
+        save_masks(masks_path_for(path), masks)
+    return path
+
+
 def _open_safetensors(path: Path) -> StoredModel:
     shapes, header = safetensors_header(path)
     return StoredModel(shapes, header, lambda: load_safetensors(path)[0])
-
-
-def _open_epz(path: Path) -> StoredModel:
-    file = read_compressed(path)  # checksum and every header field checked; decoded only by read()
-    return StoredModel(file.shapes(), file.header, file.decode)
-
-
-def _open_pth(path: Path) -> StoredModel:
-    state = load_pth(path)  # a pickle has no header: its tensors are its shapes
-    return StoredModel({name: tuple(t.shape) for name, t in state.items()}, {}, lambda: state)
-
-
-READERS: dict[str, Callable[[Path], StoredModel]] = {".safetensors": _open_safetensors, ".epz": _open_epz}
-"""The reader of each file suffix; any other file is read as a PyTorch state_dict (``.pth``, ``.pt``)."""
-
-
-def open_model_file(path: str | os.PathLike) -> StoredModel:
-    """Open a checkpoint, a plain ``.pth`` state_dict or a compressed ``.epz`` export with its format's reader."""
-    path = check_is_file(path)
-    return READERS.get(path.suffix, _open_pth)(path)
-
-
-def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and header of a checkpoint, a plain ``.pth`` state_dict or a compressed ``.epz`` export."""
-    stored = open_model_file(path)
-    return stored.read(), stored.header
-
-
-# --------------------------------------------------------------------------- writers
 
 
 def masks_path_for(path: str | os.PathLike) -> Path:
@@ -119,27 +113,7 @@ def load_masks(path: str | os.PathLike, model: nn.Module | None = None) -> dict[
     return masks
 
 
-def save_checkpoint(
-    path: str | os.PathLike,
-    model: nn.Module,
-    spec: ModelSpec,
-    masks: dict[str, torch.Tensor] | None = None,
-    info: dict | None = None,
-) -> Path:
-    """Save the model's state_dict as safetensors with its spec in the header; masks go beside it.
-
-    The weights file holds only the weights, so its size on disk is what a dense
-    format costs; the masks (one bool per pruned weight) are in ``<stem>.masks.safetensors``.
-    A model whose tensors are smaller than ``spec`` builds (channel pruning) is marked
-    ``channel_pruned`` in ``info``, so that loading resizes its layers.
-    """
-    path = Path(path)
-    meta = {"format": CHECKPOINT_FORMAT, **model_header(model, spec, info)}
-    masks_path_for(path).unlink(missing_ok=True)  # never leave old masks beside new weights
-    save_tensors(path, model.state_dict(), meta)
-    if masks:
-        save_masks(masks_path_for(path), masks)
-    return path
+# --------------------------------------------------------------------------- compressed .epz exports
 
 
 def save_compressed_model(
@@ -156,6 +130,38 @@ def save_compressed_model(
     header = model_header(model, spec, {"stage": "export"}) if spec is not None else None
     save_compressed(model.state_dict(), path, values=values, bits=bits, header=header)
     return Path(path)
+
+
+def _open_epz(path: Path) -> StoredModel:
+    file = read_compressed(path)  # checksum and every header field checked; decoded only by read()
+    return StoredModel(file.shapes(), file.header, file.decode)
+
+
+# --------------------------------------------------------------------------- plain PyTorch state_dicts (read only)
+
+
+def _open_pth(path: Path) -> StoredModel:
+    state = load_pth(path)  # a pickle has no header: its tensors are its shapes
+    return StoredModel({name: tuple(t.shape) for name, t in state.items()}, {}, lambda: state)
+
+
+# --------------------------------------------------------------------------- any model file, by its suffix
+
+
+READERS: dict[str, Callable[[Path], StoredModel]] = {".safetensors": _open_safetensors, ".epz": _open_epz}
+"""The reader of each file suffix; any other file is read as a PyTorch state_dict (``.pth``, ``.pt``)."""
+
+
+def open_model_file(path: str | os.PathLike) -> StoredModel:
+    """Open a checkpoint, a plain ``.pth`` state_dict or a compressed ``.epz`` export with its format's reader."""
+    path = check_is_file(path)
+    return READERS.get(path.suffix, _open_pth)(path)
+
+
+def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header of a checkpoint, a plain ``.pth`` state_dict or a compressed ``.epz`` export."""
+    stored = open_model_file(path)
+    return stored.read(), stored.header
 
 
 # --------------------------------------------------------------------------- loading a model
@@ -277,7 +283,7 @@ def load_checkpoint(
     stored tensor's name and shape (from the file's header, before any tensor is read) must match the
     model the spec builds on the ``meta`` device; only then are the model and its tensors allocated.
     """
-    path = check_is_file(path)
+    path = Path(path)
     stored = open_model_file(path)
     spec = _header_spec(path, stored.header, spec, missing)
     info = _json_header(path, stored.header, "info")
