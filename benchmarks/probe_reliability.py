@@ -196,6 +196,7 @@ def build_cases() -> list[Case]:
         Case("epz", "claims 256 GiB, header consistent", [*insp, "fx/huge_consistent.epz"]),
         Case("epz", "claims a 1 TB raw stream", [*insp, "fx/huge_stream.epz"]),
         Case("epz", "tensors header not JSON", [*insp, "fx/badjson.epz"]),
+        Case("epz", "one digit of the spec header changed (28 -> 29 pixels), checksum not updated", [*insp, "fx/spec_digit.epz"]),
         Case("epz", "a checkpoint renamed .epz", [*insp, "fx/not_really.epz"]),
         Case("epz", "export --bits 9", ["export", base, "--values", "kmeans", "--bits", "9"]),
         # ---------------------------------------------------------------- data
@@ -286,8 +287,14 @@ def _forged(path: Path, state: dict, spec: object) -> None:
     safetensors.torch.save_file(state, str(path), metadata=meta)
 
 
-def _reheader(src: Path, dst: Path, edit: Callable[[dict, list], None]) -> None:
-    """Copy a compressed file with its JSON records changed by ``edit(metadata, records)``."""
+def _reheader(src: Path, dst: Path, edit: Callable[[dict, list], None], signed: bool = True) -> None:
+    """Copy a compressed file with its JSON records changed by ``edit(metadata, records)``.
+
+    ``signed``: give it the checksum of its new content, as a forger would, so that the checks behind the checksum are
+    probed; unsigned, the checksum itself is.
+    """
+    from edgeprune.export.epz import file_checksum
+
     with safetensors.safe_open(str(src), framework="numpy") as f:
         meta = dict(f.metadata())
         arrays = {key: f.get_tensor(key) for key in f.keys()}
@@ -296,6 +303,8 @@ def _reheader(src: Path, dst: Path, edit: Callable[[dict, list], None]) -> None:
     edit(meta, records)
     if meta["tensors"] == original:  # the edit changed the records, not the raw text
         meta["tensors"] = json.dumps(records)
+    if signed:
+        meta["checksum"] = file_checksum(meta, {key: array.tobytes() for key, array in arrays.items()})
     safetensors.numpy.save_file(arrays, str(dst), metadata=meta)
 
 
@@ -313,14 +322,13 @@ def _images(root: Path, train: dict[str, int], test: dict[str, int], corrupt: bo
 
 def make_fixtures(fx: Path) -> None:
     """Files the cases read: a real checkpoint and export of a seeded BasicCNN, then damaged or forged copies."""
-    from edgeprune.checkpoint import save_checkpoint
-    from edgeprune.export.epz import save_compressed
+    from edgeprune.checkpoint import save_checkpoint, save_compressed_model
     from edgeprune.models import BasicCNN, ModelSpec
 
     torch.manual_seed(0)
     model = BasicCNN(in_channels=1, num_classes=10, image_size=28)
     save_checkpoint(fx / "baseline.safetensors", model, ModelSpec("basiccnn", 1, 10, 28), info={"stage": "baseline"})
-    save_compressed(model.state_dict(), fx / "model.epz", "kmeans", 4)
+    save_compressed_model(fx / "model.epz", model, ModelSpec("basiccnn", 1, 10, 28), "kmeans", 4)
     state = safetensors.torch.load_file(str(fx / "baseline.safetensors"))
     raw = (fx / "baseline.safetensors").read_bytes()
     (fx / "empty.safetensors").write_bytes(b"")
@@ -379,6 +387,8 @@ def make_fixtures(fx: Path) -> None:
     _reheader(fx / "model.epz", fx / "huge_consistent.epz", huge_consistent)
     _reheader(fx / "model.epz", fx / "huge_stream.epz", huge_stream)
     _reheader(fx / "model.epz", fx / "badjson.epz", lambda meta, records: meta.update(tensors="[{\"name\": "))
+    spec_digit = lambda meta, records: meta.update(spec=meta["spec"].replace('"image_size": 28', '"image_size": 29'))  # noqa: E731
+    _reheader(fx / "model.epz", fx / "spec_digit.epz", spec_digit, signed=False)
     shutil.copy(fx / "baseline.safetensors", fx / "not_really.epz")
     # sparsity files
     (fx / "evil.yaml").write_text(f'conv1.weight: !!python/object/apply:os.system ["touch {fx / "PWNED_yaml"}"]\n')

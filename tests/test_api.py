@@ -38,8 +38,8 @@ def _imports(path: Path, module: str, is_package: bool, known: set[str]) -> set[
     return {name for name in found if name in known and name != module}
 
 
-def test_no_module_imports_in_a_cycle_even_lazily():
-    """Lower layers never import higher ones, not even inside a function: the import graph has no cycle."""
+def import_graph() -> tuple[dict[str, set[str]], set[str]]:
+    """Every edgeprune module -> the edgeprune modules it imports (lazily too); and the names that are packages."""
     root = Path(edgeprune.__file__).parent
     files = {}
     for path in root.rglob("*.py"):
@@ -48,19 +48,114 @@ def test_no_module_imports_in_a_cycle_even_lazily():
         files[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
     known = set(files)
     graph = {name: _imports(path, name, is_package, known) for name, (path, is_package) in files.items()}
+    return graph, {name for name, (_, is_package) in files.items() if is_package}
+
+
+# --------------------------------------------------------------------------- layers
+
+LAYER_NAMES = ("pure", "state", "loops", "I/O", "pipeline", "CLI")
+PURE, STATE, LOOPS, IO, PIPELINE, CLI = range(len(LAYER_NAMES))
+LAYERS = {
+    # pure functions: numbers and tensors in, numbers and tensors out (settings parses a dict or a settings file)
+    "prune.masks": PURE, "prune.global_magnitude": PURE, "prune.importance": PURE, "prune.settings": PURE,
+    "export.quantize": PURE, "export.int8_graph": PURE, "analyze.metrics": PURE, "device": PURE,
+    # objects that hold state: models and their specs, the pruner and its masks, the process group
+    "models": STATE, "prune.pruner": STATE, "prune.schedule": STATE, "distributed": STATE,
+    # loops over data: training, evaluation, the forward/backward passes that rank or time
+    "training": LOOPS, "prune.channels": LOOPS, "analyze.fx_scan": LOOPS, "analyze.latency": LOOPS,
+    "export.centroids": LOOPS,
+    # I/O: files, data sets, exports, reports, plots; the scans and the plan write their own result files
+    "files": IO, "checkpoint": IO, "data": IO, "runfolder": IO, "report": IO, "analyze.plots": IO,
+    "analyze.scan": IO, "analyze.channel_scan": IO, "analyze.plan": IO, "export.epz": IO, "export.onnx": IO,
+    "export.tflite": IO, "export.tflm": IO, "export.c_source": IO, "mcu": IO,
+    # the pipeline: its config, its steps, the run
+    "pipeline": PIPELINE, "config": PIPELINE, "steps": PIPELINE, "run": PIPELINE,
+    # the command line
+    "cli": CLI, "__main__": CLI,
+}
+"""Each module's layer, by module name under ``edgeprune`` or a prefix of it: ``export.tflite`` covers
+``export.tflite_writer`` and ``mcu`` every module of ``mcu/``; the longest key that fits wins. A package's
+``__init__`` stands for what it re-exports: its layer is the highest of the modules it imports."""
+
+
+def module_layer(module: str) -> int | None:
+    """The layer ``LAYERS`` gives ``edgeprune.<module>`` (the longest fitting prefix), None when none fits."""
+    name = module.removeprefix("edgeprune.")
+    fitting = [key for key in LAYERS if name == key or (name.startswith(key) and name[len(key)] in "._")]
+    return LAYERS[max(fitting, key=len)] if fitting else None
+
+
+def layers_of(graph: dict[str, set[str]], packages: set[str]) -> dict[str, int | None]:
+    """Every module's layer; a package's is the highest of what its ``__init__`` imports."""
+    layers = {name: module_layer(name) for name in graph if name not in packages}
+
+    def package_layer(package: str) -> int:
+        inner = [package_layer(m) if m in packages else layers[m] for m in graph[package]]
+        return max((layer for layer in inner if layer is not None), default=PURE)
+
+    return {**layers, **{package: package_layer(package) for package in packages}}
+
+
+def upward_imports(graph: dict[str, set[str]], packages: set[str]) -> list[str]:
+    """``importer (layer) -> imported (higher layer)`` for every import that reaches up; packages' own imports are re-exports."""
+    layers = layers_of(graph, packages)
+    found = []
+    for importer in sorted(set(graph) - packages):
+        for imported in sorted(graph[importer]):
+            if layers[importer] is not None and layers[imported] is not None and layers[imported] > layers[importer]:
+                found.append(f"{importer} ({LAYER_NAMES[layers[importer]]}) imports {imported} "
+                             f"({LAYER_NAMES[layers[imported]]})")
+    return found
+
+
+def test_every_module_has_a_layer():
+    graph, packages = import_graph()
+    unknown = sorted(name for name in graph if name not in packages and module_layer(name) is None)
+    assert not unknown, (
+        f"{', '.join(unknown)}: no layer; add each to LAYERS in tests/test_api.py "
+        f"({' < '.join(LAYER_NAMES)}: the lowest layer whose modules it needs, and that no lower module imports)"
+    )
+
+
+def test_lower_layers_never_import_higher_ones_even_lazily():
+    """The README's claim: pure functions < objects with state < loops < I/O < pipeline < CLI, imports inside functions included."""
+    graph, packages = import_graph()
+    assert "edgeprune.files" in graph["edgeprune.checkpoint"]  # the parser sees imports
+    upward = upward_imports(graph, packages)
+    assert not upward, "a lower layer imports a higher one; move the code that needs it up, or the code it needs down: " + "; ".join(upward)
+
+
+def test_the_layer_check_sees_an_upward_import_inside_a_function(tmp_path):
+    module = tmp_path / "edgeprune" / "prune" / "masks.py"
+    module.parent.mkdir(parents=True)
+    module.write_text("def save(mask, path):\n    from ..files import save_tensors\n    save_tensors(path, {'m': mask})\n")
+    known = {"edgeprune.prune.masks", "edgeprune.files"}
+    lazy = _imports(module, "edgeprune.prune.masks", False, known)
+    assert lazy == {"edgeprune.files"}
+    graph, packages = import_graph()
+    graph["edgeprune.prune.masks"] = graph["edgeprune.prune.masks"] | lazy
+    assert upward_imports(graph, packages) == ["edgeprune.prune.masks (pure) imports edgeprune.files (I/O)"]
+    graph["edgeprune.training"] = graph["edgeprune.training"] | {"edgeprune.prune"}  # a package stands for what it re-exports
+    assert "edgeprune.training (loops) imports edgeprune.prune (loops)" not in upward_imports(graph, packages)
+    graph["edgeprune.models"] = graph["edgeprune.models"] | {"edgeprune.prune"}
+    assert "edgeprune.models (state) imports edgeprune.prune (loops)" in upward_imports(graph, packages)
+
+
+def test_no_module_imports_in_a_cycle_even_lazily():
+    """The import graph has no cycle, imports inside functions included (packages' re-exports aside)."""
+    graph, packages = import_graph()
     assert graph["edgeprune.analyze.scan"] >= {"edgeprune.analyze.fx_scan", "edgeprune.training"}  # the parser sees imports
 
     def cycle_from(start: str, path: list[str]) -> list[str] | None:
         for nxt in sorted(graph[path[-1]]):
             if nxt == start:
                 return path + [start]
-            if nxt not in path and nxt.startswith(start.rsplit(".", 1)[0]) is not None and len(path) < len(graph):
+            if nxt not in path:
                 found = cycle_from(start, path + [nxt])
                 if found:
                     return found
         return None
 
-    packages = {name for name, (_, is_package) in files.items() if is_package}
     for name in sorted(graph):
         if name in packages:
             continue  # a package's __init__ re-exports its modules: importing it is how its modules are reached

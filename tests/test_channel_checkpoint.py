@@ -77,13 +77,12 @@ def test_a_channel_pruned_epz_export_loads_back_without_model_flags(tmp_path, ca
 
 
 def test_an_epz_is_checked_against_the_model_before_anything_is_decoded(tmp_path, monkeypatch):
-    from edgeprune import checkpoint
-    from edgeprune.export.epz import save_compressed
+    from edgeprune.export.epz import CompressedFile, save_compressed
 
     spec = ModelSpec("basiccnn", 1, 10, 28)
     path = tmp_path / "other.epz"
     save_compressed(ModelSpec("basiccnn", 1, 7, 28).build(seed=0).state_dict(), path)  # 7 classes, not 10
-    monkeypatch.setattr(checkpoint, "load_compressed", lambda *a, **k: pytest.fail("decoded before the shapes were checked"))
+    monkeypatch.setattr(CompressedFile, "decode", lambda *a, **k: pytest.fail("decoded before the shapes were checked"))
     with pytest.raises(ValueError, match="fc2"):
         load_checkpoint(path, spec)
     save_compressed(spec.build(seed=0).state_dict(), path, header={"spec": "[" * 200_000})  # nested past the recursion limit

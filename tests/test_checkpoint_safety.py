@@ -299,3 +299,54 @@ def test_header_claiming_more_bytes_than_the_file_holds_is_refused(tmp_path, lie
     with pytest.raises(ValueError, match="not a readable safetensors file .*; re-save it or check the path") as err:
         load_checkpoint(path)
     one_line(err)
+
+
+def seed_image_folder(root: Path, classes: int) -> Path:
+    """An image folder of ``classes`` class folders, two small PNGs each, in train/ and test/."""
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for index in range(classes):
+            (root / split / f"class{index}").mkdir(parents=True)
+            for image in range(2):
+                Image.new("RGB", (32, 32), (index * 20, image * 90, 50)).save(root / split / f"class{index}" / f"{image}.png")
+    return root
+
+
+def test_the_seed_pth_exports_with_an_image_folder_and_no_other_model_flag(tmp_path, capsys):
+    from edgeprune.cli import main
+    from edgeprune.export.epz import load_compressed, read_header
+
+    torch.manual_seed(3)
+    seed = BasicCNN()  # the seed's CIFAR-10 network: 3 x 32 x 32 images, 10 classes
+    torch.save(seed.state_dict(), tmp_path / "BasicCNN_model.pth")
+    folder = seed_image_folder(tmp_path / "images", 10)
+    out = tmp_path / "seed.epz"
+    argv = ["export", str(tmp_path / "BasicCNN_model.pth"), "--model", "basiccnn", "--dataset", "imagefolder",
+            "--data-dir", str(folder), "--format", "epz", "--values", "fp32", "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert json.loads(read_header(out)["spec"]) == {"name": "basiccnn", "in_channels": 3, "num_classes": 10, "image_size": 32}
+    decoded = load_compressed(out)
+    assert decoded.keys() == seed.state_dict().keys()
+    assert all(torch.equal(decoded[name], tensor) for name, tensor in seed.state_dict().items())
+
+
+def test_an_image_folder_without_classes_names_the_one_missing_flag(tmp_path, capsys):
+    from edgeprune.cli import main
+
+    torch.save(BasicCNN().state_dict(), tmp_path / "seed.pth")
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    argv = ["export", str(tmp_path / "seed.pth"), "--dataset", "imagefolder", "--data-dir", str(tmp_path / "empty"),
+            "--format", "epz", "--out", str(tmp_path / "m.epz")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--num-classes" in err and "has no model spec" in err
+    assert not any(flag in err for flag in ("--model", "--channels", "--image-size", "--dataset")), err
+    # ten class folders, but the file was trained on other images: only the flags that differ are named
+    seed_image_folder(tmp_path / "ten", 10)
+    torch.save(BasicCNN(in_channels=3, num_classes=10, image_size=28).state_dict(), tmp_path / "small.pth")
+    argv[1], argv[5] = str(tmp_path / "small.pth"), str(tmp_path / "ten")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "give --image-size 28 (the file holds a basiccnn for 3-channel images of 28 to 31 pixels and 10 classes)" in err
+    assert not any(flag in err for flag in ("--model", "--channels", "--num-classes", "--dataset")), err

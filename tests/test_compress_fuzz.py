@@ -1,9 +1,19 @@
-"""Hostile, truncated and corrupted compressed files raise CompressedFormatError and nothing else."""
+"""Hostile, truncated and corrupted compressed files raise CompressedFormatError and nothing else.
+
+A file changed after it was written (a flipped byte, an edited header field) is refused, or
+decodes to exactly the tensors it held: the checksum covers the header and every stream. The
+hostile-field tests re-sign the files they edit (as a forger would), so that the checks behind
+the checksum are reached too; ``sign`` computes the checksum from the format's description,
+independently of the library.
+"""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import re
+import warnings
 import tempfile
 from pathlib import Path
 
@@ -58,8 +68,8 @@ def export(kind: str) -> bytes:
         return path.read_bytes()
 
 
-def draw_export(data) -> bytes:
-    return export(data.draw(st.sampled_from(sorted(EXPORTS)), label="export"))
+def draw_kind(data) -> str:
+    return data.draw(st.sampled_from(sorted(EXPORTS)), label="export")
 
 
 def read_parts(blob: bytes, path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
@@ -68,12 +78,25 @@ def read_parts(blob: bytes, path) -> tuple[dict[str, str], dict[str, np.ndarray]
         return f.metadata(), {key: f.get_tensor(key) for key in f.keys()}
 
 
-def write_parts(path, metadata: dict[str, str], streams: dict[str, np.ndarray]) -> None:
+def sign(metadata: dict[str, str], streams: dict[str, np.ndarray]) -> str:
+    """The checksum as the format describes it: SHA-256 over length-prefixed parts (header JSON, then key and bytes per stream)."""
+    fields = {key: value for key, value in metadata.items() if key != "checksum"}
+    parts = [json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()]
+    for key in sorted(streams):
+        parts += [key.encode(), streams[key].tobytes()]
+    blob = b"".join(len(part).to_bytes(8, "little") + part for part in parts)
+    return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+def write_parts(path, metadata: dict[str, str], streams: dict[str, np.ndarray], signed: bool = True) -> None:
+    """Write a container; ``signed`` gives it the checksum of what it now holds (a forger's file)."""
+    if signed:
+        metadata = {**metadata, "checksum": sign(metadata, streams)}
     safetensors.numpy.save_file(streams, str(path), metadata=metadata)
 
 
 def loads_or_rejects(path) -> None:
-    """The property: a valid state dict of tensors, or CompressedFormatError."""
+    """The property of a forged file: a valid state dict of tensors, or CompressedFormatError."""
     try:
         state_dict = load_compressed(path)
     except CompressedFormatError:
@@ -81,6 +104,24 @@ def loads_or_rejects(path) -> None:
         return
     event("loaded")
     assert all(isinstance(t, torch.Tensor) for t in state_dict.values())
+
+
+def assert_same_tensors(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert list(got) == list(want)
+    for name, tensor in want.items():
+        assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
+
+
+def refused_or_unchanged(path, kind: str) -> None:
+    """The property of a damaged file: CompressedFormatError, or exactly the tensors the ``kind`` export held."""
+    try:
+        state_dict = load_compressed(path)
+    except CompressedFormatError:
+        event("rejected")
+        return
+    event("loaded unchanged")
+    (path.parent / "original.ep").write_bytes(export(kind))
+    assert_same_tensors(state_dict, load_compressed(path.parent / "original.ep"))
 
 
 def test_valid_exports_load(tmp_path):
@@ -92,7 +133,7 @@ def test_valid_exports_load(tmp_path):
 @FUZZ
 @given(data=st.data())
 def test_truncated_files_are_rejected(tmp_path, data):
-    blob = draw_export(data)
+    blob = export(draw_kind(data))
     cut = data.draw(st.integers(0, len(blob) - 1))
     (tmp_path / "f.ep").write_bytes(blob[:cut])
     with pytest.raises(CompressedFormatError):
@@ -102,7 +143,8 @@ def test_truncated_files_are_rejected(tmp_path, data):
 @FUZZ
 @given(data=st.data())
 def test_flipped_and_inserted_bytes(tmp_path, data):
-    blob = bytearray(draw_export(data))
+    kind = draw_kind(data)
+    blob = bytearray(export(kind))
     for _ in range(data.draw(st.integers(1, 4))):
         where = data.draw(st.integers(0, len(blob) - 1))
         if data.draw(st.booleans()):
@@ -110,13 +152,14 @@ def test_flipped_and_inserted_bytes(tmp_path, data):
         else:
             blob[where:where] = data.draw(st.binary(min_size=1, max_size=8))
     (tmp_path / "f.ep").write_bytes(bytes(blob))
-    loads_or_rejects(tmp_path / "f.ep")
+    refused_or_unchanged(tmp_path / "f.ep", kind)
 
 
 @FUZZ
 @given(data=st.data())
 def test_hostile_header_fields(tmp_path, data):
-    metadata, streams = read_parts(draw_export(data), tmp_path / "in.ep")
+    kind = draw_kind(data)
+    metadata, streams = read_parts(export(kind), tmp_path / "in.ep")
     records = json.loads(metadata["tensors"])
     for _ in range(data.draw(st.integers(1, 3))):
         record = records[data.draw(st.integers(0, len(records) - 1))]
@@ -127,15 +170,24 @@ def test_hostile_header_fields(tmp_path, data):
         else:
             record[field] = value
     metadata["tensors"] = json.dumps(records)
-    write_parts(tmp_path / "f.ep", metadata, streams)
-    loads_or_rejects(tmp_path / "f.ep")
+    check_edited(tmp_path / "f.ep", kind, metadata, streams, data.draw(st.booleans(), label="re-signed"))
+
+
+def check_edited(path, kind: str, metadata: dict[str, str], streams: dict[str, np.ndarray], signed: bool) -> None:
+    """An edited file: re-signed, it must load or be refused; left with its old checksum, be refused or unchanged."""
+    write_parts(path, metadata, streams, signed)
+    if signed:
+        loads_or_rejects(path)
+    else:
+        refused_or_unchanged(path, kind)
 
 
 @FUZZ
 @given(data=st.data())
 def test_hostile_streams(tmp_path, data):
     """Streams swapped, replaced by other zstd frames or garbage, while the header stays plausible."""
-    metadata, streams = read_parts(draw_export(data), tmp_path / "in.ep")
+    kind = draw_kind(data)
+    metadata, streams = read_parts(export(kind), tmp_path / "in.ep")
     key = data.draw(st.sampled_from(sorted(streams)))
     payload = data.draw(st.binary(max_size=64))
     choice = data.draw(st.sampled_from(["garbage", "frame", "swap"]))
@@ -153,8 +205,7 @@ def test_hostile_streams(tmp_path, data):
             for info in record["streams"].values():
                 info["length"] = len(streams[info["key"]])
     metadata["tensors"] = json.dumps(records)
-    write_parts(tmp_path / "f.ep", metadata, streams)
-    loads_or_rejects(tmp_path / "f.ep")
+    check_edited(tmp_path / "f.ep", kind, metadata, streams, data.draw(st.booleans(), label="re-signed"))
 
 
 # --------------------------------------------------------------------------- hand-made hostile files
@@ -235,3 +286,66 @@ def test_max_bytes_is_the_limit(tmp_path):
     with pytest.raises(CompressedFormatError, match="max_bytes"):
         load_compressed(tmp_path / "f.ep", max_bytes=100)
     assert load_compressed(tmp_path / "f.ep", max_bytes=10**6).keys() == small_state_dict().keys()
+
+
+# --------------------------------------------------------------------------- the checksum
+
+
+def change_one_scale_digit(blob: bytes) -> bytes:
+    """The file with one digit of the first int8 scale in its JSON header changed (same length)."""
+    match = re.search(rb'scale\\":(\d+\.\d{4})', blob)
+    where = match.start(1) + len(match.group(1)) - 1  # the 4th decimal
+    digit = blob[where : where + 1]
+    return blob[:where] + (b"3" if digit != b"3" else b"7") + blob[where + 1 :]
+
+
+def legacy_container(path, blob: bytes) -> None:
+    """Rewrite an export as the container of before the checksum: format 1, no checksum field."""
+    metadata, streams = read_parts(blob, path.with_suffix(".in"))
+    del metadata["checksum"]
+    write_parts(path, {**metadata, "format": "edgeprune.compressed/1"}, streams, signed=False)
+
+
+def test_one_digit_of_a_scale_is_refused_naming_the_file(tmp_path):
+    blob = export("fp16-int8")
+    changed = change_one_scale_digit(blob)
+    assert len(changed) == len(blob) and changed != blob
+    (tmp_path / "model.epz").write_bytes(changed)
+    with pytest.raises(CompressedFormatError) as refused:
+        load_compressed(tmp_path / "model.epz")
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"{tmp_path / 'model.epz'}: checksum") and "re-export" in message
+    # without the checksum the same edit loads other weights with no error: what the checksum is for
+    legacy_container(tmp_path / "old.epz", changed)
+    legacy_container(tmp_path / "old_original.epz", blob)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        edited_weights, original = load_compressed(tmp_path / "old.epz"), load_compressed(tmp_path / "old_original.epz")
+    assert not all(torch.equal(edited_weights[name], original[name]) for name in original)
+
+
+def test_old_files_without_a_checksum_load_with_one_warning(tmp_path):
+    for kind in EXPORTS:
+        legacy_container(tmp_path / "old.epz", export(kind))
+        (tmp_path / "new.epz").write_bytes(export(kind))
+        with pytest.warns(UserWarning) as caught:
+            old = load_compressed(tmp_path / "old.epz")
+        assert len(caught) == 1
+        message = str(caught[0].message)
+        assert "\n" not in message and message.startswith(f"{tmp_path / 'old.epz'}: ") and "checksum" in message
+        assert "re-export" in message
+        assert_same_tensors(old, load_compressed(tmp_path / "new.epz"))
+
+
+@pytest.mark.parametrize("edit", ["drop the checksum", "old format, checksum kept", "drop a stream"])
+def test_a_file_cannot_pass_for_another(tmp_path, edit):
+    metadata, streams = read_parts(export("fp32"), tmp_path / "in.ep")
+    if edit == "drop the checksum":
+        del metadata["checksum"]
+    elif edit == "old format, checksum kept":  # one digit of the format field: not taken for an old file
+        metadata["format"] = "edgeprune.compressed/1"
+    else:
+        del streams[sorted(streams)[-1]]
+    write_parts(tmp_path / "f.ep", metadata, streams, signed=False)
+    with pytest.raises(CompressedFormatError, match="checksum"):
+        load_compressed(tmp_path / "f.ep")

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import FASHION_DIR
-from edgeprune.data import DataConfig, load_data, make_loaders
+from edgeprune.data import DataConfig, data_geometry, load_data, make_loaders
 from edgeprune.files import atomic_path
 from test_checkpoint_safety import in_child
 
@@ -110,3 +110,20 @@ def test_staging_killed_midway_leaves_nothing_behind(tmp_path, monkeypatch):
     again = load_data(cfg)
     assert not list(raw.glob(".*")), "a stale temporary file survived the next staging"
     assert torch.equal(torch.tensor([y for _, y in again.train]), torch.tensor([y for _, y in first.train]))
+
+
+def test_data_geometry_is_what_loading_gives_without_loading(tmp_path, monkeypatch):
+    write_images(tmp_path / "train", ["ant", "bee", "cat"], side=9)
+    write_images(tmp_path / "test", ["ant"], side=9)
+    default = DataConfig(name="imagefolder", data_dir=str(tmp_path), val_size=0)
+    grey = DataConfig(name="imagefolder", data_dir=str(tmp_path), val_size=0, channels=1, image_size=20)
+    assert data_geometry(default) == (3, 32, 3)  # read as RGB, resized to 32; three class folders
+    assert data_geometry(grey) == (1, 20, 3)
+    for cfg, (channels, size) in ((default, (3, 32)), (grey, (1, 20))):  # the images load_data gives have that geometry
+        splits = load_data(cfg)
+        assert splits.train[0][0].shape == (channels, size, size) and splits.num_classes == 3
+    monkeypatch.setattr("edgeprune.data.Image.open", lambda *a, **k: pytest.fail("an image was opened"))
+    assert data_geometry(default) == (3, 32, 3)  # nothing is read but the folder names
+    assert data_geometry(DataConfig(name="imagefolder", data_dir=str(tmp_path / "nowhere"))) == (3, 32, None)
+    assert data_geometry(DataConfig(name="fashion-mnist", image_size=32)) == (1, 32, 10)
+    assert data_geometry(DataConfig(name="cifar10", channels=1)) == (1, 32, 10)

@@ -23,7 +23,7 @@ from .analyze.metrics import count_macs, layer_stats, model_stats
 from .analyze.plots import plot_num_parameters_distribution, plot_weight_distribution
 from .analyze.scan import ScanResult
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import DATASETS, DataConfig, load_data, make_loaders, native_geometry
+from .data import DATASETS, DataConfig, data_geometry, load_data, make_loaders
 from .device import pick_device
 from .export.c_source import fits_on, write_c_source
 from .export.centroids import share_weights
@@ -113,19 +113,24 @@ def _data_config(args: argparse.Namespace) -> DataConfig:
 
 
 def _spec(args: argparse.Namespace) -> ModelSpec | None:
-    """The model spec the flags describe, without loading the data (None for imagefolder without --num-classes).
+    """The model spec the flags and the data describe, without loading the data (None when the classes are unknown).
 
-    Used for checkpoints that carry no spec of their own, such as the seed's ``.pth`` files.
+    Used for checkpoints that carry no spec of their own, such as the seed's ``.pth`` files: an image
+    folder gives its classes (its class folders) and geometry (see ``data_geometry``).
     """
-    cfg = _data_config(args)
-    channels, size, classes = native_geometry(cfg.name) or (3, 32, args.num_classes)
-    if classes is None:
-        return None
-    return ModelSpec(args.model, cfg.channels or channels, args.num_classes or classes, cfg.image_size or size)
+    channels, size, classes = data_geometry(_data_config(args))
+    classes = args.num_classes or classes
+    return ModelSpec(args.model, channels, classes, size) if classes else None
+
+
+def _load_checkpoint(args: argparse.Namespace, path: str):
+    """``load_checkpoint`` with the spec the flags describe; when the file has none and the flags fall short, say which flag."""
+    missing = f"give --num-classes, the number of classes it was trained on ({args.data_dir}/train has no class folders to count)"
+    return load_checkpoint(path, _spec(args), missing)
 
 
 def _load(args: argparse.Namespace, path: str):
-    model, spec, masks, _ = load_checkpoint(path, _spec(args))
+    model, spec, masks, _ = _load_checkpoint(args, path)
     return model.to(pick_device(args.device)), spec, masks
 
 
@@ -242,7 +247,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     out = _writable_file(args.out)
-    model, spec, masks, info = load_checkpoint(args.checkpoint, _spec(args))
+    model, spec, masks, info = _load_checkpoint(args, args.checkpoint)
     model.to(pick_device(args.device))
     channels = {"channel_pruned": True} if info.get("channel_pruned") is True else {}  # stays loadable when saved again
     if masks is None and not channels:

@@ -18,7 +18,7 @@ from .files import atomic_path, remove_stale_temporaries
 
 __all__ = [
     "DATASETS", "DataConfig", "DataSplits", "load_data", "make_loader", "make_loaders", "cache_dir", "native_geometry",
-    "class_folders",
+    "data_geometry", "class_folders", "IMAGEFOLDER_GEOMETRY",
 ]
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagefolder")
@@ -28,6 +28,8 @@ _NATIVE = {
     "mnist": (datasets.MNIST, 1, 28, None),
     "cifar10": (datasets.CIFAR10, 3, 32, None),
 }
+IMAGEFOLDER_GEOMETRY = (3, 32)
+"""(channels, image size) of an image folder's images as loaded: read as RGB, resized to 32x32 (``--channels``, ``--image-size`` change them)."""
 
 
 def native_geometry(name: str) -> tuple[int, int, int] | None:
@@ -188,6 +190,21 @@ def class_folders(folder: str | os.PathLike) -> list[str]:
         return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
 
 
+def data_geometry(cfg: DataConfig) -> tuple[int, int, int | None]:
+    """(channels, image size, classes) of the images ``load_data(cfg)`` gives, found without loading them.
+
+    A built-in data set: its :func:`native_geometry` with ``cfg.channels`` and ``cfg.image_size`` applied. An image
+    folder: ``IMAGEFOLDER_GEOMETRY`` with the same overrides, and as many classes as ``train/`` has class folders
+    (None when it has none, or there is no ``train/``: then the classes must be given).
+    """
+    if cfg.name == "imagefolder":
+        train = Path(cfg.data_dir) / "train"
+        (channels, size), classes = IMAGEFOLDER_GEOMETRY, len(class_folders(train)) if train.is_dir() else 0
+    else:
+        channels, size, classes = native_geometry(cfg.name)
+    return cfg.channels or channels, cfg.image_size or size, classes or None
+
+
 class _ClassFolder(datasets.ImageFolder):
     """An ImageFolder labelled by a given class list, so that every split numbers the classes alike.
 
@@ -235,15 +252,13 @@ def load_data(cfg: DataConfig) -> DataSplits:
         looked = [root / "train", root / "test"]
         if not all(p.is_dir() for p in looked):
             raise _missing(cfg, looked)
-        size = cfg.image_size or 32
-        channels = cfg.channels or 3
-        train, test = _image_folders(root, _build_transform(cfg, 3, size, None))
+        channels, size, _ = data_geometry(cfg)
+        train, test = _image_folders(root, _build_transform(cfg, IMAGEFOLDER_GEOMETRY[0], size, None))
         num_classes = len(train.classes)
     else:
-        tv_class, channels, native, debian = _NATIVE[cfg.name]
-        size = cfg.image_size or native
-        tf = _build_transform(cfg, channels, size, native)
-        channels = cfg.channels or channels
+        tv_class, stored_channels, native, debian = _NATIVE[cfg.name]
+        channels, size, _ = data_geometry(cfg)
+        tf = _build_transform(cfg, stored_channels, size, native)
         if cfg.name == "cifar10":
             root = Path(cfg.data_dir) if cfg.data_dir else cache_dir() / "datasets"
             looked = [root / "cifar-10-batches-py"]

@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 
 __all__ = [
     "atomic_path", "remove_stale_temporaries", "write_text_atomic", "write_json_atomic", "save_tensors",
-    "load_state_dict_file", "safetensors_header", "check_is_file", "pid_alive", "writable_folder",
+    "load_safetensors", "load_pth", "load_state_dict_file", "safetensors_header", "check_is_file", "pid_alive",
+    "writable_folder",
 ]
 
 
@@ -141,18 +142,23 @@ def _unreadable(path: Path, exc: Exception) -> ValueError:
     return ValueError(f"{path}: not a readable safetensors file ({exc}); re-save it or check the path")
 
 
-def load_state_dict_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read tensors from a ``.safetensors`` file or a plain PyTorch ``.pth`` state_dict; return (tensors, header metadata).
+def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors of a safetensors file and its header metadata (the file's shapes and offsets are checked by safetensors)."""
+    path = check_is_file(path)
+    _, meta = safetensors_header(path)
+    try:
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _unreadable(path, exc) from exc
 
-    Nothing is unpickled: ``.pth`` files go through ``torch.load(weights_only=True)``.
+
+def load_pth(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a plain PyTorch state_dict file (``torch.save(model.state_dict(), path)``; the seed's ``.pth``).
+
+    Nothing is unpickled but tensors: it goes through ``torch.load(weights_only=True)``. A dict
+    holding the state dict under ``"state_dict"`` (as training frameworks save it) is unwrapped.
     """
     path = check_is_file(path)
-    if path.suffix == ".safetensors":
-        _, meta = safetensors_header(path)
-        try:
-            return load_file(str(path)), meta
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise _unreadable(path, exc) from exc
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols; the error below says what matters
             warnings.simplefilter("ignore")
@@ -167,4 +173,11 @@ def load_state_dict_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path}: holds a {type(obj).__name__}, not a state_dict of tensors; save model.state_dict()")
-    return obj, {}
+    return obj
+
+
+def load_state_dict_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read tensors from a ``.safetensors`` file or a plain PyTorch ``.pth`` state_dict; return (tensors, header metadata)."""
+    if Path(path).suffix == ".safetensors":
+        return load_safetensors(path)
+    return load_pth(path), {}

@@ -1,13 +1,16 @@
-"""Models: the seed's BasicCNN, torchvision classifiers by name, and a user's own ``module:factory``."""
+"""Models: the seed's BasicCNN, torchvision classifiers by name, a user's own ``module:factory``, and resizing a model to
+the (channel-pruned) shapes of a state dict."""
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 from torch import nn
 import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = [
     "BUILT_IN",
@@ -19,6 +22,7 @@ __all__ = [
     "build_model",
     "build_skeleton",
     "prunable_parameters",
+    "resize_to_state_dict",
 ]
 
 TORCHVISION_HINT = "any torchvision classification model name, e.g. resnet18, vgg11_bn, mobilenet_v2"
@@ -198,3 +202,52 @@ class ModelSpec:
         if seed is not None:
             torch.manual_seed(seed)
         return build_model(self.name, self.in_channels, self.num_classes, self.image_size)
+
+
+def _new_parameter(old: torch.Tensor, shape: torch.Size) -> nn.Parameter:
+    return nn.Parameter(torch.empty(shape, dtype=old.dtype, device=old.device), requires_grad=old.requires_grad)
+
+
+def _resize_conv(module: nn.Conv2d, shape: torch.Size, name: str) -> None:
+    out_channels, in_per_group = shape[0], shape[1]
+    if module.groups == 1:
+        groups = 1
+    else:  # depthwise and grouped convs keep their output channels per group
+        per_group = module.out_channels // module.groups
+        if out_channels % per_group:
+            raise ValueError(f"{name}.weight: {out_channels} output channels do not fit {per_group} per group; the checkpoint does not match this model")
+        groups = out_channels // per_group
+    module.out_channels, module.in_channels, module.groups = out_channels, groups * in_per_group, groups
+    module.weight = _new_parameter(module.weight, shape)
+    if module.bias is not None:
+        module.bias = _new_parameter(module.bias, torch.Size([out_channels]))
+
+
+def resize_to_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Resize ``model``'s Conv2d, Linear and BatchNorm modules in place to the shapes stored in ``state_dict``.
+
+    The channel counts (``in_channels``, ``out_channels``, ``groups``, ``in_features``,
+    ``out_features``, ``num_features``) follow the stored weights; depthwise convs stay depthwise.
+    """
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        weight = state_dict.get(f"{prefix}weight")
+        if isinstance(module, nn.Conv2d) and weight is not None and weight.shape != module.weight.shape:
+            _resize_conv(module, weight.shape, name)
+        elif isinstance(module, nn.Linear) and weight is not None and weight.shape != module.weight.shape:
+            module.out_features, module.in_features = weight.shape
+            module.weight = _new_parameter(module.weight, weight.shape)
+            if module.bias is not None:
+                module.bias = _new_parameter(module.bias, weight.shape[:1])
+        elif isinstance(module, _BatchNorm):
+            stored = weight if weight is not None else state_dict.get(f"{prefix}running_mean")
+            if stored is None or stored.shape[0] == module.num_features:
+                continue
+            size = torch.Size([stored.shape[0]])
+            module.num_features = size[0]
+            if module.affine:
+                module.weight, module.bias = _new_parameter(module.weight, size), _new_parameter(module.bias, size)
+            if module.track_running_stats:
+                module.running_mean = torch.zeros(size, dtype=module.running_mean.dtype, device=module.running_mean.device)
+                module.running_var = torch.ones(size, dtype=module.running_var.dtype, device=module.running_var.device)
+    return model

@@ -31,12 +31,12 @@ from .analyze.metrics import count_macs, file_size, layer_stats, model_stats
 from .analyze.plan import make_plan
 from .analyze.plots import plot_num_parameters_distribution, plot_weight_distribution
 from .analyze.scan import METHODS, ScanResult, scan_sparsities, sensitivity_scan
-from .checkpoint import load_checkpoint, model_header, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint, save_compressed_model
 from .data import DataConfig, DataSplits, load_data, make_loaders, native_geometry
 from .device import pick_device
 from .export.centroids import share_weights
 from .export.c_source import fits_on, write_c_source
-from .export.epz import load_compressed, save_compressed
+from .export.epz import load_compressed
 from .export.onnx import evaluate_onnx, export_onnx
 from .export.tflite import calibration_images, export_tflite
 from .export.tflm import evaluate_tflite
@@ -447,13 +447,8 @@ def channels_summary(info: Mapping | None) -> dict | None:
 def export_compressed(
     model: nn.Module, path: str | Path, values: str = "kmeans", bits: int | Mapping | None = None, spec: ModelSpec | None = None
 ) -> Path:
-    """Write ``model`` as a compressed ``.epz`` file (sparse, quantized, entropy-coded); return the path.
-
-    With ``spec`` the file's header carries it (and whether channels were pruned), so that ``load_checkpoint`` and
-    every CLI command load the file without model flags, a channel-pruned model included."""
-    header = model_header(model, spec, {"stage": "export"}) if spec is not None else None
-    save_compressed(model.state_dict(), path, values=values, bits=bits, header=header)
-    return Path(path)
+    """Write ``model`` as a compressed ``.epz`` file with ``spec`` in its header; see :func:`edgeprune.checkpoint.save_compressed_model`."""
+    return save_compressed_model(path, model, spec, values, bits)
 
 
 def export_for_devices(

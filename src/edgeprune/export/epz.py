@@ -15,26 +15,34 @@ statistics, ``num_batches_tracked``, ...) is stored ``"raw"``: its bytes, any dt
 
 Every byte stream is compressed with zstandard (with its content size and a checksum) and
 becomes a 1-D uint8 tensor of a safetensors file. The safetensors ``__metadata__`` holds
-``format`` (``edgeprune.compressed/1``) and ``tensors``: a JSON list with one record per
+``format`` (``edgeprune.compressed/2``), ``tensors``: a JSON list with one record per
 state-dict entry (name, dtype, shape, layout, value mode, counts, bits, scale, codebook size,
-and per stream its key, compressed ``length`` and ``raw_length``).
+and per stream its key, compressed ``length`` and ``raw_length``), any extra fields (the model
+spec), and ``checksum``: a SHA-256 over all the other fields and every stream
+(:func:`file_checksum`), so that a changed digit of a scale is refused like a changed byte of a
+stream (zstd's own checksums cover only the streams). Files of ``edgeprune.compressed/1``, from
+before the checksum, still load, with a warning.
 
 Zeros: a weight that is ``0.0`` or ``-0.0`` is a pruned position and loads as ``+0.0``
 (``tensor.mul_(mask)`` leaves ``-0.0`` for negative weights; the number is the same).
 Non-zero weights in fp32 mode and all non-weight tensors round-trip bit for bit.
 
-Loading never runs code (no pickle) and checks every header field before it decompresses
-anything; any malformed, truncated or hostile file raises :class:`CompressedFormatError`.
+Loading never runs code (no pickle) and checks the checksum and every header field before it
+decompresses anything; any malformed, truncated or hostile file raises :class:`CompressedFormatError`.
 Byte order is the host's, which is little-endian on every platform torch supports.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Mapping
+from pathlib import Path
+from typing import Iterator, Mapping
 
 import numpy as np
 import safetensors
@@ -49,6 +57,7 @@ __all__ = [
     "FORMAT",
     "DEFAULT_LEVEL",
     "DTYPES",
+    "CompressedFile",
     "CompressedFormatError",
     "SizeBreakdown",
     "TensorRecord",
@@ -60,7 +69,9 @@ __all__ = [
     "encode_bitmap",
     "encode_relative",
     "encode_tensor",
+    "file_checksum",
     "load_compressed",
+    "read_compressed",
     "read_header",
     "read_shapes",
     "pack_codes",
@@ -70,8 +81,9 @@ __all__ = [
     "unpack_codes",
 ]
 
-FORMAT = "edgeprune.compressed/1"
-RESERVED = frozenset({"format", "tensors"})  # header keys of the format itself
+FORMAT = "edgeprune.compressed/2"
+LEGACY_FORMAT = "edgeprune.compressed/1"  # before the checksum: read with a warning
+RESERVED = frozenset({"format", "tensors", "checksum"})  # header keys of the format itself
 DEFAULT_LEVEL = 19
 ESCAPE = 255
 MAX_DIMS = 16
@@ -373,6 +385,26 @@ def decode_tensor(record: TensorRecord, streams: Mapping[str, bytes]) -> torch.T
 # --------------------------------------------------------------------------- the file
 
 
+def file_checksum(fields: Mapping[str, str], streams: Mapping[str, bytes]) -> str:
+    """The ``checksum`` header field of a file with these header ``fields`` and ``streams``: ``sha256:<hex>``.
+
+    The SHA-256 runs over a sequence of parts, each preceded by its length as 8 little-endian
+    bytes: first the header fields other than ``checksum`` as JSON (keys sorted, no spaces,
+    ASCII), then each stream's key (UTF-8) and its compressed bytes, in key order. So a changed
+    digit of the header, a changed byte of a stream, or a field or stream added, removed or
+    renamed gives another checksum.
+    """
+    digest = hashlib.sha256()
+    covered = {key: value for key, value in fields.items() if key != "checksum"}
+    parts = [json.dumps(covered, sort_keys=True, separators=(",", ":")).encode()]
+    for key in sorted(streams):
+        parts += [key.encode(), streams[key]]
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    return f"sha256:{digest.hexdigest()}"
+
+
 def save_compressed(
     state_dict: Mapping[str, torch.Tensor],
     path: str | os.PathLike,
@@ -387,6 +419,7 @@ def save_compressed(
     :class:`edgeprune.export.quantize.QuantConfig`; ``level`` is the zstd level (1..22).
     ``load_compressed`` returns exactly ``quantize_state_dict(state_dict, values, bits)``.
     ``header``: more string fields for the file's header (such as the model spec), read back by :func:`read_header`.
+    The header's ``checksum`` (:func:`file_checksum`) covers every header field and every stream.
     """
     header = dict(header or {})
     if RESERVED & set(header) or not all(isinstance(k, str) and isinstance(v, str) for k, v in header.items()):
@@ -396,7 +429,7 @@ def save_compressed(
     if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 22:
         raise ValueError(f"zstd level must be an int from 1 to 22, got {level!r}; 19 compresses well, 3 is fast")
     compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
-    records, arrays = [], {}
+    records, frames = [], {}
     for index, (name, tensor) in enumerate(state_dict.items()):
         if not isinstance(tensor, torch.Tensor):
             raise ValueError(f"{name}: only tensors can be stored, got {type(tensor).__name__}")
@@ -406,10 +439,12 @@ def save_compressed(
         entry["streams"] = {}
         for kind, raw in streams.items():
             key, frame = f"{index}.{kind}", compressor.compress(raw)
-            arrays[key] = np.frombuffer(frame, dtype=np.uint8)
+            frames[key] = frame
             entry["streams"][kind] = {"key": key, "length": len(frame), "raw_length": len(raw)}
         records.append(entry)
     metadata = {**header, "format": FORMAT, "tensors": json.dumps(records, separators=(",", ":"))}
+    metadata["checksum"] = file_checksum(metadata, frames)
+    arrays = {key: np.frombuffer(frame, dtype=np.uint8) for key, frame in frames.items()}
     with atomic_path(path) as tmp:
         safetensors.numpy.save_file(arrays, os.fspath(tmp), metadata=metadata)
     return os.path.getsize(path)
@@ -441,16 +476,25 @@ def _read_container(path: str | os.PathLike) -> tuple[dict[str, str] | None, dic
     return metadata, streams
 
 
-def _parse_header(
-    metadata: object, streams: Mapping[str, bytes]
-) -> list[tuple[TensorRecord, dict[str, tuple[str, int]]]]:
-    """Validated records and, per record, ``kind -> (stream key, raw length)``."""
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        found = metadata.get("format") if isinstance(metadata, dict) else None
+def _check_integrity(metadata: object, streams: Mapping[str, bytes]) -> bool:
+    """Check the format and the checksum; False for a file of the format before checksums (not checked)."""
+    found = metadata.get("format") if isinstance(metadata, dict) else None
+    if found == LEGACY_FORMAT and "checksum" not in metadata:
+        return False
+    if found not in (FORMAT, LEGACY_FORMAT):
         raise CompressedFormatError(
             f"not an {FORMAT} file (format field {found!r:.80}); {REEXPORT}, "
             "or update edgeprune if the file comes from a newer version"
         )
+    if found != FORMAT or metadata.get("checksum") != file_checksum(metadata, streams):
+        raise _fail("checksum", "the header or a stream changed after the file was written")
+    return True
+
+
+def _parse_header(
+    metadata: dict[str, str], streams: Mapping[str, bytes]
+) -> list[tuple[TensorRecord, dict[str, tuple[str, int]]]]:
+    """Validated records and, per record, ``kind -> (stream key, raw length)``."""
     try:
         entries = json.loads(metadata.get("tensors", ""))
     except (ValueError, RecursionError) as exc:
@@ -501,53 +545,89 @@ def _decompress(frame: bytes, raw_length: int, where: str) -> bytes:
     return data
 
 
-def _open(path: str | os.PathLike, max_bytes: int | None):
-    """Read and validate a file's header; returns the records with their streams and the file size."""
+@contextlib.contextmanager
+def _naming(path: str | os.PathLike) -> Iterator[None]:
+    """Put the file's path in front of any ``CompressedFormatError`` raised inside."""
+    try:
+        yield
+    except CompressedFormatError as exc:
+        raise CompressedFormatError(f"{os.fspath(path)}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class CompressedFile:
+    """A compressed model file read and checked (format, checksum, every header field); nothing decoded yet.
+
+    ``header`` holds the extra fields given to :func:`save_compressed`; ``records`` pairs each
+    tensor's record with ``kind -> (stream key, raw length)``; ``streams`` are the zstd frames.
+    """
+
+    path: Path
+    size: int
+    header: dict[str, str]
+    records: list[tuple[TensorRecord, dict[str, tuple[str, int]]]]
+    streams: dict[str, bytes]
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each stored tensor's shape, from the checked header."""
+        return {record.name: record.shape for record, _ in self.records}
+
+    def decode(self) -> dict[str, torch.Tensor]:
+        """The state dict the file holds (CPU tensors, original dtypes and shapes)."""
+        state_dict = {}
+        with _naming(self.path):
+            for record, links in self.records:
+                where = f"tensor {record.name!r:.120}"
+                raw = {kind: _decompress(self.streams[key], size, f"{where} {kind} stream") for kind, (key, size) in links.items()}
+                state_dict[record.name] = decode_tensor(record, raw)
+        return state_dict
+
+
+def read_compressed(path: str | os.PathLike, max_bytes: int | None = None) -> CompressedFile:
+    """Read a compressed model file and check it whole, before anything is decompressed.
+
+    The format, the checksum over the header and every stream, and each header field are
+    checked; any fault raises :class:`CompressedFormatError` naming the file. A file of the
+    format before checksums (``edgeprune.compressed/1``) is read with a warning, since damage to
+    it cannot be seen. Decoding it will allocate at most about ``max_bytes`` (default
+    :func:`default_max_bytes` of the file size), or it is refused here.
+    """
+    path = Path(path)
     file_size = os.path.getsize(path)
-    metadata, streams = _read_container(path)
-    parsed = _parse_header(metadata, streams)
+    with _naming(path):
+        metadata, streams = _read_container(path)
+        if not _check_integrity(metadata, streams):
+            warnings.warn(f"{path}: written before .epz files carried a checksum, so damage to it cannot be seen; "
+                          f"{REEXPORT} to protect it", stacklevel=2)
+        records = _parse_header(metadata, streams)
     limit = default_max_bytes(file_size) if max_bytes is None else max_bytes
-    needed = sum(r.decoded_bytes + sum(raw for _, raw in links.values()) for r, links in parsed)
+    needed = sum(r.decoded_bytes + sum(raw for _, raw in links.values()) for r, links in records)
     if needed > limit:
         raise CompressedFormatError(
-            f"{os.fspath(path)}: decoding needs {needed} bytes, more than the limit of {limit} "
+            f"{path}: decoding needs {needed} bytes, more than the limit of {limit} "
             f"for a {file_size}-byte file; if you trust the file, pass max_bytes={needed}"
         )
-    return parsed, streams, file_size
+    header = {key: value for key, value in metadata.items() if key not in RESERVED}
+    return CompressedFile(path, file_size, header, records, streams)
 
 
 def read_shapes(path: str | os.PathLike, max_bytes: int | None = None) -> dict[str, tuple[int, ...]]:
     """Each stored tensor's shape, from the checked header; nothing is decompressed."""
-    parsed, _, _ = _open(path, max_bytes)
-    return {record.name: tuple(record.shape) for record, _ in parsed}
+    return read_compressed(path, max_bytes).shapes()
 
 
 def read_header(path: str | os.PathLike) -> dict[str, str]:
-    """The extra header fields given to :func:`save_compressed` (no tensor is read); ``{}`` for none."""
-    try:
-        with safetensors.safe_open(os.fspath(path), framework="numpy") as f:
-            metadata = f.metadata() or {}
-    except safetensors.SafetensorError as exc:
-        raise _fail("safetensors container", str(exc)[:200]) from exc
-    if metadata.get("format") != FORMAT:
-        raise CompressedFormatError(f"not an {FORMAT} file (format field {metadata.get('format')!r:.80}); {REEXPORT}")
-    return {k: v for k, v in metadata.items() if k not in RESERVED}
+    """The extra header fields given to :func:`save_compressed`, checked; ``{}`` for none."""
+    return read_compressed(path).header
 
 
 def load_compressed(path: str | os.PathLike, max_bytes: int | None = None) -> dict[str, torch.Tensor]:
     """Read a compressed model file back into a plain state dict (CPU tensors, original dtypes and shapes).
 
-    Raises ``CompressedFormatError`` for any malformed file; decoding allocates at most about
-    ``max_bytes`` (default :func:`default_max_bytes` of the file size) and a small multiple of it
-    in temporaries.
+    Raises ``CompressedFormatError`` for any malformed or changed file (see :func:`read_compressed`);
+    decoding allocates at most about ``max_bytes`` and a small multiple of it in temporaries.
     """
-    parsed, streams, _ = _open(path, max_bytes)
-    state_dict = {}
-    for record, links in parsed:
-        where = f"tensor {record.name!r:.120}"
-        raw = {kind: _decompress(streams[key], size, f"{where} {kind} stream") for kind, (key, size) in links.items()}
-        state_dict[record.name] = decode_tensor(record, raw)
-    return state_dict
+    return read_compressed(path, max_bytes).decode()
 
 
 @dataclass(frozen=True)
@@ -562,7 +642,7 @@ class SizeBreakdown:
 
 def size_breakdown(path: str | os.PathLike, max_bytes: int | None = None) -> SizeBreakdown:
     """Bytes per tensor of a compressed file, its layouts, and the header (safetensors + JSON) bytes."""
-    parsed, streams, file_size = _open(path, max_bytes)
-    tensor_bytes = {r.name: sum(len(streams[key]) for key, _ in links.values()) for r, links in parsed}
-    layouts = {r.name: r.layout if r.layout == "raw" else f"{r.layout}/{r.values}" for r, _ in parsed}
-    return SizeBreakdown(file_size, file_size - sum(tensor_bytes.values()), tensor_bytes, layouts)
+    file = read_compressed(path, max_bytes)
+    tensor_bytes = {r.name: sum(len(file.streams[key]) for key, _ in links.values()) for r, links in file.records}
+    layouts = {r.name: r.layout if r.layout == "raw" else f"{r.layout}/{r.values}" for r, _ in file.records}
+    return SizeBreakdown(file.size, file.size - sum(tensor_bytes.values()), tensor_bytes, layouts)

@@ -26,7 +26,6 @@ checkpoint format, the sparsity dicts and the export all rely on.
 from __future__ import annotations
 
 import functools
-import os
 import weakref
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
@@ -37,14 +36,11 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.hooks import RemovableHandle
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ..files import load_state_dict_file, save_tensors
 from .masks import fine_grained_prune
 from ..models import prunable_parameters
 from .settings import resolve_sparsity_dict
 
-__all__ = ["FineGrainedPruner", "MASKS_FORMAT", "is_pruned", "remove"]
-
-MASKS_FORMAT = "edgeprune.masks/1"
+__all__ = ["FineGrainedPruner", "is_pruned", "remove"]
 
 
 @dataclass(eq=False)
@@ -216,20 +212,14 @@ class FineGrainedPruner:
 
     @classmethod
     def from_masks(cls, masks: Mapping[str, torch.Tensor]) -> "FineGrainedPruner":
-        """A pruner that owns given masks (loaded from a checkpoint) without pruning or attaching anything."""
+        """A pruner that owns given masks without pruning or attaching anything.
+
+        Masks are saved and read by :func:`edgeprune.checkpoint.save_masks` and :func:`edgeprune.checkpoint.load_masks`
+        (file I/O lives above the pruner): ``FineGrainedPruner.from_masks(load_masks(path))``.
+        """
         pruner = cls.__new__(cls)
         pruner.masks = dict(masks)
         pruner.sparsity_dict = {
             name: 1.0 - int(mask.sum()) / mask.numel() if mask.numel() else 0.0 for name, mask in masks.items()
         }
         return pruner
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Save the masks as a safetensors file (atomically)."""
-        save_tensors(path, self.masks, {"format": MASKS_FORMAT})
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "FineGrainedPruner":
-        """Load masks saved by :meth:`save` (attach them with :meth:`attach`)."""
-        masks, _ = load_state_dict_file(path)
-        return cls.from_masks(masks)
