@@ -11,8 +11,8 @@ kernels skip no zeros, so it should time like the copies; it is left out of the 
 Each set is timed twice: interleaved by ``time_models`` (each round every model once in turn; the
 median over rounds), and "sequential", each model by its own ``time_models`` call, one after the
 other, as ``compare_models`` did before. Printed and written as JSON (``--json``): per model and batch
-size the median ms and its ratio to the first copy, and per batch size the spread of the three
-copies (slowest over fastest, minus 1). Run:
+size the median ms, its fastest round and its ratio to the first copy, and per batch size the
+spread of the three copies (slowest over fastest, minus 1) of their medians and of their fastest rounds. Run:
 
     python benchmarks/bench_latency.py --json benchmarks/results/bench_latency.json
     python benchmarks/bench_latency.py --threads 1 --rounds 21
@@ -54,16 +54,20 @@ def with_masks(model: nn.Module) -> nn.Module:
     return masked
 
 
+def spread(values: list[float]) -> float:
+    """Slowest over fastest, minus 1: 0.05 is a 5 % spread."""
+    return max(values) / min(values) - 1.0
+
+
 def summary(timings: list[dict], names: list[str], batch_sizes: list[int]) -> dict:
-    """Per model its median ms and ratio to the first copy; per batch the copies' spread (max / min - 1)."""
+    """Per model its median ms (and fastest round) and ratio to the first copy; per batch the copies' spreads."""
     rows = {name: {"latency_ms": t["latency_ms"],
+                   "fastest_round_ms": {b: min(t["rounds_ms"][b]) for b in batch_sizes},
                    "ratio_to_copy_1": {b: t["latency_ms"][b] / timings[0]["latency_ms"][b] for b in batch_sizes}}
             for name, t in zip(names, timings)}
-    spread = {}
-    for b in batch_sizes:
-        copies = [rows[name]["latency_ms"][b] for name in COPIES]
-        spread[b] = max(copies) / min(copies) - 1.0
-    return {"models": rows, "copies_spread": spread}
+    return {"models": rows,
+            "copies_spread": {b: spread([rows[n]["latency_ms"][b] for n in COPIES]) for b in batch_sizes},
+            "copies_spread_fastest": {b: spread([rows[n]["fastest_round_ms"][b] for n in COPIES]) for b in batch_sizes}}
 
 
 def main() -> None:
@@ -97,8 +101,9 @@ def main() -> None:
         for name, row in result[how]["models"].items():
             cells = [f"{row['latency_ms'][b]:.3f} ({row['ratio_to_copy_1'][b]:.3f})" for b in batch_sizes]
             print(f"| {how} | {name} | " + " | ".join(cells) + " |")
-        spread = result[how]["copies_spread"]
-        print(f"| {how} | spread of the 3 copies | " + " | ".join(f"{100 * spread[b]:.1f} %" for b in batch_sizes) + " |")
+        for key, what in (("copies_spread", "medians"), ("copies_spread_fastest", "fastest rounds")):
+            cells = [f"{100 * result[how][key][b]:.1f} %" for b in batch_sizes]
+            print(f"| {how} | spread of the 3 copies' {what} | " + " | ".join(cells) + " |")
     if args.json is not None:
         write_json_atomic(args.json, result)
         print(f"\nwrote {args.json}")
