@@ -11,8 +11,9 @@ kernels skip no zeros, so it should time like the copies; it is left out of the 
 Each set is timed twice: interleaved by ``time_models`` (each round every model once in turn; the
 median over rounds), and "sequential", each model by its own ``time_models`` call, one after the
 other, as ``compare_models`` did before. Printed and written as JSON (``--json``): per model and batch
-size the median ms, its fastest round and its ratio to the first copy, and per batch size the
-spread of the three copies (slowest over fastest, minus 1) of their medians and of their fastest rounds. Run:
+size the median ms, its fastest round, its ratio to the first copy (of medians, and the median of
+the per-round ratios) and its times per round; per batch size the spread of the three copies (slowest
+over fastest, minus 1) of their medians, of their fastest rounds and of their per-round ratios. Run:
 
     python benchmarks/bench_latency.py --json benchmarks/results/bench_latency.json
     python benchmarks/bench_latency.py --threads 1 --rounds 21
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -60,14 +62,20 @@ def spread(values: list[float]) -> float:
 
 
 def summary(timings: list[dict], names: list[str], batch_sizes: list[int]) -> dict:
-    """Per model its median ms (and fastest round) and ratio to the first copy; per batch the copies' spreads."""
+    """Per model its median ms, fastest round, ratio to the first copy (of medians, and the median of per-round
+    ratios: each round's time over the first copy's in that round) and times per round; per batch the copies' spreads."""
+    first = timings[0]["rounds_ms"]
     rows = {name: {"latency_ms": t["latency_ms"],
                    "fastest_round_ms": {b: min(t["rounds_ms"][b]) for b in batch_sizes},
-                   "ratio_to_copy_1": {b: t["latency_ms"][b] / timings[0]["latency_ms"][b] for b in batch_sizes}}
+                   "ratio_to_copy_1": {b: t["latency_ms"][b] / timings[0]["latency_ms"][b] for b in batch_sizes},
+                   "paired_ratio_to_copy_1": {b: statistics.median(x / y for x, y in zip(t["rounds_ms"][b], first[b]))
+                                              for b in batch_sizes},
+                   "rounds_ms": t["rounds_ms"]}
             for name, t in zip(names, timings)}
     return {"models": rows,
             "copies_spread": {b: spread([rows[n]["latency_ms"][b] for n in COPIES]) for b in batch_sizes},
-            "copies_spread_fastest": {b: spread([rows[n]["fastest_round_ms"][b] for n in COPIES]) for b in batch_sizes}}
+            "copies_spread_fastest": {b: spread([rows[n]["fastest_round_ms"][b] for n in COPIES]) for b in batch_sizes},
+            "copies_spread_paired": {b: spread([rows[n]["paired_ratio_to_copy_1"][b] for n in COPIES]) for b in batch_sizes}}
 
 
 def main() -> None:
@@ -101,7 +109,8 @@ def main() -> None:
         for name, row in result[how]["models"].items():
             cells = [f"{row['latency_ms'][b]:.3f} ({row['ratio_to_copy_1'][b]:.3f})" for b in batch_sizes]
             print(f"| {how} | {name} | " + " | ".join(cells) + " |")
-        for key, what in (("copies_spread", "medians"), ("copies_spread_fastest", "fastest rounds")):
+        for key, what in (("copies_spread", "medians"), ("copies_spread_fastest", "fastest rounds"),
+                          ("copies_spread_paired", "per-round ratios (median)")):
             cells = [f"{100 * result[how][key][b]:.1f} %" for b in batch_sizes]
             print(f"| {how} | spread of the 3 copies' {what} | " + " | ".join(cells) + " |")
     if args.json is not None:
