@@ -51,13 +51,13 @@ def time_calls(
 
     Each round times one ``Timer.timeit(number)`` block of every callable in turn (the order of
     ``calls``); the value is the block's mean time per call. ``number=None`` picks, from three
-    untimed single calls of each (their fastest), the calls per block that make the slowest callable's block last about
-    ``BLOCK_MS``; every callable gets the same ``number``. PyTorch runs with ``threads`` intra-op
-    threads (default: the current setting, restored afterwards). Returns ``(times, number)`` with
-    ``times[i]`` the ``rounds`` values of ``calls[i]``.
+    untimed single calls of each (their fastest), the calls per block that make the slowest
+    callable's block last about ``BLOCK_MS``; every callable gets the same ``number``. PyTorch runs
+    with ``threads`` intra-op threads (default: the current setting, restored afterwards).
+    Returns ``(times, number)`` with ``times[i]`` the ``rounds`` values of ``calls[i]``.
     """
     if not calls:
-        raise ValueError("time_calls needs at least one callable to time")
+        raise ValueError("nothing to time: give at least one model (or callable)")
     rounds = _positive_int(rounds, "rounds")
     threads = torch.get_num_threads() if threads is None else _positive_int(threads, "threads")
     timers = [Timer("call()", globals={"call": call}, num_threads=threads) for call in calls]
@@ -83,6 +83,7 @@ def timing_copy(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def _check_batch_sizes(batch_sizes: Iterable[int]) -> list[int]:
+    """``batch_sizes`` as a list when it holds positive ints, else a ValueError with an example."""
     batch_sizes = list(batch_sizes)
     if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
         raise ValueError(f"batch_sizes must be positive ints, got {batch_sizes!r}; e.g. (1, 64)")
@@ -107,8 +108,6 @@ def time_models(
     Returns one dict per model, in order: ``{"latency_ms": {batch: median over rounds},
     "rounds_ms": {batch: [ms per round]}, "number": {batch: calls per block}, "rounds", "threads", "device"}``.
     """
-    if not models:
-        raise ValueError("time_models needs at least one model to time")
     batch_sizes = _check_batch_sizes(batch_sizes)
     dev = pick_device(device)
     threads = torch.get_num_threads() if threads is None else threads
