@@ -159,11 +159,14 @@ def latency_ratio(
     rounds: int = 9,
     number: int | None = None,
 ) -> float:
-    """Median latency of ``model`` over that of ``reference`` at ``batch_size``, the two timed interleaved.
+    """Latency of ``model`` over that of ``reference`` at ``batch_size``: the median of the per-round ratios.
 
-    Both go through ``time_models`` (round-robin, masks detached), so a change of load on a shared
-    machine hits both; the ratio is of the medians over rounds. Neither model is moved or changed.
+    Both go through ``time_models`` (round-robin, masks detached); each round's ratio pairs two blocks
+    timed back to back, so a change of load on a shared machine between rounds cancels out (on the
+    loaded development CPU this held copies of one model within 2 % at batch 64, where the ratio of
+    the two medians strayed by up to 15 %: docs/benchmarks.md). Neither model is moved or changed.
     """
     batch_size = _positive_int(batch_size, "batch_size")
     mine, theirs = time_models([model, reference], example_inputs, (batch_size,), device, rounds, number)
-    return mine["latency_ms"][batch_size] / theirs["latency_ms"][batch_size]
+    pairs = zip(mine["rounds_ms"][batch_size], theirs["rounds_ms"][batch_size])
+    return statistics.median(a / b for a, b in pairs)
