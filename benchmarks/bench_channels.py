@@ -8,7 +8,8 @@ does: "edgeprune planned"), and prunes the same baseline with Torch-Pruning's ow
 come closest to edgeprune's. Every pruned model (and a copy of the dense one, the reference for
 accuracy lost) is fine-tuned for the same epochs with the same seed and shuffling; test accuracy,
 MACs, parameters and CPU latency (batch 1 and 64; dense and pruned models timed in the same
-process, alternating round by round) are printed as a Markdown table.
+process, interleaved round-robin by ``time_models``; the median over rounds and the fastest round) are printed
+as a Markdown table.
 
     .venv/bin/python benchmarks/bench_channels.py --epochs 10 --finetune-epochs 5 --ratios 0.5 --lr-schedule cosine
     .venv/bin/python benchmarks/bench_channels.py --model resnet18 --epochs 0 --finetune-epochs 0 --limit 500
@@ -19,14 +20,13 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
-import statistics
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from edgeprune.analyze.channel_scan import channel_sensitivity_scan, prune_for_macs
-from edgeprune.analyze.latency import measure_latency
+from edgeprune.analyze.latency import time_models
 from edgeprune.analyze.metrics import count_macs
 from edgeprune.data import DataConfig, load_data, make_loaders
 from edgeprune.files import write_json_atomic
@@ -68,24 +68,14 @@ def tp_at_macs(model: nn.Module, shape: tuple[int, ...], target: int, global_pru
     return best[0], best[1]
 
 
-def latency_rounds(models: dict[str, nn.Module], shape: tuple[int, ...], rounds: int, warmup: int, repeats: int) -> dict[str, dict[str, dict[int, float]]]:
-    """Per model and batch size, the median of its per-round medians and the fastest single pass (ms) on the CPU.
+def latency_rounds(models: dict[str, nn.Module], shape: tuple[int, ...], rounds: int, number: int | None) -> dict[str, dict[str, dict[int, float]]]:
+    """Per model and batch size, the median over rounds and the fastest round (ms per call) on the CPU.
 
-    The models are timed in turn within each round, so a slow spell of the shared machine hits them all.
+    ``time_models`` times the models interleaved, round-robin, so a slow spell of the shared machine hits them all.
     """
-    example = torch.zeros(1, *shape)
-    medians: dict[str, dict[int, list[float]]] = {name: {1: [], 64: []} for name in models}
-    fastest: dict[str, dict[int, float]] = {name: {1: float("inf"), 64: float("inf")} for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            result = measure_latency(model, example, (1, 64), device="cpu", warmup=warmup, repeats=repeats)
-            for batch, ms in result["latency_ms"]["cpu"].items():
-                medians[name][batch].append(ms)
-                fastest[name][batch] = min(fastest[name][batch], *result["all_ms"]["cpu"][batch])
-    return {
-        name: {"median": {b: statistics.median(v) for b, v in times.items()}, "min": fastest[name]}
-        for name, times in medians.items()
-    }
+    timings = time_models(list(models.values()), torch.zeros(1, *shape), (1, 64), "cpu", rounds=rounds, number=number)
+    return {name: {"median": t["latency_ms"], "min": {b: min(ms) for b, ms in t["rounds_ms"].items()}}
+            for name, t in zip(models, timings)}
 
 
 def main() -> None:
@@ -98,8 +88,8 @@ def main() -> None:
     parser.add_argument("--importance", default="l2", choices=["l1", "l2", "taylor"])
     parser.add_argument("--limit", type=int, default=None, help="images per split (quick trials)")
     parser.add_argument("--rounds", type=int, default=5, help="latency rounds (models alternate within a round)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed passes before each model's timed ones, per round")
-    parser.add_argument("--repeats", type=int, default=10, help="timed passes per model, batch size and round")
+    parser.add_argument("--number", type=int, default=None, help="calls per model, batch size and round (default: "
+                        "enough for the slowest model's block to last about 20 ms)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadiest on a shared CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -149,7 +139,7 @@ def main() -> None:
                          "params": sum(p.numel() for p in model.parameters()), "acc_pruned": acc_pruned,
                          "acc": evaluate(model, test_loader, "cpu")})
             models[name] = model
-    latency = latency_rounds(models, shape, args.rounds, args.warmup, args.repeats)
+    latency = latency_rounds(models, shape, args.rounds, args.number)
     print(f"{args.model} {shape}, threads: {torch.get_num_threads()}; train/val/test images {splits.info['train_images']}/"
           f"{splits.info['val_images']}/{splits.info['test_images']}")
     print("| model | ratio | MACs | params | acc pruned (%) | acc fine-tuned (%) | ms b1 median / min | ms b64 median / min "

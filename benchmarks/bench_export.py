@@ -54,8 +54,8 @@ def score(model: torch.nn.Module, splits, calib: torch.Tensor, folder: Path, tag
     onx = export_onnx(model, folder / f"{tag}.onnx", calib[:1])
     row["onnx"] = evaluate_onnx(onx, test_loader)["accuracy"]
     row["onnx_check"] = compare_onnx(model, onx, test_loader, batches=3)
-    row["latency_1"] = onnx_latency(model, onx, calib[:1], repeats=50)
-    row["latency_256"] = onnx_latency(model, onx, calib[:256], repeats=10)
+    row["latency_1"] = onnx_latency(model, onx, calib[:1], rounds=50)
+    row["latency_256"] = onnx_latency(model, onx, calib[:256], rounds=10)
     return row
 
 

@@ -1,14 +1,12 @@
 """Channel pruning: tiny models for every graph shape, checked against hand-computed shapes and zeroed-channel references."""
 
 import copy
-import time
 
 import pytest
 import torch
 import torchvision
 from torch import nn
 
-from edgeprune.analyze.latency import latency_ratio, measure_latency
 from edgeprune.files import load_state_dict_file, save_tensors
 from edgeprune.prune.channels import channel_counts, load_channel_pruned, output_layer_names, prune_channels
 from edgeprune.prune.importance import channel_scores, channels_to_remove, num_channels_removed
@@ -304,19 +302,6 @@ def test_importance_arithmetic_by_hand():
         channel_scores(rows, 3, "l3")
 
 
-def test_measure_latency_structure():
-    model = _seeded(Chain)
-    result = measure_latency(model, torch.randn(1, 3, 32, 32), batch_sizes=(1, 64), device="cpu", warmup=1, repeats=3)
-    assert result["threads"] == torch.get_num_threads()
-    assert set(result["latency_ms"]) == {"cpu"} and set(result["latency_ms"]["cpu"]) == {1, 64}
-    times = result["all_ms"]["cpu"]
-    assert all(len(v) == 3 for v in times.values())
-    assert result["latency_ms"]["cpu"][1] == sorted(times[1])[1]  # the median of three
-    assert 0 < min(times[1]) < min(times[64])  # 64 images cost more than one (noise only adds time)
-    with pytest.raises(ValueError, match="batch_sizes"):
-        measure_latency(model, torch.randn(1, 3, 16, 16), batch_sizes=(0,))
-
-
 def test_cli_prune_channel_ratios_writes_a_smaller_checkpoint(tmp_path, capsys):
     from edgeprune.checkpoint import masks_path_for, save_checkpoint
     from edgeprune.cli import main
@@ -384,25 +369,6 @@ def test_cli_channel_pruned_checkpoint_inspects_and_finetunes(tmp_path, capsys, 
     model, _, masks, info = load_checkpoint(tuned)
     assert masks is None and info["channel_pruned"] is True
     assert model.fc1.weight.shape == (90, 16 * 7 * 7) and model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
-
-
-class _Sleep(nn.Module):
-    """A forward pass that takes at least ``seconds`` (time.sleep), whatever else the machine does."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self.seconds = seconds
-
-    def forward(self, x):
-        time.sleep(self.seconds)
-        return x
-
-
-def test_latency_ratio_puts_the_model_over_the_reference():
-    ratio = latency_ratio(_Sleep(0.002), _Sleep(0.008), torch.zeros(1, 3), batch_size=2, device="cpu", rounds=2, repeats=3, warmup=0)
-    assert 0.1 < ratio < 0.7  # 2 ms / 8 ms = 0.25; load adds the same to both, which pulls the ratio toward 1, never past 0.7 here
-    with pytest.raises(ValueError, match="batch_size"):
-        latency_ratio(_Sleep(0.0), _Sleep(0.0), torch.zeros(1, 3), batch_size=0)
 
 
 def test_latency_target_walks_the_channel_plan_until_the_timed_ratio_meets_it(monkeypatch):

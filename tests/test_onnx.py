@@ -62,8 +62,10 @@ def test_compare_onnx_detects_a_different_model(tmp_path):
         model.fc2.bias.add_(0.01)
     changed = compare_onnx(model, path, batches)
     assert not changed["equal"] and changed["max_abs_diff"] == pytest.approx(0.01, rel=1e-2)
-    timing = onnx_latency(model, path, batches[0][0], repeats=2)
-    assert timing["onnx_ms"] > 0 and timing["torch_ms"] > 0 and timing["batch"] == 4
+    model.train()
+    timing = onnx_latency(model, path, batches[0][0], rounds=2)
+    assert timing["onnx_ms"] > 0 and timing["torch_ms"] > 0 and timing["batch"] == 4 and timing["rounds"] == 2
+    assert model.training  # timed on a copy: the caller's model is not put in eval mode
 
 
 def test_missing_file_is_a_clear_error(tmp_path):

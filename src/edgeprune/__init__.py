@@ -9,7 +9,7 @@ compare, from Python or the CLI. The steps of the one-command run are in :mod:`e
 __version__ = "0.1.0"
 
 from .analyze.channel_scan import ChannelScanResult, channel_sensitivity_scan, prune_for_macs
-from .analyze.latency import latency_ratio, measure_latency
+from .analyze.latency import latency_ratio, measure_latency, time_models
 from .analyze.metrics import count_macs, layer_stats, model_stats
 from .analyze.plan import plan_by_budget, plan_by_tolerance
 from .analyze.plots import plot_num_parameters_distribution, plot_weight_distribution
@@ -103,6 +103,7 @@ __all__ = [
     "scan_model",
     "sensitivity_scan",
     "sparsity_of",
+    "time_models",
     "train",
     "train_baseline",
     "write_c_source",

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .analyze.channel_scan import ChannelScanResult, channel_sensitivity_scan, check_fraction, prune_along_plans
-from .analyze.latency import latency_ratio, measure_latency
+from .analyze.latency import latency_ratio, time_models
 from .analyze.metrics import count_macs, file_size, layer_stats, model_stats
 from .analyze.plan import make_plan
 from .analyze.plots import plot_num_parameters_distribution, plot_weight_distribution
@@ -500,19 +500,21 @@ def compare_models(
     back, and evaluated as decoded: the accuracy a device running that file would see (with ``specs[i]``, one per
     model, in its header, so that the file loads without model flags).
     With ``input_shape`` (one image, e.g. ``(1, 28, 28)``) each row also gets its dense ``macs`` and
-    measured ``latency_ms`` ({batch size: median ms} at batch 1 and 64, on ``device``).
+    measured ``latency_ms`` ({batch size: median ms} at batch 1 and 64, on ``device``; the models
+    timed interleaved by ``time_models``, so their ratios compare like with like).
     """
     rows = []
     stems = [Path(path).stem for _, _, path in models]
     unique = len(set(stems)) == len(stems)
+    if input_shape is not None:  # all models of the table timed interleaved, round-robin, masks detached
+        timings = time_models([model for _, model, _ in models], torch.zeros(1, *input_shape), (1, 64), pick_device(device))
     for index, (label, model, path) in enumerate(tqdm(models, desc="compare", leave=False)):
         row = {"model": label, "checkpoint": str(path), **model_stats(model), "file_bytes": file_size(path)}
         row["accuracy"] = evaluate(model, loader, device)
         if input_shape is not None:
             row["macs"] = count_macs(model, input_shape)["total"]
-            timing = measure_latency(model, torch.zeros(1, *input_shape), (1, 64), pick_device(device))
-            row["latency_ms"] = next(iter(timing["latency_ms"].values()))
-            row["latency_threads"] = timing["threads"]
+            row["latency_ms"] = timings[index]["latency_ms"]
+            row["latency_threads"] = timings[index]["threads"]
         if export_dir is not None:
             name = stems[index] if unique else f"{index}-{stems[index]}"  # two runs' finetuned.* must not collide
             target = export_compressed(model, Path(export_dir) / f"{name}.epz", export_values, export_bits,

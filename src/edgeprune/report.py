@@ -45,7 +45,8 @@ def comparison_markdown(rows: Iterable[Mapping]) -> str:
         threads = next(r.get("latency_threads") for r in rows if r.get("latency_ms"))
         lines.append(
             "*MACs* are dense multiply-accumulates per image (zeros still count: only channel pruning lowers them); "
-            f"*latency* is the median forward time after warm-up at batch 1 and 64, measured in this run ({threads} threads)."
+            f"*latency* is the median forward time at batch 1 and 64, measured in this run ({threads} threads), "
+            "the models timed in turn round by round (masks detached) so that their ratios compare like with like."
         )
     if has_compressed:
         r = next(r for r in rows if r.get("compressed_bytes") is not None)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
-import time
+import statistics
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..analyze.latency import time_calls, timing_copy
 from ..files import atomic_path
 
 __all__ = ["ONNX_ATOL", "ONNX_RTOL", "compare_onnx", "evaluate_onnx", "export_onnx", "onnx_latency", "onnx_session", "quantize_onnx"]
@@ -127,30 +129,18 @@ def evaluate_onnx(path: str | os.PathLike, loader: Iterable) -> dict:
     return {"accuracy": 100.0 * correct / total, "count": total}
 
 
-def onnx_latency(model: nn.Module, path: str | os.PathLike, images: torch.Tensor, repeats: int = 20, threads: int = 1) -> dict:
-    """Median milliseconds per call of onnxruntime and of PyTorch (eval, no grad, CPU) on the same ``images`` batch.
+def onnx_latency(model: nn.Module, path: str | os.PathLike, images: torch.Tensor, rounds: int = 20, threads: int = 1) -> dict:
+    """Median milliseconds per call of onnxruntime and of PyTorch on the same ``images`` batch, on the CPU.
 
-    Both run with ``threads`` intra-op threads (PyTorch's setting is restored afterwards), so the ratio is fair.
+    The two are timed interleaved by ``analyze.latency.time_calls`` (``rounds`` rounds), PyTorch on a
+    ``timing_copy`` of ``model`` (eval, masks detached) under ``torch.inference_mode()``; both run with
+    ``threads`` intra-op threads (PyTorch's setting is restored afterwards), so the ratio is fair.
     """
     session = onnx_session(path, threads)
-    model = model.eval().cpu()
-    images = images.cpu()
-
-    def median_ms(fn) -> float:
-        fn()  # warm up
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return 1000.0 * float(np.median(times))
-
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad():
-            torch_ms = median_ms(lambda: model(images))
-    finally:
-        torch.set_num_threads(saved)
-    onnx_ms = median_ms(lambda: _run(session, images))
-    return {"onnx_ms": onnx_ms, "torch_ms": torch_ms, "batch": len(images), "threads": threads}
+    timed = timing_copy(model, torch.device("cpu"))
+    images = images.detach().cpu()
+    with torch.inference_mode():
+        (torch_ms, onnx_ms), number = time_calls(
+            [functools.partial(timed, images), functools.partial(_run, session, images)], rounds, threads=threads)
+    return {"onnx_ms": statistics.median(onnx_ms), "torch_ms": statistics.median(torch_ms), "batch": len(images),
+            "threads": threads, "rounds": rounds, "number": number}
