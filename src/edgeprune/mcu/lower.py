@@ -9,6 +9,9 @@ arithmetic, so the C code only runs kernels:
   so every convolution kernel runs VALID; their biases absorb ``-input_zero_point * sum(weights)``
   (the same for fully connected layers), so the kernels sum ``input * weight`` only;
 * RESHAPE moves no bytes: its output is its input;
+* a 2x2 stride-2 max pool that alone reads a convolution's output is fused into it: the convolution
+  keeps the largest accumulator of each window and requantizes it once (requantization never
+  decreases, so this equals pooling the requantized outputs), and the full-size output never exists;
 * each convolution, depthwise convolution and fully connected layer runs dense or sparse
   (see :mod:`edgeprune.mcu.sparse`), whichever :mod:`edgeprune.mcu.cost` predicts is cheaper,
   unless ``sparse`` is ``"always"`` or ``"never"``.
@@ -130,6 +133,11 @@ class _Lowering:
         self.g, self.sparse = graph, sparse
         self.plan = Plan()
         self.next_tensor = len(graph.tensors)
+        self.readers: dict[int, list[int]] = {}
+        for k, op in enumerate(graph.ops):
+            for t in op.inputs:
+                self.readers.setdefault(t, []).append(k)
+        self.fused: set[int] = set()  # max pools run inside the convolution before them
 
     # helpers ---------------------------------------------------------------------------------
     def shape(self, t: int) -> tuple[int, ...]:
@@ -203,12 +211,28 @@ class _Lowering:
             raise ValueError(f"{label}: bias - input zero point * sum(weights) leaves the int32 range")
         return Arg("array", total.astype(np.int32))
 
+    def fusable_pool(self, y: int) -> int | None:
+        """The index of the 2x2 stride-2 max pool that alone reads tensor ``y`` (and keeps its quantization), or None."""
+        readers = self.readers.get(y, [])
+        if len(readers) != 1 or y in self.g.outputs:
+            return None
+        pool = self.g.ops[readers[0]]
+        o = pool.options
+        same_q = self.g.tensors[pool.outputs[0]].qparams == self.g.tensors[y].qparams
+        if pool.op != "MAX_POOL_2D" or o.filter != (2, 2) or o.stride != (2, 2) or o.activation != "NONE" or not same_q:
+            return None
+        h, w, c = self.shape(y)[1:]
+        if self.shape(pool.outputs[0]) != (1, h // 2, w // 2, c) or (o.padding == "SAME" and (h % 2 or w % 2)):
+            return None
+        return readers[0]
+
     # ops -------------------------------------------------------------------------------------
     def conv(self, k: int, op: QOp, depthwise: bool) -> None:
         label = f"op {k} ({op.op})"
         x, y = op.inputs[0], op.outputs[0]
         in_h, in_w, in_c = self.nhwc(x, label)
         out_h, out_w, out_c = self.nhwc(y, label)
+        pool = None if depthwise else self.fusable_pool(y)
         weight, bias = self.weights_and_bias(op, label)
         if weight.ndim != 4:
             raise ValueError(f"{label}: the filter has shape {list(weight.shape)}; it must be 4-D")
@@ -229,7 +253,8 @@ class _Lowering:
                              f"kernel {k_h}x{k_w}, stride {sh}x{sw}, dilation {dh}x{dw} and {opt.padding} padding")
         w_scales = self.g.tensors[op.inputs[1]].scale
         dims = {"in_h": ph, "in_w": pw, "in_c": in_c, "out_h": out_h, "out_w": out_w, "out_c": out_c, "k_h": k_h,
-                "k_w": k_w, "stride_h": sh, "stride_w": sw, "dil_h": dh, "dil_w": dw, "depth_multiplier": mult}
+                "k_w": k_w, "stride_h": sh, "stride_w": sw, "dil_h": dh, "dil_w": dw, "depth_multiplier": mult,
+                "pool": int(pool is not None)}
         requant = _requant(in_qp[0], w_scales, out_qp, opt.activation)
         nonzeros = int(np.count_nonzero(weight))
         pixels = out_h * out_w
@@ -256,9 +281,13 @@ class _Lowering:
                       {"seg_count": chosen.counts, "nibbles": chosen.index, "values": chosen.values})
             w_arg, info = Arg("struct", (struct, fields)), {"weight_bytes": chosen.values.size,
                                                               "index_bytes": chosen.index_bytes}
+        name = op.op
+        if pool is not None:
+            self.fused.add(pool)
+            y, name = self.g.ops[pool].outputs[0], f"{op.op}+MAX_POOL_2D"
         args = [Arg("struct", ("ep_conv_dims", dims)), Arg("tensor", xp), w_arg,
                 self.folded_bias(bias, sums, in_qp[1], label), requant, Arg("tensor", self.act(y))]
-        self.add(op.op, k, kernel, args, (xp,), y, engine="dense" if chosen is None else "sparse", why=why,
+        self.add(name, k, kernel, args, (xp,), y, engine="dense" if chosen is None else "sparse", why=why,
                  macs=pixels * weight.size, nonzero_macs=pixels * nonzeros, predicted_instructions=cost, **info)
 
     def fully_connected(self, k: int, op: QOp) -> None:
@@ -407,6 +436,8 @@ class _Lowering:
                     "MAX_POOL_2D": self.pool, "PAD": self.pad, "PADV2": self.pad, "RESHAPE": self.reshape,
                     "TRANSPOSE": self.transpose, "RELU": self.relu, "RELU6": self.relu, "SOFTMAX": self.softmax}
         for k, op in enumerate(g.ops):
+            if k in self.fused:
+                continue
             if op.op not in handlers:
                 raise ValueError(f"op {k} ({op.op}) writing tensor {op.outputs[0]} is not supported by the C engine")
             handlers[op.op](k, op)

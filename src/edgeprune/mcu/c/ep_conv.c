@@ -57,7 +57,8 @@ static inline int32_t ep_dot1(const int8_t *x, const int8_t *w, int32_t n, int32
 static int ep_conv_dims_ok(const ep_conv_dims *d) {
     return d->out_h > 0 && d->out_w > 0 && d->stride_h > 0 && d->stride_w > 0 && d->dil_h > 0 && d->dil_w > 0 &&
            (d->out_h - 1) * d->stride_h + (d->k_h - 1) * d->dil_h < d->in_h &&
-           (d->out_w - 1) * d->stride_w + (d->k_w - 1) * d->dil_w < d->in_w;
+           (d->out_w - 1) * d->stride_w + (d->k_w - 1) * d->dil_w < d->in_w &&
+           (!d->pool || (d->out_h >= 2 && d->out_w >= 2));
 }
 
 /* Sum over one output channel's kernel window at `base`; `seg` is the window's row (k_w * in_c when dil_w is 1). */
@@ -96,107 +97,182 @@ static void ep_window2(const ep_conv_dims *d, const int8_t *base, const int8_t *
     }
 }
 
+/* The output pixels computed together: with a fused 2x2 max pool a group is one pooling window (its
+ * four pixels' largest accumulator is requantized once, which equals pooling the requantized outputs
+ * since requantization never decreases), else up to four consecutive pixels of a row. */
+typedef struct {
+    const int8_t *base;  /* the input window of the group's first pixel */
+    int32_t off[4];      /* input offsets of the group's pixels from `base` */
+    int32_t pixels;      /* 4, or 1 for the pixels a row leaves over */
+    int8_t *out;         /* where the group's first output channel goes */
+    int32_t out_step;    /* output bytes from one pixel to the next (0 when pooled: one output) */
+} ep_group;
+
+static int32_t ep_group_count(const ep_conv_dims *d) {
+    if (d->pool) {
+        return (d->out_h / 2) * (d->out_w / 2);
+    }
+    return d->out_h * (d->out_w / 4 + d->out_w % 4);
+}
+
+static void ep_group_at(const ep_conv_dims *d, const int8_t *in, int8_t *out, int32_t g, ep_group *grp) {
+    const int32_t pix = d->stride_w * d->in_c, row = d->stride_h * d->in_w * d->in_c;
+    int32_t oy, ox;
+    if (d->pool) {
+        const int32_t pw = d->out_w / 2;
+        oy = 2 * (g / pw);
+        ox = 2 * (g % pw);
+        grp->off[0] = 0;
+        grp->off[1] = pix;
+        grp->off[2] = row;
+        grp->off[3] = row + pix;
+        grp->pixels = 4;
+        grp->out = out + g * d->out_c;
+        grp->out_step = 0;
+    } else {
+        const int32_t per_row = d->out_w / 4 + d->out_w % 4, full = d->out_w / 4;
+        const int32_t k = g % per_row;
+        oy = g / per_row;
+        ox = k < full ? 4 * k : 4 * full + (k - full);
+        grp->off[0] = 0;
+        grp->off[1] = pix;
+        grp->off[2] = 2 * pix;
+        grp->off[3] = 3 * pix;
+        grp->pixels = k < full ? 4 : 1;
+        grp->out = out + (oy * d->out_w + ox) * d->out_c;
+        grp->out_step = d->out_c;
+    }
+    grp->base = in + (oy * d->stride_h * d->in_w + ox * d->stride_w) * d->in_c;
+}
+
+/* Requantize output channel `co` of a group from its pixels' accumulators. */
+static void ep_group_store(const ep_group *grp, const ep_requant *q, int32_t co, const int32_t acc[4]) {
+    int32_t j;
+    if (grp->out_step == 0) {
+        int32_t m = acc[0];
+        for (j = 1; j < 4; j++) {
+            m = acc[j] > m ? acc[j] : m;
+        }
+        grp->out[co] = EP_STORE(q, co, m);
+        return;
+    }
+    for (j = 0; j < grp->pixels; j++) {
+        grp->out[j * grp->out_step + co] = EP_STORE(q, co, acc[j]);
+    }
+}
+
 int ep_conv_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, const int32_t *bias,
                   const ep_requant *q, int8_t *out) {
     const int32_t window = d->k_h * d->k_w * d->in_c;
-    int32_t oy, ox, co;
+    const int32_t groups = ep_group_count(d);
+    int32_t g, co, j;
     if (!ep_conv_dims_ok(d)) {
         return EP_ERROR_DIMS;
     }
-    for (oy = 0; oy < d->out_h; oy++) {
-        for (ox = 0; ox < d->out_w; ox++) {
-            const int8_t *base = in + (oy * d->stride_h * d->in_w + ox * d->stride_w) * d->in_c;
-            int8_t *o = out + (oy * d->out_w + ox) * d->out_c;
-            for (co = 0; co + 1 < d->out_c; co += 2) {
-                int32_t a0 = bias[co], a1 = bias[co + 1];
-                ep_window2(d, base, w + co * window, w + (co + 1) * window, &a0, &a1);
-                o[co] = EP_STORE(q, co, a0);
-                o[co + 1] = EP_STORE(q, co + 1, a1);
+    for (g = 0; g < groups; g++) {
+        ep_group grp;
+        ep_group_at(d, in, out, g, &grp);
+        for (co = 0; co + 1 < d->out_c; co += 2) {
+            int32_t a0[4], a1[4];
+            for (j = 0; j < grp.pixels; j++) {
+                a0[j] = bias[co];
+                a1[j] = bias[co + 1];
+                ep_window2(d, grp.base + grp.off[j], w + co * window, w + (co + 1) * window, &a0[j], &a1[j]);
             }
-            if (co < d->out_c) {
-                o[co] = EP_STORE(q, co, ep_window1(d, base, w + co * window, bias[co]));
+            ep_group_store(&grp, q, co, a0);
+            ep_group_store(&grp, q, co + 1, a1);
+        }
+        if (co < d->out_c) {
+            int32_t a0[4];
+            for (j = 0; j < grp.pixels; j++) {
+                a0[j] = ep_window1(d, grp.base + grp.off[j], w + co * window, bias[co]);
             }
+            ep_group_store(&grp, q, co, a0);
         }
     }
     return EP_OK;
 }
 
-/* Next 4-bit entry of a nibble stream (low nibble first). */
-#define EP_NIBBLE(stream, k) (((stream)[(k) >> 1] >> (((k) & 1) << 2)) & 15u)
-
-/* One output channel over `pixels` (1 or 4) output pixels `pix` bytes apart, starting at `base`.
- * Consumes the channel's segments from the nibble cursor *k and the value pointer *v. */
-static void ep_sparse_channel(const ep_conv_dims *d, const ep_sparse_conv *w, const uint16_t *counts,
-                              const int8_t *base, int32_t pix, int32_t pixels, uint32_t *k, const int8_t **v,
-                              int32_t acc[4]) {
-    const int32_t seg_step = d->dil_h * d->in_w * d->in_c;
-    const uint8_t *nib = w->nibbles;
-    const int8_t *val = *v;
-    uint32_t kk = *k;
+/* One run of `n` nibble entries (see ep_kernels.h) at four pixels: `r` walks the first pixel's input,
+ * the others are `d`, `e` and `f` bytes further. */
+static inline void ep_run4(const int8_t *r, int32_t d, int32_t e, int32_t f, const uint8_t *nib, const int8_t **val,
+                           uint32_t n, int32_t acc[4]) {
+    const int8_t *v = *val;
     int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
-    int32_t ky;
-    for (ky = 0; ky < d->k_h; ky++, base += seg_step) {
-        const uint32_t end = kk + counts[ky];
-        int32_t pos = -1;
-        if (pixels == 4) {
-            const int32_t p2 = 2 * pix, p3 = 3 * pix;
-            for (; kk < end; kk++) {
-                const uint32_t g = EP_NIBBLE(nib, kk);
-                int32_t wv;
-                if (g == 0) {
-                    pos += 15;
-                    continue;
-                }
-                pos += (int32_t)g;
-                wv = *val++;
-                a0 += base[pos] * wv;
-                a1 += base[pos + pix] * wv;
-                a2 += base[pos + p2] * wv;
-                a3 += base[pos + p3] * wv;
-            }
-        } else {
-            for (; kk < end; kk++) {
-                const uint32_t g = EP_NIBBLE(nib, kk);
-                if (g == 0) {
-                    pos += 15;
-                    continue;
-                }
-                pos += (int32_t)g;
-                a0 += base[pos] * *val++;
-            }
-        }
+#define EP_ENTRY4(g)             \
+    r += (g);                    \
+    if ((g) != 15u) {            \
+        const int32_t wv = *v++; \
+        a1 += r[d] * wv;         \
+        a2 += r[e] * wv;         \
+        a3 += r[f] * wv;         \
+        a0 += *r++ * wv;         \
     }
+    for (; n >= 2; n -= 2) {
+        const uint32_t b = *nib++;
+        EP_ENTRY4(b & 15u)
+        EP_ENTRY4(b >> 4)
+    }
+    if (n) {
+        EP_ENTRY4(*nib & 15u)
+    }
+#undef EP_ENTRY4
     acc[0] = a0;
     acc[1] = a1;
     acc[2] = a2;
     acc[3] = a3;
-    *k = kk;
-    *v = val;
+    *val = v;
+}
+
+/* The same at one pixel. */
+static inline void ep_run1(const int8_t *r, const uint8_t *nib, const int8_t **val, uint32_t n, int32_t *acc) {
+    const int8_t *v = *val;
+    int32_t a0 = *acc;
+#define EP_ENTRY1(g)         \
+    r += (g);                \
+    if ((g) != 15u) {        \
+        a0 += *r++ * *v++;   \
+    }
+    for (; n >= 2; n -= 2) {
+        const uint32_t b = *nib++;
+        EP_ENTRY1(b & 15u)
+        EP_ENTRY1(b >> 4)
+    }
+    if (n) {
+        EP_ENTRY1(*nib & 15u)
+    }
+#undef EP_ENTRY1
+    *acc = a0;
+    *val = v;
 }
 
 int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse_conv *w, const int32_t *bias,
                    const ep_requant *q, int8_t *out) {
-    const int32_t pix = d->stride_w * d->in_c;
-    int32_t oy, ox, co, j;
+    const int32_t seg_step = d->dil_h * d->in_w * d->in_c;
+    const int32_t groups = ep_group_count(d);
+    int32_t g, co, ky;
     if (!ep_conv_dims_ok(d) || d->dil_w != 1) {
         return EP_ERROR_DIMS;
     }
-    for (oy = 0; oy < d->out_h; oy++) {
-        for (ox = 0; ox < d->out_w;) {
-            const int32_t pixels = ox + 4 <= d->out_w ? 4 : 1;
-            const int8_t *base = in + (oy * d->stride_h * d->in_w + ox * d->stride_w) * d->in_c;
-            int8_t *o = out + (oy * d->out_w + ox) * d->out_c;
-            uint32_t k = 0;
-            const int8_t *v = w->values;
-            for (co = 0; co < d->out_c; co++) {
-                int32_t acc[4];
-                acc[0] = acc[1] = acc[2] = acc[3] = bias[co];
-                ep_sparse_channel(d, w, w->seg_count + co * d->k_h, base, pix, pixels, &k, &v, acc);
-                for (j = 0; j < pixels; j++) {
-                    o[j * d->out_c + co] = EP_STORE(q, co, acc[j]);
+    for (g = 0; g < groups; g++) {
+        ep_group grp;
+        const uint16_t *count = w->seg_count;
+        const uint8_t *nib = w->nibbles;
+        const int8_t *v = w->values;
+        ep_group_at(d, in, out, g, &grp);
+        for (co = 0; co < d->out_c; co++) {
+            int32_t acc[4];
+            const int8_t *row = grp.base;
+            acc[0] = acc[1] = acc[2] = acc[3] = bias[co];
+            for (ky = 0; ky < d->k_h; ky++, row += seg_step, count++) {
+                if (grp.pixels == 4) {
+                    ep_run4(row, grp.off[1], grp.off[2], grp.off[3], nib, &v, *count, acc);
+                } else {
+                    ep_run1(row, nib, &v, *count, acc);
                 }
+                nib += (*count + 1u) >> 1;
             }
-            ox += pixels;
+            ep_group_store(&grp, q, co, acc);
         }
     }
     return EP_OK;
@@ -281,22 +357,12 @@ int ep_fc_sparse(int32_t in_n, int32_t out_n, const int8_t *in, const ep_sparse_
                  const ep_requant *q, int8_t *out) {
     const uint8_t *nib = w->nibbles;
     const int8_t *v = w->values;
-    uint32_t k = 0;
     int32_t o;
     (void)in_n;
     for (o = 0; o < out_n; o++) {
-        const uint32_t end = k + w->count[o];
-        int32_t pos = -1;
         int32_t acc = bias[o];
-        for (; k < end; k++) {
-            const uint32_t g = EP_NIBBLE(nib, k);
-            if (g == 0) {
-                pos += 15;
-                continue;
-            }
-            pos += (int32_t)g;
-            acc += in[pos] * *v++;
-        }
+        ep_run1(in, nib, &v, w->count[o], &acc);
+        nib += (w->count[o] + 1u) >> 1;
         out[o] = EP_STORE(q, o, acc);
     }
     return EP_OK;

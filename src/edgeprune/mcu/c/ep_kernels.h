@@ -34,13 +34,14 @@ typedef struct {
     int32_t stride_h, stride_w;
     int32_t dil_h, dil_w;
     int32_t depth_multiplier;  /* depthwise only */
+    int32_t pool;              /* 1: a 2x2 stride-2 max pool is fused (output (out_h/2) x (out_w/2)) */
 } ep_conv_dims;
 
-/* Sparse convolution weights, per output channel and kernel row (k_h segments per channel):
- * seg_count[co * k_h + ky] 4-bit entries in nibbles (low nibble first), a continuous stream over
- * all segments. An entry g in 1..15 moves the position g places forward along the row segment
- * (k_w * in_c positions, from one before its start) and multiplies there with the next value;
- * g = 0 moves 15 places forward and multiplies nothing (a gap longer than 15). */
+/* Sparse convolution weights. Each output channel's kernel rows are runs (k_h runs per channel, in
+ * order); a run codes the non-zeros of its k_w * in_c weights (laid out as the input row) as
+ * seg_count[run] 4-bit entries, two to a byte, low nibble first, each run starting on a byte.
+ * A cursor starts at the run's first position: an entry g in 0..14 moves it g places, multiplies the
+ * input there by the next value and steps one place on; an entry 15 moves it 15 places (a long gap). */
 typedef struct {
     const uint16_t *seg_count;
     const uint8_t *nibbles;
@@ -55,7 +56,7 @@ typedef struct {
     const int8_t *values;
 } ep_sparse_dw;
 
-/* Sparse fully connected weights: per output row count[o] 4-bit entries, coded as in ep_sparse_conv
+/* Sparse fully connected weights: one run per output row, count[o] entries coded as in ep_sparse_conv
  * over the whole input vector. */
 typedef struct {
     const uint16_t *count;
