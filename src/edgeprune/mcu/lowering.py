@@ -281,9 +281,10 @@ class _Lowering:
             sums = weight.reshape(out_c, -1).astype(np.int64).sum(axis=1)
             groups = (out_h // 2) * (out_w // 2) if pool is not None else out_h * -(-out_w // 4)
             engine, chosen, why, cost = self.choose(
-                label, conv_cost(groups, out_c, k_h, k_w, in_c, pooled=pool is not None), weight.size,
+                label, conv_cost(groups, out_c, k_h, k_w, in_c, pool is not None, dw), weight.size,
                 [(f"sparse {b}-bit", lambda b=b: encode_conv(weight, b)) for b in ENTRY_BITS],
-                lambda s: conv_cost(groups, out_c, k_h, k_w, in_c, s.entries, nonzeros, s.bits, pool is not None))
+                lambda s: conv_cost(groups, out_c, k_h, k_w, in_c, pool is not None, dw, nonzeros, s.entries, s.bits,
+                                    s.escapes))
             kernel = f"ep_conv_{engine}"
         if chosen is None:
             w_arg, info = Arg("array", weight.reshape(-1)), {"weight_bytes": weight.size}
@@ -321,7 +322,7 @@ class _Lowering:
         nonzeros = int(np.count_nonzero(weight))
         engine, chosen, why, cost = self.choose(
             label, fc_cost(in_n, out_n), weight.size, [(f"sparse {b}-bit", lambda b=b: encode_fc(weight, b)) for b in ENTRY_BITS],
-            lambda s: fc_cost(in_n, out_n, s.entries, nonzeros, s.bits))
+            lambda s: fc_cost(in_n, out_n, nonzeros, s.entries, s.bits, s.escapes))
         if chosen is None:
             w_arg, info = Arg("array", weight.reshape(-1)), {"weight_bytes": weight.size}
         else:
