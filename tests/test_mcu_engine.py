@@ -253,6 +253,9 @@ def test_report_counts_weights_and_sparse_choice(tmp_path):
     assert fc["macs"] == 6 * 32 and fc["nonzero_macs"] == int(np.count_nonzero(model.fc.weight.detach().numpy()))
     assert fc["weight_bytes"] == fc["nonzero_macs"] and fc["index_bytes"] > 0 and fc["why"].startswith("sparse")
     assert dense["totals"]["weight_bytes"] == 8 * 9 + 6 * 32 and dense["totals"]["index_bytes"] == 0
+    assert [layer["format"] for layer in dense["layers"] if layer["engine"] != "-"] == ["int8", "int8"]
+    assert [layer["format"] for layer in sparse["layers"] if layer["engine"] != "-"][0] == "taps"
+    assert fc["format"] in ("4-bit", "8-bit")
 
 
 def test_bad_input_gets_one_line(tmp_path):

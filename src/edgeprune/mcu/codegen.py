@@ -140,7 +140,8 @@ def render(plan: Plan) -> dict[str, str]:
         + "".join(writer.consts)
         + "\nint edgeprune_invoke(const int8_t *input, int8_t *output) {\n    int status;\n"
         + "".join(calls) + "    return EP_OK;\n}\n")
-    layers = [{"layer": i, "op": s.op, "tflite_op": s.source, "kernel": s.kernel, "engine": s.engine, "why": s.why,
+    layers = [{"layer": i, "op": s.op, "tflite_op": s.source, "kernel": s.kernel, "engine": s.engine, "format": s.format,
+               "why": s.why,
                "macs": s.macs, "nonzero_macs": s.nonzero_macs, "weight_bytes": s.weight_bytes,
                "index_bytes": s.index_bytes, "predicted_instructions": round(s.predicted_instructions)}
               for i, s in enumerate(plan.steps)]

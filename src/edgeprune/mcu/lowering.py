@@ -56,6 +56,7 @@ class Step:
     inputs: tuple[int, ...]
     output: int
     engine: str = "-"
+    format: str = "-"  # the weights' format: "int8" dense, "4-bit" or "8-bit" gap runs, "taps" (depthwise)
     why: str = ""
     macs: int = 0
     nonzero_macs: int = 0
@@ -121,6 +122,11 @@ def _requant(in_scale: float, w_scales: np.ndarray, channels: int, out_qp: tuple
                                          "act_min": lo, "act_max": hi}))
 
 
+def _format(weights: SparseWeights | None) -> str:
+    """The name of a layer's weight format in layers.json."""
+    return "int8" if weights is None else weights.format
+
+
 # ---------------------------------------------------------------------------------------------
 # the lowering
 
@@ -163,6 +169,7 @@ class _Lowering:
     def choose(self, label: str, dense_instructions: float, dense_bytes: int,
                encodings: list[tuple[str, object]], sparse_instructions) -> tuple[str, SparseWeights | None, str, float]:
         """The engine of a weighted layer: (name, sparse weights or None for dense, why, predicted instructions).
+        The variants are named "dense" and "sparse <format>".
 
         ``encodings`` are (name, function making the sparse weights); ``sparse_instructions`` predicts a
         sparse variant's instructions. ``auto`` takes the variant of lowest :func:`~edgeprune.mcu.cost.layer_cost`,
@@ -291,7 +298,7 @@ class _Lowering:
             patch = self.new_tensor(4 * k_h * k_w * in_c)
             args.insert(5, Arg("words", patch))
             reads = (xp, patch)
-        self.add(name, k, kernel, args, reads, y, engine=engine, why=why,
+        self.add(name, k, kernel, args, reads, y, engine=engine, format=_format(chosen), why=why,
                  macs=pixels * weight.size, nonzero_macs=pixels * nonzeros, predicted_instructions=cost, **info)
 
     def fully_connected(self, k: int, op: QOp) -> None:
@@ -317,7 +324,7 @@ class _Lowering:
                 self.folded_bias(bias, sums, in_qp[1], label),
                 _requant(in_qp[0], self.g.tensors[op.inputs[1]].scale, out_n, out_qp, op.options.activation),
                 Arg("tensor", self.act(y))]
-        self.add(op.op, k, f"ep_fc_{engine}", args, (x,), y, engine=engine, why=why,
+        self.add(op.op, k, f"ep_fc_{engine}", args, (x,), y, engine=engine, format=_format(chosen), why=why,
                  macs=weight.size, nonzero_macs=nonzeros, predicted_instructions=cost, **info)
 
     def add_op(self, k: int, op: QOp) -> None:
