@@ -20,6 +20,7 @@ arithmetic, so the C code only runs kernels:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -166,8 +167,9 @@ class _Lowering:
             **info) -> None:
         self.plan.steps.append(Step(op, source, kernel, args, inputs, output, **info))
 
-    def choose(self, label: str, dense_instructions: float, dense_bytes: int,
-               encodings: list[tuple[str, object]], sparse_instructions) -> tuple[str, SparseWeights | None, str, float]:
+    def choose(self, dense_instructions: float, dense_bytes: int,
+               encodings: list[tuple[str, Callable[[], SparseWeights]]],
+               sparse_instructions: Callable[[SparseWeights], float]) -> tuple[str, SparseWeights | None, str, float]:
         """The engine of a weighted layer: (name, sparse weights or None for dense, why, predicted instructions).
         The variants are named "dense" and "sparse <format>".
 
@@ -266,7 +268,7 @@ class _Lowering:
         if depthwise:
             sums = weight.reshape(-1, out_c).astype(np.int64).sum(axis=0)
             engine, chosen, why, cost = self.choose(
-                label, depthwise_cost(out_h, out_w, out_c, k_h, k_w), weight.size,
+                depthwise_cost(out_h, out_w, out_c, k_h, k_w), weight.size,
                 [("sparse taps", lambda: encode_depthwise(weight))],
                 lambda s: depthwise_cost(out_h, out_w, out_c, k_h, k_w, nonzeros))
             kernel = f"ep_depthwise_{engine}"
@@ -274,7 +276,7 @@ class _Lowering:
             sums = weight.reshape(out_c, -1).astype(np.int64).sum(axis=1)
             groups = (out_h // 2) * (out_w // 2) if pool is not None else out_h * -(-out_w // 4)
             engine, chosen, why, cost = self.choose(
-                label, conv_cost(groups, out_c, k_h, k_w, in_c, pool is not None, dw), weight.size,
+                conv_cost(groups, out_c, k_h, k_w, in_c, pool is not None, dw), weight.size,
                 [(f"sparse {b}-bit", lambda b=b: encode_conv(weight, b)) for b in ENTRY_BITS],
                 lambda s: conv_cost(groups, out_c, k_h, k_w, in_c, pool is not None, dw, nonzeros, s.entries, s.bits,
                                     s.escapes))
@@ -311,7 +313,7 @@ class _Lowering:
         in_qp, out_qp = self.g.tensors[x].qparams, self.g.tensors[y].qparams
         nonzeros = int(np.count_nonzero(weight))
         engine, chosen, why, cost = self.choose(
-            label, fc_cost(in_n, out_n), weight.size, [(f"sparse {b}-bit", lambda b=b: encode_fc(weight, b)) for b in ENTRY_BITS],
+            fc_cost(in_n, out_n), weight.size, [(f"sparse {b}-bit", lambda b=b: encode_fc(weight, b)) for b in ENTRY_BITS],
             lambda s: fc_cost(in_n, out_n, nonzeros, s.entries, s.bits, s.escapes))
         if chosen is None:
             w_arg, info = Arg("array", weight.reshape(-1)), {"weight_bytes": weight.size}
