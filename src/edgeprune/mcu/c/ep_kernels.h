@@ -6,7 +6,11 @@
  *
  * Convolutions run VALID on an input already padded with its zero point (the generated model
  * inserts ep_pad before them), and their bias already holds -input_zero_point * sum(weights),
- * so the inner loops are plain sums of input * weight.
+ * so the inner loops are plain sums of input * weight. They compute four output pixels at a time
+ * (a fused 2x2 max pool's window, or four of a row) from a scratch copy of the four input windows:
+ * 16-bit pairs for the dense kernel (SMLAD on four weights), one word of four int8 pixels per
+ * window position for the sparse one (SXTB16, then SMLABB/SMLATB per non-zero weight). The DSP
+ * instructions are used behind __ARM_FEATURE_DSP; elsewhere portable C computes the same.
  */
 #ifndef EP_KERNELS_H
 #define EP_KERNELS_H
