@@ -123,6 +123,28 @@ def _requant(in_scale: float, w_scales: np.ndarray, channels: int, out_qp: tuple
                                          "act_min": lo, "act_max": hi}))
 
 
+def _padded_windows(weight: np.ndarray) -> np.ndarray:
+    """A dense convolution's weights as the kernel reads them: each output channel's window (ky, kx, ci)
+    zero-padded to a multiple of 4 bytes (``EP_DENSE_PADDED``)."""
+    out_c, window = len(weight), weight[0].size
+    padded = np.zeros((out_c, -(-window // 4) * 4), np.int8)
+    padded[:, :window] = weight.reshape(out_c, window)
+    return padded
+
+
+def _weight_arg(dense: np.ndarray, chosen: SparseWeights | None) -> tuple[Arg, dict]:
+    """The kernel argument holding a layer's weights (``dense`` as stored when ``chosen`` is None) and the
+    layer's ``weight_bytes`` and ``index_bytes``."""
+    if chosen is None:
+        return Arg("array", dense.reshape(-1)), {"weight_bytes": dense.size}
+    if chosen.taps:
+        struct = ("ep_sparse_dw", {"count": chosen.counts, "taps": chosen.index, "values": chosen.values})
+    else:
+        struct = ("ep_sparse", {"bits": chosen.bits, "escapes": chosen.escapes, "count": chosen.counts,
+                                "nibbles": chosen.index, "values": chosen.values})
+    return Arg("struct", struct), {"weight_bytes": chosen.values.size, "index_bytes": chosen.index_bytes}
+
+
 def _format(weights: SparseWeights | None) -> str:
     """The name of a layer's weight format in layers.json."""
     return "int8" if weights is None else weights.format
@@ -281,19 +303,7 @@ class _Lowering:
                 lambda s: conv_cost(groups, out_c, k_h, k_w, in_c, pool is not None, dw, nonzeros, s.entries, s.bits,
                                     s.escapes))
             kernel = f"ep_conv_{engine}"
-        if chosen is None and not depthwise:  # each channel's window padded to a multiple of 4 (EP_DENSE_PADDED)
-            window = k_h * k_w * in_c
-            padded = np.zeros((out_c, -(-window // 4) * 4), np.int8)
-            padded[:, :window] = weight.reshape(out_c, window)
-            w_arg, info = Arg("array", padded.reshape(-1)), {"weight_bytes": padded.size}
-        elif chosen is None:
-            w_arg, info = Arg("array", weight.reshape(-1)), {"weight_bytes": weight.size}
-        else:
-            fields = ({"count": chosen.counts, "taps": chosen.index, "values": chosen.values} if depthwise else
-                      {"bits": chosen.bits, "escapes": chosen.escapes, "count": chosen.counts, "nibbles": chosen.index, "values": chosen.values})
-            struct = "ep_sparse_dw" if depthwise else "ep_sparse"
-            w_arg, info = Arg("struct", (struct, fields)), {"weight_bytes": chosen.values.size,
-                                                              "index_bytes": chosen.index_bytes}
+        w_arg, info = _weight_arg(weight if depthwise else _padded_windows(weight), chosen)
         name = op.op
         if pool is not None:
             self.fused.add(pool)
@@ -321,12 +331,7 @@ class _Lowering:
         engine, chosen, why, cost = self.choose(
             fc_cost(in_n, out_n), weight.size, [(f"sparse {b}-bit", lambda b=b: encode_fc(weight, b)) for b in ENTRY_BITS],
             lambda s: fc_cost(in_n, out_n, nonzeros, s.entries, s.bits, s.escapes))
-        if chosen is None:
-            w_arg, info = Arg("array", weight.reshape(-1)), {"weight_bytes": weight.size}
-        else:
-            fields = {"bits": chosen.bits, "escapes": chosen.escapes, "count": chosen.counts, "nibbles": chosen.index, "values": chosen.values}
-            w_arg = Arg("struct", ("ep_sparse", fields))
-            info = {"weight_bytes": chosen.values.size, "index_bytes": chosen.index_bytes}
+        w_arg, info = _weight_arg(weight, chosen)
         sums = weight.astype(np.int64).sum(axis=1)
         args = [Arg("int", in_n), Arg("int", out_n), Arg("tensor", self.act(x)), w_arg,
                 self.folded_bias(bias, sums, in_qp[1], label),
