@@ -12,11 +12,16 @@ With ``E`` the largest entry (15 or 255), a cursor starts at the run's first wei
 
 4-bit entries are the compact choice at moderate sparsity: at 90 % about one gap in five is 15
 zeros or longer, so index bytes are about 0.6 per non-zero and weight + index bytes about 0.16x the
-dense int8 weights. 8-bit entries cost one byte per non-zero but almost never escape (a layer without
-escapes runs a loop without the test), so they are faster, and at 95 % hardly larger (about 0.1x the dense bytes either way). The convolution kernel
-first copies the input windows of four output pixels into a patch in the filter's order (two 16-bit
-pixels a word), so a run never breaks at a kernel row, and each entry costs a load pair and four
-16-bit multiply-accumulates (``SMLABB``/``SMLATB``) for the four pixels.
+dense int8 weights. 8-bit entries cost one byte per non-zero but almost never escape (a layer
+without escapes runs a loop without the test), so they are faster, and at 95 % hardly larger (about
+0.1x the dense bytes either way). The exporter weighs the two per layer (:mod:`edgeprune.mcu.cost`).
+
+Loop order (convolution): for each group of four output pixels (a fused 2x2 max pool's window, or
+four of a row), the kernel copies the four input windows into a patch in the filter's order, one
+word of four int8 pixels per position, so a run never breaks at a kernel row; then for each output
+channel it walks the channel's run, and each non-zero costs one patch word (``SXTB16`` twice) and
+four 16-bit multiply-accumulates (``SMLABB``/``SMLATB``), one per pixel. Each weight and index byte
+is read once per group of four pixels; a zero weight is never read.
 
 **Taps** (depthwise): per output channel a uint8 count, then per non-zero its tap ``ky * k_w + kx``
 (uint8) and its int8 value; depthwise kernels are small, so their bytes matter little.
