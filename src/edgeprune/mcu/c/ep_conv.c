@@ -281,12 +281,18 @@ static void ep_fill_patch(const ep_conv_dims *d, const ep_group *grp, uint32_t *
         }                                            \
     }
 
-/* One output channel's run over the patch, at four pixels. */
-static inline void ep_patch_run(const uint32_t *r, const uint8_t **nib, const int8_t **val, uint32_t n,
-                                int32_t bits, int32_t acc[4]) {
+/* Four pixels' accumulators. */
+typedef struct {
+    int32_t a0, a1, a2, a3;
+} ep_acc4;
+
+/* One output channel's run over the patch, at four pixels, starting from `acc`. */
+static inline ep_acc4 ep_patch_run(const uint32_t *r, const uint8_t **nib, const int8_t **val, uint32_t n,
+                                   int32_t bits, int32_t start) {
     const uint8_t *p = *nib;
     const int8_t *v = *val;
-    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    int32_t a0 = start, a1 = start, a2 = start, a3 = start;
+    ep_acc4 acc;
 #define EP_PATCH_ENTRY(g, escape)                  \
     r += (g);                                      \
     if ((g) != (escape)) {                         \
@@ -296,12 +302,13 @@ static inline void ep_patch_run(const uint32_t *r, const uint8_t **nib, const in
     }
     EP_WALK_RUN(EP_PATCH_ENTRY, p, n, bits)
 #undef EP_PATCH_ENTRY
-    acc[0] = a0;
-    acc[1] = a1;
-    acc[2] = a2;
-    acc[3] = a3;
     *nib = p;
     *val = v;
+    acc.a0 = a0;
+    acc.a1 = a1;
+    acc.a2 = a2;
+    acc.a3 = a3;
+    return acc;
 }
 
 /* One output row's run over an int8 input vector (fully connected). */
@@ -321,19 +328,25 @@ static inline int32_t ep_vector_run(const int8_t *r, const uint8_t **nib, const 
     return acc;
 }
 
-/* The output channels of one group, with the entry width `bits` a constant in each expansion. */
-#define EP_SPARSE_CHANNELS(bits)                                              \
-    for (co = 0; co < d->out_c; co++) {                                      \
-        int32_t acc[4];                                                      \
-        acc[0] = acc[1] = acc[2] = acc[3] = bias[co];                        \
-        ep_patch_run(patch, &nib, &v, w->count[co], (bits), acc);            \
-        ep_group_store(&grp, rq, co, acc);                                   \
+/* The output channels of one group, with the entry width `bits` a constant in each expansion; a
+ * pooled group keeps the largest of its four accumulators. */
+#define EP_SPARSE_CHANNELS(bits)                                                              \
+    for (co = 0; co < d->out_c; co++) {                                                      \
+        const ep_acc4 a = ep_patch_run(patch, &nib, &v, w->count[co], (bits), bias[co]);     \
+        if (pooled) {                                                                        \
+            const int32_t m01 = a.a0 > a.a1 ? a.a0 : a.a1, m23 = a.a2 > a.a3 ? a.a2 : a.a3;  \
+            grp.out[co] = EP_STORE(rq, co, m01 > m23 ? m01 : m23);                           \
+        } else {                                                                             \
+            const int32_t acc[4] = {a.a0, a.a1, a.a2, a.a3};                                 \
+            ep_group_store(&grp, rq, co, acc);                                               \
+        }                                                                                    \
     }
 
 int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
                    const ep_requant *q, uint32_t *patch, int8_t *out) {
     const ep_requant rq = *q;
     const int32_t groups = ep_group_count(d);
+    const int32_t pooled = d->pool;
     int32_t g, co;
     if (!ep_conv_dims_ok(d)) {
         return EP_ERROR_DIMS;
