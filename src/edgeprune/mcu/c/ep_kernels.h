@@ -1,0 +1,119 @@
+/* edgeprune int8 kernels for microcontrollers (C99, no heap, no libc beyond <stdint.h>/<string.h>).
+ *
+ * Numerics follow TensorFlow Lite's int8 reference kernels (per-channel multiplier and shift,
+ * double rounding), so outputs equal TFLite Micro's bit for bit. Tensors are NHWC with batch 1.
+ * Every kernel returns EP_OK or a negative status.
+ *
+ * Convolutions run VALID on an input already padded with its zero point (the generated model
+ * inserts ep_pad before them), and their bias already holds -input_zero_point * sum(weights),
+ * so the inner loops are plain sums of input * weight. They compute four output pixels at a time
+ * (a fused 2x2 max pool's window, or four of a row) from a scratch copy of the four input windows:
+ * 16-bit pairs for the dense kernel (SMLAD on four weights), one word of four int8 pixels per
+ * window position for the sparse one (SXTB16, then SMLABB/SMLATB per non-zero weight). The DSP
+ * instructions are used behind __ARM_FEATURE_DSP; elsewhere portable C computes the same.
+ */
+#ifndef EP_KERNELS_H
+#define EP_KERNELS_H
+
+#include <stdint.h>
+
+#define EP_OK 0
+#define EP_ERROR_DIMS (-1)
+
+/* Requantization of an int32 accumulator to int8: a multiplier and shift per output channel. */
+typedef struct {
+    const int32_t *multiplier;
+    const int32_t *shift;
+    int32_t output_zero_point;
+    int32_t act_min;
+    int32_t act_max;
+} ep_requant;
+
+/* Convolution geometry on the padded input (VALID). */
+typedef struct {
+    int32_t in_h, in_w, in_c;
+    int32_t out_h, out_w, out_c;
+    int32_t k_h, k_w;
+    int32_t stride_h, stride_w;
+    int32_t dil_h, dil_w;
+    int32_t depth_multiplier;  /* depthwise only */
+    int32_t pool;              /* 1: a 2x2 stride-2 max pool is fused (output (out_h/2) x (out_w/2)) */
+} ep_conv_dims;
+
+/* Sparse convolution and fully connected weights: one run per output channel over its weights in
+ * the filter's order (ky, kx, ci for a convolution; the input vector for fully connected). A run is
+ * count[o] entries of `bits` bits (4: two to a byte, low nibble first; or 8), starting on a byte.
+ * A cursor starts at the run's first weight: an entry g below its largest value E (15 or 255) moves
+ * it g places, multiplies there by the next value and steps one place on; an entry E moves it E places. */
+typedef struct {
+    int32_t bits;
+    int32_t escapes;  /* entries E in the whole layer (0 lets the kernel skip the test) */
+    const uint16_t *count;
+    const uint8_t *nibbles;
+    const int8_t *values;
+} ep_sparse;
+
+/* Sparse depthwise weights: per output channel count[co] taps, each a uint8 tap index
+ * ky * k_w + kx and an int8 value. */
+typedef struct {
+    const uint8_t *count;
+    const uint8_t *taps;
+    const int8_t *values;
+} ep_sparse_dw;
+
+typedef struct {
+    int32_t in_h, in_w, c;
+    int32_t out_h, out_w;
+    int32_t k_h, k_w, stride_h, stride_w, pad_h, pad_w;
+    int32_t act_min, act_max;
+} ep_pool_dims;
+
+typedef struct {
+    int32_t in_h, in_w, c;
+    int32_t top, left, bottom, right;
+} ep_pad_dims;
+
+typedef struct {
+    int32_t input1_offset, input2_offset, output_offset;
+    int32_t left_shift;
+    int32_t input1_multiplier, input1_shift;
+    int32_t input2_multiplier, input2_shift;
+    int32_t output_multiplier, output_shift;
+    int32_t act_min, act_max;
+} ep_add_params;
+
+typedef struct {
+    int32_t input_multiplier, input_left_shift, diff_min;
+} ep_softmax_params;
+
+int32_t ep_multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int32_t shift);
+
+/* Dense convolution weights: per output channel its window (ky, kx, ci) zero-padded to
+ * EP_DENSE_PADDED(d) bytes; scratch: EP_DENSE_SCRATCH_WORDS(d) words. */
+#define EP_DENSE_PADDED(d) (((d)->k_h * (d)->k_w * (d)->in_c + 3) / 4 * 4)
+#define EP_DENSE_SCRATCH_WORDS(d) (3 * EP_DENSE_PADDED(d))
+int ep_conv_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, const int32_t *bias,
+                  const ep_requant *q, uint32_t *scratch, int8_t *out);
+/* patch: EP_PATCH_WORDS(d) words of scratch for the four input windows of a group of pixels */
+#define EP_PATCH_WORDS(d) ((d)->k_h * (d)->k_w * (d)->in_c)
+int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
+                   const ep_requant *q, uint32_t *patch, int8_t *out);
+int ep_depthwise_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, const int32_t *bias,
+                       const ep_requant *q, int8_t *out);
+int ep_depthwise_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse_dw *w, const int32_t *bias,
+                        const ep_requant *q, int8_t *out);
+int ep_fc_dense(int32_t in_n, int32_t out_n, const int8_t *in, const int8_t *w, const int32_t *bias,
+                const ep_requant *q, int8_t *out);
+int ep_fc_sparse(int32_t in_n, int32_t out_n, const int8_t *in, const ep_sparse *w, const int32_t *bias,
+                 const ep_requant *q, int8_t *out);
+int ep_add(int32_t n, const int8_t *a, const int8_t *b, const ep_add_params *p, int8_t *out);
+int ep_max_pool(const ep_pool_dims *d, const int8_t *in, int8_t *out);
+int ep_avg_pool(const ep_pool_dims *d, const int8_t *in, int8_t *out);
+int ep_pad(const ep_pad_dims *d, const int8_t *in, int8_t value, int8_t *out);
+int ep_transpose(const int32_t in_shape[4], const int32_t perm[4], const int8_t *in, int8_t *out);
+int ep_relu(int32_t n, const int8_t *in, int32_t input_zero_point, int32_t output_zero_point,
+            int32_t multiplier, int32_t shift, int32_t act_min, int32_t act_max, int8_t *out);
+int ep_clamp(int32_t n, const int8_t *in, int32_t lo, int32_t hi, int8_t *out);
+int ep_softmax(int32_t rows, int32_t depth, const int8_t *in, const ep_softmax_params *p, int8_t *out);
+
+#endif

@@ -1,0 +1,129 @@
+"""The sparse weight formats of the C engine (pure functions): only non-zero int8 weights are stored.
+
+**Gap runs** (convolution and fully connected). Each output channel's weights, in the filter's own
+order (``ky, kx, ci`` for a convolution, the input vector for fully connected), are one run: its
+non-zeros are coded as entries of 4 bits (two to a byte, low nibble first) or 8 bits, each run
+starting on a byte, plus a uint16 count of entries per run and the int8 values in the same order.
+With ``E`` the largest entry (15 or 255), a cursor starts at the run's first weight:
+
+* an entry ``g < E`` moves the cursor ``g`` places, multiplies the input there by the next value and
+  steps one place on (so ``g`` is the number of zeros skipped);
+* an entry ``E`` moves the cursor ``E`` places and multiplies nothing (a longer run of zeros).
+
+4-bit entries are the compact choice at moderate sparsity: at 90 % about one gap in five is 15
+zeros or longer, so index bytes are about 0.6 per non-zero and weight + index bytes about 0.16x the
+dense int8 weights. 8-bit entries cost one byte per non-zero but almost never escape (a layer
+without escapes runs a loop without the test), so they are faster, and at 95 % hardly larger (about
+0.1x the dense bytes either way). The exporter weighs the two per layer (:mod:`edgeprune.mcu.cost`).
+
+Loop order (convolution): for each group of four output pixels (a fused 2x2 max pool's window, or
+four of a row), the kernel copies the four input windows into a patch in the filter's order, one
+word of four int8 pixels per position, so a run never breaks at a kernel row; then for each output
+channel it walks the channel's run, and each non-zero costs one patch word (``SXTB16`` twice) and
+four 16-bit multiply-accumulates (``SMLABB``/``SMLATB``), one per pixel. Each weight and index byte
+is read once per group of four pixels; a zero weight is never read.
+
+**Taps** (depthwise): per output channel a uint8 count, then per non-zero its tap ``ky * k_w + kx``
+(uint8) and its int8 value; depthwise kernels are small, so their bytes matter little.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["ENTRY_BITS", "SparseWeights", "encode_conv", "encode_depthwise", "encode_fc", "gap_entries", "pack_entries"]
+
+ENTRY_BITS = (4, 8)
+
+
+@dataclass(frozen=True)
+class SparseWeights:
+    """One layer's sparse weights: ``counts`` (entries per run, or taps per channel), ``index`` (packed
+    entries, or uint8 taps), ``values`` (int8 non-zeros, in the order the kernel reads them), the
+    entries' ``bits`` (4 or 8; 8 for taps), how many entries are escapes (the kernel skips the
+    escape test in a layer without any) and whether these are depthwise ``taps``."""
+
+    counts: np.ndarray
+    index: np.ndarray
+    values: np.ndarray
+    bits: int = 8
+    escapes: int = 0
+    taps: bool = False
+
+    @property
+    def format(self) -> str:
+        """``"4-bit"`` or ``"8-bit"`` (gap runs), or ``"taps"`` (depthwise)."""
+        return "taps" if self.taps else f"{self.bits}-bit"
+
+    @property
+    def entries(self) -> int:
+        """Index entries the kernel decodes (non-zeros plus escapes)."""
+        return int(self.counts.sum())
+
+    @property
+    def index_bytes(self) -> int:
+        """Bytes of counts and index."""
+        return self.counts.nbytes + self.index.nbytes
+
+
+def gap_entries(positions: np.ndarray, bits: int = 4) -> list[int]:
+    """The entries of ``bits`` bits that reach the sorted ``positions`` of a run (see the module docstring)."""
+    escape = (1 << bits) - 1
+    entries, cursor = [], 0
+    for p in positions.tolist():
+        skip = p - cursor
+        while skip >= escape:
+            entries.append(escape)
+            skip -= escape
+        entries.append(skip)
+        cursor = p + 1
+    return entries
+
+
+def pack_entries(entries: list[int], bits: int = 4) -> np.ndarray:
+    """Entries as uint8: 8-bit ones as they are, 4-bit ones two to a byte, low nibble first (an odd last
+    entry in a low nibble, the high one 0)."""
+    e = np.asarray(entries + [0] * (len(entries) % 2 if bits == 4 else 0), np.uint8)
+    return e if bits == 8 else (e[0::2] | (e[1::2] << 4)).astype(np.uint8)
+
+
+def _encode_runs(runs: np.ndarray, bits: int) -> SparseWeights:
+    """Gap-run code of each row of ``runs`` (a 2-D int8 array), one run after another."""
+    if bits not in ENTRY_BITS:
+        raise ValueError(f"sparse entries are 4 or 8 bits, not {bits}")
+    counts, packed, values, escapes = [], [], [], 0
+    for run in runs:
+        positions = np.flatnonzero(run)
+        entries = gap_entries(positions, bits)
+        escapes += entries.count((1 << bits) - 1)
+        counts.append(len(entries))
+        packed.append(pack_entries(entries, bits))
+        values.append(run[positions])
+    if max(counts, default=0) > np.iinfo(np.uint16).max:
+        raise ValueError(f"a run of {max(counts):,} entries does not fit the 16-bit counts of the sparse format")
+    return SparseWeights(np.asarray(counts, np.uint16), np.concatenate(packed).astype(np.uint8),
+                         np.concatenate(values).astype(np.int8), bits, escapes)
+
+
+def encode_conv(weight: np.ndarray, bits: int = 4) -> SparseWeights:
+    """Sparse code of a convolution filter ``[O, kh, kw, I]``: one run per output channel."""
+    return _encode_runs(weight.reshape(len(weight), -1), bits)
+
+
+def encode_fc(weight: np.ndarray, bits: int = 4) -> SparseWeights:
+    """Sparse code of a fully connected weight ``[O, I]``: one run per output row."""
+    return _encode_runs(weight, bits)
+
+
+def encode_depthwise(weight: np.ndarray) -> SparseWeights:
+    """Sparse taps of a depthwise filter ``[1, kh, kw, C]``: per channel its count, taps and values."""
+    _, kh, kw, c = weight.shape
+    if kh * kw > 64:
+        raise ValueError(f"a {kh}x{kw} depthwise kernel has more than the 64 taps of the sparse format")
+    per_channel = weight.reshape(kh * kw, c).T
+    taps = [np.flatnonzero(row) for row in per_channel]
+    return SparseWeights(np.asarray([len(t) for t in taps], np.uint8),
+                         np.concatenate(taps).astype(np.uint8) if taps else np.zeros(0, np.uint8),
+                         np.concatenate([row[t] for row, t in zip(per_channel, taps)]).astype(np.int8), taps=True)
