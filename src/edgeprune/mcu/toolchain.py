@@ -82,8 +82,9 @@ def board_dir() -> Path:
 def _run(command: Sequence[str], what: str) -> str:
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        first = next((line for line in done.stderr.splitlines() if "error" in line), done.stderr.strip()[:300])
-        raise ValueError(f"{what} failed: {first}")
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        first = next((line for line in lines if "error" in line.lower()), lines[0])
+        raise ValueError(f"{what} failed: {first.strip()}")
     return done.stdout
 
 
