@@ -156,7 +156,8 @@ int edgeprune_invoke(const int8_t *input, int8_t *output) {
     return 0;
 }
 """
-FIXTURE_LAYERS = [{"op": "SPIN", "engine": "dense", "macs": 1, "nonzero_macs": 1, "weight_bytes": 0, "index_bytes": 0}] * 2
+FIXTURE_LAYERS = {"layers": [{"op": "SPIN", "engine": "dense", "macs": 1, "nonzero_macs": 1, "weight_bytes": 0,
+                              "index_bytes": 0, "predicted_instructions": 200}] * 2}
 
 
 def fixture_engine(folder: Path) -> Path:

@@ -1,11 +1,20 @@
 """On the microcontroller: the C engine generated from an int8 .tflite, built for Cortex-M and run in QEMU.
 
-``toolchain`` finds the cross compiler and QEMU and builds for the targets; ``qemu`` runs a
-harness firmware and reads its report; ``measure`` measures a generated engine on an emulated
-board against TFLite Micro. The C startup code, linker script and harness are in ``board/``.
+The engine: lowering to kernel steps (lower), sparse weight formats (sparse), the cost model that
+picks dense or sparse per layer (cost), the static arena plan (arena) and the C writer (codegen);
+the kernels are package data under ``c/``. On the board: the cross compiler, QEMU and the targets
+(toolchain), running a harness firmware and reading its report (qemu), and measuring a generated
+engine on an emulated board against TFLite Micro (measure); the startup code, linker script and
+harness are package data under ``board/``.
 """
 
+from .codegen import export_c
+from .cost import conv_cost, depthwise_cost, fc_cost
+from .lower import lower
 from .measure import mcu_table, measure_engine, measure_on_mcu
 from .toolchain import TARGETS, get_target
 
-__all__ = ["TARGETS", "get_target", "mcu_table", "measure_engine", "measure_on_mcu"]
+__all__ = [
+    "TARGETS", "conv_cost", "depthwise_cost", "export_c", "fc_cost", "get_target", "lower", "mcu_table",
+    "measure_engine", "measure_on_mcu",
+]

@@ -21,6 +21,7 @@ import torch
 
 from ..export.c_source import fits_on
 from ..files import write_json_atomic
+from .codegen import export_c
 from .qemu import GuestRun, run_guest
 from .toolchain import (
     Target, board_dir, compile_objects, find_tool, get_target, link_firmware, link_relocatable, section_sizes,
@@ -36,7 +37,7 @@ INSTRUCTIONS_NOTE = "instructions executed in emulation, not cycles"
 _SIZE_TARGET = "cortex-m0plus"
 _MACRO = re.compile(r"^\s*#define\s+(EDGEPRUNE_[A-Z0-9_]+)\s+(.+?)\s*$", re.MULTILINE)
 _NEEDED_MACROS = ("EDGEPRUNE_INPUT_SIZE", "EDGEPRUNE_OUTPUT_SIZE", "EDGEPRUNE_ARENA_SIZE", "EDGEPRUNE_NUM_LAYERS")
-_LAYER_KEYS = ("op", "engine", "macs", "nonzero_macs", "weight_bytes", "index_bytes")
+_LAYER_KEYS = ("op", "engine", "macs", "nonzero_macs", "weight_bytes", "index_bytes", "predicted_instructions")
 
 
 def header_macros(engine_dir: str | os.PathLike) -> dict[str, int]:
@@ -53,11 +54,12 @@ def header_macros(engine_dir: str | os.PathLike) -> dict[str, int]:
 
 
 def _layers(engine_dir: Path, count: int) -> list[dict]:
+    """The per-layer entries of ``engine_dir/layers.json`` (export_c's report), checked against the header's count."""
     path = engine_dir / "layers.json"
     try:
-        layers = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read it ({exc}); generate the engine again with export_c") from None
+        layers = json.loads(path.read_text())["layers"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: cannot read its layers ({exc}); generate the engine again with export_c") from None
     if not isinstance(layers, list) or len(layers) != count or not all(
             isinstance(layer, dict) and all(key in layer for key in _LAYER_KEYS) for layer in layers):
         raise ValueError(f"{path}: not {count} layers with {', '.join(_LAYER_KEYS)}; generate the engine again")
@@ -205,8 +207,6 @@ def measure_on_mcu(tflite_path: str | os.PathLike, images: torch.Tensor, labels:
     if images.dim() != 4 or len(images) != len(labels) or len(images) < 1:
         raise ValueError(f"images must be N x C x H x W with N >= 1 labels, got {tuple(images.shape)} "
                          f"and {len(labels)} labels")
-    from .codegen import export_c  # TODO(merge mcu-engine): a module-level import
-
     inputs, expected = _tflm_reference(tflite_path.read_bytes(), images.detach().cpu().float())
     export_c(tflite_path, out_dir / "engine", sparse=sparse)
     return measure_engine(out_dir / "engine", inputs, expected, labels.cpu().numpy(), out_dir, target, timeout)

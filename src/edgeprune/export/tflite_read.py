@@ -1,0 +1,314 @@
+"""Read a fully int8 .tflite flatbuffer into an :class:`~edgeprune.export.int8_graph.Int8Graph`, safely.
+
+The file may come from anywhere, so nothing it claims is trusted: the reader uses the ``tflite``
+package's generated accessors, but before it follows or allocates anything it checks
+
+* the file's size and identifier, and that every table it visits (with its vtable) lies inside the file;
+* every vector's length against the file's size, before iterating over it;
+* every opcode, tensor and buffer index against the number there is;
+* every shape (rank, non-negative dims) and element count: a constant's bytes must equal its buffer's
+  length (so they are bounded by the file), an activation's bytes must be at most ``max_activation_bytes``;
+* the graph itself: one subgraph, only the ops of :data:`~edgeprune.export.int8_graph.OPS` with their
+  input counts and options, int8 activations with valid per-tensor quantization, int8 or int32 constants,
+  ops in an order where each reads only tensors already written.
+
+Anything else is refused with one-line ValueError naming the op and the tensor; a truncated or
+garbage file is refused with one line too.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import tflite
+from tflite.ActivationFunctionType import ActivationFunctionType
+from tflite.BuiltinOperator import BuiltinOperator
+from tflite.Padding import Padding
+from tflite.TensorType import TensorType
+
+from .int8_graph import ACTIVATIONS, DTYPES, OPS, OPTIONS_TABLE, PADDINGS, INT8_MAX, INT8_MIN, Int8Graph, OpOptions, QOp, QTensor
+
+__all__ = ["MAX_ACTIVATION_BYTES", "MAX_FILE_BYTES", "load_tflite", "read_tflite"]
+
+MAX_FILE_BYTES = 2**31 - 1  # a flatbuffer addresses at most 2 GiB
+MAX_ACTIVATION_BYTES = 64 << 20  # far above any microcontroller's RAM
+MAX_RANK = 6
+
+# (fewest, most) inputs of each op; each has one output. -1 marks an absent optional input (a bias).
+_ARITY = {"ADD": (2, 2), "AVERAGE_POOL_2D": (1, 1), "CONV_2D": (2, 3), "DEPTHWISE_CONV_2D": (2, 3),
+          "FULLY_CONNECTED": (2, 3), "MAX_POOL_2D": (1, 1), "PAD": (2, 2), "PADV2": (3, 3), "RELU": (1, 1),
+          "RELU6": (1, 1), "RESHAPE": (1, 2), "SOFTMAX": (1, 1), "TRANSPOSE": (2, 2)}
+# inputs that must be constants, with their type: weights, biases, paddings, fill values, shapes, permutations
+_WEIGHTS = {1: "int8", 2: "int32"}
+_CONSTANT_INPUTS = {"CONV_2D": _WEIGHTS, "DEPTHWISE_CONV_2D": _WEIGHTS, "FULLY_CONNECTED": _WEIGHTS, "PAD": {1: "int32"},
+                    "PADV2": {1: "int32", 2: "int8"}, "RESHAPE": {1: "int32"}, "TRANSPOSE": {1: "int32"}}
+_NEEDS_OPTIONS = ("AVERAGE_POOL_2D", "CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D")
+
+
+def _names(enum: type) -> dict[int, str]:
+    return {v: k for k, v in vars(enum).items() if not k.startswith("_")}
+
+
+_OP_NAMES, _TYPE_NAMES = _names(BuiltinOperator), _names(TensorType)
+_PADDING_NAMES, _ACTIVATION_NAMES = _names(Padding), _names(ActivationFunctionType)
+_ITEMSIZE = {"int8": 1, "int32": 4}
+
+
+class _Refused(ValueError):
+    """A well-formed file the reader will not take (its message already says why)."""
+
+
+def load_tflite(path: str | os.PathLike, max_activation_bytes: int = MAX_ACTIVATION_BYTES) -> Int8Graph:
+    """Read the .tflite file at ``path`` (see :func:`read_tflite`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ValueError(f"{path}: {size:,} bytes is larger than any TFLite flatbuffer (at most 2 GiB)")
+    try:
+        return read_tflite(path.read_bytes(), max_activation_bytes)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def read_tflite(data: bytes, max_activation_bytes: int = MAX_ACTIVATION_BYTES) -> Int8Graph:
+    """The :class:`Int8Graph` of a fully int8 .tflite flatbuffer; ValueError (one line) for anything else.
+
+    Constants' ``data`` are copies (not views of ``data``). Absent optional inputs are -1, as in TFLite.
+    """
+    data = bytes(data)
+    if not 8 <= len(data) <= MAX_FILE_BYTES:
+        raise ValueError(f"not a TFLite file: {len(data):,} bytes")
+    if data[4:8] != b"TFL3":
+        raise ValueError(f"not a TFLite file: the identifier at bytes 4-8 is {data[4:8]!r}, not b'TFL3'")
+    try:
+        return _Reader(data, max_activation_bytes).graph()
+    except _Refused:
+        raise
+    except (struct.error, IndexError, TypeError, ValueError, OverflowError, UnicodeDecodeError) as exc:
+        raise ValueError(f"corrupt or truncated TFLite file ({type(exc).__name__}: {exc})") from exc
+
+
+class _Reader:
+    def __init__(self, data: bytes, max_activation_bytes: int) -> None:
+        self.data, self.limit = data, max_activation_bytes
+
+    # bounds ---------------------------------------------------------------------------------
+    def table(self, obj, what: str):
+        """``obj`` (a generated accessor) after checking that its table and vtable lie inside the file."""
+        if obj is None:
+            raise _Refused(f"the file has no {what}")
+        n, pos = len(self.data), obj._tab.Pos
+        if not 0 <= pos <= n - 4:
+            raise _Refused(f"corrupt TFLite file: the {what} lies outside the file")
+        vtable = pos - struct.unpack_from("<i", self.data, pos)[0]
+        if not 0 <= vtable <= n - 4 or vtable + struct.unpack_from("<H", self.data, vtable)[0] > n:
+            raise _Refused(f"corrupt TFLite file: the {what}'s field table lies outside the file")
+        return obj
+
+    def count(self, length: int, itemsize: int, what: str) -> int:
+        """``length`` after checking that that many items of ``itemsize`` bytes can fit in the file."""
+        if length * itemsize > len(self.data):
+            raise _Refused(f"corrupt TFLite file: {what} claims {length:,} entries in a {len(self.data):,}-byte file")
+        return length
+
+    def index(self, value: int, size: int, what: str) -> int:
+        if not 0 <= value < size:
+            raise _Refused(f"{what} is {value}, out of range (the file has {size})")
+        return int(value)
+
+    # the graph -------------------------------------------------------------------------------
+    def graph(self) -> Int8Graph:
+        model = self.table(tflite.Model.GetRootAs(self.data, 0), "model")
+        n_subgraphs = self.count(model.SubgraphsLength(), 4, "the subgraph list")
+        if n_subgraphs != 1:
+            raise _Refused(f"the model has {n_subgraphs} subgraphs; only single-subgraph models (no control flow) are supported")
+        sg = self.table(model.Subgraphs(0), "subgraph")
+        codes = [self.opcode(model, i) for i in range(self.count(model.OperatorCodesLength(), 4, "the operator code list"))]
+        n_buffers = self.count(model.BuffersLength(), 4, "the buffer list")
+        n_tensors = self.count(sg.TensorsLength(), 4, "the tensor list")
+        tensors = [self.tensor(model, sg, i, n_buffers) for i in range(n_tensors)]
+        ops = [self.op(sg, k, codes, tensors) for k in range(self.count(sg.OperatorsLength(), 4, "the operator list"))]
+        inputs = self.io(sg.InputsAsNumpy(), n_tensors, "graph input")
+        outputs = self.io(sg.OutputsAsNumpy(), n_tensors, "graph output")
+        for i in inputs:
+            self.check_tensor(tensors, i, "graph input", "int8")
+        graph = Int8Graph(tensors, ops, inputs, outputs)
+        self.check_order(graph)
+        for i, t in enumerate(tensors):  # the tensors no op uses
+            if t.dtype not in DTYPES:
+                raise _Refused(f"tensor {i} {t.name!r} is {t.dtype}; only fully int8 models are supported")
+        return graph
+
+    def io(self, indices, n_tensors: int, what: str) -> tuple[int, ...]:
+        if isinstance(indices, int) or len(indices) == 0:
+            raise _Refused(f"the model has no {what}")
+        return tuple(self.index(int(i), n_tensors, what) for i in indices)
+
+    def opcode(self, model, i: int) -> str:
+        oc = self.table(model.OperatorCodes(i), f"operator code {i}")
+        code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())  # files before code 127 only set the deprecated one
+        name = _OP_NAMES.get(code, f"builtin code {code}")
+        if name == "CUSTOM":
+            name = f"CUSTOM {oc.CustomCode()!r}"
+        return name  # checked against OPS where an op uses it, so the message can name the op's tensor
+
+    def tensor(self, model, sg, i: int, n_buffers: int) -> QTensor:
+        t = self.table(sg.Tensors(i), f"tensor {i}")
+        name = (t.Name() or b"").decode("utf-8", errors="replace")
+        label = f"tensor {i} {name!r}"
+        raw_shape = t.ShapeAsNumpy()
+        shape = () if isinstance(raw_shape, int) else tuple(int(d) for d in raw_shape[:MAX_RANK + 1])
+        if len(shape) > MAX_RANK or any(d < 0 for d in shape):
+            raise _Refused(f"{label} has shape {list(shape)}; give static shapes of rank at most {MAX_RANK}")
+        dtype = next((k for k, v in DTYPES.items() if v == t.Type()), None)
+        if dtype is None:  # refused where an op uses it, so that the message names the op
+            empty = np.zeros(0)
+            return QTensor(name, shape, _TYPE_NAMES.get(t.Type(), str(t.Type())).lower(), empty, empty)
+        if t.Sparsity() is not None:
+            raise _Refused(f"{label} is stored sparse; only dense tensors are supported")
+        nbytes = math.prod(shape) * _ITEMSIZE[dtype]
+        buffer = self.table(model.Buffers(self.index(t.Buffer(), n_buffers, f"{label}'s buffer index")), f"{label}'s buffer")
+        raw = self.buffer_bytes(buffer, label)
+        if raw is None and nbytes > self.limit:
+            raise _Refused(f"{label} has shape {list(shape)}: {nbytes:,} bytes, above the "
+                           f"{self.limit:,}-byte limit for activations")
+        if raw is not None and len(raw) != nbytes:
+            raise _Refused(f"{label} has shape {list(shape)} ({nbytes:,} bytes) but its buffer holds {len(raw):,} bytes")
+        scale, zero_point, qdim = self.quantization(t, label, shape)
+        if dtype == "int8" and not len(scale):
+            raise _Refused(f"{label} is int8 without quantization parameters; give it a scale and zero point")
+        values = None if raw is None else np.frombuffer(raw, np.dtype(dtype).newbyteorder("<")).astype(dtype).reshape(shape)
+        return QTensor(name, shape, dtype, scale, zero_point, qdim, values)
+
+    def buffer_bytes(self, buffer, label: str) -> bytes | None:
+        """The constant bytes a buffer holds (inside the flatbuffer, or after it for files over 2 GiB), or None."""
+        offset, size = buffer.Offset(), buffer.Size()
+        if offset > 1:
+            if offset + size > len(self.data):
+                raise _Refused(f"{label}'s buffer claims bytes {offset:,} to {offset + size:,} of a {len(self.data):,}-byte file")
+            return self.data[offset:offset + size] if size else None
+        length = self.count(buffer.DataLength(), 1, f"{label}'s buffer")
+        return bytes(buffer.DataAsNumpy()) if length else None
+
+    def quantization(self, t, label: str, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, int]:
+        q = t.Quantization()
+        if q is None:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64), 0
+        q = self.table(q, f"{label}'s quantization")
+        n_scale = self.count(q.ScaleLength(), 4, f"{label}'s scales")
+        n_zp = self.count(q.ZeroPointLength(), 8, f"{label}'s zero points")
+        scale = q.ScaleAsNumpy().astype(np.float32) if n_scale else np.zeros(0, np.float32)
+        zero_point = q.ZeroPointAsNumpy().astype(np.int64) if n_zp else np.zeros(0, np.int64)
+        qdim = q.QuantizedDimension()
+        if n_scale != n_zp:
+            raise _Refused(f"{label} has {n_scale} scales but {n_zp} zero points")
+        if n_scale > 1 and not (0 <= qdim < len(shape) and shape[qdim] == n_scale):
+            raise _Refused(f"{label} has {n_scale} per-channel scales along dimension {qdim} of shape {list(shape)}")
+        if not (np.isfinite(scale).all() and (scale > 0).all()):
+            raise _Refused(f"{label} has scales {scale[:4].tolist()}...; every scale must be positive and finite")
+        if not ((zero_point >= INT8_MIN) & (zero_point <= INT8_MAX)).all():
+            raise _Refused(f"{label} has zero points outside the int8 range")
+        return scale, zero_point, int(qdim)
+
+    # operators -------------------------------------------------------------------------------
+    def op(self, sg, k: int, codes: list[str], tensors: list[QTensor]) -> QOp:
+        op = self.table(sg.Operators(k), f"operator {k}")
+        name = codes[self.index(op.OpcodeIndex(), len(codes), f"operator {k}'s opcode index")]
+        n_in = self.count(op.InputsLength(), 4, f"operator {k}'s inputs")
+        n_out = self.count(op.OutputsLength(), 4, f"operator {k}'s outputs")
+        ins = tuple(int(i) for i in op.InputsAsNumpy()) if n_in else ()
+        outs = tuple(int(i) for i in op.OutputsAsNumpy()) if n_out else ()
+        label = f"op {k} ({name})"
+        for pos, i in enumerate(ins):
+            if i != -1 or pos == 0:
+                self.index(i, len(tensors), f"{label}'s input {pos}")
+        for pos, i in enumerate(outs):
+            self.index(i, len(tensors), f"{label}'s output {pos}")
+        if name not in OPS:
+            what = f" writing tensor {outs[0]} {tensors[outs[0]].name!r}" if outs else ""
+            raise _Refused(f"{label}{what} is not supported; supported ops: {', '.join(sorted(OPS))}")
+        fewest, most = _ARITY[name]
+        if not fewest <= len(ins) <= most or len(outs) != 1:
+            raise _Refused(f"{label} has {len(ins)} inputs and {len(outs)} outputs; it takes {fewest} to {most} inputs and 1 output")
+        constants = _CONSTANT_INPUTS.get(name, {})
+        for pos, i in enumerate(ins):
+            if i != -1:
+                self.check_tensor(tensors, i, f"{label}'s input {pos}", constants.get(pos, "int8"), pos in constants)
+        self.check_tensor(tensors, outs[0], f"{label}'s output", "int8")
+        return QOp(name, ins, outs, self.options(op, name, label))
+
+    def check_tensor(self, tensors: list[QTensor], i: int, role: str, dtype: str, constant: bool = False) -> None:
+        """Tensor ``i`` is a ``dtype`` constant (``constant``) or an int8 activation with one scale, else refused."""
+        t = tensors[i]
+        label = f"{role}, tensor {i} {t.name!r},"
+        if t.dtype not in DTYPES:
+            raise _Refused(f"{label} is {t.dtype}; only fully int8 models (int8 tensors, int32 biases and shapes) are supported")
+        if constant and (t.data is None or t.dtype != dtype):
+            raise _Refused(f"{label} must be a constant {dtype} tensor (it is {'an' if t.data is None else 'a constant'} {t.dtype})")
+        if not constant and t.data is None and (t.dtype != "int8" or len(t.scale) != 1):
+            raise _Refused(f"{label} must be an int8 activation with one scale and zero point")
+        if not constant and t.data is not None:
+            raise _Refused(f"{label} must be an activation, not a constant")
+
+    def options(self, op, name: str, label: str) -> OpOptions:
+        table = OPTIONS_TABLE[name]
+        kind = op.BuiltinOptionsType()
+        if table is None or kind == 0:
+            if name in _NEEDS_OPTIONS:
+                raise _Refused(f"{label} has no options; it needs {table[0]}")
+            return OpOptions()
+        if kind != table[1]:
+            raise _Refused(f"{label} has options of type {kind}; it needs {table[0]} ({table[1]})")
+        opts = getattr(tflite, table[0])()
+        raw = op.BuiltinOptions()
+        opts.Init(raw.Bytes, raw.Pos)
+        self.table(opts, f"{label}'s options")
+        fields = {}
+        if hasattr(opts, "Padding"):
+            fields["padding"] = self.enum(opts.Padding(), PADDINGS, _PADDING_NAMES, f"{label}'s padding")
+        if hasattr(opts, "FusedActivationFunction"):
+            fields["activation"] = self.enum(opts.FusedActivationFunction(), ACTIVATIONS, _ACTIVATION_NAMES,
+                                             f"{label}'s fused activation")
+        if hasattr(opts, "StrideH"):
+            fields["stride"] = (opts.StrideH(), opts.StrideW())
+        if hasattr(opts, "DilationHFactor"):
+            fields["dilation"] = (opts.DilationHFactor(), opts.DilationWFactor())
+        if hasattr(opts, "FilterHeight"):
+            fields["filter"] = (opts.FilterHeight(), opts.FilterWidth())
+        if hasattr(opts, "DepthMultiplier"):
+            fields["depth_multiplier"] = opts.DepthMultiplier()
+        if hasattr(opts, "Beta"):
+            fields["beta"] = float(opts.Beta())
+        if hasattr(opts, "NewShapeLength") and self.count(opts.NewShapeLength(), 4, f"{label}'s new shape"):
+            fields["new_shape"] = tuple(int(d) for d in opts.NewShapeAsNumpy())
+        for key in ("stride", "dilation", "filter", "depth_multiplier"):
+            if key in fields and min(np.atleast_1d(fields[key])) < 1:
+                raise _Refused(f"{label} has {key} {fields[key]}; it must be at least 1")
+        return OpOptions(**fields)
+
+    def enum(self, code: int, allowed: dict[str, int], names: dict[int, str], what: str) -> str:
+        found = next((k for k, v in allowed.items() if v == code), None)
+        if found is None:
+            raise _Refused(f"{what} is {names.get(code, code)}; supported: {', '.join(allowed)}")
+        return found
+
+    def check_order(self, graph: Int8Graph) -> None:
+        """Each op reads only constants, graph inputs and tensors an earlier op wrote; no tensor is written twice."""
+        written = set(graph.inputs)
+        for k, op in enumerate(graph.ops):
+            for i in op.inputs:
+                if i != -1 and graph.tensors[i].data is None and i not in written:
+                    raise _Refused(f"op {k} ({op.op}) reads tensor {i} {graph.tensors[i].name!r} before any op writes it")
+            if op.outputs[0] in written:
+                raise _Refused(f"op {k} ({op.op}) writes tensor {op.outputs[0]} {graph.tensors[op.outputs[0]].name!r} "
+                               "a second time")
+            written.add(op.outputs[0])
+        for i in graph.outputs:
+            if i not in written:
+                raise _Refused(f"graph output tensor {i} {graph.tensors[i].name!r} is never written")

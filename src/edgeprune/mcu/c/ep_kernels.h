@@ -1,0 +1,115 @@
+/* edgeprune int8 kernels for microcontrollers (C99, no heap, no libc beyond <stdint.h>/<string.h>).
+ *
+ * Numerics follow TensorFlow Lite's int8 reference kernels (per-channel multiplier and shift,
+ * double rounding), so outputs equal TFLite Micro's bit for bit. Tensors are NHWC with batch 1.
+ * Every kernel returns EP_OK or a negative status.
+ *
+ * Convolutions run VALID on an input already padded with its zero point (the generated model
+ * inserts ep_pad before them), and their bias already holds -input_zero_point * sum(weights),
+ * so the inner loops are plain sums of input * weight.
+ */
+#ifndef EP_KERNELS_H
+#define EP_KERNELS_H
+
+#include <stdint.h>
+
+#define EP_OK 0
+#define EP_ERROR_DIMS (-1)
+
+/* Requantization of an int32 accumulator to int8: per-channel (or one) multiplier and shift. */
+typedef struct {
+    const int32_t *multiplier;
+    const int32_t *shift;
+    int32_t per_channel;   /* 1: one multiplier per output channel, 0: the first for all */
+    int32_t output_zero_point;
+    int32_t act_min;
+    int32_t act_max;
+} ep_requant;
+
+/* Convolution geometry on the padded input (VALID). */
+typedef struct {
+    int32_t in_h, in_w, in_c;
+    int32_t out_h, out_w, out_c;
+    int32_t k_h, k_w;
+    int32_t stride_h, stride_w;
+    int32_t dil_h, dil_w;
+    int32_t depth_multiplier;  /* depthwise only */
+} ep_conv_dims;
+
+/* Sparse convolution weights, per output channel and kernel row (k_h segments per channel):
+ * seg_count[co * k_h + ky] 4-bit entries in nibbles (low nibble first), a continuous stream over
+ * all segments. An entry g in 1..15 moves the position g places forward along the row segment
+ * (k_w * in_c positions, from one before its start) and multiplies there with the next value;
+ * g = 0 moves 15 places forward and multiplies nothing (a gap longer than 15). */
+typedef struct {
+    const uint16_t *seg_count;
+    const uint8_t *nibbles;
+    const int8_t *values;
+} ep_sparse_conv;
+
+/* Sparse depthwise weights: per output channel count[co] taps, each a uint8 tap index
+ * ky * k_w + kx and an int8 value. */
+typedef struct {
+    const uint8_t *count;
+    const uint8_t *taps;
+    const int8_t *values;
+} ep_sparse_dw;
+
+/* Sparse fully connected weights: per output row count[o] 4-bit entries, coded as in ep_sparse_conv
+ * over the whole input vector. */
+typedef struct {
+    const uint16_t *count;
+    const uint8_t *nibbles;
+    const int8_t *values;
+} ep_sparse_fc;
+
+typedef struct {
+    int32_t in_h, in_w, c;
+    int32_t out_h, out_w;
+    int32_t k_h, k_w, stride_h, stride_w, pad_h, pad_w;
+    int32_t act_min, act_max;
+} ep_pool_dims;
+
+typedef struct {
+    int32_t in_h, in_w, c;
+    int32_t top, left, bottom, right;
+} ep_pad_dims;
+
+typedef struct {
+    int32_t input1_offset, input2_offset, output_offset;
+    int32_t left_shift;
+    int32_t input1_multiplier, input1_shift;
+    int32_t input2_multiplier, input2_shift;
+    int32_t output_multiplier, output_shift;
+    int32_t act_min, act_max;
+} ep_add_params;
+
+typedef struct {
+    int32_t input_multiplier, input_left_shift, diff_min;
+} ep_softmax_params;
+
+int32_t ep_multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int32_t shift);
+
+int ep_conv_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, const int32_t *bias,
+                  const ep_requant *q, int8_t *out);
+int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse_conv *w, const int32_t *bias,
+                   const ep_requant *q, int8_t *out);
+int ep_depthwise_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, const int32_t *bias,
+                       const ep_requant *q, int8_t *out);
+int ep_depthwise_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse_dw *w, const int32_t *bias,
+                        const ep_requant *q, int8_t *out);
+int ep_fc_dense(int32_t in_n, int32_t out_n, const int8_t *in, const int8_t *w, const int32_t *bias,
+                const ep_requant *q, int8_t *out);
+int ep_fc_sparse(int32_t in_n, int32_t out_n, const int8_t *in, const ep_sparse_fc *w, const int32_t *bias,
+                 const ep_requant *q, int8_t *out);
+int ep_add(int32_t n, const int8_t *a, const int8_t *b, const ep_add_params *p, int8_t *out);
+int ep_max_pool(const ep_pool_dims *d, const int8_t *in, int8_t *out);
+int ep_avg_pool(const ep_pool_dims *d, const int8_t *in, int8_t *out);
+int ep_pad(const ep_pad_dims *d, const int8_t *in, int8_t value, int8_t *out);
+int ep_transpose(const int32_t in_shape[4], const int32_t perm[4], const int8_t *in, int8_t *out);
+int ep_relu(int32_t n, const int8_t *in, int32_t input_zero_point, int32_t output_zero_point,
+            int32_t multiplier, int32_t shift, int32_t act_min, int32_t act_max, int8_t *out);
+int ep_clamp(int32_t n, const int8_t *in, int32_t lo, int32_t hi, int8_t *out);
+int ep_softmax(int32_t rows, int32_t depth, const int8_t *in, const ep_softmax_params *p, int8_t *out);
+
+#endif

@@ -1,0 +1,51 @@
+/* Fixed-point helpers shared by the edgeprune kernels: TFLite's double-rounding requantization
+ * (gemmlowp's SaturatingRoundingDoublingHighMul and RoundingDivideByPOT). */
+#ifndef EP_REQUANT_H
+#define EP_REQUANT_H
+
+#include <stdint.h>
+#include <string.h>
+
+/* (a * b * 2) >> 32 rounded to nearest (ties away from zero), saturated at INT32_MIN * INT32_MIN. */
+static inline int32_t ep_srdhm(int32_t a, int32_t b) {
+    int64_t ab, nudge;
+    if (a == b && a == INT32_MIN) {
+        return INT32_MAX;
+    }
+    ab = (int64_t)a * (int64_t)b;
+    nudge = ab >= 0 ? ((int64_t)1 << 30) : (1 - ((int64_t)1 << 30));
+    return (int32_t)((ab + nudge) / ((int64_t)1 << 31));
+}
+
+/* x / 2^exponent rounded to nearest, ties away from zero. */
+static inline int32_t ep_rounding_divide_by_pot(int32_t x, int32_t exponent) {
+    const int32_t mask = (int32_t)(((int64_t)1 << exponent) - 1);
+    const int32_t remainder = x & mask;
+    const int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+    return (x >> exponent) + (remainder > threshold ? 1 : 0);
+}
+
+/* TFLite's MultiplyByQuantizedMultiplier: x * multiplier * 2^(shift - 31), double rounding. */
+static inline int32_t ep_mbqm(int32_t x, int32_t multiplier, int32_t shift) {
+    const int32_t left = shift > 0 ? shift : 0;
+    const int32_t right = shift > 0 ? 0 : -shift;
+    return ep_rounding_divide_by_pot(ep_srdhm((int32_t)((uint32_t)x << left), multiplier), right);
+}
+
+/* Accumulator -> int8 with the output zero point and the activation clamp. */
+static inline int8_t ep_requantize(int32_t acc, int32_t multiplier, int32_t shift, int32_t zero_point,
+                                   int32_t lo, int32_t hi) {
+    int32_t v = ep_mbqm(acc, multiplier, shift) + zero_point;
+    v = v < lo ? lo : v;
+    v = v > hi ? hi : v;
+    return (int8_t)v;
+}
+
+/* Four bytes from any address (the Cortex-M4 loads unaligned words). */
+static inline uint32_t ep_read32(const int8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+#endif

@@ -1,0 +1,431 @@
+"""Lower an int8 graph to the C engine's steps (pure): one kernel call per step, its constants computed here.
+
+Everything TFLite Micro computes when it prepares a model is computed here once, with the same
+arithmetic, so the C code only runs kernels:
+
+* per-channel multipliers and shifts (``QuantizeMultiplier`` of ``input_scale * weight_scale / output_scale``
+  in double precision from the file's float32 scales), activation clamps from the fused activation;
+* convolutions with padding get an explicit pad step first (filled with the input's zero point),
+  so every convolution kernel runs VALID; their biases absorb ``-input_zero_point * sum(weights)``
+  (the same for fully connected layers), so the kernels sum ``input * weight`` only;
+* RESHAPE moves no bytes: its output is its input;
+* each convolution, depthwise convolution and fully connected layer runs dense or sparse
+  (see :mod:`edgeprune.mcu.sparse`), whichever :mod:`edgeprune.mcu.cost` predicts is cheaper,
+  unless ``sparse`` is ``"always"`` or ``"never"``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..export.int8_graph import INT8_MAX, INT8_MIN, Int8Graph, QOp, quantize_multiplier
+from .cost import conv_cost, depthwise_cost, fc_cost
+from .sparse import SparseWeights, encode_conv, encode_depthwise, encode_fc
+
+__all__ = ["SPARSE_MODES", "Arg", "Plan", "Step", "lower"]
+
+SPARSE_MODES = ("auto", "always", "never")
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of a kernel call: ``kind`` is ``"int"`` (``value`` an int), ``"tensor"`` (``value`` a tensor id),
+    ``"array"`` (``value`` a 1-D numpy array, passed as a pointer to a const array) or ``"struct"``
+    (``value`` (C type, {field: int or numpy array}), passed as a pointer to a const struct)."""
+
+    kind: str
+    value: object
+
+
+@dataclass
+class Step:
+    """One kernel call. ``op`` is the TFLite op it runs (``source`` its index in the graph, -1 for a pad the
+    engine inserts); ``engine`` is ``"dense"`` or ``"sparse"`` for weighted layers, ``"-"`` otherwise."""
+
+    op: str
+    source: int
+    kernel: str
+    args: list[Arg]
+    inputs: tuple[int, ...]
+    output: int
+    engine: str = "-"
+    why: str = ""
+    macs: int = 0
+    nonzero_macs: int = 0
+    weight_bytes: int = 0
+    index_bytes: int = 0
+    predicted_instructions: float = 0.0
+
+
+@dataclass
+class Plan:
+    """The engine's steps, the byte size of every activation tensor they use, and the graph's ends."""
+
+    steps: list[Step] = field(default_factory=list)
+    sizes: dict[int, int] = field(default_factory=dict)
+    alias: dict[int, int] = field(default_factory=dict)  # tensor -> the tensor whose bytes it is (RESHAPE)
+    input: int = 0
+    output: int = 0
+    input_qparams: tuple[float, int] = (1.0, 0)
+    output_qparams: tuple[float, int] = (1.0, 0)
+    input_shape: tuple[int, ...] = ()
+    output_shape: tuple[int, ...] = ()
+
+    def root(self, t: int) -> int:
+        """The tensor whose bytes ``t`` is."""
+        while t in self.alias:
+            t = self.alias[t]
+        return t
+
+
+# ---------------------------------------------------------------------------------------------
+# quantization parameters, as TFLite Micro prepares them
+
+
+def _round_away(x: float) -> int:
+    """C's ``round``: to nearest, halves away from zero."""
+    return int(math.copysign(math.floor(abs(x) + 0.5), x))
+
+
+def activation_range(activation: str, scale: float, zero_point: int) -> tuple[int, int]:
+    """The int8 clamp of a fused activation (TFLite's ``CalculateActivationRangeQuantized``, float32 maths)."""
+    def quantize(f: float) -> int:
+        return zero_point + _round_away(float(np.float32(f) / np.float32(scale)))
+
+    lo = max(INT8_MIN, quantize(0.0)) if activation in ("RELU", "RELU6") else INT8_MIN
+    hi = min(INT8_MAX, quantize(6.0)) if activation == "RELU6" else INT8_MAX
+    return lo, hi
+
+
+def _multipliers(reals: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [quantize_multiplier(r) for r in reals]
+    return np.array([m for m, _ in pairs], np.int32), np.array([s for _, s in pairs], np.int32)
+
+
+def _requant(in_scale: float, w_scales: np.ndarray, out_qp: tuple[float, int], activation: str) -> Arg:
+    """The ``ep_requant`` of a weighted layer: per-channel multipliers of ``in * w[c] / out`` in double precision."""
+    out_scale, out_zp = out_qp
+    reals = [float(np.float64(np.float32(in_scale)) * np.float64(s) / np.float64(np.float32(out_scale))) for s in w_scales]
+    mult, shift = _multipliers(reals)
+    lo, hi = activation_range(activation, out_scale, out_zp)
+    return Arg("struct", ("ep_requant", {"multiplier": mult, "shift": shift, "per_channel": int(len(mult) > 1),
+                                         "output_zero_point": out_zp, "act_min": lo, "act_max": hi}))
+
+
+def _same_padding(size: int, out: int, k: int, stride: int, dilation: int) -> tuple[int, int]:
+    """(before, after) padding of TFLite's SAME: the odd pixel goes after."""
+    total = max((out - 1) * stride + (k - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+# ---------------------------------------------------------------------------------------------
+# the lowering
+
+
+class _Lowering:
+    def __init__(self, graph: Int8Graph, sparse: str) -> None:
+        self.g, self.sparse = graph, sparse
+        self.plan = Plan()
+        self.next_tensor = len(graph.tensors)
+
+    # helpers ---------------------------------------------------------------------------------
+    def shape(self, t: int) -> tuple[int, ...]:
+        return self.g.tensors[t].shape
+
+    def nhwc(self, t: int, label: str) -> tuple[int, int, int]:
+        shape = self.shape(t)
+        if len(shape) != 4 or shape[0] != 1:
+            raise ValueError(f"{label}: tensor {t} has shape {list(shape)}; the engine takes NHWC tensors of batch 1")
+        return shape[1], shape[2], shape[3]
+
+    def act(self, t: int) -> int:
+        self.plan.sizes.setdefault(t, math.prod(self.shape(t)))
+        return t
+
+    def new_tensor(self, nbytes: int) -> int:
+        t = self.next_tensor
+        self.next_tensor += 1
+        self.plan.sizes[t] = nbytes
+        return t
+
+    def add(self, op: str, source: int, kernel: str, args: list[Arg], inputs: tuple[int, ...], output: int,
+            **info) -> None:
+        self.plan.steps.append(Step(op, source, kernel, args, inputs, output, **info))
+
+    def choose(self, label: str, dense_cost: float, encode, sparse_cost, why_not: str | None) -> tuple[SparseWeights | None, str, float]:
+        """(sparse weights or None for dense, why, predicted instructions)."""
+        if self.sparse == "never":
+            return None, "dense: sparse='never'", dense_cost
+        if why_not is None:
+            try:
+                weights = encode()
+            except ValueError as exc:
+                why_not = str(exc)
+        if why_not is not None:
+            return None, f"dense: the sparse format cannot hold it ({why_not})", dense_cost
+        cost = sparse_cost(weights)
+        if self.sparse == "always":
+            return weights, f"sparse: sparse='always' (predicted {cost:,.0f} vs {dense_cost:,.0f} dense)", cost
+        if cost < dense_cost:
+            return weights, f"sparse: predicted {cost:,.0f} instructions < {dense_cost:,.0f} dense", cost
+        return None, f"dense: predicted {dense_cost:,.0f} instructions <= {cost:,.0f} sparse", dense_cost
+
+    def pad_input(self, label: str, x: int, pads: tuple[tuple[int, int], tuple[int, int]], value: int) -> tuple[int, int, int, int]:
+        """A pad step filling with ``value`` when ``pads`` are not all zero; (tensor, padded h, w, c)."""
+        h, w, c = self.nhwc(x, label)
+        (top, bottom), (left, right) = pads
+        if top == bottom == left == right == 0:
+            return x, h, w, c
+        ph, pw = h + top + bottom, w + left + right
+        out = self.new_tensor(ph * pw * c)
+        dims = {"in_h": h, "in_w": w, "c": c, "top": top, "left": left, "bottom": bottom, "right": right}
+        self.add("PAD", -1, "ep_pad", [Arg("struct", ("ep_pad_dims", dims)), Arg("tensor", x), Arg("int", value),
+                                      Arg("tensor", out)], (x,), out)
+        return out, ph, pw, c
+
+    def weights_and_bias(self, op: QOp, label: str) -> tuple[np.ndarray, np.ndarray]:
+        w = self.g.tensors[op.inputs[1]]
+        if np.any(w.zero_point != 0):
+            raise ValueError(f"{label}: weight tensor {op.inputs[1]} has non-zero zero points; int8 weights must be symmetric")
+        weight = w.data.astype(np.int8)
+        has_bias = len(op.inputs) > 2 and op.inputs[2] != -1
+        bias = self.g.tensors[op.inputs[2]].data.astype(np.int64) if has_bias else None
+        return weight, bias
+
+    def folded_bias(self, bias: np.ndarray | None, sums: np.ndarray, in_zp: int, label: str) -> Arg:
+        total = (np.zeros(len(sums), np.int64) if bias is None else bias.reshape(-1)) - in_zp * sums
+        if len(total) != len(sums):
+            raise ValueError(f"{label}: the bias has {len(total)} entries for {len(sums)} output channels")
+        if np.abs(total).max(initial=0) >= 2**31:
+            raise ValueError(f"{label}: bias - input zero point * sum(weights) leaves the int32 range")
+        return Arg("array", total.astype(np.int32))
+
+    # ops -------------------------------------------------------------------------------------
+    def conv(self, k: int, op: QOp, depthwise: bool) -> None:
+        label = f"op {k} ({op.op})"
+        x, y = op.inputs[0], op.outputs[0]
+        in_h, in_w, in_c = self.nhwc(x, label)
+        out_h, out_w, out_c = self.nhwc(y, label)
+        weight, bias = self.weights_and_bias(op, label)
+        if weight.ndim != 4:
+            raise ValueError(f"{label}: the filter has shape {list(weight.shape)}; it must be 4-D")
+        k_h, k_w = weight.shape[1:3]
+        opt = op.options
+        mult = opt.depth_multiplier if depthwise else 1
+        expected = (1, k_h, k_w, in_c * mult) if depthwise else (out_c, k_h, k_w, in_c)
+        if weight.shape != expected or (depthwise and out_c != in_c * mult):
+            raise ValueError(f"{label}: filter shape {list(weight.shape)} does not fit input {in_c} and output {out_c} channels")
+        (sh, sw), (dh, dw) = opt.stride, opt.dilation
+        pads = ((0, 0), (0, 0))
+        if opt.padding == "SAME":
+            pads = (_same_padding(in_h, out_h, k_h, sh, dh), _same_padding(in_w, out_w, k_w, sw, dw))
+        in_qp, out_qp = self.g.tensors[x].qparams, self.g.tensors[y].qparams
+        xp, ph, pw, _ = self.pad_input(label, self.act(x), pads, in_qp[1])
+        if (ph - (k_h - 1) * dh - 1) // sh + 1 != out_h or (pw - (k_w - 1) * dw - 1) // sw + 1 != out_w:
+            raise ValueError(f"{label}: output {out_h}x{out_w} does not follow from input {in_h}x{in_w}, "
+                             f"kernel {k_h}x{k_w}, stride {sh}x{sw}, dilation {dh}x{dw} and {opt.padding} padding")
+        w_scales = self.g.tensors[op.inputs[1]].scale
+        dims = {"in_h": ph, "in_w": pw, "in_c": in_c, "out_h": out_h, "out_w": out_w, "out_c": out_c, "k_h": k_h,
+                "k_w": k_w, "stride_h": sh, "stride_w": sw, "dil_h": dh, "dil_w": dw, "depth_multiplier": mult}
+        requant = _requant(in_qp[0], w_scales, out_qp, opt.activation)
+        nonzeros = int(np.count_nonzero(weight))
+        pixels = out_h * out_w
+        if depthwise:
+            sums = weight.reshape(-1, out_c).astype(np.int64).sum(axis=0)
+            dense = depthwise_cost(out_h, out_w, out_c, k_h, k_w)
+            chosen, why, cost = self.choose(label, dense, lambda: encode_depthwise(weight),
+                                            lambda s: depthwise_cost(out_h, out_w, out_c, k_h, k_w, nonzeros), None)
+            kernel = "ep_depthwise_sparse" if chosen is not None else "ep_depthwise_dense"
+            struct = "ep_sparse_dw"
+        else:
+            sums = weight.reshape(out_c, -1).astype(np.int64).sum(axis=1)
+            dense = conv_cost(out_h, out_w, out_c, k_h, k_w, in_c)
+            chosen, why, cost = self.choose(
+                label, dense, lambda: encode_conv(weight),
+                lambda s: conv_cost(out_h, out_w, out_c, k_h, k_w, in_c, s.entries, nonzeros),
+                "a dilated kernel row" if dw != 1 else None)
+            kernel = "ep_conv_sparse" if chosen is not None else "ep_conv_dense"
+            struct = "ep_sparse_conv"
+        if chosen is None:
+            w_arg, info = Arg("array", weight.reshape(-1)), {"weight_bytes": weight.size}
+        else:
+            fields = ({"count": chosen.counts, "taps": chosen.index, "values": chosen.values} if depthwise else
+                      {"seg_count": chosen.counts, "nibbles": chosen.index, "values": chosen.values})
+            w_arg, info = Arg("struct", (struct, fields)), {"weight_bytes": chosen.values.size,
+                                                              "index_bytes": chosen.index_bytes}
+        args = [Arg("struct", ("ep_conv_dims", dims)), Arg("tensor", xp), w_arg,
+                self.folded_bias(bias, sums, in_qp[1], label), requant, Arg("tensor", self.act(y))]
+        self.add(op.op, k, kernel, args, (xp,), y, engine="dense" if chosen is None else "sparse", why=why,
+                 macs=pixels * weight.size, nonzero_macs=pixels * nonzeros, predicted_instructions=cost, **info)
+
+    def fully_connected(self, k: int, op: QOp) -> None:
+        label = f"op {k} ({op.op})"
+        x, y = op.inputs[0], op.outputs[0]
+        weight, bias = self.weights_and_bias(op, label)
+        if weight.ndim != 2:
+            raise ValueError(f"{label}: the weight has shape {list(weight.shape)}; it must be 2-D")
+        out_n, in_n = weight.shape
+        if math.prod(self.shape(x)) != in_n or math.prod(self.shape(y)) != out_n:
+            raise ValueError(f"{label}: input {list(self.shape(x))} and output {list(self.shape(y))} do not fit weight "
+                             f"{list(weight.shape)} at batch 1")
+        in_qp, out_qp = self.g.tensors[x].qparams, self.g.tensors[y].qparams
+        nonzeros = int(np.count_nonzero(weight))
+        chosen, why, cost = self.choose(label, fc_cost(in_n, out_n), lambda: encode_fc(weight),
+                                        lambda s: fc_cost(in_n, out_n, s.entries, nonzeros), None)
+        if chosen is None:
+            kernel, w_arg, info = "ep_fc_dense", Arg("array", weight.reshape(-1)), {"weight_bytes": weight.size}
+        else:
+            fields = {"count": chosen.counts, "nibbles": chosen.index, "values": chosen.values}
+            kernel, w_arg = "ep_fc_sparse", Arg("struct", ("ep_sparse_fc", fields))
+            info = {"weight_bytes": chosen.values.size, "index_bytes": chosen.index_bytes}
+        sums = weight.astype(np.int64).sum(axis=1)
+        args = [Arg("int", in_n), Arg("int", out_n), Arg("tensor", self.act(x)), w_arg,
+                self.folded_bias(bias, sums, in_qp[1], label),
+                _requant(in_qp[0], self.g.tensors[op.inputs[1]].scale, out_qp, op.options.activation),
+                Arg("tensor", self.act(y))]
+        self.add(op.op, k, kernel, args, (x,), y, engine="dense" if chosen is None else "sparse", why=why,
+                 macs=weight.size, nonzero_macs=nonzeros, predicted_instructions=cost, **info)
+
+    def add_op(self, k: int, op: QOp) -> None:
+        label = f"op {k} ({op.op})"
+        a, b, y = op.inputs[0], op.inputs[1], op.outputs[0]
+        if self.shape(a) != self.shape(b) or math.prod(self.shape(a)) != math.prod(self.shape(y)):
+            raise ValueError(f"{label}: operands {list(self.shape(a))} and {list(self.shape(b))}; "
+                             "the engine adds tensors of one shape (no broadcasting)")
+        (sa, za), (sb, zb), (so, zo) = (self.g.tensors[t].qparams for t in (a, b, y))
+        left_shift = 20
+        twice_max = 2 * float(max(np.float32(sa), np.float32(sb)))
+        (m1, m2, mo), (s1, s2, so_) = _multipliers([float(np.float32(sa)) / twice_max, float(np.float32(sb)) / twice_max,
+                                                     twice_max / ((1 << left_shift) * float(np.float32(so)))])
+        lo, hi = activation_range(op.options.activation, so, zo)
+        params = {"input1_offset": -za, "input2_offset": -zb, "output_offset": zo, "left_shift": left_shift,
+                  "input1_multiplier": int(m1), "input1_shift": int(s1), "input2_multiplier": int(m2),
+                  "input2_shift": int(s2), "output_multiplier": int(mo), "output_shift": int(so_), "act_min": lo,
+                  "act_max": hi}
+        self.add(op.op, k, "ep_add", [Arg("int", math.prod(self.shape(y))), Arg("tensor", self.act(a)),
+                                      Arg("tensor", self.act(b)), Arg("struct", ("ep_add_params", params)),
+                                      Arg("tensor", self.act(y))], (a, b), y)
+
+    def pool(self, k: int, op: QOp) -> None:
+        label = f"op {k} ({op.op})"
+        x, y = op.inputs[0], op.outputs[0]
+        (in_h, in_w, c), (out_h, out_w, out_c) = self.nhwc(x, label), self.nhwc(y, label)
+        opt = op.options
+        (kh, kw), (sh, sw) = opt.filter, opt.stride
+        pads = (0, 0)
+        if opt.padding == "SAME":
+            pads = (_same_padding(in_h, out_h, kh, sh, 1)[0], _same_padding(in_w, out_w, kw, sw, 1)[0])
+        if out_c != c or any(o < 1 or (o - 1) * s - p >= size or (o - 1) * s - p + k <= 0 for o, s, p, size, k in
+                             ((out_h, sh, pads[0], in_h, kh), (out_w, sw, pads[1], in_w, kw))):
+            raise ValueError(f"{label}: output {[out_h, out_w, out_c]} does not follow from input {[in_h, in_w, c]}")
+        lo, hi = activation_range(opt.activation, *self.g.tensors[y].qparams)
+        dims = {"in_h": in_h, "in_w": in_w, "c": c, "out_h": out_h, "out_w": out_w, "k_h": kh, "k_w": kw,
+                "stride_h": sh, "stride_w": sw, "pad_h": pads[0], "pad_w": pads[1], "act_min": lo, "act_max": hi}
+        kernel = "ep_max_pool" if op.op == "MAX_POOL_2D" else "ep_avg_pool"
+        self.add(op.op, k, kernel, [Arg("struct", ("ep_pool_dims", dims)), Arg("tensor", self.act(x)),
+                                    Arg("tensor", self.act(y))], (x,), y)
+
+    def pad(self, k: int, op: QOp) -> None:
+        label = f"op {k} ({op.op})"
+        x, y = op.inputs[0], op.outputs[0]
+        amounts = self.g.tensors[op.inputs[1]].data
+        if amounts.shape != (4, 2) or amounts[0].any() or amounts[3].any() or (amounts < 0).any():
+            raise ValueError(f"{label}: paddings {amounts.tolist()}; the engine pads height and width of NHWC tensors only")
+        if op.op == "PADV2":
+            value = int(self.g.tensors[op.inputs[2]].data.reshape(-1)[0])
+        else:
+            value = self.g.tensors[y].qparams[1]
+        h, w, c = self.nhwc(x, label)
+        if self.nhwc(y, label) != (h + amounts[1].sum(), w + amounts[2].sum(), c):
+            raise ValueError(f"{label}: output {list(self.shape(y))} does not follow from input {list(self.shape(x))}")
+        dims = {"in_h": h, "in_w": w, "c": c, "top": int(amounts[1, 0]), "left": int(amounts[2, 0]),
+                "bottom": int(amounts[1, 1]), "right": int(amounts[2, 1])}
+        self.add(op.op, k, "ep_pad", [Arg("struct", ("ep_pad_dims", dims)), Arg("tensor", self.act(x)),
+                                      Arg("int", value), Arg("tensor", self.act(y))], (x,), y)
+
+    def reshape(self, k: int, op: QOp) -> None:
+        x, y = op.inputs[0], op.outputs[0]
+        if math.prod(self.shape(x)) != math.prod(self.shape(y)):
+            raise ValueError(f"op {k} (RESHAPE): input {list(self.shape(x))} and output {list(self.shape(y))} differ in size")
+        self.act(x)
+        self.plan.alias[y] = x
+
+    def transpose(self, k: int, op: QOp) -> None:
+        label = f"op {k} ({op.op})"
+        x, y = op.inputs[0], op.outputs[0]
+        shape, perm = self.shape(x), self.g.tensors[op.inputs[1]].data.reshape(-1).tolist()
+        if len(shape) > 4 or sorted(perm) != list(range(len(shape))):
+            raise ValueError(f"{label}: permutation {perm} of shape {list(shape)}; the engine transposes up to 4-D")
+        lead = 4 - len(shape)
+        shape4 = [1] * lead + list(shape)
+        perm4 = list(range(lead)) + [p + lead for p in perm]
+        if tuple(shape4[p] for p in perm4)[lead:] != tuple(self.shape(y)):
+            raise ValueError(f"{label}: output {list(self.shape(y))} is not input {list(shape)} permuted by {perm}")
+        self.add(op.op, k, "ep_transpose", [Arg("array", np.array(shape4, np.int32)), Arg("array", np.array(perm4, np.int32)),
+                                            Arg("tensor", self.act(x)), Arg("tensor", self.act(y))], (x,), y)
+
+    def relu(self, k: int, op: QOp) -> None:
+        x, y = op.inputs[0], op.outputs[0]
+        n = math.prod(self.shape(x))
+        (si, zi), (so, zo) = self.g.tensors[x].qparams, self.g.tensors[y].qparams
+        if op.op == "RELU6":  # TFLM clamps the input codes to [zero, six] of the input's own scale
+            six = min(INT8_MAX, max(INT8_MIN, _round_away(float(np.float32(6.0) / np.float32(si))) + zi))
+            self.add(op.op, k, "ep_clamp", [Arg("int", n), Arg("tensor", self.act(x)), Arg("int", zi), Arg("int", six),
+                                            Arg("tensor", self.act(y))], (x,), y)
+            return
+        (mult,), (shift,) = _multipliers([float(np.float32(si) / np.float32(so))])
+        self.add(op.op, k, "ep_relu", [Arg("int", n), Arg("tensor", self.act(x)), Arg("int", zi), Arg("int", zo),
+                                       Arg("int", int(mult)), Arg("int", int(shift)), Arg("int", max(INT8_MIN, zo)),
+                                       Arg("int", INT8_MAX), Arg("tensor", self.act(y))], (x,), y)
+
+    def softmax(self, k: int, op: QOp) -> None:
+        label = f"op {k} ({op.op})"
+        x, y = op.inputs[0], op.outputs[0]
+        scale, zp = self.g.tensors[y].qparams
+        if zp != -128 or np.float32(scale) != np.float32(1 / 256):
+            raise ValueError(f"{label}: output scale {scale} and zero point {zp}; int8 softmax needs 1/256 and -128")
+        real = min(float(np.float32(op.options.beta)) * float(self.g.tensors[x].qparams[0]) * (1 << 26), 2.0**31 - 1)
+        mult, shift = quantize_multiplier(real)
+        if real <= 1.0 or shift < 0:
+            raise ValueError(f"{label}: input scale {self.g.tensors[x].qparams[0]} is too small for int8 softmax")
+        diff_min = -math.floor(31.0 * (1 << 26) / (1 << shift))
+        shape = self.shape(x)
+        params = {"input_multiplier": mult, "input_left_shift": shift, "diff_min": diff_min}
+        self.add(op.op, k, "ep_softmax", [Arg("int", math.prod(shape[:-1])), Arg("int", shape[-1]),
+                                          Arg("tensor", self.act(x)), Arg("struct", ("ep_softmax_params", params)),
+                                          Arg("tensor", self.act(y))], (x,), y)
+
+    def run(self) -> Plan:
+        g = self.g
+        if len(g.inputs) != 1 or len(g.outputs) != 1:
+            raise ValueError(f"the model has {len(g.inputs)} inputs and {len(g.outputs)} outputs; the engine takes one of each")
+        handlers = {"CONV_2D": lambda k, op: self.conv(k, op, False), "DEPTHWISE_CONV_2D": lambda k, op: self.conv(k, op, True),
+                    "FULLY_CONNECTED": self.fully_connected, "ADD": self.add_op, "AVERAGE_POOL_2D": self.pool,
+                    "MAX_POOL_2D": self.pool, "PAD": self.pad, "PADV2": self.pad, "RESHAPE": self.reshape,
+                    "TRANSPOSE": self.transpose, "RELU": self.relu, "RELU6": self.relu, "SOFTMAX": self.softmax}
+        for k, op in enumerate(g.ops):
+            if op.op not in handlers:
+                raise ValueError(f"op {k} ({op.op}) writing tensor {op.outputs[0]} is not supported by the C engine")
+            handlers[op.op](k, op)
+        p = self.plan
+        p.input, p.output = self.act(g.inputs[0]), self.act(g.outputs[0])
+        p.input_qparams, p.output_qparams = g.tensors[p.input].qparams, g.tensors[p.output].qparams
+        p.input_shape, p.output_shape = self.shape(p.input), self.shape(p.output)
+        if p.root(p.output) == p.root(p.input):  # the output is the input's bytes: copy them
+            n = math.prod(p.output_shape)
+            copy = self.new_tensor(n)
+            self.add("RESHAPE", -1, "ep_clamp", [Arg("int", n), Arg("tensor", p.output), Arg("int", INT8_MIN),
+                                                 Arg("int", INT8_MAX), Arg("tensor", copy)], (p.output,), copy)
+            p.output = copy
+        return p
+
+
+def lower(graph: Int8Graph, sparse: str = "auto") -> Plan:
+    """The engine's plan for ``graph``: ``sparse`` is ``"auto"`` (cheaper of dense and sparse per layer by the
+    cost model), ``"always"`` (sparse wherever the format holds the layer) or ``"never"``."""
+    if sparse not in SPARSE_MODES:
+        raise ValueError(f"sparse must be one of {', '.join(SPARSE_MODES)}, got {sparse!r}")
+    return _Lowering(graph, sparse).run()
