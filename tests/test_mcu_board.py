@@ -227,8 +227,8 @@ def test_firmware_guide_example_builds_and_runs(toolchain, model_file, tmp_path)
     export_c(path, tmp_path / "model")
     image = images[3].numpy().transpose(1, 2, 0).astype(np.float32)  # NHWC, as the guide says
     image.tofile(tmp_path / "image.bin")
-    subprocess.run(["make", "MODEL=model", f"BOARD={board_dir()}"], cwd=tmp_path, check=True, capture_output=True)
-    done = subprocess.run(["make", "--no-print-directory", "run"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(["make", "--no-print-directory", "run", "MODEL=model", f"BOARD={board_dir()}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     logits = [int(v) for v in re.search(r"^logits((?: -?\d+)+)$", done.stdout, re.M).group(1).split()]
     label = int(re.search(r"^class (\d+)$", done.stdout, re.M).group(1))
