@@ -56,7 +56,9 @@ class SmallNet(nn.Module):
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> tuple[Path, torch.Tensor, torch.Tensor]:
-    """SmallNet with 80 % of conv2's and fc's weights zeroed (smallest magnitudes), as an int8 .tflite, and 8 test images."""
+    """SmallNet with 80 % of conv2's and fc's weights zeroed (smallest magnitudes), as an int8 .tflite, and 8 test images.
+
+    The net is untrained: the tests compare outputs, not accuracy."""
     splits = load_data(DataConfig(name="fashion-mnist", data_dir=str(FASHION_SLICE), val_size=0))
     torch.manual_seed(0)
     model = SmallNet().eval()
@@ -64,9 +66,10 @@ def model_file(tmp_path_factory) -> tuple[Path, torch.Tensor, torch.Tensor]:
         for layer in (model.conv2, model.fc):
             w = layer.weight
             w[w.abs() <= w.abs().flatten().kthvalue(int(0.8 * w.numel())).values] = 0
-    calibration = torch.stack([splits.train[i][0] for i in range(64)])
+    # pixels in [0, 1] (Normalize undone), so the input zero point is -128, not 0, and a forgotten one shows
+    calibration = torch.stack([splits.train[i][0] for i in range(64)]) * 0.5 + 0.5
     path = export_tflite(model, tmp_path_factory.mktemp("model") / "small.tflite", calibration)
-    images = torch.stack([splits.test[i][0] for i in range(8)])
+    images = torch.stack([splits.test[i][0] for i in range(8)]) * 0.5 + 0.5
     labels = torch.tensor([splits.test[i][1] for i in range(8)])
     return path, images, labels
 

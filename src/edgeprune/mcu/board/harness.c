@@ -126,8 +126,7 @@ int main(void) {
         printf("EP image %lu total %lu layers", images, (unsigned long)total);
         for (int i = 0; i < EDGEPRUNE_NUM_LAYERS; i++)
             printf(" %lu", (unsigned long)layer_ticks[i]);
-        printf("\n");
-        fflush(stdout);
+        printf("\n"); /* the semihosting console is line-buffered: each image's line leaves now */
         images++;
     }
     printf("EP stack %lu\n", (unsigned long)stack);
