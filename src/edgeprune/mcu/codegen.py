@@ -73,6 +73,8 @@ class _Writer:
             return str(int(arg.value))
         if arg.kind == "tensor":
             return self.pointer(arg.value)
+        if arg.kind == "words":
+            return f"(uint32_t *)(void *){self.pointer(arg.value)}"
         if arg.kind == "array":
             return self.array(f"s{step}_a{k}", np.asarray(arg.value))
         ctype, fields = arg.value

@@ -1,60 +1,66 @@
 """The engine's cost model (pure): predicted Cortex-M4 instructions of each weighted layer, dense or sparse.
 
-These are instructions executed (as QEMU counts them with ``-icount``), not cycles. Each kernel's cost
-is a sum of terms, each a count the exporter knows exactly times a per-item cost read off the
-kernel's compiled inner loops (``arm-none-eabi-gcc -O2 -mcpu=cortex-m4``) and fitted on BasicCNN's
-layers in QEMU:
+These are instructions executed (as QEMU counts them with ``-icount``), not cycles. Each kernel's
+cost is a sum of counts the exporter knows exactly (outputs, groups of pixels, index entries,
+non-zeros) times a per-item cost fitted on the kernels compiled with ``arm-none-eabi-gcc -O2
+-mcpu=cortex-m4`` and counted in QEMU (see ``docs/benchmarks.md``):
 
-* dense convolution / fully connected (DSP ``SMLAD``, two output channels per input load):
-  ``DENSE_MAC`` per MAC, ``DENSE_ROW`` per (output, kernel row) for the loop set-up and the
-  odd bytes of a row, ``REQUANT`` per output;
-* sparse convolution (four output pixels share each decoded entry and value):
-  per pixel block and decoded entry ``SPARSE_ENTRY`` plus ``SPARSE_MAC`` per pixel in the block,
-  ``SPARSE_RUN`` per (pixel block, output channel, kernel row) and ``REQUANT`` per output;
-* sparse fully connected: ``FC_ENTRY`` per entry plus ``SPARSE_MAC`` per non-zero, ``REQUANT`` per output;
-* depthwise: ``DW_DENSE_MAC`` per MAC dense, ``DW_SPARSE_MAC`` per non-zero MAC sparse, ``REQUANT`` per output.
+* dense convolution (two output channels per input load, ``SMLAD`` on four bytes at a time):
+  ``DENSE_MAC`` per MAC and ``DENSE_ROW`` per (pixel, output channel, kernel row);
+* sparse convolution, per group of four output pixels: ``FILL`` per window value copied into the
+  patch, ``CHANNEL`` per output channel, ``ENTRY[bits]`` per index entry decoded and ``MAC4`` per
+  non-zero (four pixels' multiply-accumulates);
+* fully connected: ``DENSE_MAC`` per MAC and ``ROW`` per output dense; ``ENTRY[bits]`` per entry,
+  ``MAC1`` per non-zero and ``ROW`` per output sparse;
+* depthwise: ``DW_DENSE_MAC`` per MAC dense, ``DW_SPARSE_MAC`` per non-zero MAC sparse;
+* ``REQUANT`` per output requantized (a fused 2x2 max pool requantizes one output per four pixels).
 
-The exporter runs the cheaper one per layer; issue 16 plans sparsity from the same functions.
+:func:`layer_cost` adds ``FLASH_WEIGHT`` instructions per byte of weights and index: the exporter
+(``sparse="auto"``) runs each layer in the variant of lowest layer cost, so a variant that saves
+flash may cost up to ``FLASH_WEIGHT`` instructions per byte saved. Issue 16 plans sparsity from the
+same functions.
 """
 
 from __future__ import annotations
 
-__all__ = ["conv_cost", "depthwise_cost", "fc_cost"]
+__all__ = ["FLASH_WEIGHT", "conv_cost", "depthwise_cost", "fc_cost", "layer_cost"]
 
-DENSE_MAC = 0.85
-DENSE_ROW = 12.0
-REQUANT = 22.0
-SPARSE_ENTRY = 5.0
-SPARSE_MAC = 2.0
-SPARSE_RUN = 8.0
-FC_ENTRY = 7.0
+FLASH_WEIGHT = 8.0
+DENSE_MAC = 2.2
+DENSE_ROW = 10.0
+REQUANT = 20.0
+FILL = 13.0
+CHANNEL = 25.0
+ENTRY = {4: 7.0, 8: 5.0}
+MAC4 = 7.0
+MAC1 = 3.0
+ROW = 20.0
 DW_DENSE_MAC = 5.0
 DW_SPARSE_MAC = 7.0
 
 
-def _pixel_blocks(out_h: int, out_w: int) -> int:
-    """Blocks of four output pixels along a row (and single pixels for a row's remainder)."""
-    return out_h * (out_w // 4 + out_w % 4)
+def layer_cost(instructions: float, weight_bytes: int) -> float:
+    """What the exporter minimizes per layer: predicted instructions plus ``FLASH_WEIGHT`` per byte of weights and index."""
+    return instructions + FLASH_WEIGHT * weight_bytes
 
 
-def conv_cost(out_h: int, out_w: int, out_c: int, k_h: int, k_w: int, in_c: int,
-              entries: int | None = None, nonzeros: int | None = None) -> float:
-    """Predicted instructions of a convolution: dense when ``entries`` is None, else sparse with that many
-    index entries (escapes included) and ``nonzeros`` weights."""
-    outputs = out_h * out_w * out_c
+def conv_cost(groups: int, out_c: int, k_h: int, k_w: int, in_c: int, entries: int | None = None,
+              nonzeros: int | None = None, bits: int = 4, pooled: bool = False) -> float:
+    """Predicted instructions of a convolution over ``groups`` groups of four output pixels (a fused 2x2
+    max pool's windows when ``pooled``): dense when ``entries`` is None, else sparse with that many index
+    entries of ``bits`` bits (escapes included) and ``nonzeros`` weights."""
+    window = k_h * k_w * in_c
+    requant = groups * out_c * (1 if pooled else 4) * REQUANT
     if entries is None:
-        return outputs * (k_h * k_w * in_c * DENSE_MAC + k_h * DENSE_ROW + REQUANT)
-    blocks = _pixel_blocks(out_h, out_w)
-    pixels_per_block = out_h * out_w / blocks
-    return (blocks * (entries * SPARSE_ENTRY + nonzeros * pixels_per_block * SPARSE_MAC + out_c * k_h * SPARSE_RUN)
-            + outputs * REQUANT)
+        return groups * 4 * out_c * (window * DENSE_MAC + k_h * DENSE_ROW) + requant
+    return groups * (window * FILL + out_c * CHANNEL + entries * ENTRY[bits] + nonzeros * MAC4) + requant
 
 
-def fc_cost(in_n: int, out_n: int, entries: int | None = None, nonzeros: int | None = None) -> float:
+def fc_cost(in_n: int, out_n: int, entries: int | None = None, nonzeros: int | None = None, bits: int = 4) -> float:
     """Predicted instructions of a fully connected layer: dense when ``entries`` is None, else sparse."""
     if entries is None:
-        return out_n * (in_n * DENSE_MAC + DENSE_ROW + REQUANT)
-    return entries * FC_ENTRY + nonzeros * SPARSE_MAC + out_n * REQUANT
+        return out_n * (in_n * DENSE_MAC + ROW + REQUANT)
+    return entries * ENTRY[bits] + nonzeros * MAC1 + out_n * (ROW + REQUANT)
 
 
 def depthwise_cost(out_h: int, out_w: int, out_c: int, k_h: int, k_w: int, nonzeros: int | None = None) -> float:

@@ -9,6 +9,9 @@ arithmetic, so the C code only runs kernels:
   so every convolution kernel runs VALID; their biases absorb ``-input_zero_point * sum(weights)``
   (the same for fully connected layers), so the kernels sum ``input * weight`` only;
 * RESHAPE moves no bytes: its output is its input;
+* a 2x2 stride-2 max pool that alone reads a convolution's output is fused into it: the convolution
+  keeps the largest accumulator of each window and requantizes it once (requantization never
+  decreases, so this equals pooling the requantized outputs), and the full-size output never exists;
 * each convolution, depthwise convolution and fully connected layer runs dense or sparse
   (see :mod:`edgeprune.mcu.sparse`), whichever :mod:`edgeprune.mcu.cost` predicts is cheaper,
   unless ``sparse`` is ``"always"`` or ``"never"``.
@@ -22,8 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..export.int8_graph import INT8_MAX, INT8_MIN, Int8Graph, QOp, quantize_multiplier
-from .cost import conv_cost, depthwise_cost, fc_cost
-from .sparse import SparseWeights, encode_conv, encode_depthwise, encode_fc
+from .cost import conv_cost, depthwise_cost, fc_cost, layer_cost
+from .sparse import ENTRY_BITS, SparseWeights, encode_conv, encode_depthwise, encode_fc
 
 __all__ = ["SPARSE_MODES", "Arg", "Plan", "Step", "lower"]
 
@@ -33,7 +36,8 @@ SPARSE_MODES = ("auto", "always", "never")
 @dataclass(frozen=True)
 class Arg:
     """One argument of a kernel call: ``kind`` is ``"int"`` (``value`` an int), ``"tensor"`` (``value`` a tensor id),
-    ``"array"`` (``value`` a 1-D numpy array, passed as a pointer to a const array) or ``"struct"``
+    ``"array"`` (``value`` a 1-D numpy array, passed as a pointer to a const array), ``"words"`` (``value`` a
+    tensor id, its bytes passed as ``uint32_t *``: a kernel's scratch) or ``"struct"``
     (``value`` (C type, {field: int or numpy array}), passed as a pointer to a const struct)."""
 
     kind: str
@@ -130,6 +134,11 @@ class _Lowering:
         self.g, self.sparse = graph, sparse
         self.plan = Plan()
         self.next_tensor = len(graph.tensors)
+        self.readers: dict[int, list[int]] = {}
+        for k, op in enumerate(graph.ops):
+            for t in op.inputs:
+                self.readers.setdefault(t, []).append(k)
+        self.fused: set[int] = set()  # max pools run inside the convolution before them
 
     # helpers ---------------------------------------------------------------------------------
     def shape(self, t: int) -> tuple[int, ...]:
@@ -155,23 +164,30 @@ class _Lowering:
             **info) -> None:
         self.plan.steps.append(Step(op, source, kernel, args, inputs, output, **info))
 
-    def choose(self, label: str, dense_cost: float, encode, sparse_cost, why_not: str | None) -> tuple[SparseWeights | None, str, float]:
-        """(sparse weights or None for dense, why, predicted instructions)."""
-        if self.sparse == "never":
-            return None, "dense: sparse='never'", dense_cost
-        if why_not is None:
+    def choose(self, label: str, dense_instructions: float, dense_bytes: int,
+               encodings: list[tuple[str, object]], sparse_instructions) -> tuple[str, SparseWeights | None, str, float]:
+        """The engine of a weighted layer: (name, sparse weights or None for dense, why, predicted instructions).
+
+        ``encodings`` are (name, function making the sparse weights); ``sparse_instructions`` predicts a
+        sparse variant's instructions. ``auto`` takes the variant of lowest :func:`~edgeprune.mcu.cost.layer_cost`,
+        ``always`` the lowest sparse one, ``never`` dense.
+        """
+        options = [("dense", None, dense_instructions, dense_bytes)]
+        refused = []
+        for name, encode in encodings if self.sparse != "never" else []:
             try:
                 weights = encode()
             except ValueError as exc:
-                why_not = str(exc)
-        if why_not is not None:
-            return None, f"dense: the sparse format cannot hold it ({why_not})", dense_cost
-        cost = sparse_cost(weights)
-        if self.sparse == "always":
-            return weights, f"sparse: sparse='always' (predicted {cost:,.0f} vs {dense_cost:,.0f} dense)", cost
-        if cost < dense_cost:
-            return weights, f"sparse: predicted {cost:,.0f} instructions < {dense_cost:,.0f} dense", cost
-        return None, f"dense: predicted {dense_cost:,.0f} instructions <= {cost:,.0f} sparse", dense_cost
+                refused.append(f"{name}: {exc}")
+                continue
+            options.append((name, weights, sparse_instructions(weights), weights.values.size + weights.index_bytes))
+        pool = options[1:] if self.sparse == "always" and len(options) > 1 else options
+        best = min(pool, key=lambda o: layer_cost(o[2], o[3]))
+        others = "; ".join(f"{n} {i:,.0f} + {b:,} B" for n, _, i, b in options if n != best[0])
+        why = (f"{best[0]}: {best[2]:,.0f} instructions + {best[3]:,} B of weights and index"
+               + (f" (sparse='{self.sparse}')" if self.sparse != "auto" else " (lowest cost)")
+               + (f"; {others}" if others else "") + (f"; {', '.join(refused)}" if refused else ""))
+        return best[0].split()[0], best[1], why, best[2]
 
     def pad_input(self, label: str, x: int, pads: tuple[tuple[int, int], tuple[int, int]], value: int) -> tuple[int, int, int, int]:
         """A pad step filling with ``value`` when ``pads`` are not all zero; (tensor, padded h, w, c)."""
@@ -203,12 +219,28 @@ class _Lowering:
             raise ValueError(f"{label}: bias - input zero point * sum(weights) leaves the int32 range")
         return Arg("array", total.astype(np.int32))
 
+    def fusable_pool(self, y: int) -> int | None:
+        """The index of the 2x2 stride-2 max pool that alone reads tensor ``y`` (and keeps its quantization), or None."""
+        readers = self.readers.get(y, [])
+        if len(readers) != 1 or y in self.g.outputs:
+            return None
+        pool = self.g.ops[readers[0]]
+        o = pool.options
+        same_q = self.g.tensors[pool.outputs[0]].qparams == self.g.tensors[y].qparams
+        if pool.op != "MAX_POOL_2D" or o.filter != (2, 2) or o.stride != (2, 2) or o.activation != "NONE" or not same_q:
+            return None
+        h, w, c = self.shape(y)[1:]
+        if self.shape(pool.outputs[0]) != (1, h // 2, w // 2, c) or (o.padding == "SAME" and (h % 2 or w % 2)):
+            return None
+        return readers[0]
+
     # ops -------------------------------------------------------------------------------------
     def conv(self, k: int, op: QOp, depthwise: bool) -> None:
         label = f"op {k} ({op.op})"
         x, y = op.inputs[0], op.outputs[0]
         in_h, in_w, in_c = self.nhwc(x, label)
         out_h, out_w, out_c = self.nhwc(y, label)
+        pool = None if depthwise else self.fusable_pool(y)
         weight, bias = self.weights_and_bias(op, label)
         if weight.ndim != 4:
             raise ValueError(f"{label}: the filter has shape {list(weight.shape)}; it must be 4-D")
@@ -229,36 +261,46 @@ class _Lowering:
                              f"kernel {k_h}x{k_w}, stride {sh}x{sw}, dilation {dh}x{dw} and {opt.padding} padding")
         w_scales = self.g.tensors[op.inputs[1]].scale
         dims = {"in_h": ph, "in_w": pw, "in_c": in_c, "out_h": out_h, "out_w": out_w, "out_c": out_c, "k_h": k_h,
-                "k_w": k_w, "stride_h": sh, "stride_w": sw, "dil_h": dh, "dil_w": dw, "depth_multiplier": mult}
+                "k_w": k_w, "stride_h": sh, "stride_w": sw, "dil_h": dh, "dil_w": dw, "depth_multiplier": mult,
+                "pool": int(pool is not None)}
         requant = _requant(in_qp[0], w_scales, out_qp, opt.activation)
         nonzeros = int(np.count_nonzero(weight))
         pixels = out_h * out_w
         if depthwise:
             sums = weight.reshape(-1, out_c).astype(np.int64).sum(axis=0)
-            dense = depthwise_cost(out_h, out_w, out_c, k_h, k_w)
-            chosen, why, cost = self.choose(label, dense, lambda: encode_depthwise(weight),
-                                            lambda s: depthwise_cost(out_h, out_w, out_c, k_h, k_w, nonzeros), None)
-            kernel = "ep_depthwise_sparse" if chosen is not None else "ep_depthwise_dense"
-            struct = "ep_sparse_dw"
+            engine, chosen, why, cost = self.choose(
+                label, depthwise_cost(out_h, out_w, out_c, k_h, k_w), weight.size,
+                [("sparse taps", lambda: encode_depthwise(weight))],
+                lambda s: depthwise_cost(out_h, out_w, out_c, k_h, k_w, nonzeros))
+            kernel = f"ep_depthwise_{engine}"
         else:
             sums = weight.reshape(out_c, -1).astype(np.int64).sum(axis=1)
-            dense = conv_cost(out_h, out_w, out_c, k_h, k_w, in_c)
-            chosen, why, cost = self.choose(
-                label, dense, lambda: encode_conv(weight),
-                lambda s: conv_cost(out_h, out_w, out_c, k_h, k_w, in_c, s.entries, nonzeros),
-                "a dilated kernel row" if dw != 1 else None)
-            kernel = "ep_conv_sparse" if chosen is not None else "ep_conv_dense"
-            struct = "ep_sparse_conv"
+            groups = (out_h // 2) * (out_w // 2) if pool is not None else out_h * -(-out_w // 4)
+            engine, chosen, why, cost = self.choose(
+                label, conv_cost(groups, out_c, k_h, k_w, in_c, pooled=pool is not None), weight.size,
+                [(f"sparse {b}-bit", lambda b=b: encode_conv(weight, b)) for b in ENTRY_BITS],
+                lambda s: conv_cost(groups, out_c, k_h, k_w, in_c, s.entries, nonzeros, s.bits, pool is not None))
+            kernel = f"ep_conv_{engine}"
         if chosen is None:
             w_arg, info = Arg("array", weight.reshape(-1)), {"weight_bytes": weight.size}
         else:
             fields = ({"count": chosen.counts, "taps": chosen.index, "values": chosen.values} if depthwise else
-                      {"seg_count": chosen.counts, "nibbles": chosen.index, "values": chosen.values})
+                      {"bits": chosen.bits, "count": chosen.counts, "nibbles": chosen.index, "values": chosen.values})
+            struct = "ep_sparse_dw" if depthwise else "ep_sparse"
             w_arg, info = Arg("struct", (struct, fields)), {"weight_bytes": chosen.values.size,
                                                               "index_bytes": chosen.index_bytes}
+        name = op.op
+        if pool is not None:
+            self.fused.add(pool)
+            y, name = self.g.ops[pool].outputs[0], f"{op.op}+MAX_POOL_2D"
         args = [Arg("struct", ("ep_conv_dims", dims)), Arg("tensor", xp), w_arg,
                 self.folded_bias(bias, sums, in_qp[1], label), requant, Arg("tensor", self.act(y))]
-        self.add(op.op, k, kernel, args, (xp,), y, engine="dense" if chosen is None else "sparse", why=why,
+        reads = (xp,)
+        if kernel == "ep_conv_sparse":  # scratch for four pixels' windows, 16 bits a value
+            patch = self.new_tensor(8 * k_h * k_w * in_c)
+            args.insert(5, Arg("words", patch))
+            reads = (xp, patch)
+        self.add(name, k, kernel, args, reads, y, engine=engine, why=why,
                  macs=pixels * weight.size, nonzero_macs=pixels * nonzeros, predicted_instructions=cost, **info)
 
     def fully_connected(self, k: int, op: QOp) -> None:
@@ -273,20 +315,21 @@ class _Lowering:
                              f"{list(weight.shape)} at batch 1")
         in_qp, out_qp = self.g.tensors[x].qparams, self.g.tensors[y].qparams
         nonzeros = int(np.count_nonzero(weight))
-        chosen, why, cost = self.choose(label, fc_cost(in_n, out_n), lambda: encode_fc(weight),
-                                        lambda s: fc_cost(in_n, out_n, s.entries, nonzeros), None)
+        engine, chosen, why, cost = self.choose(
+            label, fc_cost(in_n, out_n), weight.size, [(f"sparse {b}-bit", lambda b=b: encode_fc(weight, b)) for b in ENTRY_BITS],
+            lambda s: fc_cost(in_n, out_n, s.entries, nonzeros, s.bits))
         if chosen is None:
-            kernel, w_arg, info = "ep_fc_dense", Arg("array", weight.reshape(-1)), {"weight_bytes": weight.size}
+            w_arg, info = Arg("array", weight.reshape(-1)), {"weight_bytes": weight.size}
         else:
-            fields = {"count": chosen.counts, "nibbles": chosen.index, "values": chosen.values}
-            kernel, w_arg = "ep_fc_sparse", Arg("struct", ("ep_sparse_fc", fields))
+            fields = {"bits": chosen.bits, "count": chosen.counts, "nibbles": chosen.index, "values": chosen.values}
+            w_arg = Arg("struct", ("ep_sparse", fields))
             info = {"weight_bytes": chosen.values.size, "index_bytes": chosen.index_bytes}
         sums = weight.astype(np.int64).sum(axis=1)
         args = [Arg("int", in_n), Arg("int", out_n), Arg("tensor", self.act(x)), w_arg,
                 self.folded_bias(bias, sums, in_qp[1], label),
                 _requant(in_qp[0], self.g.tensors[op.inputs[1]].scale, out_qp, op.options.activation),
                 Arg("tensor", self.act(y))]
-        self.add(op.op, k, kernel, args, (x,), y, engine="dense" if chosen is None else "sparse", why=why,
+        self.add(op.op, k, f"ep_fc_{engine}", args, (x,), y, engine=engine, why=why,
                  macs=weight.size, nonzero_macs=nonzeros, predicted_instructions=cost, **info)
 
     def add_op(self, k: int, op: QOp) -> None:
@@ -407,6 +450,8 @@ class _Lowering:
                     "MAX_POOL_2D": self.pool, "PAD": self.pad, "PADV2": self.pad, "RESHAPE": self.reshape,
                     "TRANSPOSE": self.transpose, "RELU": self.relu, "RELU6": self.relu, "SOFTMAX": self.softmax}
         for k, op in enumerate(g.ops):
+            if k in self.fused:
+                continue
             if op.op not in handlers:
                 raise ValueError(f"op {k} ({op.op}) writing tensor {op.outputs[0]} is not supported by the C engine")
             handlers[op.op](k, op)

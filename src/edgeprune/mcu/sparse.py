@@ -1,16 +1,22 @@
 """The sparse weight formats of the C engine (pure functions): only non-zero int8 weights are stored.
 
-**Nibble gaps** (convolution and fully connected). The non-zeros of one run of weights (a kernel row
-``k_w * in_c`` of one output channel of a convolution, laid out as the input window's row is, or one
-row of a fully connected weight) are coded as 4-bit entries, two to a byte, low nibble first, in one
-stream over all runs, plus a count of entries per run and the int8 values in the same order:
+**Gap runs** (convolution and fully connected). Each output channel's weights, in the filter's own
+order (``ky, kx, ci`` for a convolution, the input vector for fully connected), are one run: its
+non-zeros are coded as entries of 4 bits (two to a byte, low nibble first) or 8 bits, each run
+starting on a byte, plus a uint16 count of entries per run and the int8 values in the same order.
+With ``E`` the largest entry (15 or 255), a cursor starts at the run's first weight:
 
-* an entry ``g`` in 1..15 moves the position ``g`` places forward (from one before the run's start)
-  and multiplies the input there by the next value;
-* an entry 0 moves 15 places forward and multiplies nothing (a gap longer than 15).
+* an entry ``g < E`` moves the cursor ``g`` places, multiplies the input there by the next value and
+  steps one place on (so ``g`` is the number of zeros skipped);
+* an entry ``E`` moves the cursor ``E`` places and multiplies nothing (a longer run of zeros).
 
-At 90 % sparsity the mean gap is 10, so about one entry in five is an escape: index bytes are about
-0.6 per non-zero, and weight + index bytes about 0.16x the dense int8 weights (0.1x at 95 %).
+4-bit entries are the compact choice at moderate sparsity: at 90 % about one gap in five is 15
+zeros or longer, so index bytes are about 0.6 per non-zero and weight + index bytes about 0.16x the
+dense int8 weights. 8-bit entries cost one byte per non-zero but almost never escape, so they are
+faster, and at 95 % hardly larger (about 0.1x the dense bytes either way). The convolution kernel
+first copies the input windows of four output pixels into a patch in the filter's order (two 16-bit
+pixels a word), so a run never breaks at a kernel row, and each entry costs a load pair and four
+16-bit multiply-accumulates (``SMLABB``/``SMLATB``) for the four pixels.
 
 **Taps** (depthwise): per output channel a uint8 count, then per non-zero its tap ``ky * k_w + kx``
 (uint8) and its int8 value; depthwise kernels are small, so their bytes matter little.
@@ -22,19 +28,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SparseWeights", "encode_conv", "encode_depthwise", "encode_fc", "gap_entries", "pack_nibbles"]
+__all__ = ["ENTRY_BITS", "SparseWeights", "encode_conv", "encode_depthwise", "encode_fc", "gap_entries", "pack_entries"]
 
-ESCAPE_GAP = 15  # the distance an entry 0 moves; entries 1..15 are gaps that multiply
+ENTRY_BITS = (4, 8)
 
 
 @dataclass(frozen=True)
 class SparseWeights:
     """One layer's sparse weights: ``counts`` (entries per run, or taps per channel), ``index`` (packed
-    nibbles, or uint8 taps) and ``values`` (int8 non-zeros, in the order the kernel reads them)."""
+    entries, or uint8 taps), ``values`` (int8 non-zeros, in the order the kernel reads them) and the
+    entries' ``bits`` (4 or 8; 8 for taps)."""
 
     counts: np.ndarray
     index: np.ndarray
     values: np.ndarray
+    bits: int = 8
 
     @property
     def entries(self) -> int:
@@ -47,48 +55,52 @@ class SparseWeights:
         return self.counts.nbytes + self.index.nbytes
 
 
-def gap_entries(positions: np.ndarray) -> list[int]:
-    """The 4-bit entries that reach the sorted ``positions`` from position -1 (see the module docstring)."""
-    entries, previous = [], -1
+def gap_entries(positions: np.ndarray, bits: int = 4) -> list[int]:
+    """The entries of ``bits`` bits that reach the sorted ``positions`` of a run (see the module docstring)."""
+    escape = (1 << bits) - 1
+    entries, cursor = [], 0
     for p in positions.tolist():
-        gap = p - previous
-        while gap > ESCAPE_GAP:
-            entries.append(0)
-            gap -= ESCAPE_GAP
-        entries.append(gap)
-        previous = p
+        skip = p - cursor
+        while skip >= escape:
+            entries.append(escape)
+            skip -= escape
+        entries.append(skip)
+        cursor = p + 1
     return entries
 
 
-def pack_nibbles(entries: list[int]) -> np.ndarray:
-    """4-bit entries two to a uint8, low nibble first (a trailing odd entry in a low nibble)."""
-    e = np.asarray(entries + [0] * (len(entries) % 2), np.uint8)
-    return (e[0::2] | (e[1::2] << 4)).astype(np.uint8)
+def pack_entries(entries: list[int], bits: int = 4) -> np.ndarray:
+    """Entries as uint8: 8-bit ones as they are, 4-bit ones two to a byte, low nibble first (an odd last
+    entry in a low nibble, the high one 0)."""
+    e = np.asarray(entries + [0] * (len(entries) % 2 if bits == 4 else 0), np.uint8)
+    return e if bits == 8 else (e[0::2] | (e[1::2] << 4)).astype(np.uint8)
 
 
-def _encode_runs(runs: np.ndarray) -> SparseWeights:
-    """Nibble-gap code of each row of ``runs`` (a 2-D int8 array), one run after another."""
-    counts, entries, values = [], [], []
+def _encode_runs(runs: np.ndarray, bits: int) -> SparseWeights:
+    """Gap-run code of each row of ``runs`` (a 2-D int8 array), one run after another."""
+    if bits not in ENTRY_BITS:
+        raise ValueError(f"sparse entries are 4 or 8 bits, not {bits}")
+    counts, packed, values = [], [], []
     for run in runs:
         positions = np.flatnonzero(run)
-        run_entries = gap_entries(positions)
-        counts.append(len(run_entries))
-        entries += run_entries
+        entries = gap_entries(positions, bits)
+        counts.append(len(entries))
+        packed.append(pack_entries(entries, bits))
         values.append(run[positions])
     if max(counts, default=0) > np.iinfo(np.uint16).max:
         raise ValueError(f"a run of {max(counts):,} entries does not fit the 16-bit counts of the sparse format")
-    return SparseWeights(np.asarray(counts, np.uint16), pack_nibbles(entries), np.concatenate(values).astype(np.int8))
+    return SparseWeights(np.asarray(counts, np.uint16), np.concatenate(packed).astype(np.uint8),
+                         np.concatenate(values).astype(np.int8), bits)
 
 
-def encode_conv(weight: np.ndarray) -> SparseWeights:
-    """Sparse code of a convolution filter ``[O, kh, kw, I]``: one run per (output channel, kernel row)."""
-    o, kh, kw, i = weight.shape
-    return _encode_runs(weight.reshape(o * kh, kw * i))
+def encode_conv(weight: np.ndarray, bits: int = 4) -> SparseWeights:
+    """Sparse code of a convolution filter ``[O, kh, kw, I]``: one run per output channel."""
+    return _encode_runs(weight.reshape(len(weight), -1), bits)
 
 
-def encode_fc(weight: np.ndarray) -> SparseWeights:
+def encode_fc(weight: np.ndarray, bits: int = 4) -> SparseWeights:
     """Sparse code of a fully connected weight ``[O, I]``: one run per output row."""
-    return _encode_runs(weight)
+    return _encode_runs(weight, bits)
 
 
 def encode_depthwise(weight: np.ndarray) -> SparseWeights:

@@ -57,7 +57,8 @@ static inline int32_t ep_dot1(const int8_t *x, const int8_t *w, int32_t n, int32
 static int ep_conv_dims_ok(const ep_conv_dims *d) {
     return d->out_h > 0 && d->out_w > 0 && d->stride_h > 0 && d->stride_w > 0 && d->dil_h > 0 && d->dil_w > 0 &&
            (d->out_h - 1) * d->stride_h + (d->k_h - 1) * d->dil_h < d->in_h &&
-           (d->out_w - 1) * d->stride_w + (d->k_w - 1) * d->dil_w < d->in_w;
+           (d->out_w - 1) * d->stride_w + (d->k_w - 1) * d->dil_w < d->in_w &&
+           (!d->pool || (d->out_h >= 2 && d->out_w >= 2));
 }
 
 /* Sum over one output channel's kernel window at `base`; `seg` is the window's row (k_w * in_c when dil_w is 1). */
@@ -96,107 +97,209 @@ static void ep_window2(const ep_conv_dims *d, const int8_t *base, const int8_t *
     }
 }
 
+/* The output pixels computed together: with a fused 2x2 max pool a group is one pooling window (its
+ * four pixels' largest accumulator is requantized once, which equals pooling the requantized outputs
+ * since requantization never decreases), else four consecutive pixels of a row (fewer at its end). */
+typedef struct {
+    const int8_t *base;  /* the input window of the group's first pixel */
+    int32_t off[4];      /* input offsets of the group's pixels from `base` */
+    int32_t pixels;      /* 4, or fewer at the end of a row */
+    int8_t *out;         /* where the group's first output channel goes */
+    int32_t out_step;    /* output bytes from one pixel to the next (0 when pooled: one output) */
+} ep_group;
+
+static int32_t ep_group_count(const ep_conv_dims *d) {
+    if (d->pool) {
+        return (d->out_h / 2) * (d->out_w / 2);
+    }
+    return d->out_h * ((d->out_w + 3) / 4);
+}
+
+static void ep_group_at(const ep_conv_dims *d, const int8_t *in, int8_t *out, int32_t g, ep_group *grp) {
+    const int32_t pix = d->stride_w * d->in_c, row = d->stride_h * d->in_w * d->in_c;
+    int32_t oy, ox, j;
+    if (d->pool) {
+        const int32_t pw = d->out_w / 2;
+        oy = 2 * (g / pw);
+        ox = 2 * (g % pw);
+        grp->off[0] = 0;
+        grp->off[1] = pix;
+        grp->off[2] = row;
+        grp->off[3] = row + pix;
+        grp->pixels = 4;
+        grp->out = out + g * d->out_c;
+        grp->out_step = 0;
+    } else {
+        const int32_t per_row = (d->out_w + 3) / 4;
+        oy = g / per_row;
+        ox = 4 * (g % per_row);
+        grp->pixels = d->out_w - ox < 4 ? d->out_w - ox : 4;
+        for (j = 0; j < 4; j++) {  /* a short group repeats its first pixel, computed but not stored */
+            grp->off[j] = j < grp->pixels ? j * pix : 0;
+        }
+        grp->out = out + (oy * d->out_w + ox) * d->out_c;
+        grp->out_step = d->out_c;
+    }
+    grp->base = in + (oy * d->stride_h * d->in_w + ox * d->stride_w) * d->in_c;
+}
+
+/* Requantize output channel `co` of a group from its pixels' accumulators. */
+static inline void ep_group_store(const ep_group *grp, const ep_requant *q, int32_t co, const int32_t acc[4]) {
+    int32_t j;
+    if (grp->out_step == 0) {
+        int32_t m = acc[0];
+        for (j = 1; j < 4; j++) {
+            m = acc[j] > m ? acc[j] : m;
+        }
+        grp->out[co] = EP_STORE(q, co, m);
+        return;
+    }
+    for (j = 0; j < grp->pixels; j++) {
+        grp->out[j * grp->out_step + co] = EP_STORE(q, co, acc[j]);
+    }
+}
+
 int ep_conv_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, const int32_t *bias,
                   const ep_requant *q, int8_t *out) {
     const int32_t window = d->k_h * d->k_w * d->in_c;
-    int32_t oy, ox, co;
+    const int32_t groups = ep_group_count(d);
+    int32_t g, co, j;
     if (!ep_conv_dims_ok(d)) {
         return EP_ERROR_DIMS;
     }
-    for (oy = 0; oy < d->out_h; oy++) {
-        for (ox = 0; ox < d->out_w; ox++) {
-            const int8_t *base = in + (oy * d->stride_h * d->in_w + ox * d->stride_w) * d->in_c;
-            int8_t *o = out + (oy * d->out_w + ox) * d->out_c;
-            for (co = 0; co + 1 < d->out_c; co += 2) {
-                int32_t a0 = bias[co], a1 = bias[co + 1];
-                ep_window2(d, base, w + co * window, w + (co + 1) * window, &a0, &a1);
-                o[co] = EP_STORE(q, co, a0);
-                o[co + 1] = EP_STORE(q, co + 1, a1);
+    for (g = 0; g < groups; g++) {
+        ep_group grp;
+        ep_group_at(d, in, out, g, &grp);
+        for (co = 0; co + 1 < d->out_c; co += 2) {
+            int32_t a0[4], a1[4];
+            for (j = 0; j < grp.pixels; j++) {
+                a0[j] = bias[co];
+                a1[j] = bias[co + 1];
+                ep_window2(d, grp.base + grp.off[j], w + co * window, w + (co + 1) * window, &a0[j], &a1[j]);
             }
-            if (co < d->out_c) {
-                o[co] = EP_STORE(q, co, ep_window1(d, base, w + co * window, bias[co]));
+            ep_group_store(&grp, q, co, a0);
+            ep_group_store(&grp, q, co + 1, a1);
+        }
+        if (co < d->out_c) {
+            int32_t a0[4];
+            for (j = 0; j < grp.pixels; j++) {
+                a0[j] = ep_window1(d, grp.base + grp.off[j], w + co * window, bias[co]);
             }
+            ep_group_store(&grp, q, co, a0);
         }
     }
     return EP_OK;
 }
 
-/* Next 4-bit entry of a nibble stream (low nibble first). */
-#define EP_NIBBLE(stream, k) (((stream)[(k) >> 1] >> (((k) & 1) << 2)) & 15u)
+/* 16-bit multiply-accumulates of the bottom or top half of x with w (the DSP's SMLABB / SMLATB). */
+#if defined(__ARM_FEATURE_DSP)
+#define EP_MAC_BOTTOM(x, w, acc) __smlabb((int32_t)(x), (w), (acc))
+#define EP_MAC_TOP(x, w, acc) __smlatb((int32_t)(x), (w), (acc))
+#else
+#define EP_MAC_BOTTOM(x, w, acc) ((acc) + (int16_t)(uint16_t)((x) & 0xffffu) * (w))
+#define EP_MAC_TOP(x, w, acc) ((acc) + (int16_t)(uint16_t)((x) >> 16) * (w))
+#endif
 
-/* One output channel over `pixels` (1 or 4) output pixels `pix` bytes apart, starting at `base`.
- * Consumes the channel's segments from the nibble cursor *k and the value pointer *v. */
-static void ep_sparse_channel(const ep_conv_dims *d, const ep_sparse_conv *w, const uint16_t *counts,
-                              const int8_t *base, int32_t pix, int32_t pixels, uint32_t *k, const int8_t **v,
-                              int32_t acc[4]) {
-    const int32_t seg_step = d->dil_h * d->in_w * d->in_c;
-    const uint8_t *nib = w->nibbles;
-    const int8_t *val = *v;
-    uint32_t kk = *k;
-    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
-    int32_t ky;
-    for (ky = 0; ky < d->k_h; ky++, base += seg_step) {
-        const uint32_t end = kk + counts[ky];
-        int32_t pos = -1;
-        if (pixels == 4) {
-            const int32_t p2 = 2 * pix, p3 = 3 * pix;
-            for (; kk < end; kk++) {
-                const uint32_t g = EP_NIBBLE(nib, kk);
-                int32_t wv;
-                if (g == 0) {
-                    pos += 15;
-                    continue;
-                }
-                pos += (int32_t)g;
-                wv = *val++;
-                a0 += base[pos] * wv;
-                a1 += base[pos + pix] * wv;
-                a2 += base[pos + p2] * wv;
-                a3 += base[pos + p3] * wv;
-            }
-        } else {
-            for (; kk < end; kk++) {
-                const uint32_t g = EP_NIBBLE(nib, kk);
-                if (g == 0) {
-                    pos += 15;
-                    continue;
-                }
-                pos += (int32_t)g;
-                a0 += base[pos] * *val++;
+/* Copy a group's four input windows into `patch`: per window position (the filter's own order, ky, kx,
+ * ci) two words, pixels 0 and 2 as 16-bit halves, then pixels 1 and 3. */
+static void ep_fill_patch(const ep_conv_dims *d, const ep_group *grp, uint32_t *patch) {
+    const int32_t o1 = grp->off[1], o2 = grp->off[2], o3 = grp->off[3];
+    const int32_t span = d->dil_w == 1 ? d->k_w * d->in_c : d->in_c;  /* contiguous input bytes */
+    const int32_t pieces = d->dil_w == 1 ? 1 : d->k_w;
+    int32_t ky, kx, t;
+    for (ky = 0; ky < d->k_h; ky++) {
+        for (kx = 0; kx < pieces; kx++) {
+            const int8_t *r = grp->base + (ky * d->dil_h * d->in_w + kx * d->dil_w) * d->in_c;
+            for (t = 0; t < span; t++) {
+                *patch++ = (uint16_t)r[t] | ((uint32_t)(uint16_t)r[t + o2] << 16);
+                *patch++ = (uint16_t)r[t + o1] | ((uint32_t)(uint16_t)r[t + o3] << 16);
             }
         }
     }
+}
+
+/* Walk one run of `n` entries of `bits` (4 or 8) bits from *nib, running ENTRY(g, escape) for each;
+ * *nib ends on the next run's first byte. */
+#define EP_WALK_RUN(ENTRY, nib, n, bits)             \
+    if ((bits) == 4) {                               \
+        for (; (n) >= 2; (n) -= 2) {                 \
+            const uint32_t pair = *(nib)++;          \
+            ENTRY(pair & 15u, 15u)                   \
+            ENTRY(pair >> 4, 15u)                    \
+        }                                            \
+        if (n) {                                     \
+            const uint32_t last = *(nib)++ & 15u;    \
+            ENTRY(last, 15u)                         \
+        }                                            \
+    } else {                                         \
+        for (; (n) > 0; (n)--) {                     \
+            const uint32_t entry = *(nib)++;         \
+            ENTRY(entry, 255u)                       \
+        }                                            \
+    }
+
+/* One output channel's run over the patch, at four pixels. */
+static inline void ep_patch_run(const uint32_t *r, const uint8_t **nib, const int8_t **val, uint32_t n,
+                                int32_t bits, int32_t acc[4]) {
+    const uint8_t *p = *nib;
+    const int8_t *v = *val;
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+#define EP_PATCH_ENTRY(g, escape)               \
+    r += 2u * (g);                              \
+    if ((g) != (escape)) {                      \
+        const uint32_t even = r[0], odd = r[1]; \
+        const int32_t wv = *v++;                \
+        r += 2;                                 \
+        a0 = EP_MAC_BOTTOM(even, wv, a0);       \
+        a2 = EP_MAC_TOP(even, wv, a2);          \
+        a1 = EP_MAC_BOTTOM(odd, wv, a1);        \
+        a3 = EP_MAC_TOP(odd, wv, a3);           \
+    }
+    EP_WALK_RUN(EP_PATCH_ENTRY, p, n, bits)
+#undef EP_PATCH_ENTRY
     acc[0] = a0;
     acc[1] = a1;
     acc[2] = a2;
     acc[3] = a3;
-    *k = kk;
-    *v = val;
+    *nib = p;
+    *val = v;
 }
 
-int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse_conv *w, const int32_t *bias,
-                   const ep_requant *q, int8_t *out) {
-    const int32_t pix = d->stride_w * d->in_c;
-    int32_t oy, ox, co, j;
-    if (!ep_conv_dims_ok(d) || d->dil_w != 1) {
+/* One output row's run over an int8 input vector (fully connected). */
+static inline int32_t ep_vector_run(const int8_t *r, const uint8_t **nib, const int8_t **val, uint32_t n,
+                                    int32_t bits, int32_t acc) {
+    const uint8_t *p = *nib;
+    const int8_t *v = *val;
+#define EP_VECTOR_ENTRY(g, escape) \
+    r += (g);                      \
+    if ((g) != (escape)) {         \
+        acc += *r++ * *v++;        \
+    }
+    EP_WALK_RUN(EP_VECTOR_ENTRY, p, n, bits)
+#undef EP_VECTOR_ENTRY
+    *nib = p;
+    *val = v;
+    return acc;
+}
+
+int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
+                   const ep_requant *q, uint32_t *patch, int8_t *out) {
+    const int32_t groups = ep_group_count(d);
+    int32_t g, co;
+    if (!ep_conv_dims_ok(d)) {
         return EP_ERROR_DIMS;
     }
-    for (oy = 0; oy < d->out_h; oy++) {
-        for (ox = 0; ox < d->out_w;) {
-            const int32_t pixels = ox + 4 <= d->out_w ? 4 : 1;
-            const int8_t *base = in + (oy * d->stride_h * d->in_w + ox * d->stride_w) * d->in_c;
-            int8_t *o = out + (oy * d->out_w + ox) * d->out_c;
-            uint32_t k = 0;
-            const int8_t *v = w->values;
-            for (co = 0; co < d->out_c; co++) {
-                int32_t acc[4];
-                acc[0] = acc[1] = acc[2] = acc[3] = bias[co];
-                ep_sparse_channel(d, w, w->seg_count + co * d->k_h, base, pix, pixels, &k, &v, acc);
-                for (j = 0; j < pixels; j++) {
-                    o[j * d->out_c + co] = EP_STORE(q, co, acc[j]);
-                }
-            }
-            ox += pixels;
+    for (g = 0; g < groups; g++) {
+        ep_group grp;
+        const uint8_t *nib = w->nibbles;
+        const int8_t *v = w->values;
+        ep_group_at(d, in, out, g, &grp);
+        ep_fill_patch(d, &grp, patch);
+        for (co = 0; co < d->out_c; co++) {
+            int32_t acc[4];
+            acc[0] = acc[1] = acc[2] = acc[3] = bias[co];
+            ep_patch_run(patch, &nib, &v, w->count[co], w->bits, acc);
+            ep_group_store(&grp, q, co, acc);
         }
     }
     return EP_OK;
@@ -277,26 +380,14 @@ int ep_fc_dense(int32_t in_n, int32_t out_n, const int8_t *in, const int8_t *w, 
     return EP_OK;
 }
 
-int ep_fc_sparse(int32_t in_n, int32_t out_n, const int8_t *in, const ep_sparse_fc *w, const int32_t *bias,
+int ep_fc_sparse(int32_t in_n, int32_t out_n, const int8_t *in, const ep_sparse *w, const int32_t *bias,
                  const ep_requant *q, int8_t *out) {
     const uint8_t *nib = w->nibbles;
     const int8_t *v = w->values;
-    uint32_t k = 0;
     int32_t o;
     (void)in_n;
     for (o = 0; o < out_n; o++) {
-        const uint32_t end = k + w->count[o];
-        int32_t pos = -1;
-        int32_t acc = bias[o];
-        for (; k < end; k++) {
-            const uint32_t g = EP_NIBBLE(nib, k);
-            if (g == 0) {
-                pos += 15;
-                continue;
-            }
-            pos += (int32_t)g;
-            acc += in[pos] * *v++;
-        }
+        const int32_t acc = ep_vector_run(in, &nib, &v, w->count[o], w->bits, bias[o]);
         out[o] = EP_STORE(q, o, acc);
     }
     return EP_OK;

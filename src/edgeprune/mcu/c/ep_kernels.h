@@ -34,18 +34,20 @@ typedef struct {
     int32_t stride_h, stride_w;
     int32_t dil_h, dil_w;
     int32_t depth_multiplier;  /* depthwise only */
+    int32_t pool;              /* 1: a 2x2 stride-2 max pool is fused (output (out_h/2) x (out_w/2)) */
 } ep_conv_dims;
 
-/* Sparse convolution weights, per output channel and kernel row (k_h segments per channel):
- * seg_count[co * k_h + ky] 4-bit entries in nibbles (low nibble first), a continuous stream over
- * all segments. An entry g in 1..15 moves the position g places forward along the row segment
- * (k_w * in_c positions, from one before its start) and multiplies there with the next value;
- * g = 0 moves 15 places forward and multiplies nothing (a gap longer than 15). */
+/* Sparse convolution and fully connected weights: one run per output channel over its weights in
+ * the filter's order (ky, kx, ci for a convolution; the input vector for fully connected). A run is
+ * count[o] entries of `bits` bits (4: two to a byte, low nibble first; or 8), starting on a byte.
+ * A cursor starts at the run's first weight: an entry g below its largest value E (15 or 255) moves
+ * it g places, multiplies there by the next value and steps one place on; an entry E moves it E places. */
 typedef struct {
-    const uint16_t *seg_count;
+    int32_t bits;
+    const uint16_t *count;
     const uint8_t *nibbles;
     const int8_t *values;
-} ep_sparse_conv;
+} ep_sparse;
 
 /* Sparse depthwise weights: per output channel count[co] taps, each a uint8 tap index
  * ky * k_w + kx and an int8 value. */
@@ -54,14 +56,6 @@ typedef struct {
     const uint8_t *taps;
     const int8_t *values;
 } ep_sparse_dw;
-
-/* Sparse fully connected weights: per output row count[o] 4-bit entries, coded as in ep_sparse_conv
- * over the whole input vector. */
-typedef struct {
-    const uint16_t *count;
-    const uint8_t *nibbles;
-    const int8_t *values;
-} ep_sparse_fc;
 
 typedef struct {
     int32_t in_h, in_w, c;
@@ -92,15 +86,17 @@ int32_t ep_multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int32
 
 int ep_conv_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, const int32_t *bias,
                   const ep_requant *q, int8_t *out);
-int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse_conv *w, const int32_t *bias,
-                   const ep_requant *q, int8_t *out);
+/* patch: EP_PATCH_WORDS(d) words of scratch for the four input windows of a group of pixels */
+#define EP_PATCH_WORDS(d) (2 * (d)->k_h * (d)->k_w * (d)->in_c)
+int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
+                   const ep_requant *q, uint32_t *patch, int8_t *out);
 int ep_depthwise_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, const int32_t *bias,
                        const ep_requant *q, int8_t *out);
 int ep_depthwise_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse_dw *w, const int32_t *bias,
                         const ep_requant *q, int8_t *out);
 int ep_fc_dense(int32_t in_n, int32_t out_n, const int8_t *in, const int8_t *w, const int32_t *bias,
                 const ep_requant *q, int8_t *out);
-int ep_fc_sparse(int32_t in_n, int32_t out_n, const int8_t *in, const ep_sparse_fc *w, const int32_t *bias,
+int ep_fc_sparse(int32_t in_n, int32_t out_n, const int8_t *in, const ep_sparse *w, const int32_t *bias,
                  const ep_requant *q, int8_t *out);
 int ep_add(int32_t n, const int8_t *a, const int8_t *b, const ep_add_params *p, int8_t *out);
 int ep_max_pool(const ep_pool_dims *d, const int8_t *in, int8_t *out);

@@ -25,11 +25,15 @@ static inline int32_t ep_rounding_divide_by_pot(int32_t x, int32_t exponent) {
     return (x >> exponent) + (remainder > threshold ? 1 : 0);
 }
 
-/* TFLite's MultiplyByQuantizedMultiplier: x * multiplier * 2^(shift - 31), double rounding. */
+/* TFLite's MultiplyByQuantizedMultiplier: x * multiplier * 2^(shift - 31), double rounding, for a
+ * multiplier >= 0 (as QuantizeMultiplier makes them). Then ep_srdhm never saturates, and its rounding
+ * (the product plus or minus 2^30, divided by 2^31 toward zero) equals floor((product + 2^30) / 2^31),
+ * one 64-bit add and shift. */
 static inline int32_t ep_mbqm(int32_t x, int32_t multiplier, int32_t shift) {
     const int32_t left = shift > 0 ? shift : 0;
     const int32_t right = shift > 0 ? 0 : -shift;
-    return ep_rounding_divide_by_pot(ep_srdhm((int32_t)((uint32_t)x << left), multiplier), right);
+    const int64_t product = (int64_t)(int32_t)((uint32_t)x << left) * multiplier;
+    return ep_rounding_divide_by_pot((int32_t)((product + ((int64_t)1 << 30)) >> 31), right);
 }
 
 /* Accumulator -> int8 with the output zero point and the activation clamp. */
