@@ -126,7 +126,8 @@ def test_m7_and_m55_smoke(toolchain, model_file, tmp_path, target):
 
 # A hand-written model library with the engine's API, for what the real engine must never do:
 # layer 0 spins 2 x (input[4..7] as a 32-bit count) instructions, layer 1 likewise with input[8..11];
-# input[0] == 127 hangs, input[0] == -128 faults (an undefined instruction); outputs copy the inputs.
+# input[0] == 127 hangs, input[0] == -128 faults (an undefined instruction), input[0] == 126 uses 40 KB
+# of stack (more than the linker script keeps); outputs copy the inputs.
 FIXTURE_HEADER = """#include <stdint.h>
 #define EDGEPRUNE_INPUT_SIZE 12
 #define EDGEPRUNE_OUTPUT_SIZE 12
@@ -151,6 +152,11 @@ int edgeprune_invoke(const int8_t *input, int8_t *output) {
         }
     if (input[0] == -128)
         __builtin_trap();
+    if (input[0] == 126) {
+        volatile int8_t deep[40 * 1024];
+        for (int i = 0; i < (int)sizeof deep; i += 64)
+            deep[i] = input[1];
+    }
     spin(input + 4);
     EDGEPRUNE_LAYER_DONE(0);
     spin(input + 8);
@@ -198,8 +204,9 @@ def test_counts_are_guest_instructions(toolchain, tmp_path, target):
     assert 0 < run.stack_bytes < 256
 
 
-@pytest.mark.parametrize("first, message", [(127, "did not finish within 3 s"), (-128, "EP fault")])
-def test_hung_or_crashed_guest_gives_one_line_and_keeps_results(toolchain, tmp_path, first, message):
+@pytest.mark.parametrize("first, message", [(127, "did not finish within 3 s"), (-128, "EP fault"),
+                                            (126, "used all of the stack region")])
+def test_hung_crashed_or_overflowing_guest_gives_one_line_and_keeps_results(toolchain, tmp_path, first, message):
     engine = fixture_engine(tmp_path / "engine")
     inputs = np.stack([spin_input(i, 100, 100) for i in range(3)] + [spin_input(first, 100, 100)] * 2)
     with pytest.raises(ValueError) as caught:

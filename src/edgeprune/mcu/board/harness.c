@@ -33,6 +33,7 @@
 #define SYST_RELOAD 0xFFFFFFu
 
 #define STACK_PAINT 0x5AFEC0DEu
+#define STACK_MARGIN 256u /* a deepest write this close to the region's end counts as an overflow */
 
 extern uint32_t __stack_limit__[];
 
@@ -119,6 +120,8 @@ int main(void) {
         uint32_t used = stack_used(sp);
         if (used > stack)
             stack = used;
+        if (used + STACK_MARGIN > (uint32_t)((uintptr_t)sp - (uintptr_t)__stack_limit__))
+            return fail("edgeprune_invoke used all of the stack region (EP_STACK_SIZE in cortex_m.ld)");
         if (status != 0)
             return fail("edgeprune_invoke returned an error");
         if (fwrite(output, 1, sizeof output, out) != sizeof output || fflush(out) != 0)
