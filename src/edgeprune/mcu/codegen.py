@@ -23,7 +23,7 @@ from ..export.int8_graph import Int8Graph
 from ..export.tflite_read import load_tflite, read_tflite
 from ..files import write_text_atomic
 from .arena import plan_arena
-from .lower import Arg, Plan, lower
+from .lower import Arg, Plan, check_sparse_mode, lower
 
 __all__ = ["KERNEL_FILES", "export_c", "render"]
 
@@ -158,6 +158,7 @@ def export_c(tflite: str | os.PathLike | bytes | Int8Graph, out_dir: str | os.Pa
     ``sparse`` is ``"auto"``, ``"always"`` or ``"never"`` (see :func:`edgeprune.mcu.lower.lower`).
     Returns the ``layers.json`` report.
     """
+    check_sparse_mode(sparse)
     if isinstance(tflite, Int8Graph):
         graph = tflite
     elif isinstance(tflite, (bytes, bytearray)):

@@ -28,7 +28,7 @@ from ..export.int8_graph import INT8_MAX, INT8_MIN, Int8Graph, QOp, quantize_mul
 from .cost import conv_cost, depthwise_cost, fc_cost, layer_cost
 from .sparse import ENTRY_BITS, SparseWeights, encode_conv, encode_depthwise, encode_fc
 
-__all__ = ["SPARSE_MODES", "Arg", "Plan", "Step", "lower"]
+__all__ = ["SPARSE_MODES", "Arg", "Plan", "Step", "check_sparse_mode", "lower"]
 
 SPARSE_MODES = ("auto", "always", "never")
 
@@ -468,9 +468,15 @@ class _Lowering:
         return p
 
 
-def lower(graph: Int8Graph, sparse: str = "auto") -> Plan:
-    """The engine's plan for ``graph``: ``sparse`` is ``"auto"`` (cheaper of dense and sparse per layer by the
-    cost model), ``"always"`` (sparse wherever the format holds the layer) or ``"never"``."""
+def check_sparse_mode(sparse: str) -> None:
+    """One-line ValueError unless ``sparse`` is one of :data:`SPARSE_MODES`."""
     if sparse not in SPARSE_MODES:
         raise ValueError(f"sparse must be one of {', '.join(SPARSE_MODES)}, got {sparse!r}")
+
+
+def lower(graph: Int8Graph, sparse: str = "auto") -> Plan:
+    """The engine's plan for ``graph``: ``sparse`` is ``"auto"`` (per layer the variant of lowest cost by
+    :mod:`edgeprune.mcu.cost`), ``"always"`` (the cheapest sparse variant wherever the format holds the
+    layer) or ``"never"`` (dense)."""
+    check_sparse_mode(sparse)
     return _Lowering(graph, sparse).run()

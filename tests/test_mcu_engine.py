@@ -1,0 +1,279 @@
+"""The C engine generated from an int8 .tflite, compiled for the host with ``cc`` and run against
+TensorFlow Lite Micro's interpreter (an independent implementation) bit for bit.
+
+Tiny random models cover every op ``export_tflite`` writes, each dense and sparse (weights pruned
+to 80 % first); BasicCNN runs on Fashion-MNIST images. The sparse format is checked by hand on a
+3x3 kernel, and names from the file are checked never to reach the C code.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeprune.export.tflite import export_tflite, tflite_arena_bytes
+from edgeprune.export.tflite_read import read_tflite
+from edgeprune.mcu import export_c
+from edgeprune.mcu.arena import plan_arena
+from edgeprune.mcu.sparse import encode_conv, encode_fc, gap_entries
+from edgeprune.models import BasicCNN
+
+runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
+
+ARM_FLAGS = ["-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard", "-O2", "-c"]
+
+
+def _build(folder: Path, extra: list[str] = ()) -> ctypes.CDLL:
+    """The generated C compiled with the host's cc into a shared library."""
+    lib = folder / "engine.so"
+    sources = [str(p) for p in sorted(folder.glob("*.c"))]
+    subprocess.run(["cc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", *extra, "-o", str(lib),
+                    *sources], check=True, capture_output=True, text=True)
+    return ctypes.CDLL(str(lib))
+
+
+def _invoke(lib: ctypes.CDLL, x: np.ndarray, out_size: int) -> np.ndarray:
+    x = np.ascontiguousarray(x, np.int8)
+    out = np.zeros(out_size, np.int8)
+    status = lib.edgeprune_invoke(x.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p))
+    assert status == 0
+    return out
+
+
+def _tflm(data: bytes):
+    return runtime.Interpreter.from_bytes(data, arena_size=1 << 20)
+
+
+def _tflm_output(interp, x: np.ndarray) -> np.ndarray:
+    interp.set_input(x.reshape(interp.get_input_details(0)["shape"]), 0)
+    interp.invoke()
+    return interp.get_output(0).reshape(-1)
+
+
+def _prune(model: nn.Module, fraction: float) -> nn.Module:
+    """Zero the ``fraction`` smallest weights of every weight tensor (a uniform magnitude pruning)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                k = int(round(fraction * p.numel()))
+                p.view(-1)[p.abs().flatten().argsort()[:k]] = 0
+    return model
+
+
+def _export(model: nn.Module, shape: tuple[int, ...], folder: Path, sparse: str) -> tuple[bytes, dict]:
+    torch.manual_seed(0)
+    path = export_tflite(model, folder / "m.tflite", torch.randn(64, *shape) * 2)
+    data = path.read_bytes()
+    return data, export_c(data, folder / "c", sparse=sparse)
+
+
+class ConvStrides(nn.Module):  # SAME stride 2 with relu6, VALID, a 1x1 conv, a residual add, a relu after a pool
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.c2 = nn.Conv2d(8, 12, 3)
+        self.c3 = nn.Conv2d(12, 12, 1)
+
+    def forward(self, x):
+        y = self.c2(F.relu6(self.c1(x)))
+        y = torch.relu(F.max_pool2d(y + self.c3(y), 2, stride=1))  # a RELU of its own (a pool fuses none)
+        return y.flatten(1)  # not followed by a linear layer: a TRANSPOSE to NCHW
+
+
+class DepthwisePools(nn.Module):  # depthwise (multiplier 2), average pool with padding (an explicit PAD), relu6 of its own,
+    # max pool with padding (PADV2 with -128), FC, softmax
+    def __init__(self) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(4, 8, 3, padding=1, groups=4)
+        self.fc = nn.Linear(8 * 2 * 2, 6)
+
+    def forward(self, x):
+        x = F.relu6(F.avg_pool2d(F.relu(self.dw(x)), 3, stride=2, padding=1))
+        x = F.max_pool2d(x, 3, stride=2, padding=1)
+        return F.softmax(self.fc(x.flatten(1)), dim=1)
+
+
+class PaddedConvPool(nn.Module):  # asymmetric kernel with padding TFLite's SAME cannot express, dilation, fused 2x2 max pool
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 6, (3, 2), padding=(2, 1))
+        self.c2 = nn.Conv2d(6, 8, 3, padding=2, dilation=2)
+        self.fc = nn.Linear(8 * 5 * 4, 5)
+
+    def forward(self, x):
+        x = F.max_pool2d(torch.relu(self.c1(x)), 2)
+        return self.fc(F.max_pool2d(self.c2(x), 2).flatten(1))
+
+
+MODELS = {"conv_strides": (ConvStrides, (3, 11, 9)), "depthwise_pools": (DepthwisePools, (4, 8, 7)),
+          "padded_conv_pool": (PaddedConvPool, (2, 19, 15))}
+
+
+@pytest.mark.parametrize("sparse", ["never", "always"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_op_matches_tflm_bit_for_bit(tmp_path, name, sparse):
+    factory, shape = MODELS[name]
+    torch.manual_seed(1)
+    data, report = _export(_prune(factory(), 0.8), shape, tmp_path, sparse)
+    engines = {layer["engine"] for layer in report["layers"]} - {"-"}
+    assert engines == {"dense" if sparse == "never" else "sparse"}
+    lib = _build(tmp_path / "c")
+    interp = _tflm(data)
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        x = rng.integers(-128, 128, size=shape[1:] + shape[:1], dtype=np.int8)
+        expected = _tflm_output(interp, x)
+        np.testing.assert_array_equal(_invoke(lib, x, expected.size), expected)
+
+
+def test_every_op_of_the_exporter_is_covered(tmp_path):
+    ops = set()
+    for factory, shape in MODELS.values():
+        graph = read_tflite(export_tflite(factory(), tmp_path / "m.tflite", torch.randn(8, *shape)).read_bytes())
+        ops |= {op.op for op in graph.ops}
+    assert ops >= {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "AVERAGE_POOL_2D", "MAX_POOL_2D", "PAD",
+                   "PADV2", "RESHAPE", "TRANSPOSE", "SOFTMAX", "RELU", "RELU6"}
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.9])
+def test_basiccnn_on_fashion_mnist_matches_tflm(tmp_path, fashion_slice, fraction):
+    from edgeprune.data import DataConfig, load_data
+
+    splits = load_data(DataConfig(data_dir=fashion_slice, val_size=100))
+    train = torch.stack([splits.train[i][0] for i in range(64)])
+    test = torch.stack([splits.test[i][0] for i in range(12)])
+    torch.manual_seed(0)
+    model = _prune(BasicCNN(in_channels=1, image_size=28), fraction)
+    data = export_tflite(model, tmp_path / "b.tflite", train).read_bytes()
+    report = export_c(data, tmp_path / "c", sparse="never" if fraction == 0 else "auto")
+    assert {layer["engine"] for layer in report["layers"]} - {"-"} == ({"dense"} if fraction == 0 else {"sparse"})
+    lib = _build(tmp_path / "c")
+    interp = _tflm(data)
+    qp = interp.get_input_details(0)["quantization_parameters"]
+    scale, zp = float(qp["scales"][0]), int(qp["zero_points"][0])
+    for image in test:
+        x = np.clip(np.round(image.numpy().transpose(1, 2, 0) / scale) + zp, -128, 127).astype(np.int8)
+        expected = _tflm_output(interp, x)
+        np.testing.assert_array_equal(_invoke(lib, x, expected.size), expected)
+    interp_arena = tflite_arena_bytes(interp)
+    assert report["arena_bytes"] < interp_arena  # one static arena, smaller than TFLM's for the same model
+    header = (tmp_path / "c" / "edgeprune_model.h").read_text()
+    assert f"#define EDGEPRUNE_ARENA_SIZE {report['arena_bytes']}\n" in header
+    assert "#define EDGEPRUNE_INPUT_SIZE 784\n" in header and "#define EDGEPRUNE_OUTPUT_SIZE 10\n" in header
+
+
+def test_sparse_indexing_by_hand_on_a_3x3_kernel():
+    kernel = np.array([[0, 5, 0],
+                       [0, 0, 0],
+                       [-3, 0, 7]], np.int8).reshape(1, 3, 3, 1)  # [O, kh, kw, I]
+    four = encode_conv(kernel, bits=4)
+    # non-zeros at window positions 1, 6 and 8: skip 1 zero, then 4 (positions 2..5), then 1 (position 7)
+    assert four.counts.tolist() == [3]
+    assert four.index.tolist() == [1 | 4 << 4, 1]  # two entries to a byte, low nibble first; an odd one alone
+    assert four.values.tolist() == [5, -3, 7]
+    eight = encode_conv(kernel, bits=8)
+    assert eight.counts.tolist() == [3] and eight.index.tolist() == [1, 4, 1] and eight.values.tolist() == [5, -3, 7]
+    # a gap of 20 zeros: one escape entry (15 zeros), then 5; every run starts on a byte
+    row = np.zeros((2, 40), np.int8)
+    row[0, 20], row[0, 39], row[1, 0] = 9, -1, 4
+    fc = encode_fc(row, bits=4)
+    assert gap_entries(np.array([20, 39])) == [15, 5, 15, 3]
+    assert fc.counts.tolist() == [4, 1] and fc.index.tolist() == [15 | 5 << 4, 15 | 3 << 4, 0]
+    assert fc.values.tolist() == [9, -1, 4] and fc.index_bytes == 2 * 2 + 3
+
+
+def test_arena_plan_reuses_memory_of_dead_tensors():
+    sizes = {0: 100, 1: 40, 2: 100, 3: 30}
+    lives = {0: (0, 1), 1: (1, 2), 2: (2, 3), 3: (3, 3)}
+    offsets, size = plan_arena(sizes, lives)
+    for a in sizes:
+        for b in sizes:
+            overlap_in_time = a < b and lives[a][0] <= lives[b][1] and lives[b][0] <= lives[a][1]
+            if overlap_in_time:
+                assert offsets[a] + sizes[a] <= offsets[b] or offsets[b] + sizes[b] <= offsets[a]
+    assert offsets[0] == offsets[2] == 0 and offsets[1] == 100 and size == 140  # tensor 2 takes tensor 0's bytes
+
+
+HOSTILE = ['*/ system("x"); /*', "a\nb #include <stdio.h>", "\\", "??/"]
+
+
+def test_names_from_the_file_never_reach_the_c_code(tmp_path):
+    torch.manual_seed(0)
+    data = export_tflite(_prune(PaddedConvPool(), 0.5), tmp_path / "m.tflite", torch.randn(16, 2, 19, 15)).read_bytes()
+    graph = read_tflite(data)
+    export_c(graph, tmp_path / "plain")
+    for i, t in enumerate(graph.tensors):
+        t.name = HOSTILE[i % len(HOSTILE)]
+    export_c(graph, tmp_path / "hostile")
+    for name in ("edgeprune_model.c", "edgeprune_model.h"):
+        assert (tmp_path / "hostile" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes()
+    # the same in the file's own bytes: a tensor name replaced by one of the same length
+    name = b"c1.weight"
+    assert data.count(name) == 1
+    forged = data.replace(name, b'*/x();\n/*')
+    export_c(forged, tmp_path / "forged")
+    assert (tmp_path / "forged" / "edgeprune_model.c").read_bytes() == (tmp_path / "plain" / "edgeprune_model.c").read_bytes()
+
+
+def test_layer_hook_runs_after_every_layer(tmp_path):
+    torch.manual_seed(0)
+    _, report = _export(DepthwisePools(), (4, 8, 7), tmp_path, "auto")
+    (tmp_path / "c" / "hook.c").write_text(
+        "int ep_calls[64]; int ep_count;\nvoid ep_layer_done(int layer) { ep_calls[ep_count++] = layer; }\n")
+    lib = _build(tmp_path / "c", ["-DEDGEPRUNE_LAYER_DONE=ep_layer_done"])
+    _invoke(lib, np.zeros((8, 7, 4), np.int8), 6)
+    count = ctypes.c_int.in_dll(lib, "ep_count").value
+    calls = (ctypes.c_int * 64).in_dll(lib, "ep_calls")
+    assert count == len(report["layers"]) and list(calls[:count]) == list(range(count))
+    assert f"#define EDGEPRUNE_NUM_LAYERS {count}" in (tmp_path / "c" / "edgeprune_model.h").read_text()
+
+
+def test_generated_library_compiles_for_cortex_m4_with_nothing_else(tmp_path):
+    if shutil.which("arm-none-eabi-gcc") is None:
+        pytest.fail("arm-none-eabi-gcc is missing: apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi")
+    torch.manual_seed(0)
+    _export(_prune(DepthwisePools(), 0.8), (4, 8, 7), tmp_path, "auto")
+    folder = tmp_path / "c"
+    sources = [str(p) for p in sorted(folder.glob("*.c"))]
+    for source in sources:
+        subprocess.run(["arm-none-eabi-gcc", *ARM_FLAGS, "-Wall", "-Wextra", "-Werror", source, "-o",
+                        str(tmp_path / (Path(source).stem + ".o"))], check=True, capture_output=True, text=True, cwd=folder)
+    subprocess.run(["arm-none-eabi-ld", "-r", "-o", str(tmp_path / "all.o"), *map(str, tmp_path.glob("*.o"))], check=True)
+    undefined = subprocess.run(["arm-none-eabi-nm", "-u", str(tmp_path / "all.o")], check=True, capture_output=True,
+                               text=True).stdout.split()
+    assert set(undefined) - {"U"} <= {"memcpy", "memset"}  # no libc beyond <string.h>, no libgcc helpers
+
+
+def test_report_counts_weights_and_sparse_choice(tmp_path):
+    torch.manual_seed(0)
+    model = _prune(DepthwisePools(), 0.9)
+    _, dense = _export(model, (4, 8, 7), tmp_path / "d", "never")
+    _, sparse = _export(model, (4, 8, 7), tmp_path / "s", "always")
+    saved = json.loads((tmp_path / "s" / "c" / "layers.json").read_text())
+    assert saved == sparse
+    fc = [layer for layer in sparse["layers"] if layer["op"] == "FULLY_CONNECTED"][0]
+    assert fc["macs"] == 6 * 32 and fc["nonzero_macs"] == int(np.count_nonzero(model.fc.weight.detach().numpy()))
+    assert fc["weight_bytes"] == fc["nonzero_macs"] and fc["index_bytes"] > 0 and fc["why"].startswith("sparse")
+    assert dense["totals"]["weight_bytes"] == 8 * 9 + 6 * 32 and dense["totals"]["index_bytes"] == 0
+
+
+def test_bad_input_gets_one_line(tmp_path):
+    with pytest.raises(ValueError, match="sparse must be one of auto, always, never"):
+        export_c(b"", tmp_path / "x", sparse="sometimes")
+    with pytest.raises(ValueError, match="not a TFLite file"):
+        export_c(b"garbage!" * 4, tmp_path / "x")
+    graph = read_tflite(export_tflite(DepthwisePools(), tmp_path / "m.tflite", torch.randn(8, 4, 8, 7)).read_bytes())
+    softmax = next(op for op in graph.ops if op.op == "SOFTMAX")
+    graph.tensors[softmax.outputs[0]].zero_point[:] = 0
+    with pytest.raises(ValueError, match=r"^op \d+ \(SOFTMAX\): output scale .* zero point 0; int8 softmax needs") as info:
+        export_c(graph, tmp_path / "x")
+    assert "\n" not in str(info.value) and not (tmp_path / "x").exists()
