@@ -231,13 +231,13 @@ def mcu_table(result: dict) -> str:
         f"  instructions per inference    {_count(result['instructions'])} ({result['instructions_unit']}; "
         f"resolution {result['instructions_resolution']:g})",
         "",
-        f"  {'layer':>5}  {'op':<18} {'engine':<7} {'MACs':>11} {'non-zero MACs':>14} {'instructions':>13} "
+        f"  {'layer':>5}  {'op':<20} {'engine':<7} {'MACs':>11} {'non-zero MACs':>14} {'instructions':>13} "
         f"{'predicted':>11} {'instr/nz MAC':>12}",
     ]
     for i, layer in enumerate(result["layers"]):
         nonzero, instructions = layer["nonzero_macs"], layer["instructions"]
         ratio = f"{instructions / nonzero:.2f}" if nonzero and instructions is not None else "-"
-        lines.append(f"  {i:>5}  {layer['op']:<18} {layer['engine']:<7} {layer['macs']:>11,} {nonzero:>14,} "
+        lines.append(f"  {i:>5}  {layer['op']:<20} {layer['engine']:<7} {layer['macs']:>11,} {nonzero:>14,} "
                      f"{_count(instructions):>13} {_count(layer['predicted_instructions']):>11} {ratio:>12}")
     lines += ["", f"  fits on ({result['fits_on_build']}):"]
     lines += [f"    {'yes' if row['fits'] else 'no ':<4} {row['board']}: flash {row['flash_used']:.0%}, RAM {row['ram_used']:.0%}"
