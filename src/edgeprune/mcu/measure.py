@@ -41,7 +41,7 @@ _LAYER_KEYS = ("op", "engine", "macs", "nonzero_macs", "weight_bytes", "index_by
 
 
 def header_macros(engine_dir: str | os.PathLike) -> dict[str, int]:
-    """The integer ``EDGEPRUNE_*`` macros of ``engine_dir/edgeprune_model.h`` (sizes, layer count, zero points)."""
+    """The plain integer ``EDGEPRUNE_*`` macros of ``engine_dir/edgeprune_model.h`` (the sizes and the layer count)."""
     header = Path(engine_dir) / "edgeprune_model.h"
     if not header.is_file():
         raise ValueError(f"{header}: no such file; generate the engine first with export_c")

@@ -47,6 +47,9 @@ def parse_harness_output(text: str) -> GuestRun:
         elif words[1] == "layers" and len(words) == 3:
             run.layers = int(words[2])
         elif words[1] == "image" and len(words) >= 6 and words[3] == "total" and words[5] == "layers":
+            if len(words) - 6 != run.layers:
+                run.error = f"the guest reported {len(words) - 6} layer counts for {run.layers} layers: {line[:80]}"
+                break
             run.totals.append(int(words[4]))
             run.layer_ticks.append([int(w) for w in words[6:]])
         elif words[1] == "stack" and len(words) == 3:
