@@ -117,6 +117,8 @@ def test_m4_engine_equals_tflm_and_layers_add_up(toolchain, model_file, tmp_path
     assert result["flash_bytes"] > result["weight_bytes"] + result["index_bytes"] > 0
     assert 0 < result["stack_bytes"] < 4096
     assert result["ram_bytes"] == result["static_ram_bytes"] + result["stack_bytes"] >= result["arena_bytes"]
+    with pytest.raises(ValueError, match="1x14x14 = 196 values each; small.tflite takes 784"):
+        measure_on_mcu(path, images[:, :, :14, :14], labels, tmp_path / "wrong")
     table = mcu_table(result)
     assert "instructions executed in emulation, not cycles" in table and "8 / 8" in table
 
@@ -237,6 +239,8 @@ def test_missing_toolchain_names_the_debian_packages(tmp_path, monkeypatch):
         measure_engine(fixture_engine(tmp_path / "engine"), inputs, inputs, np.zeros(1, dtype=int), tmp_path / "out")
     text = str(caught.value)
     assert "\n" not in text and DEBIAN_PACKAGES in text and "arm-none-eabi-gcc" in text
+    with pytest.raises(ValueError, match=DEBIAN_PACKAGES):
+        measure_on_mcu(tmp_path / "model.tflite", torch.zeros(1, 1, 2, 2), torch.zeros(1), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

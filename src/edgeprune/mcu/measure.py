@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..export.c_source import fits_on
-from ..files import write_json_atomic
+from ..files import writable_folder, write_json_atomic
 from .codegen import export_c
 from .qemu import GuestRun, run_guest
 from .toolchain import (
@@ -83,6 +83,11 @@ def engine_sizes(engine_dir: str | os.PathLike, target: Target, build_dir: str |
     return section_sizes(link_relocatable(objects, target, build_dir / "edgeprune_model.o"))
 
 
+def _check_tools() -> None:
+    for tool in ("arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm"):
+        find_tool(tool)
+
+
 def _default_timeout(macs: int, images: int) -> float:
     """Seconds for QEMU: a start, then 1 microsecond per MAC (QEMU runs about 150 M instructions a second)."""
     return 30.0 + images * macs * 1e-6
@@ -97,9 +102,8 @@ def measure_engine(engine_dir: str | os.PathLike, inputs: np.ndarray, expected: 
     when the guest hangs (``timeout`` seconds; default from the MACs), faults or fails.
     """
     tgt = get_target(target, runnable=True)
-    for tool in ("arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm"):
-        find_tool(tool)
-    engine_dir, out_dir = Path(engine_dir), Path(out_dir)
+    _check_tools()
+    engine_dir = Path(engine_dir)
     macros = header_macros(engine_dir)
     layers = _layers(engine_dir, macros["EDGEPRUNE_NUM_LAYERS"])
     count = len(inputs)
@@ -110,6 +114,7 @@ def measure_engine(engine_dir: str | os.PathLike, inputs: np.ndarray, expected: 
         raise ValueError(f"expected must be {count} x {macros['EDGEPRUNE_OUTPUT_SIZE']} TFLM outputs and labels "
                          f"{count} classes, got {tuple(expected.shape)} and {len(labels)}")
 
+    out_dir = writable_folder(out_dir, f"out_dir {out_dir}")
     sizes = engine_sizes(engine_dir, tgt, out_dir / "build" / tgt.name)
     small = engine_sizes(engine_dir, get_target(_SIZE_TARGET), out_dir / "build" / _SIZE_TARGET)
     elf = build_harness(engine_dir, tgt, out_dir / "build" / f"{tgt.name}-harness")
@@ -201,14 +206,19 @@ def measure_on_mcu(tflite_path: str | os.PathLike, images: torch.Tensor, labels:
     export_c's choice of kernels (auto, always, never).
     """
     get_target(target, runnable=True)
-    tflite_path, out_dir = Path(tflite_path), Path(out_dir)
+    _check_tools()
+    tflite_path, out_dir = Path(tflite_path), writable_folder(out_dir, f"out_dir {out_dir}")
     if not tflite_path.is_file():
         raise ValueError(f"{tflite_path}: no such file; write it first with export_tflite")
     if images.dim() != 4 or len(images) != len(labels) or len(images) < 1:
         raise ValueError(f"images must be N x C x H x W with N >= 1 labels, got {tuple(images.shape)} "
                          f"and {len(labels)} labels")
+    export_c(tflite_path, out_dir / "engine", sparse=sparse)  # first: it checks the file before TFLM reads it
+    size = header_macros(out_dir / "engine")["EDGEPRUNE_INPUT_SIZE"]
+    if images[0].numel() != size:
+        raise ValueError(f"images are {'x'.join(map(str, images.shape[1:]))} = {images[0].numel()} values each; "
+                         f"{tflite_path.name} takes {size}: give images of the model's input shape")
     inputs, expected = _tflm_reference(tflite_path.read_bytes(), images.detach().cpu().float())
-    export_c(tflite_path, out_dir / "engine", sparse=sparse)
     return measure_engine(out_dir / "engine", inputs, expected, labels.cpu().numpy(), out_dir, target, timeout)
 
 
