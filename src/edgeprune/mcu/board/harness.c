@@ -5,7 +5,7 @@
  *   outputs.bin  N outputs of EDGEPRUNE_OUTPUT_SIZE int8 values each (written, flushed per image).
  * Standard output gets one line per fact, each starting with "EP ":
  *   EP layers L
- *   EP image I total T layers T0 T1 ... T(L-1)    (SysTick ticks; one line per image, flushed)
+ *   EP image I total T layers T0 T1 ... T(L-1)    (SysTick ticks; a line per image, sent at once)
  *   EP stack B                                     (bytes of stack edgeprune_invoke used at most)
  *   EP done N
  * Exit status 0 once every image ran; non-zero, after an "EP error: ..." line, otherwise.
@@ -53,7 +53,9 @@ static void timer_start(void) {
     }
 }
 
-/* Ticks since timer_start, modulo 2^32 (differences are right for spans under 2^32 ticks). */
+/* Ticks since timer_start, modulo 2^32 (differences are right for spans under 2^32 ticks).
+ * A wrap between the two reads of the wrap count retries; QEMU takes the SysTick interrupt at
+ * the instruction where the counter reloads, so a reloaded value never pairs with an old count. */
 static uint32_t timer_now(void) {
     uint32_t wraps, value;
     do {
