@@ -109,14 +109,16 @@ def _multipliers(reals: list[float]) -> tuple[np.ndarray, np.ndarray]:
     return np.array([m for m, _ in pairs], np.int32), np.array([s for _, s in pairs], np.int32)
 
 
-def _requant(in_scale: float, w_scales: np.ndarray, out_qp: tuple[float, int], activation: str) -> Arg:
-    """The ``ep_requant`` of a weighted layer: per-channel multipliers of ``in * w[c] / out`` in double precision."""
+def _requant(in_scale: float, w_scales: np.ndarray, channels: int, out_qp: tuple[float, int], activation: str) -> Arg:
+    """The ``ep_requant`` of a weighted layer: per-channel multipliers of ``in * w[c] / out`` in double precision
+    (a per-tensor weight scale repeated for each of the ``channels``)."""
     out_scale, out_zp = out_qp
-    reals = [float(np.float64(np.float32(in_scale)) * np.float64(s) / np.float64(np.float32(out_scale))) for s in w_scales]
+    scales = np.broadcast_to(w_scales, (channels,)) if len(w_scales) == 1 else w_scales
+    reals = [float(np.float64(np.float32(in_scale)) * np.float64(s) / np.float64(np.float32(out_scale))) for s in scales]
     mult, shift = _multipliers(reals)
     lo, hi = activation_range(activation, out_scale, out_zp)
-    return Arg("struct", ("ep_requant", {"multiplier": mult, "shift": shift, "per_channel": int(len(mult) > 1),
-                                         "output_zero_point": out_zp, "act_min": lo, "act_max": hi}))
+    return Arg("struct", ("ep_requant", {"multiplier": mult, "shift": shift, "output_zero_point": out_zp,
+                                         "act_min": lo, "act_max": hi}))
 
 
 def _same_padding(size: int, out: int, k: int, stride: int, dilation: int) -> tuple[int, int]:
@@ -263,7 +265,9 @@ class _Lowering:
         dims = {"in_h": ph, "in_w": pw, "in_c": in_c, "out_h": out_h, "out_w": out_w, "out_c": out_c, "k_h": k_h,
                 "k_w": k_w, "stride_h": sh, "stride_w": sw, "dil_h": dh, "dil_w": dw, "depth_multiplier": mult,
                 "pool": int(pool is not None)}
-        requant = _requant(in_qp[0], w_scales, out_qp, opt.activation)
+        if len(w_scales) not in (1, out_c):
+            raise ValueError(f"{label}: the filter has {len(w_scales)} scales for {out_c} output channels")
+        requant = _requant(in_qp[0], w_scales, out_c, out_qp, opt.activation)
         nonzeros = int(np.count_nonzero(weight))
         pixels = out_h * out_w
         if depthwise:
@@ -285,7 +289,7 @@ class _Lowering:
             w_arg, info = Arg("array", weight.reshape(-1)), {"weight_bytes": weight.size}
         else:
             fields = ({"count": chosen.counts, "taps": chosen.index, "values": chosen.values} if depthwise else
-                      {"bits": chosen.bits, "count": chosen.counts, "nibbles": chosen.index, "values": chosen.values})
+                      {"bits": chosen.bits, "escapes": chosen.escapes, "count": chosen.counts, "nibbles": chosen.index, "values": chosen.values})
             struct = "ep_sparse_dw" if depthwise else "ep_sparse"
             w_arg, info = Arg("struct", (struct, fields)), {"weight_bytes": chosen.values.size,
                                                               "index_bytes": chosen.index_bytes}
@@ -296,8 +300,8 @@ class _Lowering:
         args = [Arg("struct", ("ep_conv_dims", dims)), Arg("tensor", xp), w_arg,
                 self.folded_bias(bias, sums, in_qp[1], label), requant, Arg("tensor", self.act(y))]
         reads = (xp,)
-        if kernel == "ep_conv_sparse":  # scratch for four pixels' windows, 16 bits a value
-            patch = self.new_tensor(8 * k_h * k_w * in_c)
+        if kernel == "ep_conv_sparse":  # scratch for four pixels' windows (EP_PATCH_WORDS)
+            patch = self.new_tensor(4 * k_h * k_w * in_c)
             args.insert(5, Arg("words", patch))
             reads = (xp, patch)
         self.add(name, k, kernel, args, reads, y, engine=engine, why=why,
@@ -321,13 +325,13 @@ class _Lowering:
         if chosen is None:
             w_arg, info = Arg("array", weight.reshape(-1)), {"weight_bytes": weight.size}
         else:
-            fields = {"bits": chosen.bits, "count": chosen.counts, "nibbles": chosen.index, "values": chosen.values}
+            fields = {"bits": chosen.bits, "escapes": chosen.escapes, "count": chosen.counts, "nibbles": chosen.index, "values": chosen.values}
             w_arg = Arg("struct", ("ep_sparse", fields))
             info = {"weight_bytes": chosen.values.size, "index_bytes": chosen.index_bytes}
         sums = weight.astype(np.int64).sum(axis=1)
         args = [Arg("int", in_n), Arg("int", out_n), Arg("tensor", self.act(x)), w_arg,
                 self.folded_bias(bias, sums, in_qp[1], label),
-                _requant(in_qp[0], self.g.tensors[op.inputs[1]].scale, out_qp, op.options.activation),
+                _requant(in_qp[0], self.g.tensors[op.inputs[1]].scale, out_n, out_qp, op.options.activation),
                 Arg("tensor", self.act(y))]
         self.add(op.op, k, f"ep_fc_{engine}", args, (x,), y, engine=engine, why=why,
                  macs=weight.size, nonzero_macs=nonzeros, predicted_instructions=cost, **info)

@@ -12,8 +12,8 @@ With ``E`` the largest entry (15 or 255), a cursor starts at the run's first wei
 
 4-bit entries are the compact choice at moderate sparsity: at 90 % about one gap in five is 15
 zeros or longer, so index bytes are about 0.6 per non-zero and weight + index bytes about 0.16x the
-dense int8 weights. 8-bit entries cost one byte per non-zero but almost never escape, so they are
-faster, and at 95 % hardly larger (about 0.1x the dense bytes either way). The convolution kernel
+dense int8 weights. 8-bit entries cost one byte per non-zero but almost never escape (a layer without
+escapes runs a loop without the test), so they are faster, and at 95 % hardly larger (about 0.1x the dense bytes either way). The convolution kernel
 first copies the input windows of four output pixels into a patch in the filter's order (two 16-bit
 pixels a word), so a run never breaks at a kernel row, and each entry costs a load pair and four
 16-bit multiply-accumulates (``SMLABB``/``SMLATB``) for the four pixels.
@@ -36,13 +36,15 @@ ENTRY_BITS = (4, 8)
 @dataclass(frozen=True)
 class SparseWeights:
     """One layer's sparse weights: ``counts`` (entries per run, or taps per channel), ``index`` (packed
-    entries, or uint8 taps), ``values`` (int8 non-zeros, in the order the kernel reads them) and the
-    entries' ``bits`` (4 or 8; 8 for taps)."""
+    entries, or uint8 taps), ``values`` (int8 non-zeros, in the order the kernel reads them), the
+    entries' ``bits`` (4 or 8; 8 for taps) and how many entries are escapes (the kernel skips the
+    escape test in a layer without any)."""
 
     counts: np.ndarray
     index: np.ndarray
     values: np.ndarray
     bits: int = 8
+    escapes: int = 0
 
     @property
     def entries(self) -> int:
@@ -80,17 +82,18 @@ def _encode_runs(runs: np.ndarray, bits: int) -> SparseWeights:
     """Gap-run code of each row of ``runs`` (a 2-D int8 array), one run after another."""
     if bits not in ENTRY_BITS:
         raise ValueError(f"sparse entries are 4 or 8 bits, not {bits}")
-    counts, packed, values = [], [], []
+    counts, packed, values, escapes = [], [], [], 0
     for run in runs:
         positions = np.flatnonzero(run)
         entries = gap_entries(positions, bits)
+        escapes += entries.count((1 << bits) - 1)
         counts.append(len(entries))
         packed.append(pack_entries(entries, bits))
         values.append(run[positions])
     if max(counts, default=0) > np.iinfo(np.uint16).max:
         raise ValueError(f"a run of {max(counts):,} entries does not fit the 16-bit counts of the sparse format")
     return SparseWeights(np.asarray(counts, np.uint16), np.concatenate(packed).astype(np.uint8),
-                         np.concatenate(values).astype(np.int8), bits)
+                         np.concatenate(values).astype(np.int8), bits, escapes)
 
 
 def encode_conv(weight: np.ndarray, bits: int = 4) -> SparseWeights:

@@ -7,10 +7,10 @@
 #include <arm_acle.h>
 #endif
 
-#define EP_QMULT(q, c) ((q)->multiplier[(q)->per_channel ? (c) : 0])
-#define EP_QSHIFT(q, c) ((q)->shift[(q)->per_channel ? (c) : 0])
+/* Output channel c's accumulator requantized; `q` is a kernel's local copy of its ep_requant, so that
+ * the compiler need not reload it after every int8 store. */
 #define EP_STORE(q, c, acc) \
-    ep_requantize((acc), EP_QMULT(q, c), EP_QSHIFT(q, c), (q)->output_zero_point, (q)->act_min, (q)->act_max)
+    ep_requantize((acc), (q).multiplier[c], (q).shift[c], (q).output_zero_point, (q).act_min, (q).act_max)
 
 /* a0 += x . w0 and a1 += x . w1 over n int8 values (two output channels share each input load). */
 static inline void ep_dot2(const int8_t *x, const int8_t *w0, const int8_t *w1, int32_t n, int32_t *a0, int32_t *a1) {
@@ -144,7 +144,7 @@ static void ep_group_at(const ep_conv_dims *d, const int8_t *in, int8_t *out, in
 }
 
 /* Requantize output channel `co` of a group from its pixels' accumulators. */
-static inline void ep_group_store(const ep_group *grp, const ep_requant *q, int32_t co, const int32_t acc[4]) {
+static inline void ep_group_store(const ep_group *grp, const ep_requant q, int32_t co, const int32_t acc[4]) {
     int32_t j;
     if (grp->out_step == 0) {
         int32_t m = acc[0];
@@ -161,6 +161,7 @@ static inline void ep_group_store(const ep_group *grp, const ep_requant *q, int3
 
 int ep_conv_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, const int32_t *bias,
                   const ep_requant *q, int8_t *out) {
+    const ep_requant rq = *q;
     const int32_t window = d->k_h * d->k_w * d->in_c;
     const int32_t groups = ep_group_count(d);
     int32_t g, co, j;
@@ -177,31 +178,43 @@ int ep_conv_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, cons
                 a1[j] = bias[co + 1];
                 ep_window2(d, grp.base + grp.off[j], w + co * window, w + (co + 1) * window, &a0[j], &a1[j]);
             }
-            ep_group_store(&grp, q, co, a0);
-            ep_group_store(&grp, q, co + 1, a1);
+            ep_group_store(&grp, rq, co, a0);
+            ep_group_store(&grp, rq, co + 1, a1);
         }
         if (co < d->out_c) {
             int32_t a0[4];
             for (j = 0; j < grp.pixels; j++) {
                 a0[j] = ep_window1(d, grp.base + grp.off[j], w + co * window, bias[co]);
             }
-            ep_group_store(&grp, q, co, a0);
+            ep_group_store(&grp, rq, co, a0);
         }
     }
     return EP_OK;
 }
 
-/* 16-bit multiply-accumulates of the bottom or top half of x with w (the DSP's SMLABB / SMLATB). */
+/* acc + (byte k of x, sign-extended) * w for the four bytes of a patch word: with the DSP, SXTB16 splits
+ * the word into bytes 0 and 2 and (rotated) 1 and 3 as 16-bit halves, and SMLABB / SMLATB multiply them. */
 #if defined(__ARM_FEATURE_DSP)
-#define EP_MAC_BOTTOM(x, w, acc) __smlabb((int32_t)(x), (w), (acc))
-#define EP_MAC_TOP(x, w, acc) __smlatb((int32_t)(x), (w), (acc))
+#define EP_MAC_PATCH(x, wv, a0, a1, a2, a3)                              \
+    do {                                                                 \
+        const int32_t even = __sxtb16(x), odd = __sxtb16(((x) >> 8) | ((x) << 24)); \
+        a0 = __smlabb(even, (wv), a0);                                   \
+        a2 = __smlatb(even, (wv), a2);                                   \
+        a1 = __smlabb(odd, (wv), a1);                                    \
+        a3 = __smlatb(odd, (wv), a3);                                    \
+    } while (0)
 #else
-#define EP_MAC_BOTTOM(x, w, acc) ((acc) + (int16_t)(uint16_t)((x) & 0xffffu) * (w))
-#define EP_MAC_TOP(x, w, acc) ((acc) + (int16_t)(uint16_t)((x) >> 16) * (w))
+#define EP_MAC_PATCH(x, wv, a0, a1, a2, a3)       \
+    do {                                          \
+        a0 += (int8_t)(uint8_t)(x) * (wv);        \
+        a1 += (int8_t)(uint8_t)((x) >> 8) * (wv); \
+        a2 += (int8_t)(uint8_t)((x) >> 16) * (wv);\
+        a3 += (int8_t)(uint8_t)((x) >> 24) * (wv);\
+    } while (0)
 #endif
 
 /* Copy a group's four input windows into `patch`: per window position (the filter's own order, ky, kx,
- * ci) two words, pixels 0 and 2 as 16-bit halves, then pixels 1 and 3. */
+ * ci) one word holding the four pixels' int8 values, pixel 0 in the low byte. */
 static void ep_fill_patch(const ep_conv_dims *d, const ep_group *grp, uint32_t *patch) {
     const int32_t o1 = grp->off[1], o2 = grp->off[2], o3 = grp->off[3];
     const int32_t span = d->dil_w == 1 ? d->k_w * d->in_c : d->in_c;  /* contiguous input bytes */
@@ -210,16 +223,28 @@ static void ep_fill_patch(const ep_conv_dims *d, const ep_group *grp, uint32_t *
     for (ky = 0; ky < d->k_h; ky++) {
         for (kx = 0; kx < pieces; kx++) {
             const int8_t *r = grp->base + (ky * d->dil_h * d->in_w + kx * d->dil_w) * d->in_c;
-            for (t = 0; t < span; t++) {
-                *patch++ = (uint16_t)r[t] | ((uint32_t)(uint16_t)r[t + o2] << 16);
-                *patch++ = (uint16_t)r[t + o1] | ((uint32_t)(uint16_t)r[t + o3] << 16);
+            for (t = 0; t + 4 <= span; t += 4) {  /* a 4x4 byte transpose: four positions of four pixels */
+                const uint32_t a = ep_read32(r + t), b = ep_read32(r + t + o1);
+                const uint32_t c = ep_read32(r + t + o2), e = ep_read32(r + t + o3);
+                const uint32_t ac_low = (a & 0xffffu) | (c << 16), ac_high = (c & 0xffff0000u) | (a >> 16);
+                const uint32_t be_low = (b & 0xffffu) | (e << 16), be_high = (e & 0xffff0000u) | (b >> 16);
+                patch[0] = (ac_low & 0x00ff00ffu) | ((be_low & 0x00ff00ffu) << 8);
+                patch[1] = ((ac_low >> 8) & 0x00ff00ffu) | (be_low & 0xff00ff00u);
+                patch[2] = (ac_high & 0x00ff00ffu) | ((be_high & 0x00ff00ffu) << 8);
+                patch[3] = ((ac_high >> 8) & 0x00ff00ffu) | (be_high & 0xff00ff00u);
+                patch += 4;
+            }
+            for (; t < span; t++) {
+                const uint8_t *u = (const uint8_t *)r + t;
+                *patch++ = u[0] | (uint32_t)u[o1] << 8 | (uint32_t)u[o2] << 16 | (uint32_t)u[o3] << 24;
             }
         }
     }
 }
 
-/* Walk one run of `n` entries of `bits` (4 or 8) bits from *nib, running ENTRY(g, escape) for each;
- * *nib ends on the next run's first byte. */
+/* Walk one run of `n` entries from *nib, running ENTRY(g, escape) for each; `bits` is 4, 8, or 0 for
+ * 8-bit entries in a layer without escapes (the compiler drops the escape test). *nib ends on the
+ * next run's first byte. */
 #define EP_WALK_RUN(ENTRY, nib, n, bits)             \
     if ((bits) == 4) {                               \
         for (; (n) >= 2; (n) -= 2) {                 \
@@ -231,10 +256,15 @@ static void ep_fill_patch(const ep_conv_dims *d, const ep_group *grp, uint32_t *
             const uint32_t last = *(nib)++ & 15u;    \
             ENTRY(last, 15u)                         \
         }                                            \
-    } else {                                         \
+    } else if ((bits) == 8) {                        \
         for (; (n) > 0; (n)--) {                     \
             const uint32_t entry = *(nib)++;         \
             ENTRY(entry, 255u)                       \
+        }                                            \
+    } else { /* 8 bits and no escape in the layer */ \
+        for (; (n) > 0; (n)--) {                     \
+            const uint32_t entry = *(nib)++;         \
+            ENTRY(entry, 256u)                       \
         }                                            \
     }
 
@@ -244,16 +274,12 @@ static inline void ep_patch_run(const uint32_t *r, const uint8_t **nib, const in
     const uint8_t *p = *nib;
     const int8_t *v = *val;
     int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
-#define EP_PATCH_ENTRY(g, escape)               \
-    r += 2u * (g);                              \
-    if ((g) != (escape)) {                      \
-        const uint32_t even = r[0], odd = r[1]; \
-        const int32_t wv = *v++;                \
-        r += 2;                                 \
-        a0 = EP_MAC_BOTTOM(even, wv, a0);       \
-        a2 = EP_MAC_TOP(even, wv, a2);          \
-        a1 = EP_MAC_BOTTOM(odd, wv, a1);        \
-        a3 = EP_MAC_TOP(odd, wv, a3);           \
+#define EP_PATCH_ENTRY(g, escape)                  \
+    r += (g);                                      \
+    if ((g) != (escape)) {                         \
+        const uint32_t x = *r++;                   \
+        const int32_t wv = *v++;                   \
+        EP_MAC_PATCH(x, wv, a0, a1, a2, a3);       \
     }
     EP_WALK_RUN(EP_PATCH_ENTRY, p, n, bits)
 #undef EP_PATCH_ENTRY
@@ -284,7 +310,9 @@ static inline int32_t ep_vector_run(const int8_t *r, const uint8_t **nib, const 
 
 int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
                    const ep_requant *q, uint32_t *patch, int8_t *out) {
+    const ep_requant rq = *q;
     const int32_t groups = ep_group_count(d);
+    const int32_t bits = w->bits == 8 && !w->escapes ? 0 : w->bits;
     int32_t g, co;
     if (!ep_conv_dims_ok(d)) {
         return EP_ERROR_DIMS;
@@ -298,8 +326,8 @@ int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, 
         for (co = 0; co < d->out_c; co++) {
             int32_t acc[4];
             acc[0] = acc[1] = acc[2] = acc[3] = bias[co];
-            ep_patch_run(patch, &nib, &v, w->count[co], w->bits, acc);
-            ep_group_store(&grp, q, co, acc);
+            ep_patch_run(patch, &nib, &v, w->count[co], bits, acc);
+            ep_group_store(&grp, rq, co, acc);
         }
     }
     return EP_OK;
@@ -307,6 +335,7 @@ int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, 
 
 int ep_depthwise_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, const int32_t *bias,
                        const ep_requant *q, int8_t *out) {
+    const ep_requant rq = *q;
     int32_t oy, ox, ic, m, ky, kx;
     if (!ep_conv_dims_ok(d) || d->depth_multiplier < 1 || d->out_c != d->in_c * d->depth_multiplier) {
         return EP_ERROR_DIMS;
@@ -325,7 +354,7 @@ int ep_depthwise_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w,
                                    w[(ky * d->k_w + kx) * d->out_c + oc];
                         }
                     }
-                    o[oc] = EP_STORE(q, oc, acc);
+                    o[oc] = EP_STORE(rq, oc, acc);
                 }
             }
         }
@@ -337,6 +366,7 @@ int ep_depthwise_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w,
 
 int ep_depthwise_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse_dw *w, const int32_t *bias,
                         const ep_requant *q, int8_t *out) {
+    const ep_requant rq = *q;
     int32_t tap_offset[EP_MAX_TAPS];
     int32_t oy, ox, oc, t;
     if (!ep_conv_dims_ok(d) || d->depth_multiplier < 1 || d->out_c != d->in_c * d->depth_multiplier ||
@@ -358,7 +388,7 @@ int ep_depthwise_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse
                 for (t = w->count[oc]; t > 0; t--) {
                     acc += b[tap_offset[*tap++]] * *v++;
                 }
-                o[oc] = EP_STORE(q, oc, acc);
+                o[oc] = EP_STORE(rq, oc, acc);
             }
         }
     }
@@ -367,28 +397,31 @@ int ep_depthwise_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse
 
 int ep_fc_dense(int32_t in_n, int32_t out_n, const int8_t *in, const int8_t *w, const int32_t *bias,
                 const ep_requant *q, int8_t *out) {
+    const ep_requant rq = *q;
     int32_t o;
     for (o = 0; o + 1 < out_n; o += 2) {
         int32_t a0 = bias[o], a1 = bias[o + 1];
         ep_dot2(in, w + o * in_n, w + (o + 1) * in_n, in_n, &a0, &a1);
-        out[o] = EP_STORE(q, o, a0);
-        out[o + 1] = EP_STORE(q, o + 1, a1);
+        out[o] = EP_STORE(rq, o, a0);
+        out[o + 1] = EP_STORE(rq, o + 1, a1);
     }
     if (o < out_n) {
-        out[o] = EP_STORE(q, o, ep_dot1(in, w + o * in_n, in_n, bias[o]));
+        out[o] = EP_STORE(rq, o, ep_dot1(in, w + o * in_n, in_n, bias[o]));
     }
     return EP_OK;
 }
 
 int ep_fc_sparse(int32_t in_n, int32_t out_n, const int8_t *in, const ep_sparse *w, const int32_t *bias,
                  const ep_requant *q, int8_t *out) {
+    const ep_requant rq = *q;
     const uint8_t *nib = w->nibbles;
     const int8_t *v = w->values;
+    const int32_t bits = w->bits == 8 && !w->escapes ? 0 : w->bits;
     int32_t o;
     (void)in_n;
     for (o = 0; o < out_n; o++) {
-        const int32_t acc = ep_vector_run(in, &nib, &v, w->count[o], w->bits, bias[o]);
-        out[o] = EP_STORE(q, o, acc);
+        const int32_t acc = ep_vector_run(in, &nib, &v, w->count[o], bits, bias[o]);
+        out[o] = EP_STORE(rq, o, acc);
     }
     return EP_OK;
 }

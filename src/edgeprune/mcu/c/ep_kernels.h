@@ -16,11 +16,10 @@
 #define EP_OK 0
 #define EP_ERROR_DIMS (-1)
 
-/* Requantization of an int32 accumulator to int8: per-channel (or one) multiplier and shift. */
+/* Requantization of an int32 accumulator to int8: a multiplier and shift per output channel. */
 typedef struct {
     const int32_t *multiplier;
     const int32_t *shift;
-    int32_t per_channel;   /* 1: one multiplier per output channel, 0: the first for all */
     int32_t output_zero_point;
     int32_t act_min;
     int32_t act_max;
@@ -44,6 +43,7 @@ typedef struct {
  * it g places, multiplies there by the next value and steps one place on; an entry E moves it E places. */
 typedef struct {
     int32_t bits;
+    int32_t escapes;  /* entries E in the whole layer (0 lets the kernel skip the test) */
     const uint16_t *count;
     const uint8_t *nibbles;
     const int8_t *values;
@@ -87,7 +87,7 @@ int32_t ep_multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int32
 int ep_conv_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, const int32_t *bias,
                   const ep_requant *q, int8_t *out);
 /* patch: EP_PATCH_WORDS(d) words of scratch for the four input windows of a group of pixels */
-#define EP_PATCH_WORDS(d) (2 * (d)->k_h * (d)->k_w * (d)->in_c)
+#define EP_PATCH_WORDS(d) ((d)->k_h * (d)->k_w * (d)->in_c)
 int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
                    const ep_requant *q, uint32_t *patch, int8_t *out);
 int ep_depthwise_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, const int32_t *bias,
