@@ -21,7 +21,7 @@ from edgeprune.data import DataConfig, load_data
 from edgeprune.export.tflite import export_tflite
 from edgeprune.mcu.codegen import export_c
 from edgeprune.mcu.measure import build_harness, measure_engine, measure_on_mcu, mcu_table
-from edgeprune.mcu.qemu import run_guest
+from edgeprune.mcu.qemu import parse_harness_output, run_guest
 from edgeprune.mcu.toolchain import DEBIAN_PACKAGES, board_dir, find_tool, get_target
 
 runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
@@ -230,6 +230,13 @@ def test_hung_crashed_or_overflowing_guest_gives_one_line_and_keeps_results(tool
     saved = json.loads((tmp_path / "out" / "mcu.json").read_text())
     assert saved["images_run"] == 3 and saved["equal_to_tflm"] == 3 and not saved["complete"]
     assert saved["error"] in text and len(saved["layers"]) == 2 and saved["instructions"] > 0
+
+
+def test_report_ends_at_a_garbled_line():
+    text = "EP layers 2\nqemu noise\nEP image 0 total 9 layers 4 5\nEP image 1 total 9 layers 4 x5\nEP done 2\n"
+    run = parse_harness_output(text)
+    assert run.totals == [9] and run.layer_ticks == [[4, 5]] and run.done is None
+    assert run.error == "the guest's report has an unreadable line: 'EP image 1 total 9 layers 4 x5'"
 
 
 def test_missing_toolchain_names_the_debian_packages(tmp_path, monkeypatch):

@@ -36,26 +36,33 @@ class GuestRun:
 
 
 def parse_harness_output(text: str) -> GuestRun:
-    """Read the ``EP ...`` lines the harness prints (see board/harness.c) into a :class:`GuestRun`; other lines are ignored."""
+    """Read the ``EP ...`` lines the harness prints (see board/harness.c) into a :class:`GuestRun`; other lines are ignored.
+
+    A line that does not read as the harness writes it (say, cut off by a timeout) ends the report there.
+    """
     run = GuestRun()
     for line in text.splitlines():
         words = line.split()
         if len(words) < 2 or words[0] != "EP":
             continue
-        if words[1] in ("error:", "fault:"):
+        if words[1] == "error:":
             run.error = f"the guest reported: {line[3:].strip()}"
-        elif words[1] == "layers" and len(words) == 3:
-            run.layers = int(words[2])
-        elif words[1] == "image" and len(words) >= 6 and words[3] == "total" and words[5] == "layers":
-            if len(words) - 6 != run.layers:
-                run.error = f"the guest reported {len(words) - 6} layer counts for {run.layers} layers: {line[:80]}"
-                break
-            run.totals.append(int(words[4]))
-            run.layer_ticks.append([int(w) for w in words[6:]])
-        elif words[1] == "stack" and len(words) == 3:
-            run.stack_bytes = int(words[2])
-        elif words[1] == "done" and len(words) == 3:
-            run.done = int(words[2])
+            continue
+        numbers = [int(w) for w in words[2:] if w.isdigit()]
+        one = len(words) == 3 and len(numbers) == 1
+        if words[1] == "layers" and one:
+            run.layers = numbers[0]
+        elif words[1] == "stack" and one:
+            run.stack_bytes = numbers[0]
+        elif words[1] == "done" and one:
+            run.done = numbers[0]
+        elif (words[1] == "image" and run.layers is not None and len(words) == 6 + run.layers
+              and words[3:6:2] == ["total", "layers"] and len(numbers) == 2 + run.layers):
+            run.totals.append(numbers[1])
+            run.layer_ticks.append(numbers[2:])
+        else:
+            run.error = f"the guest's report has an unreadable line: {line[:80]!r}"
+            break
     return run
 
 
@@ -73,7 +80,8 @@ def run_guest(elf: str | os.PathLike, target: Target, workdir: str | os.PathLike
     try:
         done = subprocess.run(command, cwd=workdir, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        run = parse_harness_output((exc.stdout or b"").decode(errors="replace"))
+        text = (exc.stdout or b"").decode(errors="replace")
+        run = parse_harness_output(text[:text.rfind("\n") + 1])  # a line cut off by the kill is dropped
         run.error = (f"the guest on {target.machine} did not finish within {timeout:g} s "
                      f"(hung after {len(run.totals)} images); raise the timeout if the model is that slow")
         return run
