@@ -31,7 +31,8 @@ from edgeprune.device import pick_device
 from edgeprune.export.c_source import fits_on
 from edgeprune.export.centroids import share_weights
 from edgeprune.export.onnx import compare_onnx, evaluate_onnx, export_onnx, onnx_latency
-from edgeprune.export.tflite import calibration_images, evaluate_tflite, export_tflite
+from edgeprune.export.tflite import calibration_images, export_tflite
+from edgeprune.export.tflm import evaluate_tflite
 from edgeprune.pipeline import build_baseline
 from edgeprune.prune.channels import prune_channels
 from edgeprune.prune.pruner import FineGrainedPruner

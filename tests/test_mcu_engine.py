@@ -20,14 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeprune.export.tflite import export_tflite, tflite_arena_bytes
+from edgeprune.export.int8_graph import quantize_activation
+from edgeprune.export.tflite import export_tflite
 from edgeprune.export.tflite_read import read_tflite
+from edgeprune.export.tflm import make_interpreter, run_int8, tflite_arena_bytes
 from edgeprune.mcu import export_c
 from edgeprune.mcu.arena import plan_arena
 from edgeprune.mcu.sparse import encode_conv, encode_fc, gap_entries
 from edgeprune.models import BasicCNN
-
-runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
 
 ARM_FLAGS = ["-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard", "-O2", "-c"]
 
@@ -47,16 +47,6 @@ def _invoke(lib: ctypes.CDLL, x: np.ndarray, out_size: int) -> np.ndarray:
     status = lib.edgeprune_invoke(x.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p))
     assert status == 0
     return out
-
-
-def _tflm(data: bytes):
-    return runtime.Interpreter.from_bytes(data, arena_size=1 << 20)
-
-
-def _tflm_output(interp, x: np.ndarray) -> np.ndarray:
-    interp.set_input(x.reshape(interp.get_input_details(0)["shape"]), 0)
-    interp.invoke()
-    return interp.get_output(0).reshape(-1)
 
 
 def _prune(model: nn.Module, fraction: float) -> nn.Module:
@@ -129,12 +119,9 @@ def test_every_op_matches_tflm_bit_for_bit(tmp_path, name, sparse):
     engines = {layer["engine"] for layer in report["layers"]} - {"-"}
     assert engines == {"dense" if sparse == "never" else "sparse"}
     lib = _build(tmp_path / "c")
-    interp = _tflm(data)
-    rng = np.random.default_rng(0)
-    for _ in range(6):
-        x = rng.integers(-128, 128, size=shape[1:] + shape[:1], dtype=np.int8)
-        expected = _tflm_output(interp, x)
-        np.testing.assert_array_equal(_invoke(lib, x, expected.size), expected)
+    inputs = np.random.default_rng(0).integers(-128, 128, size=(6, *shape[1:], shape[0]), dtype=np.int8)
+    for x, expected in zip(inputs, run_int8(data, inputs)):
+        np.testing.assert_array_equal(_invoke(lib, x, expected.size), expected.reshape(-1))
 
 
 def test_every_op_of_the_exporter_is_covered(tmp_path):
@@ -159,15 +146,15 @@ def test_basiccnn_on_fashion_mnist_matches_tflm(tmp_path, fashion_slice, fractio
     report = export_c(data, tmp_path / "c", sparse="never" if fraction == 0 else "auto")
     assert {layer["engine"] for layer in report["layers"]} - {"-"} == ({"dense"} if fraction == 0 else {"sparse"})
     lib = _build(tmp_path / "c")
-    interp = _tflm(data)
-    qp = interp.get_input_details(0)["quantization_parameters"]
-    scale, zp = float(qp["scales"][0]), int(qp["zero_points"][0])
-    for image in test:
-        x = np.clip(np.round(image.numpy().transpose(1, 2, 0) / scale) + zp, -128, 127).astype(np.int8)
-        expected = _tflm_output(interp, x)
-        np.testing.assert_array_equal(_invoke(lib, x, expected.size), expected)
-    interp_arena = tflite_arena_bytes(interp)
-    assert report["arena_bytes"] < interp_arena  # one static arena, smaller than TFLM's for the same model
+    graph = read_tflite(data)
+    scale, zp = graph.tensors[graph.inputs[0]].qparams
+    inputs = quantize_activation(test.numpy().transpose(0, 2, 3, 1), scale, zp)  # as evaluate_tflite quantizes
+    for x, expected in zip(inputs, run_int8(data, inputs)):
+        np.testing.assert_array_equal(_invoke(lib, x, expected.size), expected.reshape(-1))
+    interp = make_interpreter(data)
+    interp.set_input(inputs[:1], 0)
+    interp.invoke()
+    assert report["arena_bytes"] < tflite_arena_bytes(interp)  # one static arena, smaller than TFLM's for the same model
     header = (tmp_path / "c" / "edgeprune_model.h").read_text()
     assert f"#define EDGEPRUNE_ARENA_SIZE {report['arena_bytes']}\n" in header
     assert "#define EDGEPRUNE_INPUT_SIZE 784\n" in header and "#define EDGEPRUNE_OUTPUT_SIZE 10\n" in header
@@ -266,6 +253,9 @@ def test_report_counts_weights_and_sparse_choice(tmp_path):
     assert fc["macs"] == 6 * 32 and fc["nonzero_macs"] == int(np.count_nonzero(model.fc.weight.detach().numpy()))
     assert fc["weight_bytes"] == fc["nonzero_macs"] and fc["index_bytes"] > 0 and fc["why"].startswith("sparse")
     assert dense["totals"]["weight_bytes"] == 8 * 9 + 6 * 32 and dense["totals"]["index_bytes"] == 0
+    assert [layer["format"] for layer in dense["layers"] if layer["engine"] != "-"] == ["int8", "int8"]
+    assert [layer["format"] for layer in sparse["layers"] if layer["engine"] != "-"][0] == "taps"
+    assert fc["format"] in ("4-bit", "8-bit")
 
 
 def test_bad_input_gets_one_line(tmp_path):

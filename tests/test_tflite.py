@@ -23,7 +23,8 @@ runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
 
 from edgeprune.data import DataConfig, load_data, make_loader
 from edgeprune.export.c_source import fits_on, write_c_source
-from edgeprune.export.tflite import calibration_images, evaluate_tflite, export_tflite
+from edgeprune.export.tflite import calibration_images, export_tflite
+from edgeprune.export.tflm import evaluate_tflite
 from edgeprune.models import BasicCNN
 from edgeprune.training import evaluate, train
 

@@ -19,7 +19,8 @@ from .data import DataConfig, load_data, make_loader
 from .export.c_source import fits_on, write_c_source
 from .export.epz import load_compressed, save_compressed
 from .export.onnx import evaluate_onnx, export_onnx
-from .export.tflite import evaluate_tflite, export_tflite
+from .export.tflite import export_tflite
+from .export.tflm import evaluate_tflite
 from .models import BasicCNN, ModelSpec, build_model, prunable_parameters
 from .pipeline import (
     RunConfig,

@@ -28,7 +28,8 @@ from .device import pick_device
 from .export.c_source import fits_on, write_c_source
 from .export.centroids import share_weights
 from .export.onnx import compare_onnx, evaluate_onnx, export_onnx, onnx_latency
-from .export.tflite import calibration_images, evaluate_tflite, export_tflite
+from .export.tflite import calibration_images, export_tflite
+from .export.tflm import evaluate_tflite
 from .files import writable_folder, write_json_atomic, write_text_atomic
 from .models import ModelSpec
 from .pipeline import (

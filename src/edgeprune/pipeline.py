@@ -38,7 +38,8 @@ from .export.centroids import share_weights
 from .export.c_source import fits_on, write_c_source
 from .export.epz import load_compressed, save_compressed
 from .export.onnx import evaluate_onnx, export_onnx
-from .export.tflite import calibration_images, evaluate_tflite, export_tflite
+from .export.tflite import calibration_images, export_tflite
+from .export.tflm import evaluate_tflite
 from .export.quantize import MODES, QuantConfig
 from .files import write_json_atomic, write_text_atomic
 from .models import ModelSpec, prunable_parameters

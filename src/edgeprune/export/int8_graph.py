@@ -32,8 +32,9 @@ from tflite.TensorType import TensorType
 
 __all__ = [
     "ACTIVATIONS", "DTYPES", "INT8_MAX", "INT8_MIN", "OPS", "OPTIONS_TABLE", "PADDINGS", "Int8Graph", "OpOptions",
-    "QOp", "QTensor", "activation_qparams", "bias_scales", "multiply_by_quantized_multiplier", "quantize_bias",
-    "quantize_multiplier", "quantize_weight", "weight_scales",
+    "QOp", "QTensor", "activation_qparams", "bias_scales", "multiply_by_quantized_multiplier", "output_shape",
+    "quantize_activation", "quantize_bias", "quantize_multiplier", "quantize_weight", "same_padding", "weight_scales",
+    "window_output_size",
 ]
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -74,8 +75,9 @@ class QTensor:
 
     ``shape`` is as TFLite stores it (NHWC with the batch for activations). ``dtype`` is ``"int8"`` or
     ``"int32"``. ``scale`` (float32) and ``zero_point`` (int64) have one entry per tensor, one per channel
-    along ``quantized_dimension`` (per-channel weights and biases), or none (int32 shape constants).
-    ``data`` is the constant's values (an array of ``shape`` and ``dtype``), or None for an activation.
+    along ``quantized_dimension`` (per-channel weights and biases; a file from elsewhere may quantize its
+    weights per tensor, with one entry), or none (int32 shape constants). ``data`` is the constant's
+    values (an array of ``shape`` and ``dtype``, read-only when read from a file), or None for an activation.
     """
 
     name: str
@@ -119,7 +121,10 @@ class OpOptions:
 
 @dataclass
 class QOp:
-    """One operator: its builtin name (a key of :data:`OPS`), input and output tensor indices, options."""
+    """One operator: its builtin name (a key of :data:`OPS`), input and output tensor indices, options.
+
+    An absent optional input (a convolution's bias in a file from elsewhere) is -1, as in TFLite.
+    """
 
     op: str
     inputs: tuple[int, ...]
@@ -156,6 +161,89 @@ class Int8Graph:
 
 
 # ---------------------------------------------------------------------------------------------
+# shapes, as TFLite computes them
+
+
+def window_output_size(size: int, kernel: int, stride: int, dilation: int, padding: str) -> int:
+    """Output length of a convolution or pooling window along one axis: SAME ``ceil(size / stride)``,
+    VALID ``(size - effective kernel) // stride + 1`` (effective kernel ``dilation * (kernel - 1) + 1``)."""
+    if padding == "SAME":
+        return -(-size // stride)
+    return (size - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """SAME padding (before, after) along one axis: the total the windows need, the odd element after."""
+    out = window_output_size(size, kernel, stride, dilation, "SAME")
+    total = max((out - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def output_shape(op: QOp, tensors: list[QTensor]) -> tuple[int, ...]:
+    """The output shape TFLite computes for ``op`` from its inputs; ValueError saying which input disagrees.
+
+    Only what the int8 kernels rely on is accepted: NHWC inputs of rank 4 for convolutions and pools,
+    filters whose input channels match, biases with one value per output channel, operands of equal
+    shapes for ADD (no broadcasting), and valid paddings, permutations and reshapes.
+    """
+    x = tensors[op.inputs[0]].shape
+    o = op.options
+    if op.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D"):
+        if len(x) != 4:
+            raise ValueError(f"input of shape {list(x)}; it needs N x H x W x C")
+        if op.op in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
+            kernel, dilation, channels = o.filter, (1, 1), x[3]
+        else:
+            w = tensors[op.inputs[1]].shape
+            depthwise = op.op == "DEPTHWISE_CONV_2D"
+            channels = w[3] if depthwise else w[0]
+            fits = len(w) == 4 and ((w[0] == 1 and w[3] == x[3] * o.depth_multiplier) if depthwise else w[3] == x[3])
+            if not fits:
+                raise ValueError(f"filter of shape {list(w)} does not fit an input of shape {list(x)}"
+                                 + (f" with depth multiplier {o.depth_multiplier}" if depthwise else ""))
+            kernel, dilation = (w[1], w[2]), o.dilation
+            _check_bias(op, tensors, channels)
+        hw = [window_output_size(x[1 + i], kernel[i], o.stride[i], dilation[i], o.padding) for i in range(2)]
+        if min(hw) < 1:
+            raise ValueError(f"a {kernel[0]}x{kernel[1]} window does not fit an input of shape {list(x)}")
+        return (x[0], hw[0], hw[1], channels)
+    if op.op == "FULLY_CONNECTED":
+        w = tensors[op.inputs[1]].shape
+        size = math.prod(x)
+        if len(w) != 2 or w[1] == 0 or size % w[1]:
+            raise ValueError(f"weights of shape {list(w)} do not fit an input of shape {list(x)}")
+        _check_bias(op, tensors, w[0])
+        return (size // w[1], w[0])
+    if op.op == "ADD":
+        if tensors[op.inputs[1]].shape != x:
+            raise ValueError(f"operands of shapes {list(x)} and {list(tensors[op.inputs[1]].shape)}; they must be equal")
+        return x
+    if op.op in ("PAD", "PADV2"):
+        pads = tensors[op.inputs[1]].data
+        if pads.shape != (len(x), 2) or (pads < 0).any():
+            raise ValueError(f"paddings {pads.tolist()} for an input of rank {len(x)}; give rank x 2 non-negative amounts")
+        if op.op == "PADV2" and tensors[op.inputs[2]].data.size != 1:
+            raise ValueError("the fill value must be one int8 number")
+        return tuple(int(d + before + after) for d, (before, after) in zip(x, pads))
+    if op.op == "TRANSPOSE":
+        perm = tensors[op.inputs[1]].data
+        if sorted(perm.tolist()) != list(range(len(x))):
+            raise ValueError(f"permutation {perm.tolist()} for an input of rank {len(x)}")
+        return tuple(x[i] for i in perm)
+    if op.op == "RESHAPE":  # to the shape the output declares, if it has as many elements
+        out = tensors[op.outputs[0]].shape
+        if math.prod(out) != math.prod(x):
+            raise ValueError(f"reshape of {list(x)} to {list(out)}: the element counts differ")
+        return out
+    return x  # RELU, RELU6, SOFTMAX
+
+
+def _check_bias(op: QOp, tensors: list[QTensor], channels: int) -> None:
+    if len(op.inputs) > 2 and op.inputs[2] != -1 and tensors[op.inputs[2]].shape != (channels,):
+        raise ValueError(f"bias of shape {list(tensors[op.inputs[2]].shape)} for {channels} output channels")
+
+
+# ---------------------------------------------------------------------------------------------
 # quantization maths (TFLite's quantization specification)
 
 
@@ -167,6 +255,11 @@ def activation_qparams(lo: float, hi: float) -> tuple[float, int]:
     scale = (hi - lo) / (INT8_MAX - INT8_MIN)
     zero_point = int(np.clip(round(INT8_MIN - lo / scale), INT8_MIN, INT8_MAX))
     return scale, zero_point
+
+
+def quantize_activation(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Float values as int8 with a per-tensor (scale, zero point): ``clip(round(x / scale) + zero_point)``."""
+    return np.clip(np.round(np.asarray(values) / scale) + zero_point, INT8_MIN, INT8_MAX).astype(np.int8)
 
 
 def weight_scales(weight: np.ndarray, axis: int) -> np.ndarray:

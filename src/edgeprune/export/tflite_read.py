@@ -10,7 +10,9 @@ package's generated accessors, but before it follows or allocates anything it ch
   length (so they are bounded by the file), an activation's bytes must be at most ``max_activation_bytes``;
 * the graph itself: one subgraph, only the ops of :data:`~edgeprune.export.int8_graph.OPS` with their
   input counts and options, int8 activations with valid per-tensor quantization, int8 or int32 constants,
-  ops in an order where each reads only tensors already written.
+  symmetric weights quantized per output channel, every output shape equal to the one TFLite computes
+  from the op's inputs (:func:`~edgeprune.export.int8_graph.output_shape`), ops in an order where each
+  reads only tensors already written.
 
 Anything else is refused with one-line ValueError naming the op and the tensor; a truncated or
 garbage file is refused with one line too.
@@ -30,7 +32,9 @@ from tflite.BuiltinOperator import BuiltinOperator
 from tflite.Padding import Padding
 from tflite.TensorType import TensorType
 
-from .int8_graph import ACTIVATIONS, DTYPES, OPS, OPTIONS_TABLE, PADDINGS, INT8_MAX, INT8_MIN, Int8Graph, OpOptions, QOp, QTensor
+from .int8_graph import (
+    ACTIVATIONS, DTYPES, INT8_MAX, INT8_MIN, OPS, OPTIONS_TABLE, PADDINGS, Int8Graph, OpOptions, QOp, QTensor, output_shape,
+)
 
 __all__ = ["MAX_ACTIVATION_BYTES", "MAX_FILE_BYTES", "load_tflite", "read_tflite"]
 
@@ -79,7 +83,8 @@ def load_tflite(path: str | os.PathLike, max_activation_bytes: int = MAX_ACTIVAT
 def read_tflite(data: bytes, max_activation_bytes: int = MAX_ACTIVATION_BYTES) -> Int8Graph:
     """The :class:`Int8Graph` of a fully int8 .tflite flatbuffer; ValueError (one line) for anything else.
 
-    Constants' ``data`` are copies (not views of ``data``). Absent optional inputs are -1, as in TFLite.
+    Constants' ``data`` are read-only arrays; tensors that share a buffer share its memory, so what the
+    reader holds stays bounded by the file's size. Absent optional inputs are -1, as in TFLite.
     """
     data = bytes(data)
     if not 8 <= len(data) <= MAX_FILE_BYTES:
@@ -97,6 +102,7 @@ def read_tflite(data: bytes, max_activation_bytes: int = MAX_ACTIVATION_BYTES) -
 class _Reader:
     def __init__(self, data: bytes, max_activation_bytes: int) -> None:
         self.data, self.limit = data, max_activation_bytes
+        self.buffers: dict[int, bytes | None] = {}  # buffer index -> its bytes, read once however many tensors share it
 
     # bounds ---------------------------------------------------------------------------------
     def table(self, obj, what: str):
@@ -117,9 +123,10 @@ class _Reader:
             raise _Refused(f"corrupt TFLite file: {what} claims {length:,} entries in a {len(self.data):,}-byte file")
         return length
 
-    def index(self, value: int, size: int, what: str) -> int:
+    def index(self, value: int, size: int, what: str, items: str) -> int:
+        """``value`` after checking it indexes one of the ``size`` ``items`` the file has."""
         if not 0 <= value < size:
-            raise _Refused(f"{what} is {value}, out of range (the file has {size})")
+            raise _Refused(f"{what} is {value}, out of range (the file has {size} {items})")
         return int(value)
 
     # the graph -------------------------------------------------------------------------------
@@ -148,15 +155,15 @@ class _Reader:
     def io(self, indices, n_tensors: int, what: str) -> tuple[int, ...]:
         if isinstance(indices, int) or len(indices) == 0:
             raise _Refused(f"the model has no {what}")
-        return tuple(self.index(int(i), n_tensors, what) for i in indices)
+        return tuple(self.index(int(i), n_tensors, what, "tensors") for i in indices)
 
     def opcode(self, model, i: int) -> str:
         oc = self.table(model.OperatorCodes(i), f"operator code {i}")
         code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())  # files before code 127 only set the deprecated one
-        name = _OP_NAMES.get(code, f"builtin code {code}")
-        if name == "CUSTOM":
-            name = f"CUSTOM {oc.CustomCode()!r}"
-        return name  # checked against OPS where an op uses it, so the message can name the op's tensor
+        custom = oc.CustomCode()
+        if custom is not None or code == BuiltinOperator.CUSTOM:  # TFLM's DECODE keeps builtin code 0 (ADD)
+            return f"CUSTOM {custom!r}"
+        return _OP_NAMES.get(code, f"builtin code {code}")  # checked where an op uses it, so the message names its tensor
 
     def tensor(self, model, sg, i: int, n_buffers: int) -> QTensor:
         t = self.table(sg.Tensors(i), f"tensor {i}")
@@ -173,8 +180,10 @@ class _Reader:
         if t.Sparsity() is not None:
             raise _Refused(f"{label} is stored sparse; only dense tensors are supported")
         nbytes = math.prod(shape) * _ITEMSIZE[dtype]
-        buffer = self.table(model.Buffers(self.index(t.Buffer(), n_buffers, f"{label}'s buffer index")), f"{label}'s buffer")
-        raw = self.buffer_bytes(buffer, label)
+        b = self.index(t.Buffer(), n_buffers, f"{label}'s buffer index", "buffers")
+        if b not in self.buffers:
+            self.buffers[b] = self.buffer_bytes(self.table(model.Buffers(b), f"{label}'s buffer"), label)
+        raw = self.buffers[b]
         if raw is None and nbytes > self.limit:
             raise _Refused(f"{label} has shape {list(shape)}: {nbytes:,} bytes, above the "
                            f"{self.limit:,}-byte limit for activations")
@@ -183,11 +192,11 @@ class _Reader:
         scale, zero_point, qdim = self.quantization(t, label, shape)
         if dtype == "int8" and not len(scale):
             raise _Refused(f"{label} is int8 without quantization parameters; give it a scale and zero point")
-        values = None if raw is None else np.frombuffer(raw, np.dtype(dtype).newbyteorder("<")).astype(dtype).reshape(shape)
+        values = None if raw is None else np.frombuffer(raw, np.dtype(dtype).newbyteorder("<")).reshape(shape)
         return QTensor(name, shape, dtype, scale, zero_point, qdim, values)
 
     def buffer_bytes(self, buffer, label: str) -> bytes | None:
-        """The constant bytes a buffer holds (inside the flatbuffer, or after it for files over 2 GiB), or None."""
+        """The constant bytes a buffer holds (inside the flatbuffer, or after it as large models store them), or None."""
         offset, size = buffer.Offset(), buffer.Size()
         if offset > 1:
             if offset + size > len(self.data):
@@ -219,17 +228,17 @@ class _Reader:
     # operators -------------------------------------------------------------------------------
     def op(self, sg, k: int, codes: list[str], tensors: list[QTensor]) -> QOp:
         op = self.table(sg.Operators(k), f"operator {k}")
-        name = codes[self.index(op.OpcodeIndex(), len(codes), f"operator {k}'s opcode index")]
+        name = codes[self.index(op.OpcodeIndex(), len(codes), f"operator {k}'s opcode index", "operator codes")]
         n_in = self.count(op.InputsLength(), 4, f"operator {k}'s inputs")
         n_out = self.count(op.OutputsLength(), 4, f"operator {k}'s outputs")
         ins = tuple(int(i) for i in op.InputsAsNumpy()) if n_in else ()
         outs = tuple(int(i) for i in op.OutputsAsNumpy()) if n_out else ()
         label = f"op {k} ({name})"
         for pos, i in enumerate(ins):
-            if i != -1 or pos == 0:
-                self.index(i, len(tensors), f"{label}'s input {pos}")
+            if not (i == -1 and pos == 2 and _CONSTANT_INPUTS.get(name) is _WEIGHTS):  # only a bias may be absent
+                self.index(i, len(tensors), f"{label}'s input {pos}", "tensors")
         for pos, i in enumerate(outs):
-            self.index(i, len(tensors), f"{label}'s output {pos}")
+            self.index(i, len(tensors), f"{label}'s output {pos}", "tensors")
         if name not in OPS:
             what = f" writing tensor {outs[0]} {tensors[outs[0]].name!r}" if outs else ""
             raise _Refused(f"{label}{what} is not supported; supported ops: {', '.join(sorted(OPS))}")
@@ -241,7 +250,29 @@ class _Reader:
             if i != -1:
                 self.check_tensor(tensors, i, f"{label}'s input {pos}", constants.get(pos, "int8"), pos in constants)
         self.check_tensor(tensors, outs[0], f"{label}'s output", "int8")
-        return QOp(name, ins, outs, self.options(op, name, label))
+        if constants is _WEIGHTS:
+            self.check_weights(tensors, ins, label, channel_axis=3 if name == "DEPTHWISE_CONV_2D" else 0)
+        qop = QOp(name, ins, outs, self.options(op, name, label))
+        try:
+            shape = output_shape(qop, tensors)
+        except ValueError as exc:
+            raise _Refused(f"{label}: {exc}") from exc
+        if shape != tensors[outs[0]].shape:
+            raise _Refused(f"{label}'s output, tensor {outs[0]} {tensors[outs[0]].name!r}, has shape "
+                           f"{list(tensors[outs[0]].shape)}, but its inputs give {list(shape)}")
+        return qop
+
+    def check_weights(self, tensors: list[QTensor], ins: tuple[int, ...], label: str, channel_axis: int) -> None:
+        """Weights and bias are symmetric (zero point 0); per-channel weights are quantized along the output channels."""
+        for pos, i in enumerate(ins[1:], start=1):
+            t = tensors[i] if i != -1 else None
+            if t is not None and t.zero_point.any():
+                raise _Refused(f"{label}'s input {pos}, tensor {i} {t.name!r}, has a non-zero zero point; "
+                               "weights and biases must be symmetric")
+        w = tensors[ins[1]]
+        if len(w.scale) > 1 and w.quantized_dimension != channel_axis:
+            raise _Refused(f"{label}'s weights, tensor {ins[1]} {w.name!r}, are quantized along dimension "
+                           f"{w.quantized_dimension}; per-channel weights must be quantized along dimension {channel_axis}")
 
     def check_tensor(self, tensors: list[QTensor], i: int, role: str, dtype: str, constant: bool = False) -> None:
         """Tensor ``i`` is a ``dtype`` constant (``constant``) or an int8 activation with one scale, else refused."""

@@ -2,7 +2,7 @@
 
 The generated model file holds the weights as const arrays, one static arena (offsets planned at
 export time by :func:`edgeprune.mcu.arena.plan_arena`) and one kernel call per step of
-:func:`edgeprune.mcu.lower.lower`. After step ``i`` it runs ``EDGEPRUNE_LAYER_DONE(i);``, a macro that
+:func:`edgeprune.mcu.lowering.lower`. After step ``i`` it runs ``EDGEPRUNE_LAYER_DONE(i);``, a macro that
 is ``((void)0)`` unless the compiler is given ``-DEDGEPRUNE_LAYER_DONE=name`` (then ``void name(int)``
 is declared and called: a board harness counts instructions per layer with it).
 
@@ -23,7 +23,7 @@ from ..export.int8_graph import Int8Graph
 from ..export.tflite_read import load_tflite, read_tflite
 from ..files import write_text_atomic
 from .arena import plan_arena
-from .lower import Arg, Plan, check_sparse_mode, lower
+from .lowering import Arg, Plan, check_sparse_mode, lower
 
 __all__ = ["KERNEL_FILES", "export_c", "render"]
 
@@ -140,7 +140,8 @@ def render(plan: Plan) -> dict[str, str]:
         + "".join(writer.consts)
         + "\nint edgeprune_invoke(const int8_t *input, int8_t *output) {\n    int status;\n"
         + "".join(calls) + "    return EP_OK;\n}\n")
-    layers = [{"layer": i, "op": s.op, "tflite_op": s.source, "kernel": s.kernel, "engine": s.engine, "why": s.why,
+    layers = [{"layer": i, "op": s.op, "tflite_op": s.source, "kernel": s.kernel, "engine": s.engine, "format": s.format,
+               "why": s.why,
                "macs": s.macs, "nonzero_macs": s.nonzero_macs, "weight_bytes": s.weight_bytes,
                "index_bytes": s.index_bytes, "predicted_instructions": round(s.predicted_instructions)}
               for i, s in enumerate(plan.steps)]
@@ -155,7 +156,7 @@ def export_c(tflite: str | os.PathLike | bytes | Int8Graph, out_dir: str | os.Pa
 
     The folder gets ``edgeprune_model.h`` (``edgeprune_invoke``, sizes, quantization), ``edgeprune_model.c``,
     the kernel sources and ``layers.json``; each file is written atomically after all of them are made.
-    ``sparse`` is ``"auto"``, ``"always"`` or ``"never"`` (see :func:`edgeprune.mcu.lower.lower`).
+    ``sparse`` is ``"auto"``, ``"always"`` or ``"never"`` (see :func:`edgeprune.mcu.lowering.lower`).
     Returns the ``layers.json`` report.
     """
     check_sparse_mode(sparse)

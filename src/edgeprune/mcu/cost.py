@@ -1,42 +1,45 @@
 """The engine's cost model (pure): predicted Cortex-M4 instructions of each weighted layer, dense or sparse.
 
 These are instructions executed (as QEMU counts them with ``-icount``), not cycles. Each kernel's
-cost is a sum of counts the exporter knows exactly (outputs, groups of pixels, index entries,
-non-zeros) times a per-item cost fitted on the kernels compiled with ``arm-none-eabi-gcc -O2
--mcpu=cortex-m4`` and counted in QEMU (see ``docs/benchmarks.md``):
+cost is a sum of counts the exporter knows exactly (groups of output pixels, window bytes, kernel
+rows, output channels, non-zeros, index entries) times a per-item cost, fitted by least squares on
+102 layers (three CNNs, dense and 50-98 % sparse, 4- and 8-bit entries) compiled with
+``arm-none-eabi-gcc -O2 -mcpu=cortex-m4`` and counted in QEMU (``mps2-an386``); the fit is within
+6 % on every conv and FC layer but one (9 %). A group is four output pixels (a fused 2x2 max pool's
+window, or four of a row):
 
-* dense convolution (two output channels per input load, ``SMLAD`` on four bytes at a time):
-  ``DENSE_MAC`` per MAC and ``DENSE_ROW`` per (pixel, output channel, kernel row);
-* sparse convolution, per group of four output pixels: ``FILL`` per window value copied into the
-  patch, ``CHANNEL`` per output channel, ``ENTRY[bits]`` per index entry decoded and ``MAC4`` per
-  non-zero (four pixels' multiply-accumulates);
-* fully connected: ``DENSE_MAC`` per MAC and ``ROW`` per output dense; ``ENTRY[bits]`` per entry,
-  ``MAC1`` per non-zero and ``ROW`` per output sparse;
-* depthwise: ``DW_DENSE_MAC`` per MAC dense, ``DW_SPARSE_MAC`` per non-zero MAC sparse;
-* ``REQUANT`` per output requantized (a fused 2x2 max pool requantizes one output per four pixels).
+* dense convolution: per (pixel, output channel, kernel row) ``DENSE_QUAD`` per four contiguous
+  window bytes, ``DENSE_BYTE`` per byte left over and ``DENSE_ROW``; ``DENSE_CHANNEL`` per
+  (group, output channel);
+* sparse convolution, per group: ``FILL_QUAD`` per four contiguous window bytes copied into the patch,
+  ``FILL_BYTE`` per byte left over, ``FILL_ROW`` per kernel row, ``CHANNEL`` per output channel,
+  ``NONZERO`` per non-zero weight (four pixels' multiply-accumulates) and ``CHECKED_ENTRY`` per index
+  entry where the kernel tests for escapes (4-bit entries, or 8-bit ones in a layer with escapes);
+* fully connected: ``FC_QUAD`` per four weights and ``FC_ROW`` per output dense; ``FC_NONZERO`` per
+  non-zero, ``CHECKED_ENTRY`` per tested entry and ``FC_ROW`` per output sparse;
+* depthwise (not fitted; its kernels are plain C): ``DW_MAC`` per MAC dense or non-zero MAC sparse;
+* ``REQUANT`` per output requantized beyond one per (group, channel) (a group without a fused pool
+  stores four outputs).
 
 :func:`layer_cost` adds ``FLASH_WEIGHT`` instructions per byte of weights and index: the exporter
-(``sparse="auto"``) runs each layer in the variant of lowest layer cost, so a variant that saves
-flash may cost up to ``FLASH_WEIGHT`` instructions per byte saved. Issue 16 plans sparsity from the
-same functions.
+(``sparse="auto"``) runs each layer in the variant of lowest layer cost, so a variant may cost up to
+``FLASH_WEIGHT`` instructions per inference for each byte of flash it saves. This keeps the compact
+4-bit entries for large fully connected layers (where bytes are many and MACs few) and the faster
+8-bit entries for convolutions (where each weight is used once per group of pixels). Issue 16 plans
+sparsity from the same functions.
 """
 
 from __future__ import annotations
 
 __all__ = ["FLASH_WEIGHT", "conv_cost", "depthwise_cost", "fc_cost", "layer_cost"]
 
-FLASH_WEIGHT = 8.0
-DENSE_MAC = 2.2
-DENSE_ROW = 10.0
-REQUANT = 20.0
-FILL = 13.0
-CHANNEL = 25.0
-ENTRY = {4: 7.0, 8: 5.0}
-MAC4 = 7.0
-MAC1 = 3.0
-ROW = 20.0
-DW_DENSE_MAC = 5.0
-DW_SPARSE_MAC = 7.0
+FLASH_WEIGHT = 24.0
+DENSE_QUAD, DENSE_BYTE, DENSE_ROW, DENSE_CHANNEL = 8.8, 2.4, 29.5, 71.0
+FILL_QUAD, FILL_BYTE, FILL_ROW, CHANNEL = 36.0, 20.0, 30.0, 100.0
+NONZERO, CHECKED_ENTRY = 12.5, 6.0
+FC_QUAD, FC_ROW, FC_NONZERO = 9.0, 50.0, 6.0
+REQUANT = 40.0
+DW_MAC = 6.0
 
 
 def layer_cost(instructions: float, weight_bytes: int) -> float:
@@ -44,28 +47,38 @@ def layer_cost(instructions: float, weight_bytes: int) -> float:
     return instructions + FLASH_WEIGHT * weight_bytes
 
 
-def conv_cost(groups: int, out_c: int, k_h: int, k_w: int, in_c: int, entries: int | None = None,
-              nonzeros: int | None = None, bits: int = 4, pooled: bool = False) -> float:
+def _checked(entries: int, bits: int, escapes: int) -> int:
+    """Index entries the kernel tests for escapes."""
+    return entries if bits == 4 or escapes else 0
+
+
+def conv_cost(groups: int, out_c: int, k_h: int, k_w: int, in_c: int, pooled: bool, dil_w: int = 1,
+              nonzeros: int | None = None, entries: int = 0, bits: int = 8, escapes: int = 0) -> float:
     """Predicted instructions of a convolution over ``groups`` groups of four output pixels (a fused 2x2
-    max pool's windows when ``pooled``): dense when ``entries`` is None, else sparse with that many index
-    entries of ``bits`` bits (escapes included) and ``nonzeros`` weights."""
-    window = k_h * k_w * in_c
-    requant = groups * out_c * (1 if pooled else 4) * REQUANT
-    if entries is None:
-        return groups * 4 * out_c * (window * DENSE_MAC + k_h * DENSE_ROW) + requant
-    return groups * (window * FILL + out_c * CHANNEL + entries * ENTRY[bits] + nonzeros * MAC4) + requant
+    max pool's windows when ``pooled``): dense when ``nonzeros`` is None, else sparse with that many
+    non-zero weights and ``entries`` index entries of ``bits`` bits, ``escapes`` of them escapes."""
+    span, rows = (k_w * in_c, k_h) if dil_w == 1 else (in_c, k_h * k_w)
+    quads, left = divmod(span, 4)
+    extra = 0 if pooled else groups * out_c * 3 * REQUANT
+    if nonzeros is None:
+        per_row = quads * DENSE_QUAD + left * DENSE_BYTE + DENSE_ROW
+        return groups * out_c * (4 * rows * per_row + DENSE_CHANNEL) + extra
+    fill = rows * (quads * FILL_QUAD + left * FILL_BYTE + FILL_ROW)
+    run = nonzeros * NONZERO + _checked(entries, bits, escapes) * CHECKED_ENTRY
+    return groups * (fill + out_c * CHANNEL + run) + extra
 
 
-def fc_cost(in_n: int, out_n: int, entries: int | None = None, nonzeros: int | None = None, bits: int = 4) -> float:
-    """Predicted instructions of a fully connected layer: dense when ``entries`` is None, else sparse."""
-    if entries is None:
-        return out_n * (in_n * DENSE_MAC + ROW + REQUANT)
-    return entries * ENTRY[bits] + nonzeros * MAC1 + out_n * (ROW + REQUANT)
+def fc_cost(in_n: int, out_n: int, nonzeros: int | None = None, entries: int = 0, bits: int = 8,
+            escapes: int = 0) -> float:
+    """Predicted instructions of a fully connected layer: dense when ``nonzeros`` is None, else sparse."""
+    if nonzeros is None:
+        return out_n * ((in_n // 4) * FC_QUAD + FC_ROW)
+    return nonzeros * FC_NONZERO + _checked(entries, bits, escapes) * CHECKED_ENTRY + out_n * FC_ROW
 
 
 def depthwise_cost(out_h: int, out_w: int, out_c: int, k_h: int, k_w: int, nonzeros: int | None = None) -> float:
     """Predicted instructions of a depthwise convolution: dense when ``nonzeros`` is None, else sparse."""
     pixels = out_h * out_w
     if nonzeros is None:
-        return pixels * out_c * (k_h * k_w * DW_DENSE_MAC + REQUANT)
-    return pixels * (nonzeros * DW_SPARSE_MAC + out_c * REQUANT)
+        return pixels * out_c * (k_h * k_w * DW_MAC + REQUANT)
+    return pixels * (nonzeros * DW_MAC + out_c * REQUANT)

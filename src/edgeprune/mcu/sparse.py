@@ -37,14 +37,20 @@ ENTRY_BITS = (4, 8)
 class SparseWeights:
     """One layer's sparse weights: ``counts`` (entries per run, or taps per channel), ``index`` (packed
     entries, or uint8 taps), ``values`` (int8 non-zeros, in the order the kernel reads them), the
-    entries' ``bits`` (4 or 8; 8 for taps) and how many entries are escapes (the kernel skips the
-    escape test in a layer without any)."""
+    entries' ``bits`` (4 or 8; 8 for taps), how many entries are escapes (the kernel skips the
+    escape test in a layer without any) and whether these are depthwise ``taps``."""
 
     counts: np.ndarray
     index: np.ndarray
     values: np.ndarray
     bits: int = 8
     escapes: int = 0
+    taps: bool = False
+
+    @property
+    def format(self) -> str:
+        """``"4-bit"`` or ``"8-bit"`` (gap runs), or ``"taps"`` (depthwise)."""
+        return "taps" if self.taps else f"{self.bits}-bit"
 
     @property
     def entries(self) -> int:
@@ -115,4 +121,4 @@ def encode_depthwise(weight: np.ndarray) -> SparseWeights:
     taps = [np.flatnonzero(row) for row in per_channel]
     return SparseWeights(np.asarray([len(t) for t in taps], np.uint8),
                          np.concatenate(taps).astype(np.uint8) if taps else np.zeros(0, np.uint8),
-                         np.concatenate([row[t] for row, t in zip(per_channel, taps)]).astype(np.int8))
+                         np.concatenate([row[t] for row, t in zip(per_channel, taps)]).astype(np.int8), taps=True)

@@ -308,11 +308,19 @@ static inline int32_t ep_vector_run(const int8_t *r, const uint8_t **nib, const 
     return acc;
 }
 
+/* The output channels of one group, with the entry width `bits` a constant in each expansion. */
+#define EP_SPARSE_CHANNELS(bits)                                              \
+    for (co = 0; co < d->out_c; co++) {                                      \
+        int32_t acc[4];                                                      \
+        acc[0] = acc[1] = acc[2] = acc[3] = bias[co];                        \
+        ep_patch_run(patch, &nib, &v, w->count[co], (bits), acc);            \
+        ep_group_store(&grp, rq, co, acc);                                   \
+    }
+
 int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
                    const ep_requant *q, uint32_t *patch, int8_t *out) {
     const ep_requant rq = *q;
     const int32_t groups = ep_group_count(d);
-    const int32_t bits = w->bits == 8 && !w->escapes ? 0 : w->bits;
     int32_t g, co;
     if (!ep_conv_dims_ok(d)) {
         return EP_ERROR_DIMS;
@@ -323,15 +331,17 @@ int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, 
         const int8_t *v = w->values;
         ep_group_at(d, in, out, g, &grp);
         ep_fill_patch(d, &grp, patch);
-        for (co = 0; co < d->out_c; co++) {
-            int32_t acc[4];
-            acc[0] = acc[1] = acc[2] = acc[3] = bias[co];
-            ep_patch_run(patch, &nib, &v, w->count[co], bits, acc);
-            ep_group_store(&grp, rq, co, acc);
+        if (w->bits == 4) {
+            EP_SPARSE_CHANNELS(4)
+        } else if (w->escapes) {
+            EP_SPARSE_CHANNELS(8)
+        } else {
+            EP_SPARSE_CHANNELS(0)
         }
     }
     return EP_OK;
 }
+#undef EP_SPARSE_CHANNELS
 
 int ep_depthwise_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, const int32_t *bias,
                        const ep_requant *q, int8_t *out) {

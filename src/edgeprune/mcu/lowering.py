@@ -20,11 +20,12 @@ arithmetic, so the C code only runs kernels:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..export.int8_graph import INT8_MAX, INT8_MIN, Int8Graph, QOp, quantize_multiplier
+from ..export.int8_graph import INT8_MAX, INT8_MIN, Int8Graph, QOp, output_shape, quantize_multiplier, same_padding
 from .cost import conv_cost, depthwise_cost, fc_cost, layer_cost
 from .sparse import ENTRY_BITS, SparseWeights, encode_conv, encode_depthwise, encode_fc
 
@@ -56,6 +57,7 @@ class Step:
     inputs: tuple[int, ...]
     output: int
     engine: str = "-"
+    format: str = "-"  # the weights' format: "int8" dense, "4-bit" or "8-bit" gap runs, "taps" (depthwise)
     why: str = ""
     macs: int = 0
     nonzero_macs: int = 0
@@ -121,10 +123,9 @@ def _requant(in_scale: float, w_scales: np.ndarray, channels: int, out_qp: tuple
                                          "act_min": lo, "act_max": hi}))
 
 
-def _same_padding(size: int, out: int, k: int, stride: int, dilation: int) -> tuple[int, int]:
-    """(before, after) padding of TFLite's SAME: the odd pixel goes after."""
-    total = max((out - 1) * stride + (k - 1) * dilation + 1 - size, 0)
-    return total // 2, total - total // 2
+def _format(weights: SparseWeights | None) -> str:
+    """The name of a layer's weight format in layers.json."""
+    return "int8" if weights is None else weights.format
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,9 +167,11 @@ class _Lowering:
             **info) -> None:
         self.plan.steps.append(Step(op, source, kernel, args, inputs, output, **info))
 
-    def choose(self, label: str, dense_instructions: float, dense_bytes: int,
-               encodings: list[tuple[str, object]], sparse_instructions) -> tuple[str, SparseWeights | None, str, float]:
+    def choose(self, dense_instructions: float, dense_bytes: int,
+               encodings: list[tuple[str, Callable[[], SparseWeights]]],
+               sparse_instructions: Callable[[SparseWeights], float]) -> tuple[str, SparseWeights | None, str, float]:
         """The engine of a weighted layer: (name, sparse weights or None for dense, why, predicted instructions).
+        The variants are named "dense" and "sparse <format>".
 
         ``encodings`` are (name, function making the sparse weights); ``sparse_instructions`` predicts a
         sparse variant's instructions. ``auto`` takes the variant of lowest :func:`~edgeprune.mcu.cost.layer_cost`,
@@ -244,23 +247,15 @@ class _Lowering:
         out_h, out_w, out_c = self.nhwc(y, label)
         pool = None if depthwise else self.fusable_pool(y)
         weight, bias = self.weights_and_bias(op, label)
-        if weight.ndim != 4:
-            raise ValueError(f"{label}: the filter has shape {list(weight.shape)}; it must be 4-D")
         k_h, k_w = weight.shape[1:3]
         opt = op.options
         mult = opt.depth_multiplier if depthwise else 1
-        expected = (1, k_h, k_w, in_c * mult) if depthwise else (out_c, k_h, k_w, in_c)
-        if weight.shape != expected or (depthwise and out_c != in_c * mult):
-            raise ValueError(f"{label}: filter shape {list(weight.shape)} does not fit input {in_c} and output {out_c} channels")
         (sh, sw), (dh, dw) = opt.stride, opt.dilation
         pads = ((0, 0), (0, 0))
         if opt.padding == "SAME":
-            pads = (_same_padding(in_h, out_h, k_h, sh, dh), _same_padding(in_w, out_w, k_w, sw, dw))
+            pads = (same_padding(in_h, k_h, sh, dh), same_padding(in_w, k_w, sw, dw))
         in_qp, out_qp = self.g.tensors[x].qparams, self.g.tensors[y].qparams
         xp, ph, pw, _ = self.pad_input(label, self.act(x), pads, in_qp[1])
-        if (ph - (k_h - 1) * dh - 1) // sh + 1 != out_h or (pw - (k_w - 1) * dw - 1) // sw + 1 != out_w:
-            raise ValueError(f"{label}: output {out_h}x{out_w} does not follow from input {in_h}x{in_w}, "
-                             f"kernel {k_h}x{k_w}, stride {sh}x{sw}, dilation {dh}x{dw} and {opt.padding} padding")
         w_scales = self.g.tensors[op.inputs[1]].scale
         dims = {"in_h": ph, "in_w": pw, "in_c": in_c, "out_h": out_h, "out_w": out_w, "out_c": out_c, "k_h": k_h,
                 "k_w": k_w, "stride_h": sh, "stride_w": sw, "dil_h": dh, "dil_w": dw, "depth_multiplier": mult,
@@ -273,7 +268,7 @@ class _Lowering:
         if depthwise:
             sums = weight.reshape(-1, out_c).astype(np.int64).sum(axis=0)
             engine, chosen, why, cost = self.choose(
-                label, depthwise_cost(out_h, out_w, out_c, k_h, k_w), weight.size,
+                depthwise_cost(out_h, out_w, out_c, k_h, k_w), weight.size,
                 [("sparse taps", lambda: encode_depthwise(weight))],
                 lambda s: depthwise_cost(out_h, out_w, out_c, k_h, k_w, nonzeros))
             kernel = f"ep_depthwise_{engine}"
@@ -281,9 +276,10 @@ class _Lowering:
             sums = weight.reshape(out_c, -1).astype(np.int64).sum(axis=1)
             groups = (out_h // 2) * (out_w // 2) if pool is not None else out_h * -(-out_w // 4)
             engine, chosen, why, cost = self.choose(
-                label, conv_cost(groups, out_c, k_h, k_w, in_c, pooled=pool is not None), weight.size,
+                conv_cost(groups, out_c, k_h, k_w, in_c, pool is not None, dw), weight.size,
                 [(f"sparse {b}-bit", lambda b=b: encode_conv(weight, b)) for b in ENTRY_BITS],
-                lambda s: conv_cost(groups, out_c, k_h, k_w, in_c, s.entries, nonzeros, s.bits, pool is not None))
+                lambda s: conv_cost(groups, out_c, k_h, k_w, in_c, pool is not None, dw, nonzeros, s.entries, s.bits,
+                                    s.escapes))
             kernel = f"ep_conv_{engine}"
         if chosen is None:
             w_arg, info = Arg("array", weight.reshape(-1)), {"weight_bytes": weight.size}
@@ -304,24 +300,21 @@ class _Lowering:
             patch = self.new_tensor(4 * k_h * k_w * in_c)
             args.insert(5, Arg("words", patch))
             reads = (xp, patch)
-        self.add(name, k, kernel, args, reads, y, engine=engine, why=why,
+        self.add(name, k, kernel, args, reads, y, engine=engine, format=_format(chosen), why=why,
                  macs=pixels * weight.size, nonzero_macs=pixels * nonzeros, predicted_instructions=cost, **info)
 
     def fully_connected(self, k: int, op: QOp) -> None:
         label = f"op {k} ({op.op})"
         x, y = op.inputs[0], op.outputs[0]
         weight, bias = self.weights_and_bias(op, label)
-        if weight.ndim != 2:
-            raise ValueError(f"{label}: the weight has shape {list(weight.shape)}; it must be 2-D")
         out_n, in_n = weight.shape
-        if math.prod(self.shape(x)) != in_n or math.prod(self.shape(y)) != out_n:
-            raise ValueError(f"{label}: input {list(self.shape(x))} and output {list(self.shape(y))} do not fit weight "
-                             f"{list(weight.shape)} at batch 1")
+        if math.prod(self.shape(x)) != in_n:
+            raise ValueError(f"{label}: input {list(self.shape(x))} is a batch of several; the engine runs batch 1")
         in_qp, out_qp = self.g.tensors[x].qparams, self.g.tensors[y].qparams
         nonzeros = int(np.count_nonzero(weight))
         engine, chosen, why, cost = self.choose(
-            label, fc_cost(in_n, out_n), weight.size, [(f"sparse {b}-bit", lambda b=b: encode_fc(weight, b)) for b in ENTRY_BITS],
-            lambda s: fc_cost(in_n, out_n, s.entries, nonzeros, s.bits))
+            fc_cost(in_n, out_n), weight.size, [(f"sparse {b}-bit", lambda b=b: encode_fc(weight, b)) for b in ENTRY_BITS],
+            lambda s: fc_cost(in_n, out_n, nonzeros, s.entries, s.bits, s.escapes))
         if chosen is None:
             w_arg, info = Arg("array", weight.reshape(-1)), {"weight_bytes": weight.size}
         else:
@@ -333,15 +326,12 @@ class _Lowering:
                 self.folded_bias(bias, sums, in_qp[1], label),
                 _requant(in_qp[0], self.g.tensors[op.inputs[1]].scale, out_n, out_qp, op.options.activation),
                 Arg("tensor", self.act(y))]
-        self.add(op.op, k, f"ep_fc_{engine}", args, (x,), y, engine=engine, why=why,
+        self.add(op.op, k, f"ep_fc_{engine}", args, (x,), y, engine=engine, format=_format(chosen), why=why,
                  macs=weight.size, nonzero_macs=nonzeros, predicted_instructions=cost, **info)
 
     def add_op(self, k: int, op: QOp) -> None:
         label = f"op {k} ({op.op})"
         a, b, y = op.inputs[0], op.inputs[1], op.outputs[0]
-        if self.shape(a) != self.shape(b) or math.prod(self.shape(a)) != math.prod(self.shape(y)):
-            raise ValueError(f"{label}: operands {list(self.shape(a))} and {list(self.shape(b))}; "
-                             "the engine adds tensors of one shape (no broadcasting)")
         (sa, za), (sb, zb), (so, zo) = (self.g.tensors[t].qparams for t in (a, b, y))
         left_shift = 20
         twice_max = 2 * float(max(np.float32(sa), np.float32(sb)))
@@ -359,15 +349,12 @@ class _Lowering:
     def pool(self, k: int, op: QOp) -> None:
         label = f"op {k} ({op.op})"
         x, y = op.inputs[0], op.outputs[0]
-        (in_h, in_w, c), (out_h, out_w, out_c) = self.nhwc(x, label), self.nhwc(y, label)
+        (in_h, in_w, c), (out_h, out_w, _) = self.nhwc(x, label), self.nhwc(y, label)
         opt = op.options
         (kh, kw), (sh, sw) = opt.filter, opt.stride
         pads = (0, 0)
         if opt.padding == "SAME":
-            pads = (_same_padding(in_h, out_h, kh, sh, 1)[0], _same_padding(in_w, out_w, kw, sw, 1)[0])
-        if out_c != c or any(o < 1 or (o - 1) * s - p >= size or (o - 1) * s - p + k <= 0 for o, s, p, size, k in
-                             ((out_h, sh, pads[0], in_h, kh), (out_w, sw, pads[1], in_w, kw))):
-            raise ValueError(f"{label}: output {[out_h, out_w, out_c]} does not follow from input {[in_h, in_w, c]}")
+            pads = (same_padding(in_h, kh, sh, 1)[0], same_padding(in_w, kw, sw, 1)[0])
         lo, hi = activation_range(opt.activation, *self.g.tensors[y].qparams)
         dims = {"in_h": in_h, "in_w": in_w, "c": c, "out_h": out_h, "out_w": out_w, "k_h": kh, "k_w": kw,
                 "stride_h": sh, "stride_w": sw, "pad_h": pads[0], "pad_w": pads[1], "act_min": lo, "act_max": hi}
@@ -386,8 +373,6 @@ class _Lowering:
         else:
             value = self.g.tensors[y].qparams[1]
         h, w, c = self.nhwc(x, label)
-        if self.nhwc(y, label) != (h + amounts[1].sum(), w + amounts[2].sum(), c):
-            raise ValueError(f"{label}: output {list(self.shape(y))} does not follow from input {list(self.shape(x))}")
         dims = {"in_h": h, "in_w": w, "c": c, "top": int(amounts[1, 0]), "left": int(amounts[2, 0]),
                 "bottom": int(amounts[1, 1]), "right": int(amounts[2, 1])}
         self.add(op.op, k, "ep_pad", [Arg("struct", ("ep_pad_dims", dims)), Arg("tensor", self.act(x)),
@@ -395,8 +380,6 @@ class _Lowering:
 
     def reshape(self, k: int, op: QOp) -> None:
         x, y = op.inputs[0], op.outputs[0]
-        if math.prod(self.shape(x)) != math.prod(self.shape(y)):
-            raise ValueError(f"op {k} (RESHAPE): input {list(self.shape(x))} and output {list(self.shape(y))} differ in size")
         self.act(x)
         self.plan.alias[y] = x
 
@@ -404,13 +387,11 @@ class _Lowering:
         label = f"op {k} ({op.op})"
         x, y = op.inputs[0], op.outputs[0]
         shape, perm = self.shape(x), self.g.tensors[op.inputs[1]].data.reshape(-1).tolist()
-        if len(shape) > 4 or sorted(perm) != list(range(len(shape))):
-            raise ValueError(f"{label}: permutation {perm} of shape {list(shape)}; the engine transposes up to 4-D")
+        if len(shape) > 4:
+            raise ValueError(f"{label}: a transpose of rank {len(shape)}; the engine transposes up to 4-D")
         lead = 4 - len(shape)
         shape4 = [1] * lead + list(shape)
         perm4 = list(range(lead)) + [p + lead for p in perm]
-        if tuple(shape4[p] for p in perm4)[lead:] != tuple(self.shape(y)):
-            raise ValueError(f"{label}: output {list(self.shape(y))} is not input {list(shape)} permuted by {perm}")
         self.add(op.op, k, "ep_transpose", [Arg("array", np.array(shape4, np.int32)), Arg("array", np.array(perm4, np.int32)),
                                             Arg("tensor", self.act(x)), Arg("tensor", self.act(y))], (x,), y)
 
@@ -454,11 +435,18 @@ class _Lowering:
                     "MAX_POOL_2D": self.pool, "PAD": self.pad, "PADV2": self.pad, "RESHAPE": self.reshape,
                     "TRANSPOSE": self.transpose, "RELU": self.relu, "RELU6": self.relu, "SOFTMAX": self.softmax}
         for k, op in enumerate(g.ops):
-            if k in self.fused:
-                continue
             if op.op not in handlers:
                 raise ValueError(f"op {k} ({op.op}) writing tensor {op.outputs[0]} is not supported by the C engine")
-            handlers[op.op](k, op)
+            try:
+                shape = output_shape(op, g.tensors)
+            except ValueError as exc:
+                raise ValueError(f"op {k} ({op.op}): {exc}") from exc
+            if shape != g.tensors[op.outputs[0]].shape:
+                raise ValueError(f"op {k} ({op.op}) writes shape {list(g.tensors[op.outputs[0]].shape)}, "
+                                 f"but its inputs give {list(shape)}")
+        for k, op in enumerate(g.ops):
+            if k not in self.fused:
+                handlers[op.op](k, op)
         p = self.plan
         p.input, p.output = self.act(g.inputs[0]), self.act(g.outputs[0])
         p.input_qparams, p.output_qparams = g.tensors[p.input].qparams, g.tensors[p.output].qparams

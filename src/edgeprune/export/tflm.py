@@ -1,0 +1,101 @@
+"""The TensorFlow Lite Micro runtime (``tflite_micro`` wheel): interpreter, arena size, raw int8 runs, accuracy."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .int8_graph import quantize_activation
+
+__all__ = ["evaluate_tflite", "make_interpreter", "run_int8", "tflite_arena_bytes"]
+
+MIN_ARENA_BYTES = 4096  # TFLM's own bookkeeping needs a few KB; smaller arenas can crash it instead of failing
+
+
+def make_interpreter(model: bytes, arena_size: int = 1 << 20):
+    """A TFLM interpreter of the .tflite bytes ``model`` with a ``arena_size``-byte arena; ValueError if it cannot allocate."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    if arena_size < MIN_ARENA_BYTES:
+        raise ValueError(f"arena_size {arena_size} is too small; give at least {MIN_ARENA_BYTES} bytes")
+    try:
+        return runtime.Interpreter.from_bytes(model, arena_size=arena_size)
+    except RuntimeError as exc:
+        raise ValueError(f"TFLM could not allocate the model in a {arena_size:,}-byte arena ({exc}); "
+                         "give a larger arena_size, or check the file was written by export_tflite") from exc
+
+
+def tflite_arena_bytes(interpreter) -> int:
+    """Total tensor-arena bytes that TFLM's recording allocator reports for ``interpreter`` (after one invoke)."""
+    libc = ctypes.CDLL(None)
+    with tempfile.TemporaryFile() as tmp:
+        saved = os.dup(2), os.dup(1)
+        libc.fflush(None)
+        os.dup2(tmp.fileno(), 2)
+        os.dup2(tmp.fileno(), 1)
+        try:
+            interpreter.print_allocations()
+            libc.fflush(None)
+        finally:
+            os.dup2(saved[0], 2)
+            os.dup2(saved[1], 1)
+            os.close(saved[0])
+            os.close(saved[1])
+        tmp.seek(0)
+        text = tmp.read().decode(errors="replace")
+    found = re.search(r"Arena allocation total (\d+) bytes", text)
+    if found is None:
+        raise RuntimeError(f"TFLM did not report its arena allocation: {text[:200]!r}")
+    return int(found.group(1))
+
+
+def run_int8(model: bytes | str | os.PathLike, inputs: np.ndarray, arena_size: int = 1 << 20) -> np.ndarray:
+    """TFLM's raw int8 outputs for int8 ``inputs`` (N x the input's shape without its batch), one at a time.
+
+    ``model`` is .tflite bytes or a path to the file. Returns N x the output's shape without its batch.
+    """
+    interp = make_interpreter(model if isinstance(model, bytes) else Path(model).read_bytes(), arena_size)
+    inputs = np.asarray(inputs)
+    if inputs.dtype != np.int8:
+        raise ValueError(f"inputs must be int8 (quantized with the input's scale and zero point), not {inputs.dtype}")
+    outputs = []
+    for x in inputs:
+        interp.set_input(x[None], 0)
+        interp.invoke()
+        outputs.append(interp.get_output(0)[0].copy())
+    return np.stack(outputs)
+
+
+def evaluate_tflite(path: str | os.PathLike, loader: Iterable, arena_size: int = 8 << 20) -> dict:
+    """Run a .tflite file from :func:`export_tflite` in TFLM, one image at a time, over ``loader`` (images, labels).
+
+    Images are quantized with the input tensor's own scale and zero point and laid out NHWC.
+    Returns ``{"accuracy": percent, "arena_bytes": TFLM arena total, "model_bytes": file size, "count": images}``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; write it first with export_tflite")
+    data = path.read_bytes()
+    try:
+        interp = make_interpreter(data, arena_size)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    qp = interp.get_input_details(0)["quantization_parameters"]
+    scale, zp = float(qp["scales"][0]), int(qp["zero_points"][0])
+    correct = total = 0
+    for images, labels in loader:
+        q = quantize_activation(images.numpy().transpose(0, 2, 3, 1), scale, zp)
+        for img, label in zip(q, labels.numpy()):
+            interp.set_input(img[None], 0)
+            interp.invoke()
+            correct += int(np.argmax(interp.get_output(0)[0]) == label)
+            total += 1
+    if total == 0:
+        raise ValueError("the loader gave no images; give a loader of (images, labels) batches")
+    return {"accuracy": 100.0 * correct / total, "arena_bytes": tflite_arena_bytes(interp), "model_bytes": len(data), "count": total}
