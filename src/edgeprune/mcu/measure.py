@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from ..export.c_source import fits_on
+from ..export.int8_graph import quantize_activation
+from ..export.tflm import make_interpreter, run_int8
 from ..files import writable_folder, write_json_atomic
 from .codegen import export_c
 from .qemu import GuestRun, run_guest
@@ -180,19 +182,10 @@ def _result(guest: GuestRun, target: Target, macros: dict[str, int], layers: lis
 
 
 def _tflm_reference(model_bytes: bytes, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs quantized as TFLM's (the input tensor's scale and zero point, NHWC), flattened, and TFLM's outputs."""
-    from tflite_micro.python.tflite_micro import runtime
-
-    interp = runtime.Interpreter.from_bytes(model_bytes, arena_size=8 << 20)
-    qp = interp.get_input_details(0)["quantization_parameters"]
-    scale, zero_point = float(qp["scales"][0]), int(qp["zero_points"][0])
-    q = np.clip(np.round(images.numpy().transpose(0, 2, 3, 1) / scale) + zero_point, -128, 127).astype(np.int8)
-    outputs = []
-    for image in q:
-        interp.set_input(image[None], 0)
-        interp.invoke()
-        outputs.append(np.asarray(interp.get_output(0)).reshape(-1).astype(np.int8))
-    return q.reshape(len(q), -1), np.stack(outputs)
+    """Inputs quantized as for TFLM (the input tensor's scale and zero point, NHWC) and TFLM's outputs, one row each."""
+    qp = make_interpreter(model_bytes).get_input_details(0)["quantization_parameters"]
+    q = quantize_activation(images.numpy().transpose(0, 2, 3, 1), float(qp["scales"][0]), int(qp["zero_points"][0]))
+    return q.reshape(len(q), -1), run_int8(model_bytes, q).reshape(len(q), -1)
 
 
 def measure_on_mcu(tflite_path: str | os.PathLike, images: torch.Tensor, labels: torch.Tensor,
