@@ -21,6 +21,7 @@ import torch
 from edgeprune.data import DataConfig, load_data
 from edgeprune.export.tflite import export_tflite
 from edgeprune.mcu import mcu_table, measure_on_mcu
+from edgeprune.mcu.measure import INSTRUCTIONS_NOTE
 from edgeprune.models import BasicCNN
 
 CMSIS_NN_INSTRUCTIONS = 11_156_835
@@ -50,6 +51,7 @@ def main() -> None:
     calibration = torch.stack([splits.train[i][0] for i in range(200)])
     images = torch.stack([splits.test[i][0] for i in range(args.images)])
     labels = torch.tensor([splits.test[i][1] for i in range(args.images)])
+    print(f"Instructions per inference on {args.target} in QEMU: {INSTRUCTIONS_NOTE}.\n")
     print("| sparsity | kernels | instructions | x CMSIS-NN | per MAC | weight + index B | flash B | RAM B | = TFLM |")
     print("|---|---|---|---|---|---|---|---|---|")
     for sparsity in args.sparsities:
