@@ -230,6 +230,7 @@ def test_hung_crashed_or_overflowing_guest_gives_one_line_and_keeps_results(tool
     saved = json.loads((tmp_path / "out" / "mcu.json").read_text())
     assert saved["images_run"] == 3 and saved["equal_to_tflm"] == 3 and not saved["complete"]
     assert saved["error"] in text and len(saved["layers"]) == 2 and saved["instructions"] > 0
+    assert f"3 of 5 images (stopped: {saved['error']})" in mcu_table(saved)
 
 
 def test_report_ends_at_a_garbled_line():
