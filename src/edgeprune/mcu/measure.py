@@ -86,6 +86,7 @@ def engine_sizes(engine_dir: str | os.PathLike, target: Target, build_dir: str |
 
 
 def _check_tools() -> None:
+    """One line naming the Debian packages if the cross compiler, its size tool or QEMU is missing."""
     for tool in ("arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm"):
         find_tool(tool)
 

@@ -80,6 +80,7 @@ def board_dir() -> Path:
 
 
 def _run(command: Sequence[str], what: str) -> str:
+    """Run a tool; its stdout, or a ValueError with ``what`` and the first error line it printed."""
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
