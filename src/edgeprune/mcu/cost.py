@@ -8,9 +8,10 @@ rows, output channels, non-zeros, index entries) times a per-item cost, fitted b
 6 % on every conv and FC layer but one (9 %). A group is four output pixels (a fused 2x2 max pool's
 window, or four of a row):
 
-* dense convolution: per (pixel, output channel, kernel row) ``DENSE_QUAD`` per four contiguous
-  window bytes, ``DENSE_BYTE`` per byte left over and ``DENSE_ROW``; ``DENSE_CHANNEL`` per
-  (group, output channel);
+* dense convolution (the four pixels' windows as 16-bit pairs, ``SMLAD`` with four weights at a
+  time), per group: ``DENSE_FILL_BLOCK`` per four window bytes and ``DENSE_FILL_ROW`` per kernel row
+  copied, ``DENSE_BLOCK`` per (output channel, four window bytes) and ``DENSE_CHANNEL`` per output
+  channel (fitted separately on six layers, within 2 %);
 * sparse convolution, per group: ``FILL_QUAD`` per four contiguous window bytes copied into the patch,
   ``FILL_BYTE`` per byte left over, ``FILL_ROW`` per kernel row, ``CHANNEL`` per output channel,
   ``NONZERO`` per non-zero weight (four pixels' multiply-accumulates) and ``CHECKED_ENTRY`` per index
@@ -34,7 +35,7 @@ from __future__ import annotations
 __all__ = ["FLASH_WEIGHT", "conv_cost", "depthwise_cost", "fc_cost", "layer_cost"]
 
 FLASH_WEIGHT = 24.0
-DENSE_QUAD, DENSE_BYTE, DENSE_ROW, DENSE_CHANNEL = 8.8, 2.4, 29.5, 71.0
+DENSE_FILL_BLOCK, DENSE_FILL_ROW, DENSE_BLOCK, DENSE_CHANNEL = 68.0, 300.0, 22.5, 80.0
 FILL_QUAD, FILL_BYTE, FILL_ROW, CHANNEL = 36.0, 20.0, 30.0, 100.0
 NONZERO, CHECKED_ENTRY = 12.5, 6.0
 FC_QUAD, FC_ROW, FC_NONZERO = 9.0, 50.0, 6.0
@@ -61,8 +62,8 @@ def conv_cost(groups: int, out_c: int, k_h: int, k_w: int, in_c: int, pooled: bo
     quads, left = divmod(span, 4)
     extra = 0 if pooled else groups * out_c * 3 * REQUANT
     if nonzeros is None:
-        per_row = quads * DENSE_QUAD + left * DENSE_BYTE + DENSE_ROW
-        return groups * out_c * (4 * rows * per_row + DENSE_CHANNEL) + extra
+        blocks = -(-k_h * k_w * in_c // 4)
+        return groups * (blocks * DENSE_FILL_BLOCK + rows * DENSE_FILL_ROW + out_c * (blocks * DENSE_BLOCK + DENSE_CHANNEL)) + extra
     fill = rows * (quads * FILL_QUAD + left * FILL_BYTE + FILL_ROW)
     run = nonzeros * NONZERO + _checked(entries, bits, escapes) * CHECKED_ENTRY
     return groups * (fill + out_c * CHANNEL + run) + extra

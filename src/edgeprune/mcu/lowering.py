@@ -281,7 +281,12 @@ class _Lowering:
                 lambda s: conv_cost(groups, out_c, k_h, k_w, in_c, pool is not None, dw, nonzeros, s.entries, s.bits,
                                     s.escapes))
             kernel = f"ep_conv_{engine}"
-        if chosen is None:
+        if chosen is None and not depthwise:  # each channel's window padded to a multiple of 4 (EP_DENSE_PADDED)
+            window = k_h * k_w * in_c
+            padded = np.zeros((out_c, -(-window // 4) * 4), np.int8)
+            padded[:, :window] = weight.reshape(out_c, window)
+            w_arg, info = Arg("array", padded.reshape(-1)), {"weight_bytes": padded.size}
+        elif chosen is None:
             w_arg, info = Arg("array", weight.reshape(-1)), {"weight_bytes": weight.size}
         else:
             fields = ({"count": chosen.counts, "taps": chosen.index, "values": chosen.values} if depthwise else
@@ -296,10 +301,11 @@ class _Lowering:
         args = [Arg("struct", ("ep_conv_dims", dims)), Arg("tensor", xp), w_arg,
                 self.folded_bias(bias, sums, in_qp[1], label), requant, Arg("tensor", self.act(y))]
         reads = (xp,)
-        if kernel == "ep_conv_sparse":  # scratch for four pixels' windows (EP_PATCH_WORDS)
-            patch = self.new_tensor(4 * k_h * k_w * in_c)
-            args.insert(5, Arg("words", patch))
-            reads = (xp, patch)
+        if not depthwise:  # scratch for four pixels' windows: EP_PATCH_WORDS sparse, EP_DENSE_SCRATCH_WORDS dense
+            words = k_h * k_w * in_c if engine == "sparse" else 3 * -(-(k_h * k_w * in_c) // 4) * 4
+            scratch = self.new_tensor(4 * words)
+            args.insert(5, Arg("words", scratch))
+            reads = (xp, scratch)
         self.add(name, k, kernel, args, reads, y, engine=engine, format=_format(chosen), why=why,
                  macs=pixels * weight.size, nonzero_macs=pixels * nonzeros, predicted_instructions=cost, **info)
 

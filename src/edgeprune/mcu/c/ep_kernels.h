@@ -84,8 +84,12 @@ typedef struct {
 
 int32_t ep_multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int32_t shift);
 
+/* Dense convolution weights: per output channel its window (ky, kx, ci) zero-padded to
+ * EP_DENSE_PADDED(d) bytes; scratch: EP_DENSE_SCRATCH_WORDS(d) words. */
+#define EP_DENSE_PADDED(d) (((d)->k_h * (d)->k_w * (d)->in_c + 3) / 4 * 4)
+#define EP_DENSE_SCRATCH_WORDS(d) (3 * EP_DENSE_PADDED(d))
 int ep_conv_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, const int32_t *bias,
-                  const ep_requant *q, int8_t *out);
+                  const ep_requant *q, uint32_t *scratch, int8_t *out);
 /* patch: EP_PATCH_WORDS(d) words of scratch for the four input windows of a group of pixels */
 #define EP_PATCH_WORDS(d) ((d)->k_h * (d)->k_w * (d)->in_c)
 int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
