@@ -4,10 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION := /usr/share/datasets/fashion-mnist
+MCU_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
 
-.PHONY: setup dataset demo test clean
+.PHONY: setup dataset mcu-tools demo test clean
 
-setup: $(VENV)/.installed dataset
+setup: $(VENV)/.installed dataset mcu-tools
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,6 +20,13 @@ $(VENV)/.installed: pyproject.toml
 dataset:
 	@test -d $(FASHION) || $(SUDO) apt-get install -y dataset-fashion-mnist \
 	  || ($(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist)
+
+# the Cortex-M cross compiler, newlib and QEMU, for the engine's emulated-board runs (edgeprune.mcu)
+mcu-tools:
+	@command -v arm-none-eabi-gcc >/dev/null && command -v qemu-system-arm >/dev/null \
+	  && test -f /usr/lib/arm-none-eabi/newlib/rdimon.specs \
+	  || $(SUDO) apt-get install -y $(MCU_PACKAGES) \
+	  || ($(SUDO) apt-get update && $(SUDO) apt-get install -y $(MCU_PACKAGES))
 
 demo: setup
 	$(VENV)/bin/edgeprune run --out runs/demo

@@ -1,9 +1,20 @@
-"""The C engine for microcontrollers, generated from an int8 .tflite: lowering to kernel steps (lowering),
-sparse weight formats (sparse), the cost model that picks dense or sparse per layer (cost), the static
-arena plan (arena) and the C writer (codegen). The kernels are package data under ``c/``."""
+"""On the microcontroller: the C engine generated from an int8 .tflite, built for Cortex-M and run in QEMU.
+
+The engine: lowering to kernel steps (lowering), sparse weight formats (sparse), the cost model that
+picks dense or sparse per layer (cost), the static arena plan (arena) and the C writer (codegen);
+the kernels are package data under ``c/``. On the board: the cross compiler, QEMU and the targets
+(toolchain), running a harness firmware and reading its report (qemu), and measuring a generated
+engine on an emulated board against TFLite Micro (measure); the startup code, linker script and
+harness are package data under ``board/``.
+"""
 
 from .codegen import export_c
 from .cost import conv_cost, depthwise_cost, fc_cost
 from .lowering import lower
+from .measure import mcu_table, measure_engine, measure_on_mcu
+from .toolchain import TARGETS, get_target
 
-__all__ = ["conv_cost", "depthwise_cost", "export_c", "fc_cost", "lower"]
+__all__ = [
+    "TARGETS", "conv_cost", "depthwise_cost", "export_c", "fc_cost", "get_target", "lower", "mcu_table",
+    "measure_engine", "measure_on_mcu",
+]

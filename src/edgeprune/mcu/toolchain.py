@@ -1,0 +1,129 @@
+"""Cross-compiling for Cortex-M: the tools, the targets, and compiling, linking and sizing with them.
+
+The tools are Debian's ``gcc-arm-none-eabi`` (with ``libnewlib-arm-none-eabi``) and
+``qemu-system-arm``. Three targets run on a QEMU board; ``cortex-m0plus`` is built only to be
+sized (QEMU has no Cortex-M0+ board with this memory map). Firmware links the startup code,
+linker script and harness in ``board/`` (package data) with newlib's semihosting library.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+__all__ = [
+    "DEBIAN_PACKAGES", "TARGETS", "Target", "board_dir", "compile_objects", "find_tool", "get_target",
+    "link_firmware", "link_relocatable", "section_sizes",
+]
+
+DEBIAN_PACKAGES = "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
+"""The Debian packages that hold the cross compiler, newlib and QEMU (``make setup`` installs them)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A Cortex-M core: its compiler flags, and the QEMU board and SysTick clock it runs on (None: size only)."""
+
+    name: str
+    cflags: tuple[str, ...]
+    machine: str | None = None
+    systick_hz: int | None = None
+
+    @property
+    def instructions_per_tick(self) -> float:
+        """Guest instructions per SysTick tick under ``-icount shift=0`` (1 ns each): the count's resolution."""
+        if self.systick_hz is None:
+            raise ValueError(f"target {self.name} is built for its size only and runs on no board")
+        return 1e9 / self.systick_hz
+
+
+TARGETS = {
+    t.name: t for t in (
+        Target("cortex-m4", ("-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"),
+               "mps2-an386", 25_000_000),
+        Target("cortex-m7", ("-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-d16", "-mfloat-abi=hard"),
+               "mps2-an500", 25_000_000),
+        Target("cortex-m55", ("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard"), "mps3-an547", 32_000_000),
+        Target("cortex-m0plus", ("-mcpu=cortex-m0plus", "-mthumb", "-mfloat-abi=soft")),
+    )
+}
+"""The cores edgeprune builds for, by name; the SysTick clocks are QEMU's (25 MHz on mps2, 32 MHz on mps3-an547)."""
+
+_CFLAGS = ("-O2", "-std=c99", "-Wall", "-ffunction-sections", "-fdata-sections")
+
+
+def get_target(name: str, runnable: bool = False) -> Target:
+    """The :class:`Target` called ``name``; ``runnable`` refuses the size-only ones."""
+    choices = [n for n, t in TARGETS.items() if t.machine or not runnable]
+    if name not in choices:
+        raise ValueError(f"unknown target {name!r}; choose one of {', '.join(choices)}")
+    return TARGETS[name]
+
+
+def find_tool(name: str) -> str:
+    """The path of the program ``name`` (``arm-none-eabi-gcc``, ``qemu-system-arm``...) on PATH."""
+    path = shutil.which(name)
+    if path is None:
+        raise ValueError(f"{name} is not on PATH; install the Debian packages {DEBIAN_PACKAGES} "
+                         f"(sudo apt-get install -y {DEBIAN_PACKAGES}, or make setup)")
+    return path
+
+
+def board_dir() -> Path:
+    """The folder of startup.c, harness.c and cortex_m.ld, as installed with the package."""
+    return Path(str(resources.files("edgeprune.mcu") / "board"))
+
+
+def _run(command: Sequence[str], what: str) -> str:
+    """Run a tool; its stdout, or a ValueError with ``what`` and the first error line it printed."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        first = next((line for line in lines if "error" in line.lower()), lines[0])
+        raise ValueError(f"{what} failed: {first.strip()}")
+    return done.stdout
+
+
+def compile_objects(sources: Iterable[str | os.PathLike], target: Target, out_dir: str | os.PathLike,
+                    include_dirs: Iterable[str | os.PathLike] = (), defines: Iterable[str] = ()) -> list[Path]:
+    """Compile each C file to ``out_dir/<stem>.o`` with ``-O2`` and the target's flags; returns the objects."""
+    gcc = find_tool("arm-none-eabi-gcc")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    flags = [*target.cflags, *_CFLAGS, *(f"-I{d}" for d in include_dirs), *(f"-D{d}" for d in defines)]
+    objects = []
+    for source in map(Path, sources):
+        obj = out_dir / f"{source.stem}.o"
+        _run([gcc, *flags, "-c", str(source), "-o", str(obj)], f"compiling {source.name} for {target.name}")
+        objects.append(obj)
+    return objects
+
+
+def link_relocatable(objects: Iterable[str | os.PathLike], target: Target, out: str | os.PathLike,
+                     root: str = "edgeprune_invoke") -> Path:
+    """Link ``objects`` into one relocatable object holding only what ``root`` reaches (a library's real size)."""
+    gcc = find_tool("arm-none-eabi-gcc")
+    _run([gcc, *target.cflags, "-nostdlib", "-r", "-Wl,--gc-sections", f"-Wl,--entry={root}",
+          *map(str, objects), "-o", str(out)], f"linking the objects for {target.name}")
+    return Path(out)
+
+
+def link_firmware(objects: Iterable[str | os.PathLike], target: Target, elf: str | os.PathLike) -> Path:
+    """Link ``objects`` (which include the board's startup and a main) into a semihosting ELF for the target's board."""
+    gcc = find_tool("arm-none-eabi-gcc")
+    _run([gcc, *target.cflags, "--specs=rdimon.specs", "-nostartfiles", "-Wl,--gc-sections",
+          "-T", str(board_dir() / "cortex_m.ld"), *map(str, objects), "-o", str(elf)],
+         f"linking the firmware for {target.name}")
+    return Path(elf)
+
+
+def section_sizes(path: str | os.PathLike) -> dict[str, int]:
+    """``arm-none-eabi-size`` of an object or ELF: ``text`` (code and read-only data), ``data`` and ``bss`` bytes."""
+    out = _run([find_tool("arm-none-eabi-size"), "--format=berkeley", str(path)], f"sizing {Path(path).name}")
+    values = out.splitlines()[1].split()
+    return {"text": int(values[0]), "data": int(values[1]), "bss": int(values[2])}
