@@ -13,7 +13,7 @@ import edgeprune.steps as steps
 from edgeprune.checkpoint import load_checkpoint
 from edgeprune.cli import build_parser, main
 from edgeprune.config import RunConfig, read_config_file, run_config, upgrade_saved
-from edgeprune.export.epz import load_compressed
+from edgeprune.export.epz import load_compressed, read_header
 from edgeprune.runfolder import RunFolder
 
 SLICE = str(Path(__file__).parent / "data" / "fashion-mnist")  # the shipped slice (conftest's fashion_slice)
@@ -182,3 +182,19 @@ def test_a_latency_target_chooses_a_model_that_met_it_when_timed(tmp_path):
     rows = [r["model"] for r in results["comparison"]]
     assert rows == ["Baseline", "Channel-pruned + fine-tuned", "Pruned", "Fine-tuned + pruned"]
     assert "measured batch-64 latency" in (out / "report.md").read_text()
+
+
+def test_export_and_compare_default_kmeans_to_4_bits_as_the_run_does(tmp_path, plain, capsys):
+    tuned = str(plain / "finetuned.safetensors")
+    data = ["--data-dir", SLICE, "--val-size", "50", "--limit", "150"]
+    for name, bits in (("default.epz", []), ("four.epz", ["--bits", "4"])):
+        assert main(["export", tuned, *data, "--values", "kmeans", *bits, "--out", str(tmp_path / name)]) == 0
+    default, four = load_compressed(tmp_path / "default.epz"), load_compressed(tmp_path / "four.epz")
+    assert default.keys() == four.keys() and all(torch.equal(default[k], four[k]) for k in four)
+    assert read_header(tmp_path / "default.epz") == read_header(tmp_path / "four.epz")
+    assert len(torch.unique(default["fc1.weight"])) <= 2**4 + 1  # 16 centroids and the zeros
+    capsys.readouterr()
+    assert main(["compare", tuned, *data, "--export-values", "kmeans", "--out", str(tmp_path / "cmp")]) == 0
+    row = json.loads((tmp_path / "cmp" / "comparison.json").read_text())[0]
+    assert row["compressed_bits"] == RunConfig().export_bits == 4
+    assert capsys.readouterr().out.startswith((tmp_path / "cmp" / "comparison.md").read_text())  # the table it printed

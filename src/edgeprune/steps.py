@@ -557,7 +557,8 @@ def compare_checkpoints(
     out: str | Path, export_values: str | None = "fp32", export_bits: int | None = None,
 ) -> list[dict]:
     """The comparison table of checkpoints (:func:`compare_models`), written to ``out/comparison.md`` and ``.json``; each model
-    also exported compressed (``export_values``, ``None`` to skip) and scored decoded. Returns the rows."""
+    also exported compressed (``export_values``, ``None`` to skip; ``export_bits`` by default what the mode needs, as in
+    :class:`~edgeprune.config.RunConfig`) and scored decoded. Returns the rows."""
     out = writable_folder(out)
     labels = labels or [Path(p).stem for p in paths]
     if len(labels) != len(paths):
@@ -567,7 +568,8 @@ def compare_checkpoints(
     splits = load_splits(data, loaded[0][1])
     test_loader = make_loaders(splits, data.batch_size)[2]
     export_dir = None if export_values is None else out
-    rows = compare_models(models, test_loader, device, export_dir, export_values or "fp32", export_bits,
+    values = export_values or "fp32"
+    rows = compare_models(models, test_loader, device, export_dir, values, parse_bits(export_bits, values),
                           specs=[spec for _, spec, _, _ in loaded])
     write_text_atomic(out / "comparison.md", comparison_markdown(rows))
     write_json_atomic(out / "comparison.json", rows)
