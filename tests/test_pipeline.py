@@ -223,17 +223,6 @@ def test_unusable_out_is_one_line_before_any_work(tmp_path, capsys, monkeypatch,
 RUN = ["run", "--val-size", "100", "--limit", "400", "--epochs", "1", "--finetune-epochs", "1", "--scan-step", "0.3"]
 
 
-def _comparable(out: Path) -> dict:
-    results = json.loads((out / "results.json").read_text())
-    for key in ("seconds", "resumed_steps"):
-        results.pop(key)
-    results["config"].pop("out")
-    for row in results["comparison"]:
-        for key in ("checkpoint", "compressed_file", "onnx_file", "tflite_file", "c_source", "latency_ms", "latency_threads"):
-            row.pop(key, None)  # paths and timings differ between the two folders
-    return results
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     data = str(Path(__file__).parent / "data" / "fashion-mnist")  # the shipped slice (conftest's fashion_slice)
@@ -249,7 +238,7 @@ def uninterrupted(tmp_path_factory):
     ("compare_models", ["baseline", "scan", "prune", "finetune"]),
 ])
 def test_an_interrupted_run_resumes_to_the_same_results(tmp_path, monkeypatch, capsys, uninterrupted, fashion_slice,
-                                                         interrupt_at, already_done):
+                                                         interrupt_at, already_done, comparable):
     out = tmp_path / "run"
     real = getattr(steps, interrupt_at)
 
@@ -265,7 +254,7 @@ def test_an_interrupted_run_resumes_to_the_same_results(tmp_path, monkeypatch, c
     monkeypatch.setattr(steps, "train_baseline", lambda *a, **k: pytest.fail("the baseline was trained again"))
     assert main([*RUN, "--data-dir", fashion_slice, "--out", str(out), "--resume"]) == 0
     assert json.loads((out / "results.json").read_text())["resumed_steps"] == already_done
-    assert _comparable(out) == _comparable(uninterrupted)
+    assert comparable(out) == comparable(uninterrupted)
 
 
 def test_ctrl_c_in_a_real_process_exits_130_with_one_line(tmp_path, fashion_slice):
@@ -310,7 +299,7 @@ def test_lr_schedules_give_the_hand_computed_rates(monkeypatch, tiny_net, schedu
     assert seen == pytest.approx(expected, rel=1e-9)
 
 
-def test_channels_first_then_fine_grained_in_one_run_and_resumed(tmp_path, monkeypatch, fashion_slice):
+def test_channels_first_then_fine_grained_in_one_run_and_resumed(tmp_path, fashion_slice, interrupt_then_resume, comparable):
     """--target-macs: a smaller dense model (MACs at most half), then fine-grained pruning; resumable after it."""
     argv = ["run", "--data-dir", fashion_slice, "--val-size", "100", "--limit", "300", "--epochs", "1",
             "--finetune-epochs", "1", "--target-macs", "0.5", "--plan", "global", "--target-sparsity", "0.5"]
@@ -330,17 +319,9 @@ def test_channels_first_then_fine_grained_in_one_run_and_resumed(tmp_path, monke
     report = (whole / "report.md").read_text()
     assert "## Whole channels removed first" in report and "![channel scan](channel_scan.png)" in report
 
-    def interrupt(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    real = steps.choose_sparsity
-    monkeypatch.setattr(steps, "choose_sparsity", interrupt)
-    assert main([*argv, "--out", str(parts)]) == 130
-    monkeypatch.setattr(steps, "choose_sparsity", real)
-    monkeypatch.setattr(steps, "prune_channels_step", lambda *a, **k: pytest.fail("channels pruned again"))
-    assert main([*argv, "--out", str(parts), "--resume"]) == 0
-    assert json.loads((parts / "results.json").read_text())["resumed_steps"] == ["baseline", "channels"]
-    assert _comparable(parts) == _comparable(whole)
+    resumed = interrupt_then_resume([*argv, "--out", str(parts)], at="choose_sparsity", not_again="prune_channels_step")
+    assert resumed["resumed_steps"] == ["baseline", "channels"]
+    assert comparable(parts) == comparable(whole)
 
 
 def test_a_named_data_dir_that_does_not_exist_is_an_error_not_a_fallback(tmp_path, capsys):

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-import edgeprune.steps as steps
 from edgeprune.checkpoint import load_checkpoint
 from edgeprune.cli import build_parser, main
 from edgeprune.config import RunConfig, read_config_file, run_config, upgrade_saved
@@ -19,18 +18,6 @@ from edgeprune.runfolder import RunFolder
 SLICE = str(Path(__file__).parent / "data" / "fashion-mnist")  # the shipped slice (conftest's fashion_slice)
 BASE = ["run", "--data-dir", SLICE, "--val-size", "50", "--limit", "150", "--epochs", "1", "--finetune-epochs", "1",
         "--scan-step", "0.3", "--export-values", "fp16", "--device-exports", "none"]
-
-
-def _comparable(out: Path) -> dict:
-    """results.json without what differs between two folders: paths, timings, which steps were resumed."""
-    results = json.loads((out / "results.json").read_text())
-    for key in ("seconds", "resumed_steps"):
-        results.pop(key)
-    results["config"].pop("out")
-    for row in results["comparison"]:
-        for key in ("checkpoint", "compressed_file", "onnx_file", "tflite_file", "c_source", "latency_ms", "latency_threads"):
-            row.pop(key, None)
-    return results
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -92,18 +79,18 @@ def test_a_config_saved_with_the_old_key_channels_still_loads_and_resumes(tmp_pa
     assert err.count("\n") == 1 and "bad.yaml" in err and "YAML" in err
 
 
-def test_the_saved_config_json_reruns_to_the_same_results(tmp_path, plain):
+def test_the_saved_config_json_reruns_to_the_same_results(tmp_path, plain, comparable):
     again = tmp_path / "again"
     assert main(["run", "--config", str(plain / "config.json"), "--out", str(again)]) == 0
     assert json.loads((again / "config.json").read_text()) == {**json.loads((plain / "config.json").read_text()),
                                                                "out": str(again)}
-    assert _comparable(again) == _comparable(plain)
+    assert comparable(again) == comparable(plain)
 
 
 # --------------------------------------------------------------------------- branches of the run
 
 
-def test_centroid_fine_tuning_resumes_after_its_step_and_matches_export(tmp_path, monkeypatch):
+def test_centroid_fine_tuning_resumes_after_its_step_and_matches_export(tmp_path, interrupt_then_resume, comparable):
     argv = [*BASE, "--centroid-epochs", "1", "--export-values", "kmeans", "--export-bits", "4"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert main([*argv, "--out", str(whole)]) == 0
@@ -116,18 +103,9 @@ def test_centroid_fine_tuning_resumes_after_its_step_and_matches_export(tmp_path
             assert len(torch.unique(weight[weight != 0])) <= 16, name  # 4-bit codebook
             assert torch.equal(weight == 0, finetuned[name] == 0), name  # the pruned weights stay pruned
 
-    def interrupt(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    real = steps.compare_models
-    monkeypatch.setattr(steps, "compare_models", interrupt)
-    assert main([*argv, "--out", str(parts)]) == 130
-    monkeypatch.setattr(steps, "compare_models", real)
-    monkeypatch.setattr(steps, "share_centroids", lambda *a, **k: pytest.fail("the centroids were fine-tuned again"))
-    assert main([*argv, "--out", str(parts), "--resume"]) == 0
-    assert json.loads((parts / "results.json").read_text())["resumed_steps"] == ["baseline", "scan", "prune", "finetune", "shared"]
-    assert _comparable(parts) == _comparable(whole)
-    monkeypatch.undo()
+    resumed = interrupt_then_resume([*argv, "--out", str(parts)], at="compare_models", not_again="share_centroids")
+    assert resumed["resumed_steps"] == ["baseline", "scan", "prune", "finetune", "shared"]
+    assert comparable(parts) == comparable(whole)
 
     # the CLI's export takes the same seeded centroid step: the same weights as the run's
     epz = tmp_path / "shared.epz"
