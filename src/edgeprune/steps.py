@@ -51,12 +51,12 @@ from .training import Teacher, TrainHistory, evaluate, finetune, prune_gradually
 
 __all__ = [
     "CALIBRATION_IMAGES", "CENTROID_LR", "TAYLOR_BATCHES",
-    "build_baseline", "channels_summary", "check_device_export", "check_fits", "choose_sparsity", "compare_checkpoints",
-    "compare_models", "export_checkpoint", "export_compressed", "export_for_devices", "finetune_checkpoint",
-    "finetune_pruned", "inspect_model", "load_model", "load_splits", "model_for_data", "model_spec_from_flags",
-    "plan_from_scan", "prune_channels_step", "prune_checkpoint", "prune_copy", "prune_while_training", "scan_checkpoint",
-    "scan_model", "share_centroids", "taylor_batches", "accuracy_on_test", "train_baseline", "train_checkpoint",
-    "writable_file", "writable_folder",
+    "accuracy_on_test", "build_baseline", "channels_summary", "check_device_export", "check_fits", "choose_sparsity",
+    "compare_checkpoints", "compare_models", "export_checkpoint", "export_compressed", "export_for_devices",
+    "finetune_checkpoint", "finetune_pruned", "inspect_model", "load_model", "load_splits", "model_for_data",
+    "model_spec_from_flags", "plan_from_scan", "prune_channels_step", "prune_checkpoint", "prune_copy",
+    "prune_while_training", "scan_checkpoint", "scan_model", "share_centroids", "taylor_batches", "train_baseline",
+    "train_checkpoint", "writable_file",
 ]
 
 TAYLOR_BATCHES = 4
@@ -425,8 +425,6 @@ def compare_models(
     return rows
 
 
-
-
 # --------------------------------------------------------------------------- the CLI's subcommands: checkpoint in, files out
 
 
@@ -445,7 +443,7 @@ def train_checkpoint(
     history = train_baseline(model, splits, epochs, lr, device, seed)
     accuracy = accuracy_on_test(model, splits, device)
     if distributed.is_main():
-        save_checkpoint(out, model, spec, info={"stage": "baseline", "accuracy_on_test": accuracy, "data": splits.info})
+        save_checkpoint(out, model, spec, info={"stage": "baseline", "test_accuracy": accuracy, "data": splits.info})
     return accuracy, history, out
 
 
@@ -548,7 +546,7 @@ def finetune_checkpoint(
     history = finetune_pruned(model, pruner, splits, epochs, lr, device, seed)
     accuracy = accuracy_on_test(model, splits, device)
     if distributed.is_main():
-        save_checkpoint(out, model, spec, pruner.masks, {"stage": "finetuned", "accuracy_on_test": accuracy, **channels})
+        save_checkpoint(out, model, spec, pruner.masks, {"stage": "finetuned", "test_accuracy": accuracy, **channels})
     return accuracy, history, out
 
 
