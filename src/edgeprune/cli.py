@@ -188,8 +188,8 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"wrote {out} ({row['bytes']:,} bytes; the dense checkpoint is {row['checkpoint_bytes']:,})")
     elif args.format == "onnx":
         timing = row["onnx_latency"][1]
-        print(f"wrote {out} ({Path(out).stat().st_size:,} bytes); onnxruntime accuracy {row['onnx_accuracy']:.2f} % on the "
-              f"test images (PyTorch {row['accuracy']:.2f} %); logits {'equal' if row['onnx_equal'] else 'NOT equal'} "
+        print(f"wrote {out} ({Path(out).stat().st_size:,} bytes); onnxruntime accuracy {row['onnx_accuracy']:.2f} % on "
+              f"{row['test_images']} test images (PyTorch {row['accuracy']:.2f} %); logits {'equal' if row['onnx_equal'] else 'NOT equal'} "
               f"within tolerance (max diff {row['onnx_max_abs_diff']:.1e}); batch-1 latency onnxruntime "
               f"{timing['onnx_ms']:.3f} ms, PyTorch {timing['torch_ms']:.3f} ms")
     else:

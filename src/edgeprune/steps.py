@@ -359,7 +359,8 @@ def export_for_devices(
     if onnx_path is not None:
         onnx_path = export_onnx(cpu, onnx_path, images[:1])
         check = compare_onnx(cpu, onnx_path, loader)
-        row.update(onnx_file=str(onnx_path), onnx_accuracy=evaluate_onnx(onnx_path, loader)["accuracy"],
+        scored = evaluate_onnx(onnx_path, loader)
+        row.update(onnx_file=str(onnx_path), onnx_accuracy=scored["accuracy"], test_images=scored["count"],
                    onnx_equal=check["equal"], onnx_max_abs_diff=check["max_abs_diff"])
         if latency_batches:
             row["onnx_latency"] = {b: onnx_latency(cpu, onnx_path, images[:b])
