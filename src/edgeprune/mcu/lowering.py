@@ -32,6 +32,7 @@ from .sparse import ENTRY_BITS, SparseWeights, encode_conv, encode_depthwise, en
 __all__ = ["SPARSE_MODES", "Arg", "Plan", "Step", "check_sparse_mode", "lower"]
 
 SPARSE_MODES = ("auto", "always", "never")
+ADD_TABLE_WORDS = 512  # ep_add's scratch: two tables of 256 int32 terms (EP_ADD_TABLE_WORDS)
 
 
 @dataclass(frozen=True)
@@ -261,6 +262,11 @@ class _Lowering:
             return None
         return readers[0]
 
+    def dies_at(self, t: int, k: int) -> bool:
+        """Whether op ``k`` is the only reader of tensor ``t``, which holds bytes of its own (not a graph input or output)."""
+        return (self.readers.get(t) == [k] and self.plan.root(t) == t and t not in self.plan.alias.values()
+                and t not in self.g.inputs and t not in self.g.outputs)
+
     # ops -------------------------------------------------------------------------------------
     def conv(self, k: int, op: QOp, depthwise: bool) -> None:
         label = f"op {k} ({op.op})"
@@ -353,9 +359,14 @@ class _Lowering:
                   "input1_multiplier": int(m1), "input1_shift": int(s1), "input2_multiplier": int(m2),
                   "input2_shift": int(s2), "output_multiplier": int(mo), "output_shift": int(so_), "act_min": lo,
                   "act_max": hi}
-        self.add(op.op, k, "ep_add", [Arg("int", math.prod(self.shape(y))), Arg("tensor", self.act(a)),
-                                      Arg("tensor", self.act(b)), Arg("struct", ("ep_add_params", params)),
-                                      Arg("tensor", self.act(y))], (a, b), y)
+        tables = self.new_tensor(4 * ADD_TABLE_WORDS)
+        self.act(a), self.act(b), self.act(y)
+        dying = [t for t in (a, b) if self.dies_at(t, k)]
+        if dying and y not in self.g.outputs:  # elementwise: the sum may overwrite an input read by no one else
+            self.plan.alias[y] = dying[0]
+        self.add(op.op, k, "ep_add", [Arg("int", math.prod(self.shape(y))), Arg("tensor", a), Arg("tensor", b),
+                                      Arg("struct", ("ep_add_params", params)), Arg("words", tables),
+                                      Arg("tensor", y)], (a, b, tables), y)
 
     def pool(self, k: int, op: QOp) -> None:
         label = f"op {k} ({op.op})"

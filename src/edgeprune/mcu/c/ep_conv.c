@@ -107,19 +107,37 @@ static void ep_group_at(const ep_conv_dims *d, const int8_t *in, int8_t *out, in
     grp->base = in + (oy * d->stride_h * d->in_w + ox * d->stride_w) * d->in_c;
 }
 
-/* Requantize output channel `co` of a group from its pixels' accumulators. */
-static inline void ep_group_store(const ep_group *grp, const ep_requant q, int32_t co, const int32_t acc[4]) {
-    int32_t j;
-    if (grp->out_step == 0) {
-        int32_t m = acc[0];
-        for (j = 1; j < 4; j++) {
-            m = acc[j] > m ? acc[j] : m;
-        }
-        grp->out[co] = EP_STORE(q, co, m);
+/* Four pixels' accumulators. */
+typedef struct {
+    int32_t a0, a1, a2, a3;
+} ep_acc4;
+
+/* Requantize output channel `co` of a group from its pixels' accumulators (the channel's multiplier
+ * prepared once for the four). Inlined into each channel loop, so the accumulators stay in registers. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void ep_group_store(const ep_group *grp, const ep_requant *q, int32_t co, const ep_acc4 a) {
+    const ep_mq m = ep_mq_make(q->multiplier[co], q->shift[co]);
+    const int32_t zp = q->output_zero_point, lo = q->act_min, hi = q->act_max, step = grp->out_step;
+    int8_t *o = grp->out + co;
+    if (step == 0) {
+        const int32_t m01 = a.a0 > a.a1 ? a.a0 : a.a1, m23 = a.a2 > a.a3 ? a.a2 : a.a3;
+        o[0] = ep_requantize_mq(m01 > m23 ? m01 : m23, m, zp, lo, hi);
         return;
     }
-    for (j = 0; j < grp->pixels; j++) {
-        grp->out[j * grp->out_step + co] = EP_STORE(q, co, acc[j]);
+    o[0] = ep_requantize_mq(a.a0, m, zp, lo, hi);
+    if (grp->pixels == 4) {
+        o[step] = ep_requantize_mq(a.a1, m, zp, lo, hi);
+        o[2 * step] = ep_requantize_mq(a.a2, m, zp, lo, hi);
+        o[3 * step] = ep_requantize_mq(a.a3, m, zp, lo, hi);
+        return;
+    }
+    if (grp->pixels > 1) {
+        o[step] = ep_requantize_mq(a.a1, m, zp, lo, hi);
+    }
+    if (grp->pixels > 2) {
+        o[2 * step] = ep_requantize_mq(a.a2, m, zp, lo, hi);
     }
 }
 
@@ -181,7 +199,7 @@ int ep_conv_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, cons
         for (co = 0; co < d->out_c; co++) {
             const int8_t *wp = w + co * padded;
             const uint32_t *p = scratch;
-            int32_t acc[4];
+            ep_acc4 acc;
             int32_t a0 = bias[co], a1 = a0, a2 = a0, a3 = a0;
             for (b = 0; b < padded; b += 4, wp += 4, p += 8) {
                 const uint32_t wv = ep_read32(wp);
@@ -195,11 +213,11 @@ int ep_conv_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, cons
                 a3 = EP_SMLAD(p[6], even, a3);
                 a3 = EP_SMLAD(p[7], odd, a3);
             }
-            acc[0] = a0;
-            acc[1] = a1;
-            acc[2] = a2;
-            acc[3] = a3;
-            ep_group_store(&grp, rq, co, acc);
+            acc.a0 = a0;
+            acc.a1 = a1;
+            acc.a2 = a2;
+            acc.a3 = a3;
+            ep_group_store(&grp, &rq, co, acc);
         }
     }
     return EP_OK;
@@ -281,11 +299,6 @@ static void ep_fill_patch(const ep_conv_dims *d, const ep_group *grp, uint32_t *
         }                                            \
     }
 
-/* Four pixels' accumulators. */
-typedef struct {
-    int32_t a0, a1, a2, a3;
-} ep_acc4;
-
 /* One output channel's run over the patch, at four pixels, starting from `acc`. */
 static inline ep_acc4 ep_patch_run(const uint32_t *r, const uint8_t **nib, const int8_t **val, uint32_t n,
                                    int32_t bits, int32_t start) {
@@ -333,20 +346,13 @@ static inline int32_t ep_vector_run(const int8_t *r, const uint8_t **nib, const 
 #define EP_SPARSE_CHANNELS(bits)                                                              \
     for (co = 0; co < d->out_c; co++) {                                                      \
         const ep_acc4 a = ep_patch_run(patch, &nib, &v, w->count[co], (bits), bias[co]);     \
-        if (pooled) {                                                                        \
-            const int32_t m01 = a.a0 > a.a1 ? a.a0 : a.a1, m23 = a.a2 > a.a3 ? a.a2 : a.a3;  \
-            grp.out[co] = EP_STORE(rq, co, m01 > m23 ? m01 : m23);                           \
-        } else {                                                                             \
-            const int32_t acc[4] = {a.a0, a.a1, a.a2, a.a3};                                 \
-            ep_group_store(&grp, rq, co, acc);                                               \
-        }                                                                                    \
+        ep_group_store(&grp, &rq, co, a);                                                    \
     }
 
 int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
                    const ep_requant *q, uint32_t *patch, int8_t *out) {
     const ep_requant rq = *q;
     const int32_t groups = ep_group_count(d);
-    const int32_t pooled = d->pool;
     int32_t g, co;
     if (!ep_conv_dims_ok(d)) {
         return EP_ERROR_DIMS;

@@ -106,7 +106,9 @@ int ep_fc_dense(int32_t in_n, int32_t out_n, const int8_t *in, const int8_t *w, 
                 const ep_requant *q, int8_t *out);
 int ep_fc_sparse(int32_t in_n, int32_t out_n, const int8_t *in, const ep_sparse *w, const int32_t *bias,
                  const ep_requant *q, int8_t *out);
-int ep_add(int32_t n, const int8_t *a, const int8_t *b, const ep_add_params *p, int8_t *out);
+/* tables: EP_ADD_TABLE_WORDS words of scratch; out may be a or b (each element is read before it is written) */
+#define EP_ADD_TABLE_WORDS 512
+int ep_add(int32_t n, const int8_t *a, const int8_t *b, const ep_add_params *p, uint32_t *tables, int8_t *out);
 int ep_max_pool(const ep_pool_dims *d, const int8_t *in, int8_t *out);
 int ep_avg_pool(const ep_pool_dims *d, const int8_t *in, int8_t *out);
 int ep_pad(const ep_pad_dims *d, const int8_t *in, int8_t value, int8_t *out);
