@@ -12,20 +12,22 @@ static int32_t ep_clamp32(int32_t v, int32_t lo, int32_t hi) {
 
 /* Each input's term of the sum depends on its int8 value alone: a table of the 256 terms per input,
  * computed once per call into `tables` (EP_ADD_TABLE_WORDS words), leaves two loads, one
- * requantization and the clamp per element. */
+ * requantization and the clamp per element. The terms are stored shifted by the output multiplier's
+ * left shift (a sum of shifted terms is the shifted sum, modulo 2^32 as TFLite's int32 shift). */
 int ep_add(int32_t n, const int8_t *a, const int8_t *b, const ep_add_params *p, uint32_t *tables, int8_t *out) {
-    int32_t *ta = (int32_t *)(void *)tables + 128, *tb = ta + 256;
+    uint32_t *ta = tables + 128, *tb = ta + 256;
     const ep_mq m1 = ep_mq_make(p->input1_multiplier, p->input1_shift);
     const ep_mq m2 = ep_mq_make(p->input2_multiplier, p->input2_shift);
-    const ep_mq mo = ep_mq_make(p->output_multiplier, p->output_shift);
+    ep_mq mo = ep_mq_make(p->output_multiplier, p->output_shift);
     const int32_t zo = p->output_offset, lo = p->act_min, hi = p->act_max;
     int32_t i;
     for (i = -128; i < 128; i++) {
-        ta[i] = ep_mq_apply((int32_t)((uint32_t)(p->input1_offset + i) << p->left_shift), m1);
-        tb[i] = ep_mq_apply((int32_t)((uint32_t)(p->input2_offset + i) << p->left_shift), m2);
+        ta[i] = (uint32_t)ep_mq_apply((int32_t)((uint32_t)(p->input1_offset + i) << p->left_shift), m1) << mo.left;
+        tb[i] = (uint32_t)ep_mq_apply((int32_t)((uint32_t)(p->input2_offset + i) << p->left_shift), m2) << mo.left;
     }
+    mo.left = 0;
     for (i = 0; i < n; i++) {
-        out[i] = ep_requantize_mq(ta[a[i]] + tb[b[i]], mo, zo, lo, hi);
+        out[i] = ep_requantize_mq((int32_t)(ta[a[i]] + tb[b[i]]), mo, zo, lo, hi);
     }
     return EP_OK;
 }
