@@ -263,8 +263,9 @@ class _Lowering:
         return readers[0]
 
     def dies_at(self, t: int, k: int) -> bool:
-        """Whether op ``k`` is the only reader of tensor ``t``, which holds bytes of its own (not a graph input or output)."""
-        return (self.readers.get(t) == [k] and self.plan.root(t) == t and t not in self.plan.alias.values()
+        """Whether op ``k`` is the last reader of tensor ``t``, which holds bytes of its own (not a graph input or
+        output, nor shared by a RESHAPE)."""
+        return (max(self.readers.get(t, [k])) == k and self.plan.root(t) == t and t not in self.plan.alias.values()
                 and t not in self.g.inputs and t not in self.g.outputs)
 
     # ops -------------------------------------------------------------------------------------
@@ -362,7 +363,7 @@ class _Lowering:
         tables = self.new_tensor(4 * ADD_TABLE_WORDS)
         self.act(a), self.act(b), self.act(y)
         dying = [t for t in (a, b) if self.dies_at(t, k)]
-        if dying and y not in self.g.outputs:  # elementwise: the sum may overwrite an input read by no one else
+        if dying and y not in self.g.outputs:  # elementwise: the sum may overwrite an input no later op reads
             self.plan.alias[y] = dying[0]
         self.add(op.op, k, "ep_add", [Arg("int", math.prod(self.shape(y))), Arg("tensor", a), Arg("tensor", b),
                                       Arg("struct", ("ep_add_params", params)), Arg("words", tables),
