@@ -299,18 +299,35 @@ static void ep_fill_patch(const ep_conv_dims *d, const ep_group *grp, uint32_t *
         }                                            \
     }
 
-/* One output channel's run over the patch, at four pixels, starting from `acc`. */
-static inline ep_acc4 ep_patch_run(const uint32_t *r, const uint8_t **nib, const int8_t **val, uint32_t n,
-                                   int32_t bits, int32_t start) {
+/* The next value of a run: int8 from *v, or with a look-up table (`table` not NULL) the table's value for
+ * the next 4-bit code, a code byte read every second value (`pending` keeps its high nibble, plus 16). */
+#define EP_NEXT_VALUE(wv, v, table, pending)               \
+    if ((table) == 0) {                                     \
+        wv = *(v)++;                                        \
+    } else if (pending) {                                   \
+        wv = (table)[(pending) & 15u];                      \
+        pending = 0;                                        \
+    } else {                                                \
+        const uint32_t byte = *(const uint8_t *)(v)++;      \
+        wv = (table)[byte & 15u];                           \
+        pending = (byte >> 4) | 16u;                        \
+    }
+
+/* One output channel's run over the patch, at four pixels, starting from `acc`; `table` is the run's
+ * look-up-table row (then *val points to its codes) or a constant 0. */
+static inline ep_acc4 ep_patch_run(const uint32_t *r, const uint8_t **nib, const int8_t **val, const int8_t *table,
+                                   uint32_t n, int32_t bits, int32_t start) {
     const uint8_t *p = *nib;
     const int8_t *v = *val;
     int32_t a0 = start, a1 = start, a2 = start, a3 = start;
+    uint32_t pending = 0;
     ep_acc4 acc;
 #define EP_PATCH_ENTRY(g, escape)                  \
     r += (g);                                      \
     if ((g) != (escape)) {                         \
         const uint32_t x = *r++;                   \
-        const int32_t wv = *v++;                   \
+        int32_t wv;                                \
+        EP_NEXT_VALUE(wv, v, table, pending)       \
         EP_MAC_PATCH(x, wv, a0, a1, a2, a3);       \
     }
     EP_WALK_RUN(EP_PATCH_ENTRY, p, n, bits)
@@ -324,15 +341,18 @@ static inline ep_acc4 ep_patch_run(const uint32_t *r, const uint8_t **nib, const
     return acc;
 }
 
-/* One output row's run over an int8 input vector (fully connected). */
-static inline int32_t ep_vector_run(const int8_t *r, const uint8_t **nib, const int8_t **val, uint32_t n,
-                                    int32_t bits, int32_t acc) {
+/* One output row's run over an int8 input vector (fully connected); `table` as for ep_patch_run. */
+static inline int32_t ep_vector_run(const int8_t *r, const uint8_t **nib, const int8_t **val, const int8_t *table,
+                                    uint32_t n, int32_t bits, int32_t acc) {
     const uint8_t *p = *nib;
     const int8_t *v = *val;
-#define EP_VECTOR_ENTRY(g, escape) \
-    r += (g);                      \
-    if ((g) != (escape)) {         \
-        acc += *r++ * *v++;        \
+    uint32_t pending = 0;
+#define EP_VECTOR_ENTRY(g, escape)              \
+    r += (g);                                   \
+    if ((g) != (escape)) {                      \
+        int32_t wv;                             \
+        EP_NEXT_VALUE(wv, v, table, pending)    \
+        acc += *r++ * wv;                       \
     }
     EP_WALK_RUN(EP_VECTOR_ENTRY, p, n, bits)
 #undef EP_VECTOR_ENTRY
@@ -341,12 +361,14 @@ static inline int32_t ep_vector_run(const int8_t *r, const uint8_t **nib, const 
     return acc;
 }
 
-/* The output channels of one group, with the entry width `bits` a constant in each expansion; a
- * pooled group keeps the largest of its four accumulators. */
-#define EP_SPARSE_CHANNELS(bits)                                                              \
-    for (co = 0; co < d->out_c; co++) {                                                      \
-        const ep_acc4 a = ep_patch_run(patch, &nib, &v, w->count[co], (bits), bias[co]);     \
-        ep_group_store(&grp, &rq, co, a);                                                    \
+/* The output channels of one group, with the entry width `bits` a constant in each expansion and `TABLE`
+ * the channel's look-up-table row (or EP_NO_TABLE, so that the compiler drops the codes' path); a pooled
+ * group keeps the largest of its four accumulators. */
+#define EP_NO_TABLE ((const int8_t *)0)
+#define EP_SPARSE_CHANNELS(bits, TABLE)                                                               \
+    for (co = 0; co < d->out_c; co++) {                                                              \
+        const ep_acc4 a = ep_patch_run(patch, &nib, &v, (TABLE), w->count[co], (bits), bias[co]);    \
+        ep_group_store(&grp, &rq, co, a);                                                            \
     }
 
 int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
@@ -360,15 +382,17 @@ int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, 
     for (g = 0; g < groups; g++) {
         ep_group grp;
         const uint8_t *nib = w->nibbles;
-        const int8_t *v = w->values;
+        const int8_t *v = w->table ? (const int8_t *)(const void *)w->codes : w->values;
         ep_group_at(d, in, out, g, &grp);
         ep_fill_patch(d, &grp, patch);
-        if (w->bits == 4) {
-            EP_SPARSE_CHANNELS(4)
+        if (w->table) {
+            EP_SPARSE_CHANNELS(w->bits == 8 && !w->escapes ? 0 : w->bits, w->table + co * w->table_size)
+        } else if (w->bits == 4) {
+            EP_SPARSE_CHANNELS(4, EP_NO_TABLE)
         } else if (w->escapes) {
-            EP_SPARSE_CHANNELS(8)
+            EP_SPARSE_CHANNELS(8, EP_NO_TABLE)
         } else {
-            EP_SPARSE_CHANNELS(0)
+            EP_SPARSE_CHANNELS(0, EP_NO_TABLE)
         }
     }
     return EP_OK;
@@ -457,12 +481,13 @@ int ep_fc_sparse(int32_t in_n, int32_t out_n, const int8_t *in, const ep_sparse 
                  const ep_requant *q, int8_t *out) {
     const ep_requant rq = *q;
     const uint8_t *nib = w->nibbles;
-    const int8_t *v = w->values;
+    const int8_t *v = w->table ? (const int8_t *)(const void *)w->codes : w->values;
     const int32_t bits = w->bits == 8 && !w->escapes ? 0 : w->bits;
     int32_t o;
     (void)in_n;
     for (o = 0; o < out_n; o++) {
-        const int32_t acc = ep_vector_run(in, &nib, &v, w->count[o], bits, bias[o]);
+        const int8_t *table = w->table ? w->table + o * w->table_size : EP_NO_TABLE;
+        const int32_t acc = ep_vector_run(in, &nib, &v, table, w->count[o], bits, bias[o]);
         out[o] = EP_STORE(rq, o, acc);
     }
     return EP_OK;

@@ -51,6 +51,11 @@ typedef struct {
     const uint16_t *count;
     const uint8_t *nibbles;
     const int8_t *values;
+    /* look-up-table values instead of `values` (table NULL otherwise): per run, 4-bit codes two to a
+     * byte (low nibble first, each run starting on a byte) into the run's row of table_size int8 values */
+    const uint8_t *codes;
+    const int8_t *table;
+    int32_t table_size;
 } ep_sparse;
 
 /* Sparse depthwise weights: per output channel count[co] taps, each a uint8 tap index
