@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeprune.export.centroids import share_weights
 from edgeprune.export.int8_graph import multiply_by_quantized_multiplier, quantize_activation
 from edgeprune.export.tflite import export_tflite
 from edgeprune.export.tflite_read import read_tflite
@@ -181,6 +182,26 @@ def test_requantization_equals_tflite_formula(tmp_path):
     assert cases > 10_000
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_look_up_table_values_match_tflm_decoding_them(tmp_path, name):
+    """Weights k-means shared to 16 values, stored by TFLM's compressor as 4-bit look-up tables: TFLM decodes them
+    with its DECODE ops, the engine keeps 4-bit codes inside its sparse kernels; the outputs are equal."""
+    factory, shape = MODELS[name]
+    torch.manual_seed(1)
+    model = _prune(factory(), 0.8).eval()
+    share_weights(model, 4)
+    path = export_tflite(model, tmp_path / "lut.tflite", torch.randn(64, *shape) * 2, lut_bits=4)
+    data = path.read_bytes()
+    assert b"TFLM_DECODE" in data
+    report = export_c(data, tmp_path / "c", sparse="always")
+    runs = [layer for layer in report["layers"] if layer["op"].split("+")[0] in ("CONV_2D", "FULLY_CONNECTED")]
+    assert runs and all(layer["format"].endswith("+ lut") for layer in runs)
+    lib = _build(tmp_path / "c")
+    inputs = np.random.default_rng(0).integers(-128, 128, size=(6, *shape[1:], shape[0]), dtype=np.int8)
+    for x, expected in zip(inputs, run_int8(data, inputs)):
+        np.testing.assert_array_equal(_invoke(lib, x, expected.size), expected.reshape(-1))
+
+
 def test_every_op_of_the_exporter_is_covered(tmp_path):
     ops = set()
     for factory, shape in MODELS.values():
@@ -228,6 +249,10 @@ def test_sparse_indexing_by_hand_on_a_3x3_kernel():
     assert four.values.tolist() == [5, -3, 7]
     eight = encode_conv(kernel, bits=8)
     assert eight.counts.tolist() == [3] and eight.index.tolist() == [1, 4, 1] and eight.values.tolist() == [5, -3, 7]
+    # look-up-table values: the run's table holds -3, 5, 7; the values 5, -3, 7 are codes 1, 0, 2, two to a byte
+    lut = encode_conv(kernel, bits=8, lut=True)
+    assert lut.table.tolist() == [[-3, 5, 7]] and lut.values.tolist() == [1 | 0 << 4, 2] and lut.index.tolist() == [1, 4, 1]
+    assert lut.value_bytes == 2 + 3 and lut.format == "8-bit + lut"
     # a gap of 20 zeros: one escape entry (15 zeros), then 5; every run starts on a byte
     row = np.zeros((2, 40), np.int8)
     row[0, 20], row[0, 39], row[1, 0] = 9, -1, 4

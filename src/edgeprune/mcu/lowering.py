@@ -204,7 +204,8 @@ class _Lowering:
 
         ``encodings`` are (name, function making the sparse weights); ``sparse_instructions`` predicts a
         sparse variant's instructions. ``auto`` takes the variant of lowest :func:`~edgeprune.mcu.cost.layer_cost`,
-        ``always`` the lowest sparse one, ``never`` dense.
+        ``always`` the lowest sparse one, ``never`` dense; when that is a look-up-table variant, the sparse
+        variant of fewest bytes instead.
         """
         options = [("dense", None, dense_instructions, dense_bytes)]
         refused = []
@@ -217,9 +218,12 @@ class _Lowering:
             options.append((name, weights, sparse_instructions(weights), weights.value_bytes + weights.index_bytes))
         pool = options[1:] if self.sparse == "always" and len(options) > 1 else options
         best = min(pool, key=lambda o: layer_cost(o[2], o[3]))
+        reason = f" (sparse='{self.sparse}')" if self.sparse != "auto" else " (lowest cost)"
+        if best[1] is not None and best[1].table is not None:  # look-up tables in the file ask for flash
+            best = min(options[1:], key=lambda o: (o[3], o[2]))
+            reason = " (fewest bytes of the sparse variants: the .tflite stores these weights as look-up tables)"
         others = "; ".join(f"{n} {i:,.0f} + {b:,} B" for n, _, i, b in options if n != best[0])
-        why = (f"{best[0]}: {best[2]:,.0f} instructions + {best[3]:,} B of weights and index"
-               + (f" (sparse='{self.sparse}')" if self.sparse != "auto" else " (lowest cost)")
+        why = (f"{best[0]}: {best[2]:,.0f} instructions + {best[3]:,} B of weights and index" + reason
                + (f"; {others}" if others else "") + (f"; {', '.join(refused)}" if refused else ""))
         return best[0].split()[0], best[1], why, best[2]
 
