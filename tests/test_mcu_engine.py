@@ -195,7 +195,7 @@ def test_look_up_table_values_match_tflm_decoding_them(tmp_path, name):
     assert b"TFLM_DECODE" in data
     report = export_c(data, tmp_path / "c", sparse="always")
     runs = [layer for layer in report["layers"] if layer["op"].split("+")[0] in ("CONV_2D", "FULLY_CONNECTED")]
-    assert runs and all(layer["format"].endswith("+ lut") for layer in runs)
+    assert runs and all(layer["format"].endswith("+ lut") and layer["kernel"].endswith("_sparse_lut") for layer in runs)
     lib = _build(tmp_path / "c")
     inputs = np.random.default_rng(0).integers(-128, 128, size=(6, *shape[1:], shape[0]), dtype=np.int8)
     for x, expected in zip(inputs, run_int8(data, inputs)):

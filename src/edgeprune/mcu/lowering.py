@@ -152,6 +152,11 @@ def _weight_arg(dense: np.ndarray, chosen: SparseWeights | None) -> tuple[Arg, d
     return Arg("struct", struct), {"weight_bytes": chosen.value_bytes, "index_bytes": chosen.index_bytes}
 
 
+def _kernel(base: str, engine: str, chosen: SparseWeights | None) -> str:
+    """The kernel running a layer: ``base_dense``, ``base_sparse``, or ``base_sparse_lut`` for look-up-table values."""
+    return f"{base}_{engine}" + ("_lut" if chosen is not None and chosen.table is not None else "")
+
+
 def _format(weights: SparseWeights | None) -> str:
     """The name of a layer's weight format in layers.json."""
     return "int8" if weights is None else weights.format
@@ -327,7 +332,7 @@ class _Lowering:
                 self.sparse_variants(op, weight, encode_conv),
                 lambda s: conv_cost(groups, out_c, k_h, k_w, in_c, pool is not None, dw, nonzeros, s.entries, s.bits,
                                     s.escapes, s.table is not None))
-            kernel = f"ep_conv_{engine}"
+            kernel = _kernel("ep_conv", engine, chosen)
         w_arg, info = _weight_arg(weight if depthwise else _padded_windows(weight), chosen)
         name = op.op
         if pool is not None:
@@ -362,7 +367,7 @@ class _Lowering:
                 self.folded_bias(bias, sums, in_qp[1], label),
                 _requant(in_qp[0], self.g.tensors[op.inputs[1]].scale, out_n, out_qp, op.options.activation),
                 Arg("tensor", self.act(y))]
-        self.add(op.op, k, f"ep_fc_{engine}", args, (x,), y, engine=engine, format=_format(chosen), why=why,
+        self.add(op.op, k, _kernel("ep_fc", engine, chosen), args, (x,), y, engine=engine, format=_format(chosen), why=why,
                  macs=weight.size, nonzero_macs=nonzeros, predicted_instructions=cost, **info)
 
     def add_op(self, k: int, op: QOp) -> None:

@@ -371,21 +371,27 @@ static inline int32_t ep_vector_run(const int8_t *r, const uint8_t **nib, const 
         ep_group_store(&grp, &rq, co, a);                                                            \
     }
 
-int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
-                   const ep_requant *q, uint32_t *patch, int8_t *out) {
+/* The sparse convolution, with int8 values (`lut` 0) or look-up-table codes (`lut` 1, w->table set): two
+ * entry points, so that a model without look-up tables links no code for them. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline int ep_conv_sparse_values(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w,
+                                        const int32_t *bias, const ep_requant *q, uint32_t *patch, int8_t *out,
+                                        int32_t lut) {
     const ep_requant rq = *q;
     const int32_t groups = ep_group_count(d);
     int32_t g, co;
-    if (!ep_conv_dims_ok(d)) {
+    if (!ep_conv_dims_ok(d) || (lut && !w->table)) {
         return EP_ERROR_DIMS;
     }
     for (g = 0; g < groups; g++) {
         ep_group grp;
         const uint8_t *nib = w->nibbles;
-        const int8_t *v = w->table ? (const int8_t *)(const void *)w->codes : w->values;
+        const int8_t *v = lut ? (const int8_t *)(const void *)w->codes : w->values;
         ep_group_at(d, in, out, g, &grp);
         ep_fill_patch(d, &grp, patch);
-        if (w->table) {
+        if (lut) {
             EP_SPARSE_CHANNELS(w->bits == 8 && !w->escapes ? 0 : w->bits, w->table + co * w->table_size)
         } else if (w->bits == 4) {
             EP_SPARSE_CHANNELS(4, EP_NO_TABLE)
@@ -396,6 +402,16 @@ int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, 
         }
     }
     return EP_OK;
+}
+
+int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
+                   const ep_requant *q, uint32_t *patch, int8_t *out) {
+    return ep_conv_sparse_values(d, in, w, bias, q, patch, out, 0);
+}
+
+int ep_conv_sparse_lut(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
+                       const ep_requant *q, uint32_t *patch, int8_t *out) {
+    return ep_conv_sparse_values(d, in, w, bias, q, patch, out, 1);
 }
 #undef EP_SPARSE_CHANNELS
 
@@ -477,18 +493,36 @@ int ep_fc_dense(int32_t in_n, int32_t out_n, const int8_t *in, const int8_t *w, 
     return EP_OK;
 }
 
-int ep_fc_sparse(int32_t in_n, int32_t out_n, const int8_t *in, const ep_sparse *w, const int32_t *bias,
-                 const ep_requant *q, int8_t *out) {
+/* The sparse fully connected layer, int8 values or look-up-table codes (as ep_conv_sparse_values). */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline int ep_fc_sparse_values(int32_t out_n, const int8_t *in, const ep_sparse *w, const int32_t *bias,
+                                      const ep_requant *q, int8_t *out, int32_t lut) {
     const ep_requant rq = *q;
     const uint8_t *nib = w->nibbles;
-    const int8_t *v = w->table ? (const int8_t *)(const void *)w->codes : w->values;
+    const int8_t *v = lut ? (const int8_t *)(const void *)w->codes : w->values;
     const int32_t bits = w->bits == 8 && !w->escapes ? 0 : w->bits;
     int32_t o;
-    (void)in_n;
+    if (lut && !w->table) {
+        return EP_ERROR_DIMS;
+    }
     for (o = 0; o < out_n; o++) {
-        const int8_t *table = w->table ? w->table + o * w->table_size : EP_NO_TABLE;
+        const int8_t *table = lut ? w->table + o * w->table_size : EP_NO_TABLE;
         const int32_t acc = ep_vector_run(in, &nib, &v, table, w->count[o], bits, bias[o]);
         out[o] = EP_STORE(rq, o, acc);
     }
     return EP_OK;
+}
+
+int ep_fc_sparse(int32_t in_n, int32_t out_n, const int8_t *in, const ep_sparse *w, const int32_t *bias,
+                 const ep_requant *q, int8_t *out) {
+    (void)in_n;
+    return ep_fc_sparse_values(out_n, in, w, bias, q, out, 0);
+}
+
+int ep_fc_sparse_lut(int32_t in_n, int32_t out_n, const int8_t *in, const ep_sparse *w, const int32_t *bias,
+                     const ep_requant *q, int8_t *out) {
+    (void)in_n;
+    return ep_fc_sparse_values(out_n, in, w, bias, q, out, 1);
 }

@@ -103,6 +103,9 @@ int ep_conv_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, cons
 #define EP_PATCH_WORDS(d) ((d)->k_h * (d)->k_w * (d)->in_c)
 int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
                    const ep_requant *q, uint32_t *patch, int8_t *out);
+/* the same with look-up-table values (w->table set) */
+int ep_conv_sparse_lut(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
+                       const ep_requant *q, uint32_t *patch, int8_t *out);
 int ep_depthwise_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, const int32_t *bias,
                        const ep_requant *q, int8_t *out);
 int ep_depthwise_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse_dw *w, const int32_t *bias,
@@ -111,6 +114,8 @@ int ep_fc_dense(int32_t in_n, int32_t out_n, const int8_t *in, const int8_t *w, 
                 const ep_requant *q, int8_t *out);
 int ep_fc_sparse(int32_t in_n, int32_t out_n, const int8_t *in, const ep_sparse *w, const int32_t *bias,
                  const ep_requant *q, int8_t *out);
+int ep_fc_sparse_lut(int32_t in_n, int32_t out_n, const int8_t *in, const ep_sparse *w, const int32_t *bias,
+                     const ep_requant *q, int8_t *out);
 /* tables: EP_ADD_TABLE_WORDS words of scratch; out may be a or b (each element is read before it is written) */
 #define EP_ADD_TABLE_WORDS 512
 int ep_add(int32_t n, const int8_t *a, const int8_t *b, const ep_add_params *p, uint32_t *tables, int8_t *out);
