@@ -14,6 +14,11 @@ static int32_t ep_clamp32(int32_t v, int32_t lo, int32_t hi) {
  * computed once per call into `tables` (EP_ADD_TABLE_WORDS words), leaves two loads, one
  * requantization and the clamp per element. The terms are stored shifted by the output multiplier's
  * left shift (a sum of shifted terms is the shifted sum, modulo 2^32 as TFLite's int32 shift). */
+#define EP_ADD_LOOP(n, a, b, ta, tb, mo, zo, lo, hi, out)                                  \
+    for (i = 0; i < (n); i++) {                                                            \
+        (out)[i] = ep_requantize_mq((int32_t)((ta)[(a)[i]] + (tb)[(b)[i]]), (mo), (zo), (lo), (hi)); \
+    }
+
 int ep_add(int32_t n, const int8_t *a, const int8_t *b, const ep_add_params *p, uint32_t *tables, int8_t *out) {
     uint32_t *ta = tables + 128, *tb = ta + 256;
     const ep_mq m1 = ep_mq_make(p->input1_multiplier, p->input1_shift);
@@ -26,8 +31,10 @@ int ep_add(int32_t n, const int8_t *a, const int8_t *b, const ep_add_params *p, 
         tb[i] = (uint32_t)ep_mq_apply((int32_t)((uint32_t)(p->input2_offset + i) << p->left_shift), m2) << mo.left;
     }
     mo.left = 0;
-    for (i = 0; i < n; i++) {
-        out[i] = ep_requantize_mq((int32_t)(ta[a[i]] + tb[b[i]]), mo, zo, lo, hi);
+    if (mo.right) {  /* the same loop twice, so that each knows which rounding ep_mq_apply takes */
+        EP_ADD_LOOP(n, a, b, ta, tb, mo, zo, lo, hi, out);
+    } else {
+        EP_ADD_LOOP(n, a, b, ta, tb, mo, zo, lo, hi, out);
     }
     return EP_OK;
 }
