@@ -58,7 +58,8 @@ def _checked(entries: int, bits: int, escapes: int) -> int:
 
 
 def conv_cost(groups: int, out_c: int, k_h: int, k_w: int, in_c: int, pooled: bool, dil_w: int = 1,
-              nonzeros: int | None = None, entries: int = 0, bits: int = 8, escapes: int = 0, lut: bool = False) -> float:
+              nonzeros: int | None = None, entries: int = 0, bits: int = 8, escapes: int = 0,
+              lut: bool = False) -> float:
     """Predicted instructions of a convolution over ``groups`` groups of four output pixels (a fused 2x2
     max pool's windows when ``pooled``): dense when ``nonzeros`` is None, else sparse with that many
     non-zero weights and ``entries`` index entries of ``bits`` bits, ``escapes`` of them escapes, and the

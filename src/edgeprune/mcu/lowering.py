@@ -232,7 +232,8 @@ class _Lowering:
                + (f"; {others}" if others else "") + (f"; {', '.join(refused)}" if refused else ""))
         return best[0].split()[0], best[1], why, best[2]
 
-    def sparse_variants(self, op: QOp, weight: np.ndarray, encode: Callable[..., SparseWeights]) -> list[tuple[str, Callable[[], SparseWeights]]]:
+    def sparse_variants(self, op: QOp, weight: np.ndarray,
+                        encode: Callable[..., SparseWeights]) -> list[tuple[str, Callable[[], SparseWeights]]]:
         """The sparse encodings of a layer's ``weight``: 4- and 8-bit entries, with look-up-table values (only)
         when the .tflite stores the weights as look-up tables and every channel has at most 16 distinct non-zeros."""
         rows = weight.reshape(len(weight), -1)
@@ -367,8 +368,8 @@ class _Lowering:
                 self.folded_bias(bias, sums, in_qp[1], label),
                 _requant(in_qp[0], self.g.tensors[op.inputs[1]].scale, out_n, out_qp, op.options.activation),
                 Arg("tensor", self.act(y))]
-        self.add(op.op, k, _kernel("ep_fc", engine, chosen), args, (x,), y, engine=engine, format=_format(chosen), why=why,
-                 macs=weight.size, nonzero_macs=nonzeros, predicted_instructions=cost, **info)
+        self.add(op.op, k, _kernel("ep_fc", engine, chosen), args, (x,), y, engine=engine, format=_format(chosen),
+                 why=why, macs=weight.size, nonzero_macs=nonzeros, predicted_instructions=cost, **info)
 
     def add_op(self, k: int, op: QOp) -> None:
         label = f"op {k} ({op.op})"
