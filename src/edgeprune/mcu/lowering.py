@@ -372,7 +372,6 @@ class _Lowering:
                  why=why, macs=weight.size, nonzero_macs=nonzeros, predicted_instructions=cost, **info)
 
     def add_op(self, k: int, op: QOp) -> None:
-        label = f"op {k} ({op.op})"
         a, b, y = op.inputs[0], op.inputs[1], op.outputs[0]
         (sa, za), (sb, zb), (so, zo) = (self.g.tensors[t].qparams for t in (a, b, y))
         left_shift = 20
@@ -385,7 +384,8 @@ class _Lowering:
                   "input2_shift": int(s2), "output_multiplier": int(mo), "output_shift": int(so_), "act_min": lo,
                   "act_max": hi}
         tables = self.new_tensor(4 * ADD_TABLE_WORDS)
-        self.act(a), self.act(b), self.act(y)
+        for t in (a, b, y):
+            self.act(t)
         dying = [t for t in (a, b) if self.dies_at(t, k)]
         if dying and y not in self.g.outputs:  # elementwise: the sum may overwrite an input no later op reads
             self.plan.alias[y] = dying[0]
