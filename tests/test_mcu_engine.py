@@ -20,14 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeprune.export.int8_graph import quantize_activation
+from edgeprune.export.centroids import share_weights
+from edgeprune.export.int8_graph import multiply_by_quantized_multiplier, quantize_activation
 from edgeprune.export.tflite import export_tflite
 from edgeprune.export.tflite_read import read_tflite
 from edgeprune.export.tflm import make_interpreter, run_int8, tflite_arena_bytes
 from edgeprune.mcu import export_c
 from edgeprune.mcu.arena import plan_arena
 from edgeprune.mcu.sparse import encode_conv, encode_fc, gap_entries
-from edgeprune.models import BasicCNN
+from edgeprune.models import BasicCNN, ResNet8
 
 ARM_FLAGS = ["-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard", "-O2", "-c"]
 
@@ -106,8 +107,21 @@ class PaddedConvPool(nn.Module):  # asymmetric kernel with padding TFLite's SAME
         return self.fc(F.max_pool2d(self.c2(x), 2).flatten(1))
 
 
+class AddsKeepInput(nn.Module):  # an ADD input read again after it: the sum must not overwrite it
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 1)
+        self.c3 = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.c1(x))
+        z = torch.relu(y + self.c2(y))
+        return (self.c3(z) + y).flatten(1)
+
+
 MODELS = {"conv_strides": (ConvStrides, (3, 11, 9)), "depthwise_pools": (DepthwisePools, (4, 8, 7)),
-          "padded_conv_pool": (PaddedConvPool, (2, 19, 15))}
+          "padded_conv_pool": (PaddedConvPool, (2, 19, 15)), "adds_keep_input": (AddsKeepInput, (3, 6, 5))}
 
 
 @pytest.mark.parametrize("sparse", ["never", "always"])
@@ -118,6 +132,70 @@ def test_every_op_matches_tflm_bit_for_bit(tmp_path, name, sparse):
     data, report = _export(_prune(factory(), 0.8), shape, tmp_path, sparse)
     engines = {layer["engine"] for layer in report["layers"]} - {"-"}
     assert engines == {"dense" if sparse == "never" else "sparse"}
+    lib = _build(tmp_path / "c")
+    inputs = np.random.default_rng(0).integers(-128, 128, size=(6, *shape[1:], shape[0]), dtype=np.int8)
+    for x, expected in zip(inputs, run_int8(data, inputs)):
+        np.testing.assert_array_equal(_invoke(lib, x, expected.size), expected.reshape(-1))
+
+
+@pytest.mark.parametrize("sparse", ["never", "always"])
+def test_resnet8_matches_tflm_bit_for_bit(tmp_path, sparse):
+    """MLPerf Tiny's ResNet-8 (random weights, 90 % pruned for the sparse kernels, at 3x16x16 to stay fast): the
+    residual ADDs (written in place over an input that dies), the stride-2 shortcuts and the global average pool."""
+    torch.manual_seed(2)
+    model = ResNet8(image_size=16).eval()
+    data, report = _export(_prune(model, 0.9 if sparse == "always" else 0.0), (3, 16, 16), tmp_path, sparse)
+    adds = [layer for layer in report["layers"] if layer["op"] == "ADD"]
+    assert len(adds) == 3 and {layer["engine"] for layer in report["layers"]} - {"-"} == {
+        "dense" if sparse == "never" else "sparse"}
+    source = (tmp_path / "c" / "edgeprune_model.c").read_text()
+    assert source.count("status = ep_add(") == 3
+    lib = _build(tmp_path / "c")
+    inputs = np.random.default_rng(3).integers(-128, 128, size=(3, 16, 16, 3), dtype=np.int8)
+    for x, expected in zip(inputs, run_int8(data, inputs)):
+        np.testing.assert_array_equal(_invoke(lib, x, expected.size), expected.reshape(-1))
+
+
+def test_requantization_equals_tflite_formula(tmp_path):
+    """The kernels' one-step requantization against TFLite's two-step formula (int8_graph's numpy version) on
+    rounding ties, signs, every right shift 0..31 and left shifts."""
+    (tmp_path / "c").mkdir()
+    kernels = Path(__file__).parent.parent / "src" / "edgeprune" / "mcu" / "c"
+    for name in ("ep_ops.c", "ep_kernels.h", "ep_requant.h"):
+        shutil.copy(kernels / name, tmp_path / "c" / name)
+    lib = _build(tmp_path / "c")
+    mbqm = lib.ep_multiply_by_quantized_multiplier
+    mbqm.argtypes, mbqm.restype = [ctypes.c_int32] * 3, ctypes.c_int32
+    rng = np.random.default_rng(4)
+    cases = 0
+    for shift in [*range(-31, 1), 1, 3, 7]:
+        for multiplier in (1 << 30, (1 << 31) - 1, 1518500250, 0):
+            limit = (2**31 - 1) >> max(shift, 0)
+            xs = np.concatenate([np.arange(-40, 41), rng.integers(-limit, limit, 60), [limit, -limit]])
+            if multiplier == 1 << 30 and shift <= 0:  # x / 2 = (k + 1/2) * 2^-shift: a tie of the last rounding
+                xs = np.concatenate([xs, (2 * np.arange(-5, 6) + 1) * (1 << -shift)])
+            xs = xs[(xs >= -limit) & (xs <= limit)]
+            expected = multiply_by_quantized_multiplier(xs, multiplier, shift)
+            got = [mbqm(int(x), multiplier, shift) for x in xs]
+            np.testing.assert_array_equal(got, expected, err_msg=f"multiplier {multiplier}, shift {shift}")
+            cases += len(xs)
+    assert cases > 10_000
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_look_up_table_values_match_tflm_decoding_them(tmp_path, name):
+    """Weights k-means shared to 16 values, stored by TFLM's compressor as 4-bit look-up tables: TFLM decodes them
+    with its DECODE ops, the engine keeps 4-bit codes inside its sparse kernels; the outputs are equal."""
+    factory, shape = MODELS[name]
+    torch.manual_seed(1)
+    model = _prune(factory(), 0.8).eval()
+    share_weights(model, 4)
+    path = export_tflite(model, tmp_path / "lut.tflite", torch.randn(64, *shape) * 2, lut_bits=4)
+    data = path.read_bytes()
+    assert b"TFLM_DECODE" in data
+    report = export_c(data, tmp_path / "c", sparse="always")
+    runs = [layer for layer in report["layers"] if layer["op"].split("+")[0] in ("CONV_2D", "FULLY_CONNECTED")]
+    assert runs and all(layer["format"].endswith("+ lut") and layer["kernel"].endswith("_sparse_lut") for layer in runs)
     lib = _build(tmp_path / "c")
     inputs = np.random.default_rng(0).integers(-128, 128, size=(6, *shape[1:], shape[0]), dtype=np.int8)
     for x, expected in zip(inputs, run_int8(data, inputs)):
@@ -171,6 +249,10 @@ def test_sparse_indexing_by_hand_on_a_3x3_kernel():
     assert four.values.tolist() == [5, -3, 7]
     eight = encode_conv(kernel, bits=8)
     assert eight.counts.tolist() == [3] and eight.index.tolist() == [1, 4, 1] and eight.values.tolist() == [5, -3, 7]
+    # look-up-table values: the run's table holds -3, 5, 7; the values 5, -3, 7 are codes 1, 0, 2, two to a byte
+    lut = encode_conv(kernel, bits=8, lut=True)
+    assert lut.table.tolist() == [[-3, 5, 7]] and lut.values.tolist() == [1 | 0 << 4, 2] and lut.index.tolist() == [1, 4, 1]
+    assert lut.value_bytes == 2 + 3 and lut.format == "8-bit + lut"
     # a gap of 20 zeros: one escape entry (15 zeros), then 5; every run starts on a byte
     row = np.zeros((2, 40), np.int8)
     row[0, 20], row[0, 39], row[1, 0] = 9, -1, 4

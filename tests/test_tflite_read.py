@@ -175,11 +175,65 @@ def test_files_edgeprune_did_not_write(tiny, tmp_path):
         load_tflite(sine)
 
 
-def test_look_up_table_weights_are_refused_naming_the_decode_op(tmp_path):
+def _lut_pair(tmp_path) -> tuple[bytes, bytes]:
+    """A tiny conv + linear model as plain int8 and with its weights as TFLM 5-bit look-up tables."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(18, 3)).eval()
-    path = export_tflite(model, tmp_path / "lut.tflite", torch.rand(8, 1, 5, 5), lut_bits=5)  # <= 18 values a channel
-    refused(path.read_bytes(), r"op 0 \(CUSTOM b'TFLM_DECODE'\) writing tensor \d+ .* is not supported")
+    calibration = torch.rand(8, 1, 5, 5)
+    plain = export_tflite(model, tmp_path / "plain.tflite", calibration).read_bytes()
+    lut = export_tflite(model, tmp_path / "lut.tflite", calibration, lut_bits=5).read_bytes()  # <= 18 values a channel
+    return plain, lut
+
+
+def test_look_up_table_weights_are_decoded(tmp_path):
+    """TFLM's compressor encodes; the reader's decoded weights equal the plain file's, with tables and indices kept."""
+    plain, lut = _lut_pair(tmp_path)
+    a, b = read_tflite(plain), read_tflite(lut)
+    assert [op.op for op in b.ops] == [op.op for op in a.ops] == ["CONV_2D", "RESHAPE", "FULLY_CONNECTED"]
+    for op_a, op_b in zip(a.ops, b.ops):
+        for i, j in zip(op_a.inputs, op_b.inputs):
+            ta, tb = a.tensors[i], b.tensors[j]
+            if ta.data is None:
+                continue
+            np.testing.assert_array_equal(tb.data, ta.data)
+            assert (tb.lut is not None) == ta.name.endswith(".weight")
+            if tb.lut is not None:
+                assert tb.lut.bits == 5 and tb.lut.axis == 0 and tb.lut.indices.shape == ta.shape
+                rows = tb.lut.indices.reshape(len(ta.data), -1)
+                np.testing.assert_array_equal(np.take_along_axis(tb.lut.tables, rows.astype(int), 1),
+                                              ta.data.reshape(len(ta.data), -1))
+
+
+def _forged_ancillary(lut: bytes, edit) -> bytes:
+    """``lut`` with the DECODE ancillary bytes of the first such tensor (the linear layer's) replaced by ``edit``."""
+    from tflite_micro.tensorflow.lite.micro.compression import model_editor
+
+    model = model_editor.read(lut)
+    tensor = next(t for t in model.subgraphs[0].tensors if t.name and t.name.endswith("_ancillary"))
+    data = bytearray(tensor.buffer.data)
+    data = edit(data) or data
+    tensor.buffer = model_editor.Buffer(data=bytes(data))
+    tensor.shape = (len(data),)
+    return bytes(model.build())
+
+
+def test_forged_look_up_tables_get_one_line(tmp_path):
+    _, lut = _lut_pair(tmp_path)
+
+    def setter(pos: int, value: int):
+        return lambda d: d.__setitem__(pos, value)
+
+    refused(_forged_ancillary(lut, setter(0, 1)), r"is decoded by type 1; only look-up tables")
+    refused(_forged_ancillary(lut, setter(1, 2)), r"has DECODE version 2 and look-up-table version 1")
+    refused(_forged_ancillary(lut, setter(5, 0x00)), r"has 0-bit indices into tables of \d+ values")
+    refused(_forged_ancillary(lut, setter(5, 0x25)), r"has its tables along axis 2 of shape \[3, 18\]")
+    refused(_forged_ancillary(lut, lambda d: d[:-1]), r"encoded and \d+ ancillary bytes; shape \[3, 18\] "
+                                                       r"with 5-bit indices and 3 tables of \d+ values needs")
+    refused(_forged_ancillary(lut, lambda d: d[:16] + bytes([d[16]])), r"needs")
+    # tables cut to their first 2 values: the file's indices now point past them
+    refused(_forged_ancillary(lut, lambda d: d[:6] + bytes([2]) + d[7:16] + b"".join(
+        d[16 + k * d[6]:18 + k * d[6]] for k in range(3))), r"has index \d+ into tables of 2 values")
+    refused(_forged_ancillary(lut, lambda d: d[:8]), r"has 8 bytes of DECODE metadata; it needs 16")
 
 
 def test_truncated_garbage_and_forged_offsets_get_one_line(tiny, tmp_path):

@@ -31,8 +31,8 @@ from tflite.Padding import Padding
 from tflite.TensorType import TensorType
 
 __all__ = [
-    "ACTIVATIONS", "DTYPES", "INT8_MAX", "INT8_MIN", "OPS", "OPTIONS_TABLE", "PADDINGS", "Int8Graph", "OpOptions",
-    "QOp", "QTensor", "activation_qparams", "bias_scales", "multiply_by_quantized_multiplier", "output_shape",
+    "ACTIVATIONS", "DTYPES", "INT8_MAX", "INT8_MIN", "OPS", "OPTIONS_TABLE", "PADDINGS", "Int8Graph", "LutValues",
+    "OpOptions", "QOp", "QTensor", "activation_qparams", "bias_scales", "multiply_by_quantized_multiplier", "output_shape",
     "quantize_activation", "quantize_bias", "quantize_multiplier", "quantize_weight", "same_padding", "weight_scales",
     "window_output_size",
 ]
@@ -69,6 +69,18 @@ ACTIVATIONS: dict[str, int] = {name: getattr(ActivationFunctionType, name) for n
 # the IR
 
 
+@dataclass(frozen=True)
+class LutValues:
+    """How a constant was stored in the file as TFLM look-up-table compression: ``bits``-bit ``indices``
+    (uint8, the tensor's shape) into ``tables`` (int8, one row per channel along ``axis``, or a single row
+    when ``axis`` is None). The tensor's ``data`` holds the decoded values, ``tables[channel, indices]``."""
+
+    bits: int
+    axis: int | None
+    tables: np.ndarray
+    indices: np.ndarray
+
+
 @dataclass
 class QTensor:
     """One tensor of the graph.
@@ -78,6 +90,7 @@ class QTensor:
     along ``quantized_dimension`` (per-channel weights and biases; a file from elsewhere may quantize its
     weights per tensor, with one entry), or none (int32 shape constants). ``data`` is the constant's
     values (an array of ``shape`` and ``dtype``, read-only when read from a file), or None for an activation.
+    ``lut`` says how the file stored a constant as a look-up table (TFLM's DECODE), or is None.
     """
 
     name: str
@@ -87,6 +100,7 @@ class QTensor:
     zero_point: np.ndarray
     quantized_dimension: int = 0
     data: np.ndarray | None = None
+    lut: LutValues | None = None
 
     @property
     def qparams(self) -> tuple[float, int]:

@@ -8,6 +8,11 @@ package's generated accessors, but before it follows or allocates anything it ch
 * every opcode, tensor and buffer index against the number there is;
 * every shape (rank, non-negative dims) and element count: a constant's bytes must equal its buffer's
   length (so they are bounded by the file), an activation's bytes must be at most ``max_activation_bytes``;
+* TFLM's look-up-table compression (a ``TFLM_DECODE`` custom op): per output, the encoded indices
+  and the ancillary data's lengths against the shape and table size they claim, the decode type
+  (look-up tables only), versions, index width, table axis and every index below the table's
+  length; the decoded values become the output tensor's constant data, the tables and indices its
+  :class:`~edgeprune.export.int8_graph.LutValues`, and the op leaves the graph;
 * the graph itself: one subgraph, only the ops of :data:`~edgeprune.export.int8_graph.OPS` with their
   input counts and options, int8 activations with valid per-tensor quantization, int8 or int32 constants,
   symmetric weights quantized per output channel, every output shape equal to the one TFLite computes
@@ -33,7 +38,8 @@ from tflite.Padding import Padding
 from tflite.TensorType import TensorType
 
 from .int8_graph import (
-    ACTIVATIONS, DTYPES, INT8_MAX, INT8_MIN, OPS, OPTIONS_TABLE, PADDINGS, Int8Graph, OpOptions, QOp, QTensor, output_shape,
+    ACTIVATIONS, DTYPES, INT8_MAX, INT8_MIN, OPS, OPTIONS_TABLE, PADDINGS, Int8Graph, LutValues, OpOptions, QOp, QTensor,
+    output_shape,
 )
 
 __all__ = ["MAX_ACTIVATION_BYTES", "MAX_FILE_BYTES", "load_tflite", "read_tflite"]
@@ -51,6 +57,9 @@ _WEIGHTS = {1: "int8", 2: "int32"}
 _CONSTANT_INPUTS = {"CONV_2D": _WEIGHTS, "DEPTHWISE_CONV_2D": _WEIGHTS, "FULLY_CONNECTED": _WEIGHTS, "PAD": {1: "int32"},
                     "PADV2": {1: "int32", 2: "int8"}, "RESHAPE": {1: "int32"}, "TRANSPOSE": {1: "int32"}}
 _NEEDS_OPTIONS = ("AVERAGE_POOL_2D", "CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D")
+DECODE = "CUSTOM b'TFLM_DECODE'"  # TFLM's decompression op, as opcode() names it
+_DCM_BYTES = 16  # the DECODE common metadata before a look-up table's values
+_PER_TENSOR_AXIS = 15
 
 
 def _names(enum: type) -> dict[int, str]:
@@ -140,7 +149,9 @@ class _Reader:
         n_buffers = self.count(model.BuffersLength(), 4, "the buffer list")
         n_tensors = self.count(sg.TensorsLength(), 4, "the tensor list")
         tensors = [self.tensor(model, sg, i, n_buffers) for i in range(n_tensors)]
+        self.model, self.sg, self.n_buffers, self.decode_inputs = model, sg, n_buffers, set()
         ops = [self.op(sg, k, codes, tensors) for k in range(self.count(sg.OperatorsLength(), 4, "the operator list"))]
+        ops = [op for op in ops if op is not None]  # DECODE ops left their values in the tensors they wrote
         inputs = self.io(sg.InputsAsNumpy(), n_tensors, "graph input")
         outputs = self.io(sg.OutputsAsNumpy(), n_tensors, "graph output")
         for i in inputs:
@@ -148,7 +159,7 @@ class _Reader:
         graph = Int8Graph(tensors, ops, inputs, outputs)
         self.check_order(graph)
         for i, t in enumerate(tensors):  # the tensors no op uses
-            if t.dtype not in DTYPES:
+            if t.dtype not in DTYPES and i not in self.decode_inputs:
                 raise _Refused(f"tensor {i} {t.name!r} is {t.dtype}; only fully int8 models are supported")
         return graph
 
@@ -226,7 +237,7 @@ class _Reader:
         return scale, zero_point, int(qdim)
 
     # operators -------------------------------------------------------------------------------
-    def op(self, sg, k: int, codes: list[str], tensors: list[QTensor]) -> QOp:
+    def op(self, sg, k: int, codes: list[str], tensors: list[QTensor]) -> QOp | None:
         op = self.table(sg.Operators(k), f"operator {k}")
         name = codes[self.index(op.OpcodeIndex(), len(codes), f"operator {k}'s opcode index", "operator codes")]
         n_in = self.count(op.InputsLength(), 4, f"operator {k}'s inputs")
@@ -239,6 +250,9 @@ class _Reader:
                 self.index(i, len(tensors), f"{label}'s input {pos}", "tensors")
         for pos, i in enumerate(outs):
             self.index(i, len(tensors), f"{label}'s output {pos}", "tensors")
+        if name == DECODE:
+            self.decode(label, ins, outs, tensors)
+            return None
         if name not in OPS:
             what = f" writing tensor {outs[0]} {tensors[outs[0]].name!r}" if outs else ""
             raise _Refused(f"{label}{what} is not supported; supported ops: {', '.join(sorted(OPS))}")
@@ -261,6 +275,39 @@ class _Reader:
             raise _Refused(f"{label}'s output, tensor {outs[0]} {tensors[outs[0]].name!r}, has shape "
                            f"{list(tensors[outs[0]].shape)}, but its inputs give {list(shape)}")
         return qop
+
+    # look-up tables (TFLM's DECODE) -------------------------------------------------------------
+    def decode(self, label: str, ins: tuple[int, ...], outs: tuple[int, ...], tensors: list[QTensor]) -> None:
+        """Decode each output of a DECODE op (an encoded and an ancillary input per output) into a constant."""
+        if not outs or len(ins) != 2 * len(outs):
+            raise _Refused(f"{label} has {len(ins)} inputs and {len(outs)} outputs; it takes an encoded tensor and "
+                           "its ancillary data for each output")
+        for j, out in enumerate(outs):
+            encoded = self.uint8_bytes(ins[2 * j], f"{label}'s input {2 * j}")
+            ancillary = self.uint8_bytes(ins[2 * j + 1], f"{label}'s input {2 * j + 1}")
+            t = tensors[out]
+            where = f"{label}'s output {j}, tensor {out} {t.name!r},"
+            if t.dtype != "int8" or t.data is not None or not len(t.scale):
+                raise _Refused(f"{where} must be a quantized int8 tensor without data of its own (it is {t.dtype})")
+            tensors[out] = _lut_tensor(t, encoded, ancillary, where)
+            self.decode_inputs |= {ins[2 * j], ins[2 * j + 1]}
+
+    def uint8_bytes(self, i: int, role: str) -> bytes:
+        """The bytes of tensor ``i``, a 1-D uint8 constant (a DECODE op's encoded or ancillary data)."""
+        t = self.table(self.sg.Tensors(i), f"tensor {i}")
+        raw_shape = t.ShapeAsNumpy()
+        shape = () if isinstance(raw_shape, int) else tuple(int(d) for d in raw_shape[:2])
+        b = self.index(t.Buffer(), self.n_buffers, f"{role}'s buffer index", "buffers")
+        if t.Type() != TensorType.UINT8 or len(shape) != 1:
+            raise _Refused(f"{role}, tensor {i}, must be a 1-D uint8 constant (it is {_TYPE_NAMES.get(t.Type())} "
+                           f"of shape {list(shape)})")
+        if b not in self.buffers:
+            self.buffers[b] = self.buffer_bytes(self.table(self.model.Buffers(b), f"{role}'s buffer"), role)
+        raw = self.buffers[b]
+        if raw is None or len(raw) != shape[0]:
+            raise _Refused(f"{role}, tensor {i}, claims {shape[0]:,} bytes but its buffer holds "
+                           f"{0 if raw is None else len(raw):,}")
+        return raw
 
     def check_weights(self, tensors: list[QTensor], ins: tuple[int, ...], label: str, channel_axis: int) -> None:
         """Weights and bias are symmetric (zero point 0); per-channel weights are quantized along the output channels."""
@@ -343,3 +390,47 @@ class _Reader:
         for i in graph.outputs:
             if i not in written:
                 raise _Refused(f"graph output tensor {i} {graph.tensors[i].name!r} is never written")
+
+
+def _lut_tensor(t: QTensor, encoded: bytes, ancillary: bytes, where: str) -> QTensor:
+    """``t`` with the values of TFLM's look-up-table encoding: ``encoded`` packs one index of ``bits`` bits per
+    element (most significant bit first), ``ancillary`` is the 16-byte DECODE metadata (decode type 0, version 1;
+    LUT version 1, bits 7-4 the table axis or 15 for one table, bits 2-0 the index width, the table length)
+    and then the int8 tables, one per channel along the axis."""
+    if len(ancillary) < _DCM_BYTES:
+        raise _Refused(f"{where} has {len(ancillary)} bytes of DECODE metadata; it needs {_DCM_BYTES}")
+    kind, version, lut_version = ancillary[0], ancillary[1], ancillary[4]
+    bits, axis, stride = ancillary[5] & 7, ancillary[5] >> 4, ancillary[6]
+    if kind != 0:
+        raise _Refused(f"{where} is decoded by type {kind}; only look-up tables (type 0) are supported")
+    if version != 1 or lut_version != 1:
+        raise _Refused(f"{where} has DECODE version {version} and look-up-table version {lut_version}; "
+                       "only version 1 of both is supported")
+    shape, n = t.shape, math.prod(t.shape)
+    if not 1 <= bits <= 7 or not 1 <= stride <= 1 << bits:
+        raise _Refused(f"{where} has {bits}-bit indices into tables of {stride} values; "
+                       "give 1 to 7 bits and at most 2**bits values a table")
+    if axis != _PER_TENSOR_AXIS and not (axis < len(shape) and axis in (0, len(shape) - 1)):
+        raise _Refused(f"{where} has its tables along axis {axis} of shape {list(shape)}; give the first or last axis")
+    tables = 1 if axis == _PER_TENSOR_AXIS else shape[axis]
+    if len(encoded) != -(-n * bits // 8) or len(ancillary) != _DCM_BYTES + tables * stride:
+        raise _Refused(f"{where} has {len(encoded):,} encoded and {len(ancillary):,} ancillary bytes; shape "
+                       f"{list(shape)} with {bits}-bit indices and {tables} tables of {stride} values needs "
+                       f"{-(-n * bits // 8):,} and {_DCM_BYTES + tables * stride:,}")
+    index_bits = np.unpackbits(np.frombuffer(encoded, np.uint8))[:n * bits].reshape(n, bits)
+    indices = (index_bits.astype(np.uint8) << np.arange(bits - 1, -1, -1, dtype=np.uint8)).sum(axis=1, dtype=np.uint8)
+    if n and int(indices.max()) >= stride:
+        raise _Refused(f"{where} has index {int(indices.max())} into tables of {stride} values")
+    table = np.frombuffer(ancillary, np.int8, offset=_DCM_BYTES).reshape(tables, stride)
+    indices = indices.reshape(shape)
+    if axis == _PER_TENSOR_AXIS:
+        values = table[0][indices]
+    else:
+        rows = np.moveaxis(indices, axis, 0).reshape(tables, -1)
+        values = np.moveaxis(np.take_along_axis(table, rows.astype(np.intp), axis=1).reshape(
+            np.moveaxis(indices, axis, 0).shape), 0, axis)
+    values, indices = np.ascontiguousarray(values), np.ascontiguousarray(indices)
+    for array in (values, indices):
+        array.setflags(write=False)
+    lut = LutValues(int(bits), None if axis == _PER_TENSOR_AXIS else int(axis), table, indices)
+    return QTensor(t.name, shape, "int8", t.scale, t.zero_point, t.quantized_dimension, values, lut)

@@ -157,7 +157,8 @@ def export_c(tflite: str | os.PathLike | bytes | Int8Graph, out_dir: str | os.Pa
     The folder gets ``edgeprune_model.h`` (``edgeprune_invoke``, sizes, quantization), ``edgeprune_model.c``,
     the kernel sources and ``layers.json``; each file is written atomically after all of them are made.
     ``sparse`` is ``"auto"``, ``"always"`` or ``"never"`` (see :func:`edgeprune.mcu.lowering.lower`).
-    Returns the ``layers.json`` report.
+    Weights the .tflite stores as TFLM look-up tables (``export_tflite(..., lut_bits=4)``) stay 4-bit codes
+    inside the sparse kernels, with no option to give. Returns the ``layers.json`` report.
     """
     check_sparse_mode(sparse)
     if isinstance(tflite, Int8Graph):

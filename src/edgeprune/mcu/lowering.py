@@ -14,7 +14,9 @@ arithmetic, so the C code only runs kernels:
   decreases, so this equals pooling the requantized outputs), and the full-size output never exists;
 * each convolution, depthwise convolution and fully connected layer runs dense or sparse
   (see :mod:`edgeprune.mcu.sparse`), whichever :mod:`edgeprune.mcu.cost` predicts is cheaper,
-  unless ``sparse`` is ``"always"`` or ``"never"``.
+  unless ``sparse`` is ``"always"`` or ``"never"``; a layer whose weights the .tflite stores as TFLM
+  look-up tables (``export_tflite(..., lut_bits=N)``) keeps them as 4-bit codes into per-channel
+  tables when it runs sparse and each channel has at most 16 distinct non-zeros.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ import numpy as np
 
 from ..export.int8_graph import INT8_MAX, INT8_MIN, Int8Graph, QOp, output_shape, quantize_multiplier, same_padding
 from .cost import conv_cost, depthwise_cost, fc_cost, layer_cost
-from .sparse import ENTRY_BITS, SparseWeights, encode_conv, encode_depthwise, encode_fc
+from .sparse import CODE_BITS, ENTRY_BITS, SparseWeights, encode_conv, encode_depthwise, encode_fc
 
 __all__ = ["SPARSE_MODES", "Arg", "Plan", "Step", "check_sparse_mode", "lower"]
 
 SPARSE_MODES = ("auto", "always", "never")
+ADD_TABLE_WORDS = 512  # ep_add's scratch: two tables of 256 int32 terms (EP_ADD_TABLE_WORDS)
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class Step:
     inputs: tuple[int, ...]
     output: int
     engine: str = "-"
-    format: str = "-"  # the weights' format: "int8" dense, "4-bit" or "8-bit" gap runs, "taps" (depthwise)
+    format: str = "-"  # the weights' format: "int8" dense, "4-bit" or "8-bit" gap runs (+ " + lut"), "taps" (depthwise)
     why: str = ""
     macs: int = 0
     nonzero_macs: int = 0
@@ -139,10 +142,19 @@ def _weight_arg(dense: np.ndarray, chosen: SparseWeights | None) -> tuple[Arg, d
         return Arg("array", dense.reshape(-1)), {"weight_bytes": dense.size}
     if chosen.taps:
         struct = ("ep_sparse_dw", {"count": chosen.counts, "taps": chosen.index, "values": chosen.values})
-    else:
+    elif chosen.table is None:
         struct = ("ep_sparse", {"bits": chosen.bits, "escapes": chosen.escapes, "count": chosen.counts,
                                 "nibbles": chosen.index, "values": chosen.values})
-    return Arg("struct", struct), {"weight_bytes": chosen.values.size, "index_bytes": chosen.index_bytes}
+    else:
+        struct = ("ep_sparse", {"bits": chosen.bits, "escapes": chosen.escapes, "count": chosen.counts,
+                                "nibbles": chosen.index, "codes": chosen.values, "table": chosen.table.reshape(-1),
+                                "table_size": chosen.table.shape[1]})
+    return Arg("struct", struct), {"weight_bytes": chosen.value_bytes, "index_bytes": chosen.index_bytes}
+
+
+def _kernel(base: str, engine: str, chosen: SparseWeights | None) -> str:
+    """The kernel running a layer: ``base_dense``, ``base_sparse``, or ``base_sparse_lut`` for look-up-table values."""
+    return f"{base}_{engine}" + ("_lut" if chosen is not None and chosen.table is not None else "")
 
 
 def _format(weights: SparseWeights | None) -> str:
@@ -193,11 +205,12 @@ class _Lowering:
                encodings: list[tuple[str, Callable[[], SparseWeights]]],
                sparse_instructions: Callable[[SparseWeights], float]) -> tuple[str, SparseWeights | None, str, float]:
         """The engine of a weighted layer: (name, sparse weights or None for dense, why, predicted instructions).
-        The variants are named "dense" and "sparse <format>".
+        The variants are named "dense" and "sparse <format>" (see :meth:`sparse_variants`).
 
         ``encodings`` are (name, function making the sparse weights); ``sparse_instructions`` predicts a
         sparse variant's instructions. ``auto`` takes the variant of lowest :func:`~edgeprune.mcu.cost.layer_cost`,
-        ``always`` the lowest sparse one, ``never`` dense.
+        ``always`` the lowest sparse one, ``never`` dense; when that is a look-up-table variant, the sparse
+        variant of fewest bytes instead.
         """
         options = [("dense", None, dense_instructions, dense_bytes)]
         refused = []
@@ -207,14 +220,26 @@ class _Lowering:
             except ValueError as exc:
                 refused.append(f"{name}: {exc}")
                 continue
-            options.append((name, weights, sparse_instructions(weights), weights.values.size + weights.index_bytes))
+            options.append((name, weights, sparse_instructions(weights), weights.value_bytes + weights.index_bytes))
         pool = options[1:] if self.sparse == "always" and len(options) > 1 else options
         best = min(pool, key=lambda o: layer_cost(o[2], o[3]))
+        reason = f" (sparse='{self.sparse}')" if self.sparse != "auto" else " (lowest cost)"
+        if best[1] is not None and best[1].table is not None:  # look-up tables in the file ask for flash
+            best = min(options[1:], key=lambda o: (o[3], o[2]))
+            reason = " (fewest bytes of the sparse variants: the .tflite stores these weights as look-up tables)"
         others = "; ".join(f"{n} {i:,.0f} + {b:,} B" for n, _, i, b in options if n != best[0])
-        why = (f"{best[0]}: {best[2]:,.0f} instructions + {best[3]:,} B of weights and index"
-               + (f" (sparse='{self.sparse}')" if self.sparse != "auto" else " (lowest cost)")
+        why = (f"{best[0]}: {best[2]:,.0f} instructions + {best[3]:,} B of weights and index" + reason
                + (f"; {others}" if others else "") + (f"; {', '.join(refused)}" if refused else ""))
         return best[0].split()[0], best[1], why, best[2]
+
+    def sparse_variants(self, op: QOp, weight: np.ndarray,
+                        encode: Callable[..., SparseWeights]) -> list[tuple[str, Callable[[], SparseWeights]]]:
+        """The sparse encodings of a layer's ``weight``: 4- and 8-bit entries, with look-up-table values (only)
+        when the .tflite stores the weights as look-up tables and every channel has at most 16 distinct non-zeros."""
+        rows = weight.reshape(len(weight), -1)
+        lut = self.g.tensors[op.inputs[1]].lut is not None and max(
+            (len(np.unique(row[row != 0])) for row in rows), default=0) <= 1 << CODE_BITS
+        return [(f"sparse {b}-bit" + (" + lut" if lut else ""), lambda b=b: encode(weight, b, lut)) for b in ENTRY_BITS]
 
     def pad_input(self, label: str, x: int, pads: tuple[tuple[int, int], tuple[int, int]], value: int) -> tuple[int, int, int, int]:
         """A pad step filling with ``value`` when ``pads`` are not all zero; (tensor, padded h, w, c)."""
@@ -261,6 +286,12 @@ class _Lowering:
             return None
         return readers[0]
 
+    def dies_at(self, t: int, k: int) -> bool:
+        """Whether op ``k`` is the last reader of tensor ``t``, which holds bytes of its own (not a graph input or
+        output, nor shared by a RESHAPE)."""
+        return (max(self.readers.get(t, [k])) == k and self.plan.root(t) == t and t not in self.plan.alias.values()
+                and t not in self.g.inputs and t not in self.g.outputs)
+
     # ops -------------------------------------------------------------------------------------
     def conv(self, k: int, op: QOp, depthwise: bool) -> None:
         label = f"op {k} ({op.op})"
@@ -299,10 +330,10 @@ class _Lowering:
             groups = (out_h // 2) * (out_w // 2) if pool is not None else out_h * -(-out_w // 4)
             engine, chosen, why, cost = self.choose(
                 conv_cost(groups, out_c, k_h, k_w, in_c, pool is not None, dw), weight.size,
-                [(f"sparse {b}-bit", lambda b=b: encode_conv(weight, b)) for b in ENTRY_BITS],
+                self.sparse_variants(op, weight, encode_conv),
                 lambda s: conv_cost(groups, out_c, k_h, k_w, in_c, pool is not None, dw, nonzeros, s.entries, s.bits,
-                                    s.escapes))
-            kernel = f"ep_conv_{engine}"
+                                    s.escapes, s.table is not None))
+            kernel = _kernel("ep_conv", engine, chosen)
         w_arg, info = _weight_arg(weight if depthwise else _padded_windows(weight), chosen)
         name = op.op
         if pool is not None:
@@ -329,19 +360,18 @@ class _Lowering:
         in_qp, out_qp = self.g.tensors[x].qparams, self.g.tensors[y].qparams
         nonzeros = int(np.count_nonzero(weight))
         engine, chosen, why, cost = self.choose(
-            fc_cost(in_n, out_n), weight.size, [(f"sparse {b}-bit", lambda b=b: encode_fc(weight, b)) for b in ENTRY_BITS],
-            lambda s: fc_cost(in_n, out_n, nonzeros, s.entries, s.bits, s.escapes))
+            fc_cost(in_n, out_n), weight.size, self.sparse_variants(op, weight, encode_fc),
+            lambda s: fc_cost(in_n, out_n, nonzeros, s.entries, s.bits, s.escapes, s.table is not None))
         w_arg, info = _weight_arg(weight, chosen)
         sums = weight.astype(np.int64).sum(axis=1)
         args = [Arg("int", in_n), Arg("int", out_n), Arg("tensor", self.act(x)), w_arg,
                 self.folded_bias(bias, sums, in_qp[1], label),
                 _requant(in_qp[0], self.g.tensors[op.inputs[1]].scale, out_n, out_qp, op.options.activation),
                 Arg("tensor", self.act(y))]
-        self.add(op.op, k, f"ep_fc_{engine}", args, (x,), y, engine=engine, format=_format(chosen), why=why,
-                 macs=weight.size, nonzero_macs=nonzeros, predicted_instructions=cost, **info)
+        self.add(op.op, k, _kernel("ep_fc", engine, chosen), args, (x,), y, engine=engine, format=_format(chosen),
+                 why=why, macs=weight.size, nonzero_macs=nonzeros, predicted_instructions=cost, **info)
 
     def add_op(self, k: int, op: QOp) -> None:
-        label = f"op {k} ({op.op})"
         a, b, y = op.inputs[0], op.inputs[1], op.outputs[0]
         (sa, za), (sb, zb), (so, zo) = (self.g.tensors[t].qparams for t in (a, b, y))
         left_shift = 20
@@ -353,9 +383,15 @@ class _Lowering:
                   "input1_multiplier": int(m1), "input1_shift": int(s1), "input2_multiplier": int(m2),
                   "input2_shift": int(s2), "output_multiplier": int(mo), "output_shift": int(so_), "act_min": lo,
                   "act_max": hi}
-        self.add(op.op, k, "ep_add", [Arg("int", math.prod(self.shape(y))), Arg("tensor", self.act(a)),
-                                      Arg("tensor", self.act(b)), Arg("struct", ("ep_add_params", params)),
-                                      Arg("tensor", self.act(y))], (a, b), y)
+        tables = self.new_tensor(4 * ADD_TABLE_WORDS)
+        for t in (a, b, y):
+            self.act(t)
+        dying = [t for t in (a, b) if self.dies_at(t, k)]
+        if dying and y not in self.g.outputs:  # elementwise: the sum may overwrite an input no later op reads
+            self.plan.alias[y] = dying[0]
+        self.add(op.op, k, "ep_add", [Arg("int", math.prod(self.shape(y))), Arg("tensor", a), Arg("tensor", b),
+                                      Arg("struct", ("ep_add_params", params)), Arg("words", tables),
+                                      Arg("tensor", y)], (a, b, tables), y)
 
     def pool(self, k: int, op: QOp) -> None:
         label = f"op {k} ({op.op})"

@@ -23,6 +23,12 @@ channel it walks the channel's run, and each non-zero costs one patch word (``SX
 four 16-bit multiply-accumulates (``SMLABB``/``SMLATB``), one per pixel. Each weight and index byte
 is read once per group of four pixels; a zero weight is never read.
 
+**Look-up-table values** (convolution and fully connected, for weights the .tflite stores as TFLM
+look-up tables): each run's values are 4-bit codes instead, two to a byte (low nibble first, each run
+starting on a byte), into a table of the run's distinct non-zero int8 values; the tables are one row
+of ``S`` values per run (``S`` the most any run has, at most 16). The kernel reads a code byte every
+second non-zero and never expands the weights. Values are the same int8 numbers, so the outputs are.
+
 **Taps** (depthwise): per output channel a uint8 count, then per non-zero its tap ``ky * k_w + kx``
 (uint8) and its int8 value; depthwise kernels are small, so their bytes matter little.
 """
@@ -33,9 +39,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ENTRY_BITS", "SparseWeights", "encode_conv", "encode_depthwise", "encode_fc", "gap_entries", "pack_entries"]
+__all__ = ["CODE_BITS", "ENTRY_BITS", "SparseWeights", "encode_conv", "encode_depthwise", "encode_fc", "gap_entries",
+           "pack_entries"]
 
 ENTRY_BITS = (4, 8)
+CODE_BITS = 4  # look-up-table codes: 16 values a run
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,8 @@ class SparseWeights:
     """One layer's sparse weights: ``counts`` (entries per run, or taps per channel), ``index`` (packed
     entries, or uint8 taps), ``values`` (int8 non-zeros, in the order the kernel reads them), the
     entries' ``bits`` (4 or 8; 8 for taps), how many entries are escapes (the kernel skips the
-    escape test in a layer without any) and whether these are depthwise ``taps``."""
+    escape test in a layer without any) and whether these are depthwise ``taps``. With a ``table``
+    (int8, one row per run), ``values`` are packed 4-bit codes into the run's row instead."""
 
     counts: np.ndarray
     index: np.ndarray
@@ -51,11 +60,17 @@ class SparseWeights:
     bits: int = 8
     escapes: int = 0
     taps: bool = False
+    table: np.ndarray | None = None
 
     @property
     def format(self) -> str:
-        """``"4-bit"`` or ``"8-bit"`` (gap runs), or ``"taps"`` (depthwise)."""
-        return "taps" if self.taps else f"{self.bits}-bit"
+        """``"4-bit"`` or ``"8-bit"`` (gap runs; ``+ lut`` with look-up-table values), or ``"taps"`` (depthwise)."""
+        return "taps" if self.taps else f"{self.bits}-bit" + (" + lut" if self.table is not None else "")
+
+    @property
+    def value_bytes(self) -> int:
+        """Bytes of the values: int8 non-zeros, or codes and tables."""
+        return self.values.nbytes + (0 if self.table is None else self.table.nbytes)
 
     @property
     def entries(self) -> int:
@@ -89,8 +104,22 @@ def pack_entries(entries: list[int], bits: int = 4) -> np.ndarray:
     return e if bits == 8 else (e[0::2] | (e[1::2] << 4)).astype(np.uint8)
 
 
-def _encode_runs(runs: np.ndarray, bits: int) -> SparseWeights:
-    """Gap-run code of each row of ``runs`` (a 2-D int8 array), one run after another."""
+def _lut_codes(runs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Each run's non-zero values as packed 4-bit codes into a table row of its distinct values: (codes, tables)."""
+    rows = [np.unique(values) for values in runs]
+    size = max((len(row) for row in rows), default=1) or 1
+    if size > 1 << CODE_BITS:
+        raise ValueError(f"a run has {size} distinct non-zero values; {CODE_BITS}-bit codes hold {1 << CODE_BITS}")
+    tables = np.zeros((len(rows), size), np.int8)
+    codes = []
+    for k, (row, values) in enumerate(zip(rows, runs)):
+        tables[k, :len(row)] = row
+        codes.append(pack_entries(np.searchsorted(row, values).tolist(), CODE_BITS))
+    return np.concatenate(codes).astype(np.uint8) if codes else np.zeros(0, np.uint8), tables
+
+
+def _encode_runs(runs: np.ndarray, bits: int, lut: bool) -> SparseWeights:
+    """Gap-run code of each row of ``runs`` (a 2-D int8 array), one run after another; ``lut``: values as codes."""
     if bits not in ENTRY_BITS:
         raise ValueError(f"sparse entries are 4 or 8 bits, not {bits}")
     counts, packed, values, escapes = [], [], [], 0
@@ -103,18 +132,19 @@ def _encode_runs(runs: np.ndarray, bits: int) -> SparseWeights:
         values.append(run[positions])
     if max(counts, default=0) > np.iinfo(np.uint16).max:
         raise ValueError(f"a run of {max(counts):,} entries does not fit the 16-bit counts of the sparse format")
-    return SparseWeights(np.asarray(counts, np.uint16), np.concatenate(packed).astype(np.uint8),
-                         np.concatenate(values).astype(np.int8), bits, escapes)
+    codes, table = _lut_codes(values) if lut else (np.concatenate(values).astype(np.int8), None)
+    return SparseWeights(np.asarray(counts, np.uint16), np.concatenate(packed).astype(np.uint8), codes, bits, escapes,
+                         table=table)
 
 
-def encode_conv(weight: np.ndarray, bits: int = 4) -> SparseWeights:
-    """Sparse code of a convolution filter ``[O, kh, kw, I]``: one run per output channel."""
-    return _encode_runs(weight.reshape(len(weight), -1), bits)
+def encode_conv(weight: np.ndarray, bits: int = 4, lut: bool = False) -> SparseWeights:
+    """Sparse code of a convolution filter ``[O, kh, kw, I]``: one run per output channel (``lut``: values as codes)."""
+    return _encode_runs(weight.reshape(len(weight), -1), bits, lut)
 
 
-def encode_fc(weight: np.ndarray, bits: int = 4) -> SparseWeights:
-    """Sparse code of a fully connected weight ``[O, I]``: one run per output row."""
-    return _encode_runs(weight, bits)
+def encode_fc(weight: np.ndarray, bits: int = 4, lut: bool = False) -> SparseWeights:
+    """Sparse code of a fully connected weight ``[O, I]``: one run per output row (``lut``: values as codes)."""
+    return _encode_runs(weight, bits, lut)
 
 
 def encode_depthwise(weight: np.ndarray) -> SparseWeights:

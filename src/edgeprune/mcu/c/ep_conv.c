@@ -107,19 +107,37 @@ static void ep_group_at(const ep_conv_dims *d, const int8_t *in, int8_t *out, in
     grp->base = in + (oy * d->stride_h * d->in_w + ox * d->stride_w) * d->in_c;
 }
 
-/* Requantize output channel `co` of a group from its pixels' accumulators. */
-static inline void ep_group_store(const ep_group *grp, const ep_requant q, int32_t co, const int32_t acc[4]) {
-    int32_t j;
-    if (grp->out_step == 0) {
-        int32_t m = acc[0];
-        for (j = 1; j < 4; j++) {
-            m = acc[j] > m ? acc[j] : m;
-        }
-        grp->out[co] = EP_STORE(q, co, m);
+/* Four pixels' accumulators. */
+typedef struct {
+    int32_t a0, a1, a2, a3;
+} ep_acc4;
+
+/* Requantize output channel `co` of a group from its pixels' accumulators (the channel's multiplier
+ * prepared once for the four). Inlined into each channel loop, so the accumulators stay in registers. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void ep_group_store(const ep_group *grp, const ep_requant *q, int32_t co, const ep_acc4 a) {
+    const ep_mq m = ep_mq_make(q->multiplier[co], q->shift[co]);
+    const int32_t zp = q->output_zero_point, lo = q->act_min, hi = q->act_max, step = grp->out_step;
+    int8_t *o = grp->out + co;
+    if (step == 0) {
+        const int32_t m01 = a.a0 > a.a1 ? a.a0 : a.a1, m23 = a.a2 > a.a3 ? a.a2 : a.a3;
+        o[0] = ep_requantize_mq(m01 > m23 ? m01 : m23, m, zp, lo, hi);
         return;
     }
-    for (j = 0; j < grp->pixels; j++) {
-        grp->out[j * grp->out_step + co] = EP_STORE(q, co, acc[j]);
+    o[0] = ep_requantize_mq(a.a0, m, zp, lo, hi);
+    if (grp->pixels == 4) {
+        o[step] = ep_requantize_mq(a.a1, m, zp, lo, hi);
+        o[2 * step] = ep_requantize_mq(a.a2, m, zp, lo, hi);
+        o[3 * step] = ep_requantize_mq(a.a3, m, zp, lo, hi);
+        return;
+    }
+    if (grp->pixels > 1) {
+        o[step] = ep_requantize_mq(a.a1, m, zp, lo, hi);
+    }
+    if (grp->pixels > 2) {
+        o[2 * step] = ep_requantize_mq(a.a2, m, zp, lo, hi);
     }
 }
 
@@ -181,7 +199,7 @@ int ep_conv_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, cons
         for (co = 0; co < d->out_c; co++) {
             const int8_t *wp = w + co * padded;
             const uint32_t *p = scratch;
-            int32_t acc[4];
+            ep_acc4 acc;
             int32_t a0 = bias[co], a1 = a0, a2 = a0, a3 = a0;
             for (b = 0; b < padded; b += 4, wp += 4, p += 8) {
                 const uint32_t wv = ep_read32(wp);
@@ -195,11 +213,11 @@ int ep_conv_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, cons
                 a3 = EP_SMLAD(p[6], even, a3);
                 a3 = EP_SMLAD(p[7], odd, a3);
             }
-            acc[0] = a0;
-            acc[1] = a1;
-            acc[2] = a2;
-            acc[3] = a3;
-            ep_group_store(&grp, rq, co, acc);
+            acc.a0 = a0;
+            acc.a1 = a1;
+            acc.a2 = a2;
+            acc.a3 = a3;
+            ep_group_store(&grp, &rq, co, acc);
         }
     }
     return EP_OK;
@@ -281,23 +299,35 @@ static void ep_fill_patch(const ep_conv_dims *d, const ep_group *grp, uint32_t *
         }                                            \
     }
 
-/* Four pixels' accumulators. */
-typedef struct {
-    int32_t a0, a1, a2, a3;
-} ep_acc4;
+/* The next value of a run: int8 from *v, or with a look-up table (`table` not NULL) the table's value for
+ * the next 4-bit code, a code byte read every second value (`pending` keeps its high nibble, plus 16). */
+#define EP_NEXT_VALUE(wv, v, table, pending)               \
+    if ((table) == 0) {                                     \
+        wv = *(v)++;                                        \
+    } else if (pending) {                                   \
+        wv = (table)[(pending) & 15u];                      \
+        pending = 0;                                        \
+    } else {                                                \
+        const uint32_t byte = *(const uint8_t *)(v)++;      \
+        wv = (table)[byte & 15u];                           \
+        pending = (byte >> 4) | 16u;                        \
+    }
 
-/* One output channel's run over the patch, at four pixels, starting from `acc`. */
-static inline ep_acc4 ep_patch_run(const uint32_t *r, const uint8_t **nib, const int8_t **val, uint32_t n,
-                                   int32_t bits, int32_t start) {
+/* One output channel's run over the patch, at four pixels, starting from `acc`; `table` is the run's
+ * look-up-table row (then *val points to its codes) or a constant 0. */
+static inline ep_acc4 ep_patch_run(const uint32_t *r, const uint8_t **nib, const int8_t **val, const int8_t *table,
+                                   uint32_t n, int32_t bits, int32_t start) {
     const uint8_t *p = *nib;
     const int8_t *v = *val;
     int32_t a0 = start, a1 = start, a2 = start, a3 = start;
+    uint32_t pending = 0;
     ep_acc4 acc;
 #define EP_PATCH_ENTRY(g, escape)                  \
     r += (g);                                      \
     if ((g) != (escape)) {                         \
         const uint32_t x = *r++;                   \
-        const int32_t wv = *v++;                   \
+        int32_t wv;                                \
+        EP_NEXT_VALUE(wv, v, table, pending)       \
         EP_MAC_PATCH(x, wv, a0, a1, a2, a3);       \
     }
     EP_WALK_RUN(EP_PATCH_ENTRY, p, n, bits)
@@ -311,15 +341,18 @@ static inline ep_acc4 ep_patch_run(const uint32_t *r, const uint8_t **nib, const
     return acc;
 }
 
-/* One output row's run over an int8 input vector (fully connected). */
-static inline int32_t ep_vector_run(const int8_t *r, const uint8_t **nib, const int8_t **val, uint32_t n,
-                                    int32_t bits, int32_t acc) {
+/* One output row's run over an int8 input vector (fully connected); `table` as for ep_patch_run. */
+static inline int32_t ep_vector_run(const int8_t *r, const uint8_t **nib, const int8_t **val, const int8_t *table,
+                                    uint32_t n, int32_t bits, int32_t acc) {
     const uint8_t *p = *nib;
     const int8_t *v = *val;
-#define EP_VECTOR_ENTRY(g, escape) \
-    r += (g);                      \
-    if ((g) != (escape)) {         \
-        acc += *r++ * *v++;        \
+    uint32_t pending = 0;
+#define EP_VECTOR_ENTRY(g, escape)              \
+    r += (g);                                   \
+    if ((g) != (escape)) {                      \
+        int32_t wv;                             \
+        EP_NEXT_VALUE(wv, v, table, pending)    \
+        acc += *r++ * wv;                       \
     }
     EP_WALK_RUN(EP_VECTOR_ENTRY, p, n, bits)
 #undef EP_VECTOR_ENTRY
@@ -328,44 +361,57 @@ static inline int32_t ep_vector_run(const int8_t *r, const uint8_t **nib, const 
     return acc;
 }
 
-/* The output channels of one group, with the entry width `bits` a constant in each expansion; a
- * pooled group keeps the largest of its four accumulators. */
-#define EP_SPARSE_CHANNELS(bits)                                                              \
-    for (co = 0; co < d->out_c; co++) {                                                      \
-        const ep_acc4 a = ep_patch_run(patch, &nib, &v, w->count[co], (bits), bias[co]);     \
-        if (pooled) {                                                                        \
-            const int32_t m01 = a.a0 > a.a1 ? a.a0 : a.a1, m23 = a.a2 > a.a3 ? a.a2 : a.a3;  \
-            grp.out[co] = EP_STORE(rq, co, m01 > m23 ? m01 : m23);                           \
-        } else {                                                                             \
-            const int32_t acc[4] = {a.a0, a.a1, a.a2, a.a3};                                 \
-            ep_group_store(&grp, rq, co, acc);                                               \
-        }                                                                                    \
+/* The output channels of one group, with the entry width `bits` a constant in each expansion and `TABLE`
+ * the channel's look-up-table row (or EP_NO_TABLE, so that the compiler drops the codes' path); a pooled
+ * group keeps the largest of its four accumulators. */
+#define EP_NO_TABLE ((const int8_t *)0)
+#define EP_SPARSE_CHANNELS(bits, TABLE)                                                               \
+    for (co = 0; co < d->out_c; co++) {                                                              \
+        const ep_acc4 a = ep_patch_run(patch, &nib, &v, (TABLE), w->count[co], (bits), bias[co]);    \
+        ep_group_store(&grp, &rq, co, a);                                                            \
     }
 
-int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
-                   const ep_requant *q, uint32_t *patch, int8_t *out) {
+/* The sparse convolution, with int8 values (`lut` 0) or look-up-table codes (`lut` 1, w->table set): two
+ * entry points, so that a model without look-up tables links no code for them. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline int ep_conv_sparse_values(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w,
+                                        const int32_t *bias, const ep_requant *q, uint32_t *patch, int8_t *out,
+                                        int32_t lut) {
     const ep_requant rq = *q;
     const int32_t groups = ep_group_count(d);
-    const int32_t pooled = d->pool;
     int32_t g, co;
-    if (!ep_conv_dims_ok(d)) {
+    if (!ep_conv_dims_ok(d) || (lut && !w->table)) {
         return EP_ERROR_DIMS;
     }
     for (g = 0; g < groups; g++) {
         ep_group grp;
         const uint8_t *nib = w->nibbles;
-        const int8_t *v = w->values;
+        const int8_t *v = lut ? (const int8_t *)(const void *)w->codes : w->values;
         ep_group_at(d, in, out, g, &grp);
         ep_fill_patch(d, &grp, patch);
-        if (w->bits == 4) {
-            EP_SPARSE_CHANNELS(4)
+        if (lut) {
+            EP_SPARSE_CHANNELS(w->bits == 8 && !w->escapes ? 0 : w->bits, w->table + co * w->table_size)
+        } else if (w->bits == 4) {
+            EP_SPARSE_CHANNELS(4, EP_NO_TABLE)
         } else if (w->escapes) {
-            EP_SPARSE_CHANNELS(8)
+            EP_SPARSE_CHANNELS(8, EP_NO_TABLE)
         } else {
-            EP_SPARSE_CHANNELS(0)
+            EP_SPARSE_CHANNELS(0, EP_NO_TABLE)
         }
     }
     return EP_OK;
+}
+
+int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
+                   const ep_requant *q, uint32_t *patch, int8_t *out) {
+    return ep_conv_sparse_values(d, in, w, bias, q, patch, out, 0);
+}
+
+int ep_conv_sparse_lut(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
+                       const ep_requant *q, uint32_t *patch, int8_t *out) {
+    return ep_conv_sparse_values(d, in, w, bias, q, patch, out, 1);
 }
 #undef EP_SPARSE_CHANNELS
 
@@ -447,17 +493,36 @@ int ep_fc_dense(int32_t in_n, int32_t out_n, const int8_t *in, const int8_t *w, 
     return EP_OK;
 }
 
-int ep_fc_sparse(int32_t in_n, int32_t out_n, const int8_t *in, const ep_sparse *w, const int32_t *bias,
-                 const ep_requant *q, int8_t *out) {
+/* The sparse fully connected layer, int8 values or look-up-table codes (as ep_conv_sparse_values). */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline int ep_fc_sparse_values(int32_t out_n, const int8_t *in, const ep_sparse *w, const int32_t *bias,
+                                      const ep_requant *q, int8_t *out, int32_t lut) {
     const ep_requant rq = *q;
     const uint8_t *nib = w->nibbles;
-    const int8_t *v = w->values;
+    const int8_t *v = lut ? (const int8_t *)(const void *)w->codes : w->values;
     const int32_t bits = w->bits == 8 && !w->escapes ? 0 : w->bits;
     int32_t o;
-    (void)in_n;
+    if (lut && !w->table) {
+        return EP_ERROR_DIMS;
+    }
     for (o = 0; o < out_n; o++) {
-        const int32_t acc = ep_vector_run(in, &nib, &v, w->count[o], bits, bias[o]);
+        const int8_t *table = lut ? w->table + o * w->table_size : EP_NO_TABLE;
+        const int32_t acc = ep_vector_run(in, &nib, &v, table, w->count[o], bits, bias[o]);
         out[o] = EP_STORE(rq, o, acc);
     }
     return EP_OK;
+}
+
+int ep_fc_sparse(int32_t in_n, int32_t out_n, const int8_t *in, const ep_sparse *w, const int32_t *bias,
+                 const ep_requant *q, int8_t *out) {
+    (void)in_n;
+    return ep_fc_sparse_values(out_n, in, w, bias, q, out, 0);
+}
+
+int ep_fc_sparse_lut(int32_t in_n, int32_t out_n, const int8_t *in, const ep_sparse *w, const int32_t *bias,
+                     const ep_requant *q, int8_t *out) {
+    (void)in_n;
+    return ep_fc_sparse_values(out_n, in, w, bias, q, out, 1);
 }

@@ -51,6 +51,11 @@ typedef struct {
     const uint16_t *count;
     const uint8_t *nibbles;
     const int8_t *values;
+    /* look-up-table values instead of `values` (table NULL otherwise): per run, 4-bit codes two to a
+     * byte (low nibble first, each run starting on a byte) into the run's row of table_size int8 values */
+    const uint8_t *codes;
+    const int8_t *table;
+    int32_t table_size;
 } ep_sparse;
 
 /* Sparse depthwise weights: per output channel count[co] taps, each a uint8 tap index
@@ -98,6 +103,9 @@ int ep_conv_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, cons
 #define EP_PATCH_WORDS(d) ((d)->k_h * (d)->k_w * (d)->in_c)
 int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
                    const ep_requant *q, uint32_t *patch, int8_t *out);
+/* the same with look-up-table values (w->table set) */
+int ep_conv_sparse_lut(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
+                       const ep_requant *q, uint32_t *patch, int8_t *out);
 int ep_depthwise_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, const int32_t *bias,
                        const ep_requant *q, int8_t *out);
 int ep_depthwise_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse_dw *w, const int32_t *bias,
@@ -106,7 +114,11 @@ int ep_fc_dense(int32_t in_n, int32_t out_n, const int8_t *in, const int8_t *w, 
                 const ep_requant *q, int8_t *out);
 int ep_fc_sparse(int32_t in_n, int32_t out_n, const int8_t *in, const ep_sparse *w, const int32_t *bias,
                  const ep_requant *q, int8_t *out);
-int ep_add(int32_t n, const int8_t *a, const int8_t *b, const ep_add_params *p, int8_t *out);
+int ep_fc_sparse_lut(int32_t in_n, int32_t out_n, const int8_t *in, const ep_sparse *w, const int32_t *bias,
+                     const ep_requant *q, int8_t *out);
+/* tables: EP_ADD_TABLE_WORDS words of scratch; out may be a or b (each element is read before it is written) */
+#define EP_ADD_TABLE_WORDS 512
+int ep_add(int32_t n, const int8_t *a, const int8_t *b, const ep_add_params *p, uint32_t *tables, int8_t *out);
 int ep_max_pool(const ep_pool_dims *d, const int8_t *in, int8_t *out);
 int ep_avg_pool(const ep_pool_dims *d, const int8_t *in, int8_t *out);
 int ep_pad(const ep_pad_dims *d, const int8_t *in, int8_t value, int8_t *out);

@@ -10,15 +10,31 @@ static int32_t ep_clamp32(int32_t v, int32_t lo, int32_t hi) {
     return v < lo ? lo : (v > hi ? hi : v);
 }
 
-int ep_add(int32_t n, const int8_t *a, const int8_t *b, const ep_add_params *p, int8_t *out) {
+/* Each input's term of the sum depends on its int8 value alone: a table of the 256 terms per input,
+ * computed once per call into `tables` (EP_ADD_TABLE_WORDS words), leaves two loads, one
+ * requantization and the clamp per element. The terms are stored shifted by the output multiplier's
+ * left shift (a sum of shifted terms is the shifted sum, modulo 2^32 as TFLite's int32 shift). */
+#define EP_ADD_LOOP(n, a, b, ta, tb, mo, zo, lo, hi, out)                                  \
+    for (i = 0; i < (n); i++) {                                                            \
+        (out)[i] = ep_requantize_mq((int32_t)((ta)[(a)[i]] + (tb)[(b)[i]]), (mo), (zo), (lo), (hi)); \
+    }
+
+int ep_add(int32_t n, const int8_t *a, const int8_t *b, const ep_add_params *p, uint32_t *tables, int8_t *out) {
+    uint32_t *ta = tables + 128, *tb = ta + 256;
+    const ep_mq m1 = ep_mq_make(p->input1_multiplier, p->input1_shift);
+    const ep_mq m2 = ep_mq_make(p->input2_multiplier, p->input2_shift);
+    ep_mq mo = ep_mq_make(p->output_multiplier, p->output_shift);
+    const int32_t zo = p->output_offset, lo = p->act_min, hi = p->act_max;
     int32_t i;
-    for (i = 0; i < n; i++) {
-        const int32_t x = (int32_t)((uint32_t)(p->input1_offset + a[i]) << p->left_shift);
-        const int32_t y = (int32_t)((uint32_t)(p->input2_offset + b[i]) << p->left_shift);
-        const int32_t sum = ep_mbqm(x, p->input1_multiplier, p->input1_shift) +
-                            ep_mbqm(y, p->input2_multiplier, p->input2_shift);
-        out[i] = (int8_t)ep_clamp32(ep_mbqm(sum, p->output_multiplier, p->output_shift) + p->output_offset,
-                                    p->act_min, p->act_max);
+    for (i = -128; i < 128; i++) {
+        ta[i] = (uint32_t)ep_mq_apply((int32_t)((uint32_t)(p->input1_offset + i) << p->left_shift), m1) << mo.left;
+        tb[i] = (uint32_t)ep_mq_apply((int32_t)((uint32_t)(p->input2_offset + i) << p->left_shift), m2) << mo.left;
+    }
+    mo.left = 0;
+    if (mo.right) {  /* the same loop twice, so that each knows which rounding ep_mq_apply takes */
+        EP_ADD_LOOP(n, a, b, ta, tb, mo, zo, lo, hi, out);
+    } else {
+        EP_ADD_LOOP(n, a, b, ta, tb, mo, zo, lo, hi, out);
     }
     return EP_OK;
 }

@@ -25,24 +25,58 @@ static inline int32_t ep_rounding_divide_by_pot(int32_t x, int32_t exponent) {
     return (x >> exponent) + (remainder > threshold ? 1 : 0);
 }
 
-/* TFLite's MultiplyByQuantizedMultiplier: x * multiplier * 2^(shift - 31), double rounding, for a
- * multiplier >= 0 (as QuantizeMultiplier makes them). Then ep_srdhm never saturates, and its rounding
- * (the product plus or minus 2^30, divided by 2^31 toward zero) equals floor((product + 2^30) / 2^31),
- * one 64-bit add and shift. */
-static inline int32_t ep_mbqm(int32_t x, int32_t multiplier, int32_t shift) {
-    const int32_t left = shift > 0 ? shift : 0;
-    const int32_t right = shift > 0 ? 0 : -shift;
-    const int64_t product = (int64_t)(int32_t)((uint32_t)x << left) * multiplier;
-    return ep_rounding_divide_by_pot((int32_t)((product + ((int64_t)1 << 30)) >> 31), right);
+/* A multiplier and shift prepared for several accumulators: the left shift, the right shift (0 to 31,
+ * as QuantizeMultiplier makes them) and, for a right shift r > 0, the nudge 2^30 + 2^(30 + r) that
+ * rounds twice in one step (see ep_mq_apply). */
+typedef struct {
+    int32_t multiplier, left, right;
+    uint32_t nudge_low;
+    int32_t nudge_high;
+} ep_mq;
+
+static inline ep_mq ep_mq_make(int32_t multiplier, int32_t shift) {
+    ep_mq q;
+    q.multiplier = multiplier;
+    q.left = shift > 0 ? shift : 0;
+    q.right = q.left - shift;
+    q.nudge_low = (1u << 30) + (q.right == 1 ? 1u << 31 : 0u);  /* 32-bit halves: cheaper than a 64-bit shift */
+    q.nudge_high = (int32_t)((1u << q.right) >> 2);
+    return q;
 }
 
-/* Accumulator -> int8 with the output zero point and the activation clamp. */
-static inline int8_t ep_requantize(int32_t acc, int32_t multiplier, int32_t shift, int32_t zero_point,
-                                   int32_t lo, int32_t hi) {
-    int32_t v = ep_mbqm(acc, multiplier, shift) + zero_point;
+/* TFLite's MultiplyByQuantizedMultiplier, x * multiplier * 2^(shift - 31) with double rounding, for a
+ * multiplier >= 0 (as QuantizeMultiplier makes them), with p = (x << left) * multiplier:
+ * - SaturatingRoundingDoublingHighMul never saturates then, and its rounding (p plus or minus 2^30,
+ *   divided by 2^31 toward zero) is h = floor((p + 2^30) / 2^31);
+ * - RoundingDivideByPOT(h, r) is floor((h + 2^(r-1) - [h < 0]) / 2^r) for r > 0, and floors of
+ *   floors compose: floor((p + 2^30 + 2^(30+r) - [h < 0] 2^31) / 2^(31+r)), one 64-bit sum whose high
+ *   word shifted by r - 1 is the result. h < 0 only if x << left < 0; when that is negative and h is
+ *   not (-2^30 <= p < 0, h = 0), the sum lies in [0, 2^(31+r)) either way, so testing x is exact. */
+static inline int32_t ep_mq_apply(int32_t x, const ep_mq q) {
+    const int32_t shifted = (int32_t)((uint32_t)x << q.left);
+    const int64_t product = (int64_t)shifted * q.multiplier;
+    if (q.right == 0) {
+        return (int32_t)((product + ((int64_t)1 << 30)) >> 31);
+    }
+    const int64_t nudge = (int64_t)(((uint64_t)(uint32_t)q.nudge_high << 32) | q.nudge_low);
+    return (int32_t)((product + nudge - (shifted < 0 ? ((int64_t)1 << 31) : 0)) >> 32) >> (q.right - 1);
+}
+
+static inline int32_t ep_mbqm(int32_t x, int32_t multiplier, int32_t shift) {
+    return ep_mq_apply(x, ep_mq_make(multiplier, shift));
+}
+
+/* Accumulator -> int8 with a prepared multiplier, the output zero point and the activation clamp. */
+static inline int8_t ep_requantize_mq(int32_t acc, const ep_mq q, int32_t zero_point, int32_t lo, int32_t hi) {
+    int32_t v = ep_mq_apply(acc, q) + zero_point;
     v = v < lo ? lo : v;
     v = v > hi ? hi : v;
     return (int8_t)v;
+}
+
+static inline int8_t ep_requantize(int32_t acc, int32_t multiplier, int32_t shift, int32_t zero_point,
+                                   int32_t lo, int32_t hi) {
+    return ep_requantize_mq(acc, ep_mq_make(multiplier, shift), zero_point, lo, hi);
 }
 
 /* Four bytes from any address (the Cortex-M4 loads unaligned words). */
