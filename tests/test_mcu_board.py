@@ -23,8 +23,8 @@ from edgeprune.mcu.codegen import export_c
 from edgeprune.mcu.measure import build_harness, measure_engine, measure_on_mcu, mcu_table
 from edgeprune.mcu.qemu import parse_harness_output, run_guest
 from edgeprune.mcu.toolchain import DEBIAN_PACKAGES, board_dir, find_tool, get_target
+from tflite_micro.python.tflite_micro import runtime  # a dependency: missing is a failure, never a skip
 
-runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
 
 FIRMWARE_GUIDE = Path(__file__).parent.parent / "docs" / "firmware.md"
 
