@@ -1,9 +1,9 @@
 """Channel pruning benchmark: BasicCNN (or resnet18) on real Fashion-MNIST, edgeprune against Torch-Pruning's MetaPruner.
 
-Trains a baseline, prunes whole channels with ``edgeprune.prune.channels.prune_channels`` at each
-``--ratios`` value (uniform ``_default``), plans the same MACs from a channel sensitivity scan on the
-validation split (``channel_sensitivity_scan`` + ``prune_for_macs``, what ``edgeprune run --target-macs``
-does: "edgeprune planned"), and prunes the same baseline with Torch-Pruning's own
+Trains a baseline, prunes whole channels with the run's channel step (``edgeprune.steps.prune_channels_step``)
+at each ``--ratios`` value (uniform ``_default``), plans the same MACs with the same step from a channel
+sensitivity scan on the validation split (``prune_channels_step(target_macs=...)``, exactly what
+``edgeprune run --target-macs`` does, its fallback to one bisected ratio included: "edgeprune planned"), and prunes the same baseline with Torch-Pruning's own
 ``MetaPruner`` + ``MagnitudeImportance`` (uniform and global), each at the pruning ratio whose MACs
 come closest to edgeprune's. Every pruned model (and a copy of the dense one, the reference for
 accuracy lost) is fine-tuned for the same epochs with the same seed and shuffling; test accuracy,
@@ -19,19 +19,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgeprune.analyze.channel_scan import channel_sensitivity_scan, prune_for_macs
+from edgeprune import steps
 from edgeprune.analyze.latency import time_models
 from edgeprune.analyze.metrics import count_macs
 from edgeprune.data import DataConfig, load_data, make_loaders
 from edgeprune.files import write_json_atomic
 from edgeprune.models import ModelSpec
-from edgeprune.prune.channels import output_layer_names, prune_channels
+from edgeprune.prune.channels import output_layer_names
 from edgeprune.training import LR_SCHEDULES, evaluate, train
 
 from bench_sparsity import baseline  # this folder is on sys.path when the script runs
@@ -100,11 +99,11 @@ def main() -> None:
     config = DataConfig(name="fashion-mnist", limit=args.limit, seed=args.seed, **geometry)
     splits = load_data(config)
     shape = (splits.in_channels, splits.image_size, splits.image_size)
-    train_loader, val_loader, test_loader = make_loaders(splits, 64, seed=args.seed)
+    _, val_loader, test_loader = make_loaders(splits, 64, seed=args.seed)
     # the dense baseline of bench_sparsity.py (best validation epoch; cached, so the two benchmarks share it)
     spec = ModelSpec(args.model, splits.in_channels, splits.num_classes, splits.image_size)
     tag = f"seed{args.seed}-val{config.val_size}" + (f"-limit{args.limit}" if args.limit else "")
-    dense = baseline(spec, train_loader, val_loader, args.epochs, args.seed, tag).cpu()
+    dense = baseline(spec, splits, args.epochs, args.seed, tag).cpu()
     dense_macs = count_macs(dense, shape)["total"]
     rows = [{"name": "dense", "ratio": 0.0, "macs": dense_macs, "params": sum(p.numel() for p in dense.parameters()),
              "acc_pruned": None, "acc": evaluate(dense, test_loader, "cpu")}]
@@ -116,18 +115,15 @@ def main() -> None:
     rows.append({"name": "dense + fine-tune epochs", "ratio": 0.0, "macs": dense_macs, "params": rows[0]["params"],
                  "acc_pruned": None, "acc": evaluate(dense_more, test_loader, "cpu")})
     models["dense + fine-tune epochs"] = dense_more
-    batches = list(itertools.islice(train_loader, 4)) if args.importance == "taylor" else None
-    scan = None  # the planner's channel scan ranks channels by magnitude (l1, l2); taylor gets no planned row
-    if args.importance != "taylor":
-        scan = channel_sensitivity_scan(dense, val_loader, torch.zeros(1, *shape), importance=args.importance, device="cpu")
+    batches = steps.taylor_batches(splits, args.seed) if args.importance == "taylor" else None
     for ratio in (float(r) for r in args.ratios.split(",")):
-        ours = prune_channels(dense, {"_default": ratio}, torch.zeros(1, *shape), args.importance, batches=batches)
+        ours, _ = steps.prune_channels_step(dense, spec, {"_default": ratio}, importance=args.importance, batches=batches)
         target = count_macs(ours, shape)["total"]
         candidates = {f"edgeprune {args.importance} {ratio}": (ours, ratio)}
-        if scan is not None:
-            planned, plan = prune_for_macs(dense, scan, target / dense_macs, torch.zeros(1, *shape), args.importance)
-            candidates[f"edgeprune planned @{ratio}"] = (planned, max(plan.values()))
-            print(f"planned @{ratio}: {plan}", flush=True)
+        planned, info = steps.prune_channels_step(dense, spec, target_macs=target / dense_macs, importance=args.importance,
+                                                  loader=val_loader, device="cpu", batches=batches)
+        candidates[f"edgeprune planned @{ratio}"] = (planned, max(info["channel_ratios"].values()))
+        print(f"planned @{ratio}: {info['channel_ratios']}", flush=True)
         for global_pruning in (False, True):
             pruned, tp_ratio = tp_at_macs(dense, shape, target, global_pruning)
             candidates[f"TP {'global' if global_pruning else 'uniform'} @{ratio}"] = (pruned, tp_ratio)

@@ -1,7 +1,7 @@
 """Benchmark: compressed file size and accuracy of a pruned BasicCNN on Fashion-MNIST.
 
 Every step that ``edgeprune run`` also takes is the pipeline's own function
-(``edgeprune.pipeline``): the baseline is built by ``build_baseline`` and trained by
+(``edgeprune.steps``): the baseline is built by ``build_baseline`` and trained by
 ``train_baseline`` (Adam, lr 1e-3, batch 64, seeded), pruned with two sparsity dicts by
 ``prune_copy``, fine-tuned with the masks kept by ``finetune_pruned``, then, for every value
 mode, exported by ``export_compressed``, read back and evaluated on the test images by
@@ -30,7 +30,7 @@ from edgeprune.data import DataConfig, DataSplits, cache_dir, load_data, make_lo
 from edgeprune.device import pick_device
 from edgeprune.export.centroids import share_weights
 from edgeprune.models import ModelSpec
-from edgeprune.pipeline import build_baseline, compare_models, finetune_pruned, model_for_data, prune_copy, train_baseline
+from edgeprune.steps import build_baseline, compare_models, finetune_pruned, model_for_data, prune_copy, train_baseline
 from edgeprune.training import evaluate
 
 __all__: list[str] = []

@@ -1,12 +1,12 @@
 """Benchmark: BasicCNN exported to int8 TFLite (scored in TensorFlow Lite Micro) and to ONNX (scored in onnxruntime).
 
 For each geometry (Fashion-MNIST 1x28x28, and the same images as 3x32x32) a seeded BasicCNN
-(the pipeline's ``build_baseline``) is trained with the package's ``train`` (Adam, lr 1e-3, batch 64)
+(the run's ``build_baseline`` step) is trained with the package's ``train`` (Adam, lr 1e-3, batch 64)
 on the first ``--train-images`` shuffled training images (a subset, to fit a shared 2-core CPU);
-``export_tflite`` writes the int8 file calibrated on ``--calibration`` other training images;
-``evaluate_tflite`` scores the FULL test set one image at a time in TFLM and reports its arena;
-``export_onnx`` / ``evaluate_onnx`` / ``compare_onnx`` / ``onnx_latency`` do the same for ONNX. At
-1x28x28 a channel-pruned copy (``prune_channels``: 50 % of the output channels of conv1, conv2, fc1),
+the run's device-export step (``edgeprune.steps.export_for_devices``) writes the int8 TFLite file calibrated on
+``--calibration`` other training images, scores the FULL test set one image at a time in TFLM and reports its
+arena, and writes, checks, scores and times (``onnx_latency``, batch 1 and 256) the ONNX file. At
+1x28x28 a channel-pruned copy (the run's channel step: 50 % of the output channels of conv1, conv2, fc1),
 fine-tuned one epoch, then fine-grained pruned (50 % of every weight tensor) and fine-tuned one
 epoch with the masks kept, goes through both formats too, with the ``fits_on`` board table. With
 ``--lut-bits N`` a copy of the dense model has its weights k-means shared (``share_weights``, N bits,
@@ -21,41 +21,35 @@ import argparse
 import copy
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch.utils.data import Subset
 
+from edgeprune import steps
 from edgeprune.data import DataConfig, load_data, make_loader
 from edgeprune.device import pick_device
 from edgeprune.export.c_source import fits_on
 from edgeprune.export.centroids import share_weights
-from edgeprune.export.onnx import compare_onnx, evaluate_onnx, export_onnx, onnx_latency
-from edgeprune.export.tflite import calibration_images, export_tflite
-from edgeprune.export.tflm import evaluate_tflite
-from edgeprune.pipeline import build_baseline
-from edgeprune.prune.channels import prune_channels
 from edgeprune.prune.pruner import FineGrainedPruner
-from edgeprune.training import evaluate, finetune, train
+from edgeprune.training import finetune, train
 
 __all__: list[str] = []
 
 
-def score(model: torch.nn.Module, splits, calib: torch.Tensor, folder: Path, tag: str, lut_bits: int | None = None) -> dict:
-    """PyTorch fp32, TFLM int8 and onnxruntime accuracy on the full test set, sizes, arena and latencies."""
+def score(model: torch.nn.Module, splits, folder: Path, tag: str, lut_bits: int | None = None) -> dict:
+    """PyTorch fp32, and the run's device exports (``export_for_devices``): TFLM int8 and onnxruntime accuracy on the
+    full test set, sizes, arena and latencies."""
     model = model.cpu().eval()
-    test_loader = make_loader(splits.test, 256)
-    row = {"model": tag, "fp32": evaluate(model, test_loader, "cpu")}
+    row = {"model": tag, "fp32": steps.accuracy_on_test(model, splits, "cpu")}
     start = time.perf_counter()
-    tfl = export_tflite(model, folder / f"{tag}.tflite", calib, lut_bits=lut_bits)
-    result = evaluate_tflite(tfl, test_loader)
-    row.update(tflite=result["accuracy"], arena=result["arena_bytes"], flash=result["model_bytes"],
-               tflm_s=time.perf_counter() - start, count=result["count"])
-    onx = export_onnx(model, folder / f"{tag}.onnx", calib[:1])
-    row["onnx"] = evaluate_onnx(onx, test_loader)["accuracy"]
-    row["onnx_check"] = compare_onnx(model, onx, test_loader, batches=3)
-    row["latency_1"] = onnx_latency(model, onx, calib[:1], rounds=50)
-    row["latency_256"] = onnx_latency(model, onx, calib[:256], rounds=10)
+    result = steps.export_for_devices(model, splits, folder / f"{tag}.onnx", folder / f"{tag}.tflite", calibration=len(splits.train),
+                                      lut_bits=lut_bits, latency_batches=(1, 256))
+    row.update(tflite=result["tflite_accuracy"], arena=result["tflite_arena_bytes"], flash=result["tflite_bytes"],
+               export_s=time.perf_counter() - start, count=result["test_images"], onnx=result["onnx_accuracy"],
+               onnx_max_abs_diff=result["onnx_max_abs_diff"], latency_1=result["onnx_latency"][1],
+               latency_256=result["onnx_latency"][256])
     return row
 
 
@@ -65,13 +59,13 @@ def print_rows(title: str, rows: list[dict]) -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['model']} | {r['fp32']:.2f} % | {r['tflite']:.2f} % | {r['tflite'] - r['fp32']:+.2f} | {r['onnx']:.2f} % | "
-              f"{r['onnx_check']['max_abs_diff']:.1e} | {r['flash']:,} | {r['arena']:,} |")
+              f"{r['onnx_max_abs_diff']:.1e} | {r['flash']:,} | {r['arena']:,} |")
     print("\nLatency, median ms per call, 1 thread each (onnx_latency):\n")
-    print("| model | onnxruntime ms (batch 1) | PyTorch ms (batch 1) | onnxruntime ms (batch 256) | PyTorch ms (batch 256) | TFLM export + full test set, s |")
+    print("| model | onnxruntime ms (batch 1) | PyTorch ms (batch 1) | onnxruntime ms (batch 256) | PyTorch ms (batch 256) | both exports, scored on the full test set, s |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
         a, b = r["latency_1"], r["latency_256"]
-        print(f"| {r['model']} | {a['onnx_ms']:.3f} | {a['torch_ms']:.3f} | {b['onnx_ms']:.2f} | {b['torch_ms']:.2f} | {r['tflm_s']:.0f} |")
+        print(f"| {r['model']} | {a['onnx_ms']:.3f} | {a['torch_ms']:.3f} | {b['onnx_ms']:.2f} | {b['torch_ms']:.2f} | {r['export_s']:.0f} |")
 
 
 def main() -> None:
@@ -93,22 +87,23 @@ def main() -> None:
             splits = load_data(cfg)
             order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0)).tolist()
             train_loader = make_loader(Subset(splits.train, order[: args.train_images]), 64, shuffle=True, seed=0)
-            calib = calibration_images(Subset(splits.train, order[args.train_images:]), args.calibration)
-            model, _ = build_baseline("basiccnn", splits, seed=0)
+            # calibrated on training images the model was not trained on; scored on the full test set
+            scored = replace(splits, train=Subset(splits.train, order[args.train_images:args.train_images + args.calibration]))
+            model, spec = steps.build_baseline("basiccnn", splits, seed=0)
             start = time.perf_counter()
             train(model, train_loader, args.epochs, device=device, seed=0)
             print(f"trained {args.epochs} epochs on {args.train_images} images in {time.perf_counter() - start:.0f} s")
-            rows = [score(model, splits, calib, folder, f"basiccnn-{geometry}")]
+            rows = [score(model, scored, folder, f"basiccnn-{geometry}")]
             if args.lut_bits:
                 shared = copy.deepcopy(model).cpu()
                 share_weights(shared, args.lut_bits)
-                rows.append(score(shared, splits, calib, folder, f"kmeans{args.lut_bits}-lut-{geometry}", args.lut_bits))
+                rows.append(score(shared, scored, folder, f"kmeans{args.lut_bits}-lut-{geometry}", args.lut_bits))
             if geometry == "28" and args.pruned:
-                small = prune_channels(model.cpu(), {"conv1": 0.5, "conv2": 0.5, "fc1": 0.5}, calib[:2])
+                small, _ = steps.prune_channels_step(model.cpu(), spec, {"conv1": 0.5, "conv2": 0.5, "fc1": 0.5})
                 train(small, train_loader, 1, device=device, seed=0)
                 pruner = FineGrainedPruner(small, {"_default": 0.5})
                 finetune(small, pruner, train_loader, 1, device=device, seed=0)
-                rows.append(score(small, splits, calib, folder, "channel50+fine50-28"))
+                rows.append(score(small, scored, folder, "channel50+fine50-28"))
             print_rows(f"{cfg.channels or 1}x{cfg.image_size or 28}x{cfg.image_size or 28}, {args.epochs} epochs on {args.train_images} images", rows)
             for r in rows:
                 print(f"\nfits_on({r['flash']:,}, {r['arena']:,}) for {r['model']}:\n")

@@ -10,7 +10,7 @@ validation epoch kept). Then:
   under ``cache_dir()/bench`` so a rerun with other export settings trains nothing;
 * the dense model trained ``--budget`` more epochs (same schedule): the stricter accuracy reference;
 * every model (dense included) exported with ``save_compressed`` as fp32, fp16, int8 and k-means at
-  each of ``--bits``; for k-means, as ``edgeprune run`` does, ``share_weights`` first (k-means
+  each of ``--bits``; for k-means, as ``edgeprune run`` does, its ``share_centroids`` step first (k-means
   codebooks, ``--centroid-epochs`` epochs of centroid fine-tuning, lr 1e-4; also cached). Each file
   is read back with ``load_compressed`` and the decoded model's test accuracy is measured.
 
@@ -47,11 +47,11 @@ from edgeprune.analyze.plots import pyplot, save_figure  # noqa: E402
 from edgeprune.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from edgeprune.data import DataConfig, cache_dir, load_data, make_loaders  # noqa: E402
 from edgeprune.device import pick_device  # noqa: E402
-from edgeprune.export.centroids import share_weights  # noqa: E402
 from edgeprune.export.epz import load_compressed, save_compressed  # noqa: E402
 from edgeprune.files import write_json_atomic  # noqa: E402
 from edgeprune.models import ModelSpec  # noqa: E402
-from edgeprune.pipeline import fit_data_to_model, model_for_data  # noqa: E402
+from edgeprune.config import fit_data_to_model  # noqa: E402
+from edgeprune import steps  # noqa: E402
 from edgeprune.training import LR_SCHEDULES, evaluate, prune_gradually, train  # noqa: E402
 
 __all__: list[str] = []
@@ -185,11 +185,11 @@ def main() -> None:
 
     data = load_data(fit_data_to_model("basiccnn", DataConfig(name="fashion-mnist", val_size=args.val_size,
                                                               seed=args.seed, limit=args.limit)))
-    spec = model_for_data("basiccnn", data)
+    spec = steps.model_for_data("basiccnn", data)
     # Fresh loaders for every training, as bench_sparsity: the shuffling never depends on what ran before.
-    train_loader, val_loader, test_loader = make_loaders(data, 64, args.seed)
+    _, val_loader, test_loader = make_loaders(data, 64, args.seed)
     tag = f"seed{args.seed}-val{args.val_size}" + (f"-limit{args.limit}" if args.limit else "")
-    dense = baseline(spec, train_loader, val_loader, args.epochs, args.seed, tag).to(pick_device())
+    dense = baseline(spec, data, args.epochs, args.seed, tag).to(pick_device())
     stem = cache_dir() / "bench" / f"pareto-{spec.name}-{tag}-e{args.epochs}-b{args.budget}-{args.lr_schedule}"
 
     def longer() -> nn.Module:
@@ -225,10 +225,7 @@ def main() -> None:
             exported = model
             if values == "kmeans":  # as edgeprune run: shared weights, centroids fine-tuned, then the export
                 def share(model=model, bits=bits) -> nn.Module:
-                    shared = copy.deepcopy(model)
-                    torch.manual_seed(args.seed)
-                    share_weights(shared, bits, make_loaders(data, 64, args.seed)[0], args.centroid_epochs, lr=1e-4)
-                    return shared
+                    return steps.share_centroids(copy.deepcopy(model), bits, data, args.centroid_epochs, args.seed)
                 exported = cached(Path(f"{stem}-s{target:g}-k{bits}-c{args.centroid_epochs}.safetensors"), spec, share)
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "model.epz"

@@ -1,6 +1,6 @@
 """Does the budget planner beat simple rules at the same size? BasicCNN on Fashion-MNIST, 80 % pruned.
 
-Every step ``edgeprune run`` also takes is the pipeline's own function (``edgeprune.pipeline``):
+Every step ``edgeprune run`` also takes is the pipeline's own function (``edgeprune.steps``):
 the baseline is built by ``build_baseline`` and trained by ``train_baseline`` (Adam, lr 1e-3,
 batch 64, seeded, best epoch on the validation split ``load_data`` holds out of the training set;
 the weights are cached), scanned on that validation split by ``scan_model``, and pruned by
@@ -28,7 +28,7 @@ from edgeprune.checkpoint import load_checkpoint, save_checkpoint
 from edgeprune.data import DataConfig, cache_dir, load_data, make_loaders
 from edgeprune.device import pick_device
 from edgeprune.models import prunable_parameters
-from edgeprune.pipeline import build_baseline, choose_sparsity, prune_copy, scan_model, train_baseline
+from edgeprune.steps import build_baseline, choose_sparsity, prune_copy, scan_model, train_baseline
 from edgeprune.prune.global_magnitude import global_magnitude_sparsity
 from edgeprune.training import evaluate
 

@@ -5,7 +5,7 @@
     so the input is Fashion-MNIST as ``fit_data_to_model("resnet18", DataConfig())`` gives it to a
     torchvision model (resized to 32 x 32 and repeated to 3 channels).
 
-Every step ``edgeprune run`` also takes is the pipeline's own function (``edgeprune.pipeline``): data
+Every step ``edgeprune run`` also takes is the pipeline's own function (``edgeprune.steps``): data
 from ``load_data``, the model from ``build_baseline``, training by ``train_baseline`` and the scan,
 timed once per method, by ``scan_model``. What is the benchmark's own: the timing, the comparison
 of the two results, and holding the resized resnet18 images in memory as tensors, so the loader
@@ -27,7 +27,8 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from edgeprune.analyze.scan import ScanResult
 from edgeprune.data import DataConfig, DataSplits, load_data
 from edgeprune.device import pick_device
-from edgeprune.pipeline import build_baseline, fit_data_to_model, scan_model, train_baseline
+from edgeprune.config import fit_data_to_model
+from edgeprune.steps import build_baseline, scan_model, train_baseline
 
 __all__: list[str] = []
 

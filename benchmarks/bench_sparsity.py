@@ -1,18 +1,20 @@
 """Accuracy against sparsity: one-shot planned, one-shot global, AGP and iterative, same training budget.
 
 BasicCNN on real Fashion-MNIST (``edgeprune.data.load_data``: 55 000 training images, 5 000 held
-out for validation, the 10 000 test images for the table). The dense baseline is trained
-``--epochs`` epochs (``edgeprune.training.train``: Adam, lr 1e-3, batch 64, seeded, best
-validation epoch kept; cached under ``cache_dir()/bench``). Then, at each sparsity, every method
-gets the same ``--budget`` epochs of training after the baseline:
+out for validation, the 10 000 test images for the table). Every step is the run's own
+(``edgeprune.steps``). The dense baseline is ``build_baseline`` trained ``--epochs`` epochs by
+``train_baseline`` (Adam, lr 1e-3, batch 64, seeded, best validation epoch kept; cached under
+``cache_dir()/bench``). Then, at each sparsity, every method gets the same ``--budget`` epochs of
+training after the baseline:
 
-* ``planned``: today's one-shot run: ``sensitivity_scan`` (validation split, grid 0..0.95 step
-  0.05, as ``edgeprune run``), ``make_plan`` to the target, prune, ``finetune``;
-* ``global``: one-shot global magnitude (``global_magnitude_sparsity``), prune, ``finetune``;
-* ``agp``: ``prune_gradually(schedule="agp")`` to the global target (cubic ramp, then fixed masks);
-* ``iterative``: ``prune_gradually(schedule="iterative")``, one round per epoch;
-* ``uniform`` (only when asked for with ``--methods``): every layer at the target, one-shot, then
-  ``finetune``; what the planner gave before it was seeded from the global ranking whenever the
+* ``planned``: ``edgeprune run``'s one-shot path: ``scan_model`` (validation split, grid 0..0.95 step
+  0.05, as the run), ``choose_sparsity`` to the target, ``prune_copy``, ``finetune_pruned``;
+* ``global``: ``choose_sparsity(plan="global")`` (one global magnitude ranking), ``prune_copy``, ``finetune_pruned``;
+* ``agp``: ``prune_while_training(schedule="agp")`` to the global target (cubic ramp, then fixed masks),
+  as ``run --plan global --schedule agp``;
+* ``iterative``: ``prune_while_training(schedule="iterative")``, one round per epoch;
+* ``uniform`` (only when asked for with ``--methods``): every layer at the target, ``prune_copy``, then
+  ``finetune_pruned``; what the planner gave before it was seeded from the global ranking whenever the
   target was the scan grid's last sparsity (0.95).
 
 A dense model trained ``--epochs + --budget`` epochs is measured too: the pruned models have
@@ -33,17 +35,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgeprune.analyze.plan import make_plan
+from edgeprune import steps
 from edgeprune.analyze.plots import pyplot, save_figure
-from edgeprune.analyze.scan import sensitivity_scan
 from edgeprune.checkpoint import load_checkpoint, save_checkpoint
-from edgeprune.data import DataConfig, cache_dir, load_data, make_loaders
+from edgeprune.config import fit_data_to_model
+from edgeprune.data import DataConfig, DataSplits, cache_dir, load_data, make_loaders
 from edgeprune.files import write_json_atomic
 from edgeprune.models import ModelSpec, prunable_parameters
-from edgeprune.pipeline import fit_data_to_model, model_for_data
-from edgeprune.prune.global_magnitude import global_magnitude_sparsity
-from edgeprune.prune.pruner import FineGrainedPruner
-from edgeprune.training import LR_SCHEDULES, Teacher, evaluate, finetune, prune_gradually, train
+from edgeprune.training import LR_SCHEDULES, Teacher, evaluate, train
 
 __all__: list[str] = []
 
@@ -51,13 +50,13 @@ METHODS = ("planned", "global", "agp", "iterative", "uniform")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def baseline(spec: ModelSpec, train_loader, val_loader, epochs: int, seed: int, tag: str) -> nn.Module:
-    """The dense model trained ``epochs`` epochs (best validation epoch), cached on disk."""
+def baseline(spec: ModelSpec, splits: DataSplits, epochs: int, seed: int, tag: str) -> nn.Module:
+    """The run's baseline step: ``spec`` built seeded and trained ``epochs`` epochs (best validation epoch), cached on disk."""
     cache = cache_dir() / "bench" / f"sparsity-{spec.name}-{tag}-e{epochs}.safetensors"
     if cache.exists():
         return load_checkpoint(cache)[0]
-    model = spec.build(seed=seed)
-    train(model, train_loader, epochs, val_loader, seed=seed, keep_best=True)
+    model, spec = steps.build_baseline(spec.name, splits, seed=seed)
+    steps.train_baseline(model, splits, epochs, seed=seed)
     save_checkpoint(cache, model, spec)
     return model
 
@@ -71,22 +70,18 @@ def zero_fraction(model: nn.Module) -> float:
 def run_method(
     method: str, dense: nn.Module, target: float, scan, data, budget: int, seed: int, lr_schedule: str, distill: float
 ) -> nn.Module:
-    """A copy of ``dense`` pruned to ``target`` by ``method`` with ``budget`` epochs of training (fresh loaders)."""
-    train_loader, val_loader, _ = make_loaders(data, 64, seed)
-    model = copy.deepcopy(dense)
+    """A copy of ``dense`` pruned to ``target`` by ``method`` with ``budget`` epochs of training, by the run's steps."""
     teacher = Teacher(copy.deepcopy(dense), distill) if distill else None
     if method in ("planned", "global", "uniform"):
-        if method == "planned":
-            sparsity = make_plan(scan, model, target_sparsity=target).sparsity_dict
-        elif method == "global":
-            sparsity = global_magnitude_sparsity(prunable_parameters(model), target)
-        else:
+        if method == "uniform":
             sparsity = {"_default": target}
-        pruner = FineGrainedPruner(model, sparsity)
-        finetune(model, pruner, train_loader, budget, val_loader, seed=seed, lr_schedule=lr_schedule, teacher=teacher)
+        else:
+            sparsity, _ = steps.choose_sparsity(dense, scan, None, target, plan="scan" if method == "planned" else "global")
+        model, pruner = steps.prune_copy(dense, sparsity)
+        steps.finetune_pruned(model, pruner, data, budget, seed=seed, lr_schedule=lr_schedule, teacher=teacher)
     else:
-        prune_gradually(model, train_loader, target, budget, schedule=method, eval_loader=val_loader, seed=seed,
-                        lr_schedule=lr_schedule, teacher=teacher)
+        model = copy.deepcopy(dense)
+        steps.prune_while_training(model, target, data, budget, method, seed=seed, lr_schedule=lr_schedule, teacher=teacher)
     return model
 
 
@@ -127,12 +122,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     data = load_data(fit_data_to_model(args.model, DataConfig(name="fashion-mnist", val_size=args.val_size, seed=args.seed, limit=args.limit)))
-    spec = model_for_data(args.model, data)
+    spec = steps.model_for_data(args.model, data)
     # Fresh loaders for every training: the shuffling never depends on what ran before (or on the cache).
-    train_loader, val_loader, test_loader = make_loaders(data, 64, args.seed)
+    _, val_loader, test_loader = make_loaders(data, 64, args.seed)
     tag = f"seed{args.seed}-val{args.val_size}" + (f"-limit{args.limit}" if args.limit else "")
     start = time.time()
-    dense = baseline(spec, train_loader, val_loader, args.epochs, args.seed, tag)
+    dense = baseline(spec, data, args.epochs, args.seed, tag)
     longer = copy.deepcopy(dense)
     train_loader = make_loaders(data, 64, args.seed)[0]
     train(longer, train_loader, args.budget, val_loader, seed=args.seed + 1, keep_best=True, lr_schedule=args.lr_schedule)
@@ -144,7 +139,7 @@ def main() -> None:
           f"{data.info['test_images']} test images; dense: {references} ({time.time() - start:.0f} s)")
     scan = None  # only the planned method needs the scan (it costs 20 evaluations per layer)
     if "planned" in args.methods:
-        scan = sensitivity_scan(dense, val_loader, scan_start=0.0, scan_end=1.0, scan_step=0.05, progress=False)
+        scan = steps.scan_model(dense, data, "val", 0.0, 0.05, 1.0)
 
     rows = []
     for target in args.sparsities:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import struct
 from fractions import Fraction
@@ -74,6 +75,47 @@ def fashion_full() -> str:
             pytest.fail(f"{message}; {REQUIRE_DATASET}=1 forbids skipping it", pytrace=False)
         pytest.skip(message)
     return str(FASHION_DIR)
+
+
+def _comparable_results(out: Path) -> dict:
+    """A run's results.json without what differs between two folders: paths, timings, which steps were resumed."""
+    results = json.loads((out / "results.json").read_text())
+    for key in ("seconds", "resumed_steps"):
+        results.pop(key)
+    results["config"].pop("out")
+    for row in results["comparison"]:
+        for key in ("checkpoint", "compressed_file", "onnx_file", "tflite_file", "c_source", "latency_ms", "latency_threads"):
+            row.pop(key, None)
+    return results
+
+
+@pytest.fixture
+def comparable():
+    """``comparable(out)``: the results of the run in ``out`` that two runs of one config must share."""
+    return _comparable_results
+
+
+@pytest.fixture
+def interrupt_then_resume(monkeypatch):
+    """``interrupt_then_resume(argv, at, not_again)``: ``edgeprune`` with ``argv`` stopped by Ctrl-C in step ``at``
+    (exit 130), then resumed with ``--resume`` while step ``not_again`` must not run; returns the resumed results."""
+    import edgeprune.steps as steps
+    from edgeprune.cli import main
+
+    def run(argv: list[str], at: str, not_again: str) -> dict:
+        def interrupt(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as patched:
+            patched.setattr(steps, at, interrupt)
+            assert main(argv) == 130
+        with monkeypatch.context() as patched:
+            patched.setattr(steps, not_again, lambda *a, **k: pytest.fail(f"{not_again} ran again after --resume"))
+            assert main([*argv, "--resume"]) == 0
+        out = Path(argv[argv.index("--out") + 1])
+        return json.loads((out / "results.json").read_text())
+
+    return run
 
 
 def reference_lloyd(values: list[float], bits: int) -> list[float]:

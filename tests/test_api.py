@@ -161,3 +161,15 @@ def test_no_module_imports_in_a_cycle_even_lazily():
             continue  # a package's __init__ re-exports its modules: importing it is how its modules are reached
         cycle = cycle_from(name, [name])
         assert cycle is None or any(step in packages for step in cycle[1:-1]), " -> ".join(cycle)
+
+
+CLI_MAY_IMPORT = {"edgeprune", "edgeprune.config", "edgeprune.steps", "edgeprune.run", "edgeprune.report", "edgeprune.distributed"}
+"""The CLI parses, calls a step and prints: it reaches the package only through the pipeline (and the version)."""
+
+
+def test_the_cli_imports_only_the_pipeline():
+    root = Path(edgeprune.__file__).parent
+    known = {".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__") for p in root.rglob("*.py")}
+    imported = _imports(root / "cli.py", "edgeprune.cli", False, known)
+    assert imported >= {"edgeprune.steps", "edgeprune.config"}  # the parser sees its imports
+    assert imported <= CLI_MAY_IMPORT, sorted(imported - CLI_MAY_IMPORT)

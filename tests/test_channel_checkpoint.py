@@ -52,7 +52,7 @@ def test_a_channel_pruned_epz_export_loads_back_without_model_flags(tmp_path, ca
     """export --format epz of a channel-pruned checkpoint: the file carries the spec; inspect and load rebuild the small model."""
     from edgeprune.cli import main
     from edgeprune.export.epz import load_compressed, read_header, save_compressed
-    from edgeprune.pipeline import export_compressed
+    from edgeprune.steps import export_compressed
 
     spec = ModelSpec("basiccnn", 1, 10, 28)
     x = torch.randn(3, 1, 28, 28)

@@ -376,7 +376,7 @@ def test_latency_target_walks_the_channel_plan_until_the_timed_ratio_meets_it(mo
 
     The timing is replaced by each candidate's parameter fraction (deterministic), so the plan it picks must be
     the one a parameter target picks by walking the same greedy plans."""
-    from edgeprune import pipeline
+    from edgeprune import steps
     from edgeprune.models import ModelSpec
 
     model = _seeded(Chain).eval()
@@ -389,11 +389,11 @@ def test_latency_target_walks_the_channel_plan_until_the_timed_ratio_meets_it(mo
         assert reference is model
         return params(small) / params(model)
 
-    monkeypatch.setattr(pipeline, "latency_ratio", fake_ratio)
+    monkeypatch.setattr(steps, "latency_ratio", fake_ratio)
     torch.manual_seed(0)
     images = torch.randn(16, 3, 32, 32)
     loader = [(images, model(images).argmax(1))]
-    small, info = pipeline.prune_channels_step(model, spec, loader=loader, device="cpu", target_latency=0.6)
+    small, info = steps.prune_channels_step(model, spec, loader=loader, device="cpu", target_latency=0.6)
     assert info["latency_fraction_b64"] == params(small) / params(model) <= 0.6
     assert info["channel_scan"] is not None  # planned from the scan, not the uniform fallback
     from edgeprune.analyze.channel_scan import ChannelScanResult, _greedy_plans
@@ -405,6 +405,6 @@ def test_latency_target_walks_the_channel_plan_until_the_timed_ratio_meets_it(mo
     assert all(chosen[n] == after[n] or before[n] < chosen[n] < after[n] for n in after)  # its last step refined
     assert fractions[walked] <= info["latency_fraction_b64"]
     with pytest.raises(ValueError, match="exactly one"):
-        pipeline.prune_channels_step(model, spec, {"_default": 0.5}, target_latency=0.5)
+        steps.prune_channels_step(model, spec, {"_default": 0.5}, target_latency=0.5)
     with pytest.raises(ValueError, match="target MACs fraction"):
-        pipeline.prune_channels_step(model, spec, target_macs=1.5)
+        steps.prune_channels_step(model, spec, target_macs=1.5)

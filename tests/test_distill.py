@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from edgeprune.pipeline import RunConfig
+from edgeprune.config import RunConfig
 from edgeprune.prune.pruner import FineGrainedPruner
 from edgeprune.training import Teacher, finetune, train
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from edgeprune.analyze.latency import latency_ratio, measure_latency, time_calls, time_models
-from edgeprune.pipeline import compare_models
+from edgeprune.steps import compare_models
 from edgeprune.prune.pruner import FineGrainedPruner, is_pruned
 
 CALLS: list[dict] = []  # every forward pass of a Recorder, in order (a module-level list: deep copies share it)

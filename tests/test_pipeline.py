@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-import edgeprune.pipeline as pipeline
+import edgeprune.steps as steps
 from edgeprune.cli import main
 from edgeprune.data import DataConfig
-from edgeprune.pipeline import RunConfig
+from edgeprune.config import RunConfig, upgrade_saved
 from edgeprune.runfolder import LOCK_NAME, RunFolder
 
 
@@ -55,7 +55,7 @@ def test_bits_default_to_what_the_export_mode_needs():
     ({"target_latency": True}, "target_latency"),
     ({"target_macs": 1.5}, "target_macs"),
     ({"target_macs": 0.5, "target_latency": 0.5}, "not several"),
-    ({"channels": {"_default": 0.5}, "target_latency": 0.5}, "not several"),
+    ({"channel_ratios": {"_default": 0.5}, "target_latency": 0.5}, "not several"),
     ({"device": "cuda:7" if not __import__("torch").cuda.is_available() else "nonsense"}, "device|CUDA"),
 ])
 def test_a_bad_config_is_refused_on_construction(kwargs, match):
@@ -80,7 +80,7 @@ def test_config_round_trips_through_json():
 
 
 def test_run_with_a_bad_export_config_fails_before_any_work(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(pipeline, "load_data", lambda *a: pytest.fail("data loaded before the config was checked"))
+    monkeypatch.setattr(steps, "load_data", lambda *a: pytest.fail("data loaded before the config was checked"))
     out = tmp_path / "r"
     assert main(["run", "--export-values", "fp16", "--export-bits", "4", "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -89,7 +89,7 @@ def test_run_with_a_bad_export_config_fails_before_any_work(tmp_path, capsys, mo
 
 
 def test_wrong_layer_name_in_sparsity_is_refused_before_training(tmp_path, capsys, monkeypatch, fashion_slice):
-    monkeypatch.setattr(pipeline, "train_baseline", lambda *a, **k: pytest.fail("trained before the dict was checked"))
+    monkeypatch.setattr(steps, "train_baseline", lambda *a, **k: pytest.fail("trained before the dict was checked"))
     code = main(["run", "--data-dir", fashion_slice, "--val-size", "100", "--sparsity", '{"fc9.weight": 0.5}',
                  "--out", str(tmp_path / "r")])
     assert code == 2 and "fc9.weight" in capsys.readouterr().err
@@ -97,7 +97,7 @@ def test_wrong_layer_name_in_sparsity_is_refused_before_training(tmp_path, capsy
 
 @pytest.mark.parametrize("ratios, message", [('{"conv9": 0.5}', "'conv9'"), ('{"fc2": 0.5}', "output layer")])
 def test_bad_channel_ratios_are_refused_before_training(tmp_path, capsys, monkeypatch, fashion_slice, ratios, message):
-    monkeypatch.setattr(pipeline, "train_baseline", lambda *a, **k: pytest.fail("trained before the ratios were checked"))
+    monkeypatch.setattr(steps, "train_baseline", lambda *a, **k: pytest.fail("trained before the ratios were checked"))
     code = main(["run", "--data-dir", fashion_slice, "--val-size", "100", "--channel-ratios", ratios, "--out", str(tmp_path / "r")])
     assert code == 2 and message in capsys.readouterr().err
 
@@ -149,10 +149,11 @@ def test_overwrite_removes_only_the_files_a_run_writes(tmp_path):
 def test_resume_reads_a_key_missing_from_an_older_saved_config_as_its_default(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"epochs": 1}))  # written before 'distill' existed
     (tmp_path / "progress.json").write_text(json.dumps({"format": "edgeprune.progress/1", "done": {"baseline": {}}}))
-    with RunFolder(tmp_path, {"epochs": 1, "distill": 0.0}, resume=True, defaults={"distill": 0.0}) as folder:
+    now = {**upgrade_saved({}), "epochs": 1}
+    with RunFolder(tmp_path, now, resume=True, upgrade=upgrade_saved) as folder:
         assert list(folder.done) == ["baseline"]
     with pytest.raises(ValueError, match="distill: saved 0.0, now 0.5"):
-        with RunFolder(tmp_path, {"epochs": 1, "distill": 0.5}, resume=True, defaults={"distill": 0.0}):
+        with RunFolder(tmp_path, {**now, "distill": 0.5}, resume=True, upgrade=upgrade_saved):
             pass
 
 
@@ -204,7 +205,7 @@ def test_resume_refuses_another_config_and_names_the_difference(tmp_path):
 
 @pytest.mark.parametrize("out", ["file", "/proc/edgeprune-cannot-write-here"])
 def test_unusable_out_is_one_line_before_any_work(tmp_path, capsys, monkeypatch, out):
-    monkeypatch.setattr(pipeline, "train_baseline", lambda *a, **k: pytest.fail("trained before --out was checked"))
+    monkeypatch.setattr(steps, "train_baseline", lambda *a, **k: pytest.fail("trained before --out was checked"))
     expected = "cannot write there"
     if out == "file":
         out = tmp_path / "a-file"
@@ -222,17 +223,6 @@ def test_unusable_out_is_one_line_before_any_work(tmp_path, capsys, monkeypatch,
 RUN = ["run", "--val-size", "100", "--limit", "400", "--epochs", "1", "--finetune-epochs", "1", "--scan-step", "0.3"]
 
 
-def _comparable(out: Path) -> dict:
-    results = json.loads((out / "results.json").read_text())
-    for key in ("seconds", "resumed_steps"):
-        results.pop(key)
-    results["config"].pop("out")
-    for row in results["comparison"]:
-        for key in ("checkpoint", "compressed_file", "onnx_file", "tflite_file", "c_source", "latency_ms", "latency_threads"):
-            row.pop(key, None)  # paths and timings differ between the two folders
-    return results
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     data = str(Path(__file__).parent / "data" / "fashion-mnist")  # the shipped slice (conftest's fashion_slice)
@@ -248,23 +238,23 @@ def uninterrupted(tmp_path_factory):
     ("compare_models", ["baseline", "scan", "prune", "finetune"]),
 ])
 def test_an_interrupted_run_resumes_to_the_same_results(tmp_path, monkeypatch, capsys, uninterrupted, fashion_slice,
-                                                         interrupt_at, already_done):
+                                                         interrupt_at, already_done, comparable):
     out = tmp_path / "run"
-    real = getattr(pipeline, interrupt_at)
+    real = getattr(steps, interrupt_at)
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, interrupt_at, interrupt)
+    monkeypatch.setattr(steps, interrupt_at, interrupt)
     assert main([*RUN, "--data-dir", fashion_slice, "--out", str(out)]) == 130
     assert "--resume" in capsys.readouterr().err
     assert not (out / LOCK_NAME).exists() and not (out / "report.md").exists()
     assert main([*RUN, "--data-dir", fashion_slice, "--out", str(out)]) == 2  # no silent restart over it
-    monkeypatch.setattr(pipeline, interrupt_at, real)
-    monkeypatch.setattr(pipeline, "train_baseline", lambda *a, **k: pytest.fail("the baseline was trained again"))
+    monkeypatch.setattr(steps, interrupt_at, real)
+    monkeypatch.setattr(steps, "train_baseline", lambda *a, **k: pytest.fail("the baseline was trained again"))
     assert main([*RUN, "--data-dir", fashion_slice, "--out", str(out), "--resume"]) == 0
     assert json.loads((out / "results.json").read_text())["resumed_steps"] == already_done
-    assert _comparable(out) == _comparable(uninterrupted)
+    assert comparable(out) == comparable(uninterrupted)
 
 
 def test_ctrl_c_in_a_real_process_exits_130_with_one_line(tmp_path, fashion_slice):
@@ -309,7 +299,7 @@ def test_lr_schedules_give_the_hand_computed_rates(monkeypatch, tiny_net, schedu
     assert seen == pytest.approx(expected, rel=1e-9)
 
 
-def test_channels_first_then_fine_grained_in_one_run_and_resumed(tmp_path, monkeypatch, fashion_slice):
+def test_channels_first_then_fine_grained_in_one_run_and_resumed(tmp_path, fashion_slice, interrupt_then_resume, comparable):
     """--target-macs: a smaller dense model (MACs at most half), then fine-grained pruning; resumable after it."""
     argv = ["run", "--data-dir", fashion_slice, "--val-size", "100", "--limit", "300", "--epochs", "1",
             "--finetune-epochs", "1", "--target-macs", "0.5", "--plan", "global", "--target-sparsity", "0.5"]
@@ -329,17 +319,9 @@ def test_channels_first_then_fine_grained_in_one_run_and_resumed(tmp_path, monke
     report = (whole / "report.md").read_text()
     assert "## Whole channels removed first" in report and "![channel scan](channel_scan.png)" in report
 
-    def interrupt(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    real = pipeline.choose_sparsity
-    monkeypatch.setattr(pipeline, "choose_sparsity", interrupt)
-    assert main([*argv, "--out", str(parts)]) == 130
-    monkeypatch.setattr(pipeline, "choose_sparsity", real)
-    monkeypatch.setattr(pipeline, "prune_channels_step", lambda *a, **k: pytest.fail("channels pruned again"))
-    assert main([*argv, "--out", str(parts), "--resume"]) == 0
-    assert json.loads((parts / "results.json").read_text())["resumed_steps"] == ["baseline", "channels"]
-    assert _comparable(parts) == _comparable(whole)
+    resumed = interrupt_then_resume([*argv, "--out", str(parts)], at="choose_sparsity", not_again="prune_channels_step")
+    assert resumed["resumed_steps"] == ["baseline", "channels"]
+    assert comparable(parts) == comparable(whole)
 
 
 def test_a_named_data_dir_that_does_not_exist_is_an_error_not_a_fallback(tmp_path, capsys):

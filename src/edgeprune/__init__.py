@@ -3,7 +3,8 @@
 Inspect a model, scan each layer's sensitivity, plan a sparsity dict, prune (fine-grained,
 global or gradual; or whole channels into a smaller dense model), fine-tune with the masks
 held in the model, export a compressed file, ONNX and int8 TFLite for microcontrollers, and
-compare, from Python or the CLI. The steps of the one-command run are in :mod:`edgeprune.pipeline`.
+compare, from Python or the CLI. Each step is one function of :mod:`edgeprune.steps`; :mod:`edgeprune.config` holds
+the run's configuration and :mod:`edgeprune.run` the one-command run over the steps.
 """
 
 __version__ = "0.1.0"
@@ -22,8 +23,9 @@ from .export.onnx import evaluate_onnx, export_onnx
 from .export.tflite import export_tflite
 from .export.tflm import evaluate_tflite
 from .models import BasicCNN, ModelSpec, build_model, prunable_parameters
-from .pipeline import (
-    RunConfig,
+from .config import RunConfig
+from .run import run_experiment
+from .steps import (
     build_baseline,
     choose_sparsity,
     compare_models,
@@ -33,7 +35,6 @@ from .pipeline import (
     prune_channels_step,
     prune_copy,
     prune_while_training,
-    run_experiment,
     scan_model,
     train_baseline,
 )

@@ -1,59 +1,25 @@
-"""The command line: thin subcommands over the pipeline's steps; each writes files and says where.
+"""The command line: each subcommand parses its flags, calls one step of :mod:`edgeprune.steps` (or the run) and prints.
 
-Every error a user can cause is one line naming the fix, with exit status 2; Ctrl-C exits with 130.
+Every error a user can cause is one line naming the fix, with exit status 2; Ctrl-C exits with 130. The flags of
+``run`` are made from :class:`~edgeprune.config.RunConfig`'s fields (help, bounds and the one set of defaults).
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
-import signal
 import os
+import signal
 import sys
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
-from . import __version__, distributed
-from .analyze.metrics import count_macs, layer_stats, model_stats
-from .analyze.plots import plot_num_parameters_distribution, plot_weight_distribution
-from .analyze.scan import ScanResult
-from .checkpoint import load_checkpoint, save_checkpoint
-from .data import DATASETS, DataConfig, data_geometry, load_data, make_loaders
-from .device import pick_device
-from .export.c_source import fits_on, write_c_source
-from .export.centroids import share_weights
-from .export.onnx import compare_onnx, evaluate_onnx, export_onnx, onnx_latency
-from .export.tflite import calibration_images, export_tflite
-from .export.tflm import evaluate_tflite
-from .files import writable_folder, write_json_atomic, write_text_atomic
-from .models import ModelSpec
-from .pipeline import (
-    MAX_SEED,
-    RunConfig,
-    build_baseline,
-    check_fits,
-    choose_sparsity,
-    compare_models,
-    default_bits,
-    export_compressed,
-    finetune_pruned,
-    fit_data_to_model,
-    prune_copy,
-    run_experiment,
-    scan_model,
-    train_baseline,
-)
-from .prune.channels import channel_counts, prune_channels
-from .prune.importance import CRITERIA
-from .prune.pruner import FineGrainedPruner
-from .prune.settings import load_layer_settings
+from . import __version__, distributed, steps
+from .config import CRITERIA, EXPORT_VALUES, METHODS, SCAN_SPLITS, Flag, RunConfig, data_config, flags, \
+    read_config_file, run_config
 from .report import comparison_markdown, layers_markdown
-from .training import evaluate
+from .run import run_experiment
 
 __all__ = ["main", "build_parser"]
 
@@ -90,7 +56,6 @@ def _real(low: float | None = None, high: float | None = None, positive: bool = 
     return parse
 
 
-SEED = _whole(0, MAX_SEED)
 FRACTION = _real(0.0, 1.0)
 
 
@@ -101,275 +66,147 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-# --------------------------------------------------------------------------- shared helpers
+# --------------------------------------------------------------------------- flags from the config's fields
 
 
-def _data_config(args: argparse.Namespace) -> DataConfig:
-    return fit_data_to_model(args.model, DataConfig(
-        name=args.dataset, data_dir=args.data_dir, download=args.download, channels=args.channels,
-        image_size=args.image_size, mean=args.mean, std=args.std, batch_size=args.batch_size,
-        val_size=args.val_size, seed=args.seed, limit=args.limit,
-    ))
+def _add_flag(group, dest: str, flag: Flag, default: object, suppress: bool = False) -> None:
+    """Add ``flag`` for the config field ``dest`` (``data.<field>`` for the data), its help naming ``default``.
 
-
-def _spec(args: argparse.Namespace) -> ModelSpec | None:
-    """The model spec the flags and the data describe, without loading the data (None when the classes are unknown).
-
-    Used for checkpoints that carry no spec of their own, such as the seed's ``.pth`` files: an image
-    folder gives its classes (its class folders) and geometry (see ``data_geometry``).
+    With ``suppress`` (``run``) a flag not given stays out of the namespace, so that a --config file can set it.
     """
-    channels, size, classes = data_geometry(_data_config(args))
-    classes = args.num_classes or classes
-    return ModelSpec(args.model, channels, classes, size) if classes else None
+    text = flag.help if default is None or default is False or "default" in flag.help else f"{flag.help} (default: {default})"
+    name = dest.removeprefix("data.")
+    kwargs = {"default": argparse.SUPPRESS if suppress else default, "dest": dest, "help": text}
+    if flag.kind == "bool":
+        group.add_argument(flag.name(name), action="store_true", **kwargs)
+        return
+    parse = {"int": lambda: _whole(int(flag.low), None if flag.high is None else int(flag.high)),
+             "float": lambda: _real(flag.low, flag.high, flag.positive), "str": lambda: str}[flag.kind]()
+    group.add_argument(flag.name(name), type=parse, choices=flag.choices, metavar=None if flag.choices else name.upper(), **kwargs)
 
 
-def _load_checkpoint(args: argparse.Namespace, path: str):
-    """``load_checkpoint`` with the spec the flags describe; when the file has none and the flags fall short, say which flag."""
-    missing = f"give --num-classes, the number of classes it was trained on ({args.data_dir}/train has no class folders to count)"
-    return load_checkpoint(path, _spec(args), missing)
+COMMON = ("model", "seed", "device")
+"""The run's fields that every subcommand takes, besides the data's."""
 
 
-def _load(args: argparse.Namespace, path: str):
-    model, spec, masks, _ = _load_checkpoint(args, path)
-    return model.to(pick_device(args.device)), spec, masks
+def _add_common(p: argparse.ArgumentParser) -> None:
+    """The model and data flags of the step-by-step subcommands, with RunConfig's and DataConfig's defaults."""
+    g = p.add_argument_group("model and data")
+    for dest, flag, default in flags():
+        if dest in COMMON or dest.startswith("data."):
+            _add_flag(g, dest, flag, default)
+    g.add_argument("--num-classes", type=_whole(2, 100_000), help="classes of an imagefolder data set")
 
 
-def _splits(args: argparse.Namespace, spec: ModelSpec | None = None):
-    """The data splits; with ``spec``, checked to fit the model."""
-    splits = load_data(_data_config(args))
-    if spec is not None:
-        check_fits(spec, splits)
-    return splits
+def _data(args: argparse.Namespace):
+    """The data config of the common flags."""
+    given = {dest.removeprefix("data."): value for dest, value in vars(args).items() if dest.startswith("data.")}
+    return data_config(args.model, {**given, "seed": args.seed})
 
 
-def _writable_file(path: str) -> Path:
-    """``path`` as an output file, checked before any work: not a folder, in a folder we can write."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"--out {path}: is a folder; give a file name such as {path / 'model.safetensors'}")
-    writable_folder(path.parent, f"--out {path}")
-    return path
-
-
-def _bits(text: str | None, values: str) -> int | dict | None:
-    """k-means bits from ``--bits``: a number, or per layer as inline JSON / a file."""
-    if values == "kmeans" and text is None:
-        raise ValueError("--values kmeans needs a bit width: add --bits N (N from 2 to 8) or a per-layer dict")
-    if text is None:
-        return default_bits(values)
-    return int(text) if text.isdigit() else load_layer_settings(text)
+def _spec(args: argparse.Namespace):
+    return steps.model_spec_from_flags(args.model, _data(args), args.num_classes)
 
 
 # --------------------------------------------------------------------------- subcommands
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    out = _writable_file(args.out)
-    splits = _splits(args)
-    model, spec = build_baseline(args.model, splits, seed=args.seed)
-    history = train_baseline(model, splits, args.epochs, args.lr, args.device, args.seed)
-    accuracy = evaluate(model, make_loaders(splits, args.batch_size)[2], args.device)
-    if distributed.is_main():
-        save_checkpoint(out, model, spec, info={"stage": "baseline", "test_accuracy": accuracy, "data": splits.info})
+    accuracy, history, out = steps.train_checkpoint(args.model, _data(args), args.epochs, args.lr, args.device, args.seed, args.out)
     print(f"test accuracy {accuracy:.2f} % (best epoch {history.best_epoch}); saved {out}")
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    out = writable_folder(args.out)
-    model, spec, _ = _load(args, args.checkpoint)
-    stats = {
-        "model": asdict(spec), **model_stats(model, args.bit_width),
-        "macs_dense": count_macs(model, (spec.in_channels, spec.image_size, spec.image_size)),
-        "layers": [s.to_dict() for s in layer_stats(model, args.bit_width)],
-        "channels": channel_counts(model),
-    }
-    write_json_atomic(out / "inspect.json", stats)
-    plot_weight_distribution(model, out / "weight_distribution.png", count_nonzero_only=args.nonzero_only, show=args.show)
-    plot_num_parameters_distribution(model, out / "num_parameters.png", show=args.show)
+    model, spec, _, _ = steps.load_model(args.checkpoint, _spec(args), args.device)
+    stats = steps.inspect_model(model, spec, args.out, args.bit_width, args.nonzero_only, args.show)
     print(layers_markdown(stats["layers"]))
     print("output channels: " + ", ".join(f"{name} {c['out']}" for name, c in stats["channels"].items()))
     print(f"{stats['params']:,} parameters, {stats['nonzeros']:,} non-zero ({100 * stats['sparsity']:.1f} % sparse), "
-          f"{stats['theoretical_mib']:.3f} MiB at {args.bit_width} bit, {stats['macs_dense']['total']:,} MACs; wrote {out}/")
+          f"{stats['theoretical_mib']:.3f} MiB at {args.bit_width} bit, {stats['macs_dense']['total']:,} MACs; wrote {args.out}/")
 
 
 def cmd_scan(args: argparse.Namespace) -> None:
-    out = writable_folder(args.out)
-    model, spec, _ = _load(args, args.checkpoint)
-    splits = _splits(args, spec)
-    result = scan_model(model, splits, args.split, args.scan_start, args.scan_step, args.scan_end, args.method, args.device)
-    result.meta.update(data=splits.info)
-    if not distributed.is_main():
-        return  # under torchrun the processes shared the scan out; one of them writes it
-    result.to_json(out / "scan.json")
-    result.plot(out / "sensitivity.png", show=args.show)
-    print(f"dense accuracy {result.dense_accuracy:.2f} % on the {args.split} split; wrote {out}/scan.json and sensitivity.png")
+    result = steps.scan_checkpoint(args.checkpoint, _spec(args), _data(args), args.scan_split, args.scan_start, args.scan_step,
+                                   args.scan_end, args.scan_method, args.device, args.out, args.show)
+    if result is not None:
+        print(f"dense accuracy {result.dense_accuracy:.2f} % on the {args.scan_split} split; "
+              f"wrote {args.out}/scan.json and sensitivity.png")
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    out = _writable_file(args.out)
-    scan = ScanResult.from_json(args.scan)
-    model = _load(args, args.checkpoint)[0] if args.checkpoint else None
-    sparsity, plan = choose_sparsity(model, scan, None, args.target_sparsity, args.max_drop, args.target_bytes)
-    write_json_atomic(out, sparsity)
-    write_json_atomic(out.with_suffix(".plan.json"), plan)
-    if args.plot:
-        scan.plot(args.plot, chosen=sparsity)
+    sparsity = steps.plan_from_scan(args.scan, args.checkpoint, _spec(args), args.out, args.target_sparsity, args.max_drop,
+                                    args.target_bytes, args.plot, args.device)
     print(json.dumps(sparsity, indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {args.out}")
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
-    if args.sparsity is None and args.channel_ratios is None:
-        raise ValueError("prune needs --sparsity (fine-grained), --channel-ratios (whole channels), or both")
-    out = _writable_file(args.out)
-    model, spec, _ = _load(args, args.checkpoint)
-    info: dict = {"stage": "pruned"}
-    if args.channel_ratios is not None:  # whole channels first: a smaller dense model
-        ratios = load_layer_settings(args.channel_ratios)
-        example = torch.zeros(1, spec.in_channels, spec.image_size, spec.image_size)
-        before = count_macs(model, example.shape[1:])["total"]
-        batches = None
-        if args.importance == "taylor":  # gradients from a few training batches
-            batches = list(itertools.islice(make_loaders(_splits(args, spec), args.batch_size, args.seed)[0], 4))
-        model = prune_channels(model, ratios, example, args.importance, batches)
-        info.update(channel_pruned=True, channel_ratios=ratios, channel_importance=args.importance)
-        print(f"channels pruned: {before:,} -> {count_macs(model, example.shape[1:])['total']:,} MACs; output channels: "
-              + ", ".join(f"{name} {c['out']}" for name, c in channel_counts(model).items()))
-        if args.sparsity is None:
-            save_checkpoint(out, model, spec, None, info)
-            print(f"saved {out}")
-            return
-    pruned, pruner = prune_copy(model, load_layer_settings(args.sparsity))
-    save_checkpoint(out, pruned, spec, pruner.masks, {**info, "sparsity_dict": pruner.sparsity_dict})
-    print(layers_markdown([s.to_dict() for s in layer_stats(pruned) if s.name in pruner.masks]))
-    print(f"saved {out} with the masks of {len(pruner.masks)} layers")
+    result = steps.prune_checkpoint(args.checkpoint, _spec(args), _data(args), args.out, args.sparsity, args.channel_ratios,
+                                    args.importance, args.device, args.seed)
+    channels = result["channels"]
+    if channels is not None:
+        print(f"channels pruned: {channels['macs_dense']:,} -> {channels['macs']:,} MACs; output channels: "
+              + ", ".join(f"{name} {c['out']}" for name, c in channels["channels"].items()))
+    if result["layers"] is None:
+        print(f"saved {result['path']}")
+        return
+    print(layers_markdown(result["layers"]))
+    print(f"saved {result['path']} with the masks of {len(result['layers'])} layers")
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    out = _writable_file(args.out)
-    model, spec, masks, info = _load_checkpoint(args, args.checkpoint)
-    model.to(pick_device(args.device))
-    channels = {"channel_pruned": True} if info.get("channel_pruned") is True else {}  # stays loadable when saved again
-    if masks is None and not channels:
-        raise ValueError(f"{args.checkpoint} has no masks beside it; prune it first with 'edgeprune prune'")
-    pruner = FineGrainedPruner.from_masks(masks or {})
-    splits = _splits(args, spec)
-    history = finetune_pruned(model, pruner, splits, args.epochs, args.lr, args.device, args.seed)
-    accuracy = evaluate(model, make_loaders(splits, args.batch_size)[2], args.device)
-    if distributed.is_main():
-        save_checkpoint(out, model, spec, pruner.masks, {"stage": "finetuned", "test_accuracy": accuracy, **channels})
+    accuracy, history, out = steps.finetune_checkpoint(args.checkpoint, _spec(args), _data(args), args.epochs, args.lr,
+                                                       args.device, args.seed, args.out)
     print(f"test accuracy {accuracy:.2f} % (best epoch {history.best_epoch}); saved {out}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    out = writable_folder(args.out)
-    labels = args.labels.split(",") if args.labels else [Path(p).stem for p in args.checkpoints]
-    if len(labels) != len(args.checkpoints):
-        raise ValueError(f"--labels names {len(labels)} models but {len(args.checkpoints)} checkpoints were given")
-    if args.export_values == "kmeans" and args.export_bits is None:
-        raise ValueError("--export-values kmeans needs a bit width: add --export-bits N (N from 2 to 8)")
-    loaded = [_load(args, path) for path in args.checkpoints]
-    models = [(label, model, Path(path)) for label, (model, _, _), path in zip(labels, loaded, args.checkpoints)]
-    test_loader = make_loaders(_splits(args, loaded[0][1]), args.batch_size)[2]
-    export_dir = None if args.export_values == "none" else out
-    bits = args.export_bits if args.export_bits is not None else default_bits(args.export_values)
-    rows = compare_models(models, test_loader, args.device, export_dir, args.export_values, bits,
-                          specs=[spec for _, spec, _ in loaded])
-    table = comparison_markdown(rows)
-    write_text_atomic(out / "comparison.md", table)
-    write_json_atomic(out / "comparison.json", rows)
-    print(table)
-    print(f"wrote {out}/comparison.md and comparison.json")
+    values = None if args.export_values == "none" else args.export_values
+    rows = steps.compare_checkpoints(args.checkpoints, args.labels.split(",") if args.labels else None, _spec(args),
+                                     _data(args), args.device, args.out, values, args.export_bits)
+    print(comparison_markdown(rows))
+    print(f"wrote {args.out}/comparison.md and comparison.json")
 
 
 EXPORT_FORMATS = {"epz": "model.epz", "onnx": "model.onnx", "tflite": "model.tflite"}  # format -> default --out
 
 
-def _export_runtime(args: argparse.Namespace, model, spec: ModelSpec, out: Path) -> None:
-    """``--format onnx`` / ``tflite``: write the file, then score it in its own runtime on the test split."""
-    splits = _splits(args, spec)
-    test_loader = make_loaders(splits, args.batch_size, args.seed)[2]
-    model = model.cpu().eval()
-    fp32 = evaluate(model, test_loader, "cpu")
-    if args.format == "onnx":
-        example = calibration_images(splits.test, 1)
-        export_onnx(model, out, example)
-        check, result = compare_onnx(model, out, test_loader), evaluate_onnx(out, test_loader)
-        timing = onnx_latency(model, out, example)
-        print(f"wrote {out} ({out.stat().st_size:,} bytes); onnxruntime accuracy {result['accuracy']:.2f} % on "
-              f"{result['count']} test images (PyTorch {fp32:.2f} %); logits {'equal' if check['equal'] else 'NOT equal'} "
-              f"within tolerance (max diff {check['max_abs_diff']:.1e}); batch-1 latency onnxruntime "
-              f"{timing['onnx_ms']:.3f} ms, PyTorch {timing['torch_ms']:.3f} ms")
-        return
-    export_tflite(model, out, calibration_images(splits.train, args.calibration), softmax=args.softmax)
-    result = evaluate_tflite(out, test_loader)
-    print(f"wrote {out} ({result['model_bytes']:,} bytes, int8); TFLM accuracy {result['accuracy']:.2f} % on "
-          f"{result['count']} test images (PyTorch fp32 {fp32:.2f} %); tensor arena {result['arena_bytes']:,} bytes")
-    if args.c_source:
-        cc, h = write_c_source(out, writable_folder(args.c_source, "--c-source"))
-        print(f"wrote {cc} and {h}")
-    for row in fits_on(result["model_bytes"], result["arena_bytes"]):
-        print(f"  {row['board']}: model {100 * row['flash_used']:.1f} % of flash, arena {100 * row['ram_used']:.1f} % of RAM: "
-              f"{'fits' if row['fits'] else 'does not fit'}")
-
-
 def cmd_export(args: argparse.Namespace) -> None:
-    out = _writable_file(args.out or EXPORT_FORMATS[args.format])
-    model, spec, _ = _load(args, args.checkpoint)
-    if args.format != "epz":
-        if args.values != "fp32" or args.bits is not None or args.centroid_epochs:
-            raise ValueError(f"--values, --bits and --centroid-epochs shape the compressed .epz file; drop them with --format {args.format}")
-        _export_runtime(args, model, spec, out)
-        return
-    bits = _bits(args.bits, args.values)
-    if args.centroid_epochs:
-        if args.values != "kmeans":
-            raise ValueError("--centroid-epochs fine-tunes k-means centroids: use it with --values kmeans")
-        train_loader = make_loaders(_splits(args, spec), args.batch_size, args.seed)[0]
-        share_weights(model, bits, train_loader, args.centroid_epochs, args.centroid_lr)
-    export_compressed(model, out, args.values, bits, spec)
-    print(f"wrote {out} ({out.stat().st_size:,} bytes; the dense checkpoint is {Path(args.checkpoint).stat().st_size:,})")
+    out = args.out or EXPORT_FORMATS[args.format]
+    row = steps.export_checkpoint(args.checkpoint, _spec(args), _data(args), out, args.format, args.values, args.bits,
+                                  args.centroid_epochs, args.centroid_lr, args.calibration, args.softmax, args.c_source,
+                                  args.device, args.seed)
+    if args.format == "epz":
+        print(f"wrote {out} ({row['bytes']:,} bytes; the dense checkpoint is {row['checkpoint_bytes']:,})")
+    elif args.format == "onnx":
+        timing = row["onnx_latency"][1]
+        print(f"wrote {out} ({Path(out).stat().st_size:,} bytes); onnxruntime accuracy {row['onnx_accuracy']:.2f} % on the "
+              f"test images (PyTorch {row['accuracy']:.2f} %); logits {'equal' if row['onnx_equal'] else 'NOT equal'} "
+              f"within tolerance (max diff {row['onnx_max_abs_diff']:.1e}); batch-1 latency onnxruntime "
+              f"{timing['onnx_ms']:.3f} ms, PyTorch {timing['torch_ms']:.3f} ms")
+    else:
+        print(f"wrote {out} ({row['tflite_bytes']:,} bytes, int8); TFLM accuracy {row['tflite_accuracy']:.2f} % on "
+              f"{row['test_images']} test images (PyTorch fp32 {row['accuracy']:.2f} %); tensor arena {row['tflite_arena_bytes']:,} bytes")
+        if "c_source" in row:
+            print(f"wrote {' and '.join(row['c_source'])}")
+        for board in row["fits_on"]:
+            print(f"  {board['board']}: model {100 * board['flash_used']:.1f} % of flash, arena {100 * board['ram_used']:.1f} % "
+                  f"of RAM: {'fits' if board['fits'] else 'does not fit'}")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    cfg = RunConfig(
-        model=args.model, data=_data_config(args), weights=args.weights, epochs=args.epochs,
-        finetune_epochs=args.finetune_epochs, lr=args.lr, lr_schedule=args.lr_schedule, distill=args.distill, sparsity=args.sparsity,
-        channels=args.channel_ratios, target_macs=args.target_macs, target_latency=args.target_latency,
-        channel_importance=args.channel_importance,
-        plan=args.plan, target_sparsity=args.target_sparsity, schedule=args.schedule, max_drop=args.max_drop, scan_split=args.scan_on,
-        scan_start=args.scan_start, scan_step=args.scan_step, scan_end=args.scan_end,
-        export_values=args.export_values, export_bits=args.export_bits, centroid_epochs=args.centroid_epochs,
-        device_exports=args.device_exports, out=args.out, device=args.device, seed=args.seed,
-    )
+    given = {dest: getattr(args, dest) for dest, _, _ in flags() if hasattr(args, dest)}
+    cfg = run_config(read_config_file(args.config) if args.config else {}, given)
     results = run_experiment(cfg, overwrite=args.overwrite, resume=args.resume)
     if distributed.is_main():
         print(comparison_markdown(results["comparison"]))
         print(f"report: {Path(cfg.out) / 'report.md'} (finished in {results['seconds']} s)")
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model and data")
-    g.add_argument("--model", default="basiccnn", help="basiccnn, a torchvision classifier (resnet18, vgg11_bn, mobilenet_v2, ...) or module.path:factory")
-    g.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
-    g.add_argument("--data-dir", help="where the data set is (default: Debian's /usr/share/datasets/fashion-mnist for fashion-mnist)")
-    g.add_argument("--download", action="store_true", help="allow torchvision to download the data set (needs the network)")
-    g.add_argument("--channels", type=int, choices=(1, 3), help="convert images to this many channels (3 is automatic for torchvision models)")
-    g.add_argument("--image-size", type=_whole(4, 4096), help="resize images to this side length")
-    g.add_argument("--num-classes", type=_whole(2, 100_000), help="classes of an imagefolder data set")
-    g.add_argument("--mean", type=_real(-1e6, 1e6), default=0.5, help="Normalize mean per channel (the seed's 0.5)")
-    g.add_argument("--std", type=_real(positive=True), default=0.5, help="Normalize std per channel (the seed's 0.5)")
-    g.add_argument("--batch-size", type=_whole(1, 1_000_000), default=64)
-    g.add_argument("--val-size", type=_whole(0), default=5000, help="images held out of the training set for scans and model selection")
-    g.add_argument("--seed", type=SEED, default=0)
-    g.add_argument("--limit", type=_whole(1), help="use at most this many images of each split (quick trials)")
-    g.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when present)")
-
-
 def _add_scan_range(p: argparse.ArgumentParser, start: float, step: float) -> None:
-    p.add_argument("--scan-start", type=FRACTION, default=start)
-    p.add_argument("--scan-step", type=_real(positive=True), default=step)
-    p.add_argument("--scan-end", type=_real(0.0, 2.0), default=1.0, help="exclusive, as in np.arange")
+    for dest, flag, default in flags():
+        if dest in ("scan_start", "scan_step", "scan_end"):
+            _add_flag(p, dest, flag, {"scan_start": start, "scan_step": step}.get(dest, default))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -378,41 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgeprune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="the whole experiment: train, scan, plan, prune, fine-tune, export, compare, report")
-    _add_common(p)
-    p.add_argument("--weights", help="start from this baseline checkpoint instead of training (.safetensors or a .pth state_dict)")
-    p.add_argument("--epochs", type=_whole(0, 10_000), help="baseline training epochs (default 5; 0 with --weights)")
-    p.add_argument("--finetune-epochs", type=_whole(0, 10_000), default=RunConfig.finetune_epochs)
-    p.add_argument("--lr", type=_real(positive=True), default=RunConfig.lr)
-    p.add_argument("--sparsity", help="sparsity dict: inline JSON or a .json/.toml/.yaml file (default: planned from the scan)")
-    p.add_argument("--target-sparsity", type=FRACTION, default=RunConfig.target_sparsity, help="planner budget: fraction of prunable weights removed")
-    p.add_argument("--channel-ratios", help="channel pruning first: fraction of output channels removed per Conv2d/Linear module "
-                   "name, as inline JSON or a file (e.g. '{\"_default\": 0.5}'); a smaller dense model, fine-tuned, then pruned fine-grained")
-    p.add_argument("--target-macs", type=_real(0.0, 1.0), help="channel pruning first: remove the channels that the channel scan "
-                   "says cost least, until MACs are at most this fraction of the dense model's (e.g. 0.5)")
-    p.add_argument("--target-latency", type=_real(0.0, 1.0), help="channel pruning first, as --target-macs, until the batch-64 "
-                   "latency measured here on --device is at most this fraction of the dense model's (e.g. 0.5)")
-    p.add_argument("--channel-importance", choices=CRITERIA, default="l2",
-                   help="how channels are ranked: l1/l2 magnitude, bn_scale, or taylor (first order, from 4 training batches)")
-    p.add_argument("--lr-schedule", choices=("constant", "cosine", "step"), default="constant",
-                   help="learning rate over the fine-tuning epochs: constant, cosine (annealed to 0) or step (x0.1 every third)")
-    p.add_argument("--distill", type=_real(0.0, 1.0), default=0.0,
-                   help="every fine-tuning also learns the dense baseline's outputs (knowledge distillation, temperature 4) "
-                   "with this weight against the labels' (e.g. 0.5; default 0: off); k-means centroid fine-tuning does not")
-    p.add_argument("--plan", choices=("scan", "global"), default="scan",
-                   help="how the planner reaches --target-sparsity: from the sensitivity scan, or one global magnitude ranking")
-    p.add_argument("--schedule", choices=("oneshot", "agp", "iterative"), default="oneshot",
-                   help="oneshot: prune, then fine-tune; agp: cubic ramp to the targets while training; iterative: rounds of prune + fine-tune")
-    p.add_argument("--max-drop", type=_real(0.0, 100.0), help="plan by tolerance instead: largest sparsity per layer within this accuracy drop")
-    p.add_argument("--scan-on", choices=("val", "test"), default="val", help="scan on the validation split (default) or the test set")
-    _add_scan_range(p, 0.0, 0.05)
-    p.add_argument("--export-values", default=RunConfig.export_values, choices=("fp32", "fp16", "int8", "kmeans"))
-    p.add_argument("--export-bits", type=_whole(2, 8), help="bits of the k-means codebook (default: 4 for kmeans, 8 for int8)")
-    p.add_argument("--centroid-epochs", type=_whole(0, 10_000), default=0, help="with kmeans: fine-tune the shared centroids this many epochs")
-    p.add_argument("--device-exports", choices=("final", "all", "none"), default="final",
-                   help="ONNX and int8 TFLite files (+ model_data.cc/.h) scored in onnxruntime and TFLite Micro: "
-                   "for the final model (default), every model, or none")
-    p.add_argument("--out", default=RunConfig.out, help="report folder")
+    p = sub.add_parser("run", help="the whole experiment: train, scan, plan, prune, fine-tune, export, compare, report",
+                       description="Every flag is a field of the run config; flags given override a --config file.")
+    p.add_argument("--config", help="a run config: .json (such as a run's config.json), .toml or .yaml with the fields "
+                   "below as keys ('data' a table of the data flags); flags given override it")
+    groups = {"model": p.add_argument_group("model and data"), "run": p.add_argument_group("the run")}
+    for dest, flag, default in flags():
+        group = groups["model" if dest in COMMON or dest.startswith("data.") else "run"]
+        _add_flag(group, dest, flag, default, suppress=True)
     again = p.add_mutually_exclusive_group()
     again.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out (only those)")
     again.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last finished step")
@@ -437,9 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scan", help="per-layer sensitivity scan: accuracy against sparsity")
     _add_common(p)
     p.add_argument("checkpoint")
-    p.add_argument("--split", choices=("val", "test"), default="val", help="scan on the validation split (default) or the test set")
+    p.add_argument("--scan-split", choices=SCAN_SPLITS, default=RunConfig.scan_split,
+                   help="scan on the validation split (default) or the test set")
     _add_scan_range(p, 0.4, 0.1)
-    p.add_argument("--method", choices=("auto", "fast", "naive"), default="auto")
+    p.add_argument("--scan-method", choices=METHODS, default=RunConfig.scan_method)
     p.add_argument("--show", action="store_true")
     p.add_argument("--out", default="scan")
     p.set_defaults(func=cmd_scan)
@@ -462,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", help="inline JSON or a .json/.toml/.yaml file; keys: names, 're:' regexes, '_default'")
     p.add_argument("--channel-ratios", help="fraction of output channels removed per Conv2d/Linear module name, as --sparsity "
                    "(e.g. '{\"_default\": 0.5}'): a smaller dense model, pruned before --sparsity; the classes layer is kept")
-    p.add_argument("--importance", choices=CRITERIA, default="l2",
+    p.add_argument("--importance", choices=CRITERIA, default=RunConfig.channel_importance,
                    help="channel importance for --channel-ratios (taylor: first order, from 4 training batches)")
     p.add_argument("--out", default="pruned.safetensors")
     p.set_defaults(func=cmd_prune)
@@ -479,22 +290,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("checkpoints", nargs="+")
     p.add_argument("--labels", help="comma-separated names for the rows")
-    p.add_argument("--export-values", default="fp32", choices=("fp32", "fp16", "int8", "kmeans", "none"),
+    p.add_argument("--export-values", default="fp32", choices=(*EXPORT_VALUES, "none"),
                    help="export each model compressed this way and evaluate it decoded ('none' to skip)")
-    p.add_argument("--export-bits", type=_whole(2, 8), default=None)
+    p.add_argument("--export-bits", type=_whole(2, 8), help="bits of the k-means codebook (default: 4 for kmeans, 8 for int8)")
     p.add_argument("--out", default="compare")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("export", help="write a compressed model file (sparse, quantized, entropy-coded), an ONNX or an int8 TFLite file")
     _add_common(p)
     p.add_argument("checkpoint")
-    p.add_argument("--values", default="fp32", choices=("fp32", "fp16", "int8", "kmeans"))
-    p.add_argument("--bits", help="k-means bits: a number, or per layer as inline JSON / a file like the sparsity dict")
+    p.add_argument("--values", default="fp32", choices=EXPORT_VALUES)
+    p.add_argument("--bits", help="k-means bits: a number, or per layer as inline JSON / a file like the sparsity dict "
+                   "(default: 4 for kmeans, 8 for int8)")
     p.add_argument("--centroid-epochs", type=_whole(0, 10_000), default=0, help="fine-tune the k-means centroids for this many epochs first")
-    p.add_argument("--centroid-lr", type=_real(positive=True), default=1e-4)
+    p.add_argument("--centroid-lr", type=_real(positive=True), default=steps.CENTROID_LR)
     p.add_argument("--format", default="epz", choices=tuple(EXPORT_FORMATS),
                    help="epz: compressed file (default); onnx: checked in onnxruntime; tflite: fully int8, checked in TensorFlow Lite Micro")
-    p.add_argument("--calibration", type=_whole(1), default=500, help="tflite: training images that calibrate the int8 activations")
+    p.add_argument("--calibration", type=_whole(1), default=steps.CALIBRATION_IMAGES,
+                   help="tflite: training images that calibrate the int8 activations")
     p.add_argument("--softmax", action="store_true", help="tflite: end the graph with an int8 softmax")
     p.add_argument("--c-source", help="tflite: also write model_data.cc and model_data.h into this folder")
     p.add_argument("--out", help="output file (default: model.epz, model.onnx or model.tflite by --format)")

@@ -18,7 +18,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from .files import pid_alive, writable_folder, write_json_atomic
 
@@ -46,14 +46,14 @@ class RunFolder:
 
     def __init__(
         self, path: str | os.PathLike, config: Mapping, overwrite: bool = False, resume: bool = False,
-        defaults: Mapping | None = None,
+        upgrade: Callable[[Mapping], Mapping] | None = None,
     ) -> None:
         if overwrite and resume:
             raise ValueError("choose one of --overwrite (start again) and --resume (continue), not both")
         self.path = Path(path)
         self.config = json.loads(json.dumps(dict(config)))  # as it will read back from config.json
         self.overwrite, self.resume = overwrite, resume
-        self.defaults = json.loads(json.dumps(dict(defaults or {})))  # a key missing from a saved config had its default
+        self.upgrade = upgrade  # reads a config saved by an older version: renamed keys, defaults of keys it lacks
         self.done: dict[str, dict] = {}
         self._locked = False
         self._started = False  # this run wrote config.json afresh
@@ -151,7 +151,11 @@ class RunFolder:
             raise ValueError(f"--resume: cannot read the saved run in {self.path} ({exc}); use --overwrite to start again") from exc
         if not isinstance(saved, dict) or not isinstance(progress, dict) or progress.get("format", PROGRESS_FORMAT) != PROGRESS_FORMAT:
             raise ValueError(f"--resume: {self.path} holds no edgeprune run state; use --overwrite to start again")
-        saved = {**{k: v for k, v in self.defaults.items() if k not in saved}, **saved}  # written before a key existed
+        if self.upgrade is not None:
+            try:
+                saved = json.loads(json.dumps(dict(self.upgrade(saved))))
+            except ValueError as exc:
+                raise ValueError(f"--resume: the saved config in {self.path} cannot be read ({exc}); use --overwrite to start again") from exc
         differ = sorted(k for k in set(saved) | set(self.config) if k not in _MAY_DIFFER and saved.get(k) != self.config.get(k))
         if differ:
             shown = "; ".join(f"{k}: saved {saved.get(k)!r}, now {self.config.get(k)!r}" for k in differ[:3])

@@ -367,10 +367,6 @@ def _nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (shape[1], shape[2], shape[0]) if len(shape) == 3 else tuple(shape)
 
 
-def _nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return (shape[1], shape[2], shape[0]) if len(shape) == 3 else tuple(shape)
-
-
 def convert_model(model: nn.Module, calibration_images: torch.Tensor, softmax: bool = False) -> Int8Graph:
     """The fully int8 graph of ``model`` (input NHWC int8, output int8 logits, or softmax with ``softmax``).
 

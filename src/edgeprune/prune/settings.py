@@ -17,11 +17,27 @@ import yaml
 
 from .masks import check_sparsity
 
-__all__ = ["load_layer_settings", "resolve_layer_settings", "resolve_sparsity_dict", "setting_for"]
+__all__ = ["load_layer_settings", "read_document", "resolve_layer_settings", "resolve_sparsity_dict", "setting_for"]
 
 T = TypeVar("T")
 DEFAULT_KEY = "_default"
 REGEX_PREFIX = "re:"
+
+
+def read_document(path: Path) -> object:
+    """The data of a .json, .toml or .yaml/.yml file (parsed safely: no code runs); a bad file is one line naming it."""
+    raw = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            return json.loads(raw)
+        if suffix == ".toml":
+            return tomllib.loads(raw)
+        if suffix in (".yaml", ".yml"):
+            return yaml.safe_load(raw)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot be parsed as {suffix[1:].upper()} ({exc}); fix the syntax") from exc
+    raise ValueError(f"{path}: unknown file type {suffix!r}; use .json, .toml, .yaml or .yml")
 
 
 def load_layer_settings(source: str | Path | Mapping) -> dict:
@@ -38,19 +54,7 @@ def load_layer_settings(source: str | Path | Mapping) -> dict:
         path = Path(text)
         if not path.is_file():
             raise ValueError(f"{path}: no such file; give a .json, .toml or .yaml file, or inline JSON such as '{{\"_default\": 0.5}}'")
-        raw = path.read_text(encoding="utf-8")
-        suffix = path.suffix.lower()
-        try:
-            if suffix == ".json":
-                data = json.loads(raw)
-            elif suffix == ".toml":
-                data = tomllib.loads(raw)
-            elif suffix in (".yaml", ".yml"):
-                data = yaml.safe_load(raw)
-            else:
-                raise ValueError(f"{path}: unknown file type {suffix!r}; use .json, .toml, .yaml or .yml")
-        except (json.JSONDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-            raise ValueError(f"{path}: cannot be parsed as {suffix[1:].upper()} ({exc}); fix the syntax") from exc
+        data = read_document(path)
     if not isinstance(data, dict):
         raise ValueError(f"a per-layer dict must map parameter names to values, got {type(data).__name__}")
     return _flatten(data)
