@@ -3,8 +3,8 @@
 From a trained checkpoint: one sensitivity scan on the validation split, then for each plan
 (``--budget params`` and ``--budget macs`` at ``--target-sparsity``, and ``--target-instructions``
 with each budget) prune, measure the int8 engine in QEMU (instructions executed in emulation, not
-cycles), fine-tune ``--epochs`` with the masks kept and measure the fine-tuned model again, with its
-test accuracy. Prints one Markdown row per plan.
+cycles) with its test accuracy; then fine-tune each ``--epochs`` with the masks kept and measure it again,
+with its test accuracy. Prints one Markdown row per plan, then (``--epochs`` > 0) one per plan fine-tuned, in the same order.
 
     .venv/bin/python benchmarks/bench_device_plan.py --checkpoint /work/bench/basiccnn32.safetensors
 """
@@ -57,12 +57,11 @@ def main() -> None:
     dense = measure(model, "dense")
     print(f"Dense engine: {dense['instructions']:,} instructions, {dense['flash_bytes']:,} B flash; "
           f"dense accuracy {steps.accuracy_on_test(model, splits, 'cpu'):.2f} %\n")
-    print("| plan | sparsity per layer | instructions pruned | x dense | fine-tuned: instructions | x dense | flash B "
-          "| accuracy pruned | accuracy fine-tuned | QEMU checks |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| plan | sparsity per layer | instructions | x dense | flash B | accuracy pruned | QEMU checks |")
+    print("|---|---|---|---|---|---|---|")
     runs = [(f"budget {b}, {args.target_sparsity:g}", b, None) for b in ("params", "macs")]
     runs += [(f"budget {b}, target instructions {args.target_instructions:g}", b, args.target_instructions)
-             for b in ("params", "macs")]
+             for b in ("macs", "params")]
     rows = []
     for label, budget, target in runs:
         name = label.replace(" ", "_").replace(",", "")
@@ -76,19 +75,24 @@ def main() -> None:
             ratios = ", ".join(f"{c['measured'] / dense['instructions']:.3f}" for c in device["checks"])
             checks = f"{len(device['checks'])} ({ratios}), {'met' if device['met'] else 'not met'}"
         pruned, pruner = steps.prune_copy(model, sparsity)
-        before = measure(pruned, name + "/pruned")
-        acc_pruned = steps.accuracy_on_test(pruned, splits, "cpu")
-        steps.finetune_pruned(pruned, pruner, splits, args.epochs, device="cpu")
-        after = measure(pruned, name + "/finetuned")
-        acc = steps.accuracy_on_test(pruned, splits, "cpu")
-        row = {"plan": label, "sparsity": sparsity, "instructions": before["instructions"],
-               "finetuned_instructions": after["instructions"], "flash": after["flash_bytes"],
-               "accuracy_pruned": acc_pruned, "accuracy": acc, "checks": checks}
+        result = measure(pruned, name + "/pruned")
+        row = {"plan": label, "name": name, "sparsity": sparsity, "instructions": result["instructions"],
+               "flash": result["flash_bytes"], "accuracy_pruned": steps.accuracy_on_test(pruned, splits, "cpu"),
+               "checks": checks}
         rows.append(row)
         layers = ", ".join(f"{k.removesuffix('.weight')} {v:.3f}" for k, v in sparsity.items())
-        print(f"| {label} | {layers} | {before['instructions']:,} | {before['instructions'] / dense['instructions']:.3f} "
-              f"| {after['instructions']:,} | {after['instructions'] / dense['instructions']:.3f} | {after['flash_bytes']:,} "
-              f"| {acc_pruned:.2f} | {acc:.2f} | {checks} |", flush=True)
+        print(f"| {label} | {layers} | {row['instructions']:,} | {row['instructions'] / dense['instructions']:.3f} "
+              f"| {row['flash']:,} | {row['accuracy_pruned']:.2f} | {checks} |", flush=True)
+    if args.epochs:
+        print(f"\n| plan | accuracy after {args.epochs} epoch(s) of fine-tuning | instructions fine-tuned | x dense |")
+        print("|---|---|---|---|")
+    for row in rows if args.epochs else []:
+        pruned, pruner = steps.prune_copy(model, row["sparsity"])
+        steps.finetune_pruned(pruned, pruner, splits, args.epochs, device="cpu")
+        after = measure(pruned, row["name"] + "/finetuned")
+        row.update(accuracy=steps.accuracy_on_test(pruned, splits, "cpu"), finetuned_instructions=after["instructions"])
+        print(f"| {row['plan']} | {row['accuracy']:.2f} | {after['instructions']:,} "
+              f"| {after['instructions'] / dense['instructions']:.3f} |", flush=True)
     (out / "rows.json").write_text(json.dumps({"dense": dense["instructions"], "rows": rows}, indent=1))
 
 

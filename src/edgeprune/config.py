@@ -181,10 +181,10 @@ class RunConfig:
     budget: str = _option("params", "what --target-sparsity removes a fraction of: params (weights), macs (each weight "
                           "weighted by its MACs) or flash (the sparse engine's value + index bytes)", choices=tuple(BUDGETS))
     target_instructions: float | None = _option(None, "plan until the C engine runs at most this fraction of the dense "
-                                                "engine's instructions (e.g. 0.3), checked in QEMU, within 5 %",
+                                                "engine's instructions (e.g. 0.3), checked in QEMU (to within 5 percent under it)",
                                                 kind="float", low=0.0, high=1.0)
     target_flash: str | None = _option(None, "plan until the C engine's flash (code + weights + indices) is at most this "
-                                       "size (e.g. 32KiB, 32kB = 32000 B, 32768), checked in QEMU, within 5 %")
+                                       "size (e.g. 32KiB, 32kB = 32000 B, 32768), checked in QEMU (to within 5 percent under it)")
     schedule: str = _option("oneshot", "oneshot: prune, then fine-tune; agp: cubic ramp to the targets while training; "
                             "iterative: rounds of prune + fine-tune", choices=("oneshot", *SCHEDULES))
     max_drop: float | None = _option(None, "plan by tolerance instead: largest sparsity per layer within this accuracy drop",

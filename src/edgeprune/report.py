@@ -115,7 +115,8 @@ def channels_markdown(channels: Mapping | None) -> str:
 
 
 def device_target_line(device: Mapping | None) -> str:
-    """What a device target asked, what the cost model predicted and what QEMU measured for the plan ('' without one)."""
+    """What a device target asked, what the cost model predicted and what QEMU measured for the plan and for the final
+    model ('' without one)."""
     if not device:
         return ""
     unit = "instructions" if device["quantity"] == "instructions" else "B of flash"
@@ -123,7 +124,9 @@ def device_target_line(device: Mapping | None) -> str:
              if device["target_fraction"] is not None else f"{device['target']:,.0f} B of flash")
     error = "" if device["prediction_error"] is None else f", prediction {device['prediction_error']:+.1%}"
     return (f"; device target {asked}: QEMU measured {device['measured']:,.0f} {unit} (predicted {device['predicted']:,.0f}"
-            f"{error}), {'met' if device['met'] else 'NOT met'} within 5 % after {len(device['checks'])} QEMU check(s)")
+            f"{error}), {'met' if device['met'] else 'NOT met'} within 5 % after {len(device['checks'])} QEMU check(s); "
+            f"the final model measures {device['final'][device['quantity']]:,} {unit}, "
+            f"{'still met' if device['final']['met'] else 'NOT met'}")
 
 
 def run_report(results: Mapping, model: str, scan_split: str, scanned: bool = True) -> str:
@@ -136,7 +139,7 @@ def run_report(results: Mapping, model: str, scan_split: str, scanned: bool = Tr
         if plan.get("method") == "given"
         else f"chosen by the planner ({plan.get('method')}, target {plan.get('target')}"
         + (f", budget {plan['budget']}" if plan.get("budget") else "") + ") from the sensitivity scan"
-    ) + device_target_line(plan.get("device"))
+    ) + device_target_line(results.get("device_target"))
     scan_plot = (
         f"Sensitivity scan on the {scan_split} split (chosen sparsity marked):\n\n![sensitivity](sensitivity.png)\n\n"
         if scanned else ""

@@ -186,6 +186,11 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             model_shared = _resumable(folder, "shared", shared, lambda info: load("shared", spec)[0])
             compared.append((f"+ {cfg.export_bits}-bit centroids fine-tuned", model_shared, out / "shared.safetensors"))
 
+        # the device target, checked in QEMU on the final model
+        device_target = None
+        if plan_info.get("device"):
+            device_target = steps.check_device_target(compared[-1][1], splits, out / "device_target", plan_info["device"])
+
         # 6. Compare on the test set, with the real compressed files; then the report.
         test_loader = make_loaders(splits, cfg.data.batch_size, cfg.seed)[2]
         shape = (spec.in_channels, spec.image_size, spec.image_size)
@@ -211,6 +216,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             "channels": steps.channels_summary(folder.done.get("channels")),
             "sparsity_dict": chosen,
             "plan": plan_info,
+            "device_target": device_target,
             "baseline_training": asdict(history),
             "finetune": asdict(ft_history),
             "comparison": rows,

@@ -42,8 +42,9 @@ from .export.onnx import compare_onnx, evaluate_onnx, export_onnx, onnx_latency
 from .export.tflite import calibration_images, export_tflite
 from .export.tflm import evaluate_tflite
 from .files import writable_folder, write_json_atomic, write_text_atomic
+from .mcu.measure import measure_on_mcu
 from .mcu.predict import unit_costs
-from .mcu.target import plan_for_device
+from .mcu.target import DEVICE_TOLERANCE, plan_for_device
 from .models import ModelSpec, prunable_parameters
 from .prune.channels import channel_counts, prune_channels
 from .prune.global_magnitude import global_magnitude_sparsity
@@ -54,7 +55,7 @@ from .training import Teacher, TrainHistory, evaluate, finetune, prune_gradually
 
 __all__ = [
     "CALIBRATION_IMAGES", "CENTROID_LR", "TAYLOR_BATCHES",
-    "accuracy_on_test", "build_baseline", "channels_summary", "check_device_export", "check_fits", "choose_sparsity",
+    "accuracy_on_test", "build_baseline", "channels_summary", "check_device_export", "check_device_target", "check_fits", "choose_sparsity",
     "DEVICE_CHECK_IMAGES", "compare_checkpoints", "compare_models", "engine_unit_bytes", "export_checkpoint", "export_compressed", "export_for_devices",
     "finetune_checkpoint", "finetune_pruned", "inspect_model", "load_model", "load_splits", "model_for_data",
     "model_spec_from_flags", "plan_for_device_target", "plan_from_scan", "prune_channels_step", "prune_checkpoint", "prune_copy",
@@ -248,6 +249,22 @@ def plan_for_device_target(
     info["device"] = {key: value for key, value in device.items() if key not in ("mcu", "sparsity")}
     info["device"]["layers"] = device["mcu"]["layers"]
     return dict(device["sparsity"]), info
+
+
+def check_device_target(model: nn.Module, splits: DataSplits, out: str | Path, device: Mapping,
+                        images: int = DEVICE_CHECK_IMAGES) -> dict:
+    """The device target's record (``device`` from :func:`plan_for_device_target`'s plan info) with the final model
+    measured in QEMU (``final``: instructions, flash bytes, and whether it still meets the target within 5 %)."""
+    test = splits.test
+    checked = torch.stack([test[i][0] for i in range(min(images, len(test)))])
+    labels = torch.tensor([test[i][1] for i in range(len(checked))])
+    tflite = export_tflite(copy.deepcopy(model).cpu().eval(), Path(out) / "final.tflite",
+                           calibration_images(splits.train, CALIBRATION_IMAGES))
+    result = measure_on_mcu(tflite, checked, labels, Path(out) / "final")
+    value = result[device["quantity"]]
+    final = {"instructions": result["instructions"], "flash_bytes": result["flash_bytes"],
+             "met": (1 - DEVICE_TOLERANCE) * device["target"] <= value <= device["target"]}
+    return {**{key: value for key, value in device.items() if key != "layers"}, "final": final}
 
 
 def prune_copy(model: nn.Module, sparsity: Mapping[str, object]) -> tuple[nn.Module, FineGrainedPruner]:

@@ -22,10 +22,12 @@ from ..files import writable_folder
 from .measure import measure_on_mcu
 from .predict import DeviceBaseline, pruned_copy, meet_target, parse_bytes, predict_model
 
-__all__ = ["SPARSEST", "check_device_targets", "plan_for_device"]
+__all__ = ["DEVICE_TOLERANCE", "SPARSEST", "check_device_targets", "plan_for_device"]
 
 SPARSEST = 0.99
 """The planner's fraction of the sparsest plan (each layer at most 99 % pruned)."""
+DEVICE_TOLERANCE = 0.05
+"""A device target is met when QEMU measures at most the target and at least this fraction under it."""
 
 
 def check_device_targets(target_instructions: float | None, target_flash: str | int | None) -> tuple[float | None, int | None]:
@@ -44,7 +46,7 @@ def check_device_targets(target_instructions: float | None, target_flash: str | 
 def plan_for_device(
     model: nn.Module, plan_at: Callable[[float], Mapping[str, float]], calibration_images: torch.Tensor,
     images: torch.Tensor, labels: torch.Tensor, out_dir: str | os.PathLike, target_instructions: float | None = None,
-    target_flash: str | int | None = None, tolerance: float = 0.05, checks: int = 4, target: str = "cortex-m4",
+    target_flash: str | int | None = None, tolerance: float = DEVICE_TOLERANCE, checks: int = 4, target: str = "cortex-m4",
 ) -> dict:
     """The sparsity plan whose engine meets one device target, and what was predicted and measured for it.
 
