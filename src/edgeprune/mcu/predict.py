@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..export.int8_graph import Int8Graph
 from ..export.tflite_convert import convert_model
 from ..models import prunable_parameters
 from ..prune.masks import check_sparsity, fine_grained_prune
@@ -123,7 +124,7 @@ class EnginePrediction:
                 "layers": {name: vars(layer) for name, layer in self.layers.items()}}
 
 
-def predict_graph(graph, sparse: str = "auto", baseline: DeviceBaseline | None = None) -> EnginePrediction:
+def predict_graph(graph: Int8Graph, sparse: str = "auto", baseline: DeviceBaseline | None = None) -> EnginePrediction:
     """The engine's prediction for an int8 graph (:class:`~edgeprune.export.int8_graph.Int8Graph`), lowered as export_c
     lowers it; layers are named by their weight tensor (``conv1.weight`` for a graph converted from PyTorch)."""
     layers = {}
@@ -166,7 +167,8 @@ def unit_costs(model: nn.Module, calibration_images: torch.Tensor, low: float = 
     ``instructions`` per inference and ``bytes`` of flash (value and index; the planner's ``bytes_per_nonzero``).
 
     Both are slopes of the engine's prediction (all layers sparse) between uniform sparsities
-    ``low`` and ``high``: the region where the planner's device targets fall.
+    ``low`` and ``high``: the region where the planner's device targets fall. A layer whose bytes do not
+    fall there (too few weights to tell) is priced at 0.001 byte, as the planner needs positive prices.
     """
     names = list(prunable_parameters(model))
     at = [predict_model(model, dict.fromkeys(names, s), calibration_images, sparse="always") for s in (low, high)]
