@@ -158,3 +158,14 @@ def test_device_targets_are_met_in_qemu_or_refused(toolchain, small, tmp_path):
         plan_for_device(model, uniform, calibration, images, labels, tmp_path / "flash", target_flash="1kB")
     low, high = (int(n.replace(",", "")) for n in re.search(r"takes ([0-9,]+) B .* to ([0-9,]+) B", str(error.value)).groups())
     assert 1000 < low < high == dense["flash_bytes"]
+
+
+def test_flash_target_is_met_in_qemu(toolchain, small, tmp_path):
+    """--target-flash 6 KiB on SmallNet (uniform plans): the engine QEMU built is within 5 % under 6,144 B, and the cost
+    model (weights + indices, plus the sparsest engine's code and constants) predicted it within 1 %."""
+    model, calibration, images, labels = small
+    result = plan_for_device(model, lambda f: dict.fromkeys(LAYERS, f), calibration, images, labels, tmp_path,
+                             target_flash="6 KiB")
+    assert result["met"] and result["quantity"] == "flash_bytes"
+    assert 0.95 * 6144 <= result["mcu"]["flash_bytes"] == result["measured"] <= 6144
+    assert result["predicted"] == pytest.approx(result["measured"], rel=0.01)
