@@ -33,7 +33,7 @@ def test_run_writes_report_on_real_fashion_mnist(tmp_path, capsys, request, sour
     out = tmp_path / "report"
     code = main([
         "run", *data_flags, "--epochs", "1", "--finetune-epochs", "1",
-        "--scan-step", "0.3", "--export-values", "kmeans", "--export-bits", "4", "--out", str(out),
+        "--scan-step", "0.3", "--export-values", "kmeans", "--export-bits", "4", "--mcu-images", "12", "--out", str(out),
     ])
     assert code == 0
     for name in ("report.md", "results.json", "config.json", "scan.json", "sparsity.json", "plan.json",
@@ -54,6 +54,14 @@ def test_run_writes_report_on_real_fashion_mnist(tmp_path, capsys, request, sour
         assert torch.all(params[name][~mask] == 0)
     report = (out / "report.md").read_text()
     assert "| Fine-tuned + pruned |" in report and "![sensitivity](sensitivity.png)" in report
+    # the baseline and the final model ran as the C engine in the emulated Cortex-M4, each output equal to TFLM's
+    assert [r["model"] for r in results["mcu"]] == ["Baseline", "Fine-tuned + pruned"]
+    for row in results["mcu"]:
+        assert row["equal_to_tflm"] == row["images_run"] == 12 and row["target"] == "cortex-m4"
+    assert all((out / "mcu" / stem / "mcu.json").is_file() for stem in ("baseline", "finetuned"))
+    final = results["mcu"][-1]
+    assert final["weight_bytes"] < results["mcu"][0]["weight_bytes"]  # pruned weights cost no flash on the device
+    assert "## On the microcontroller (emulated Cortex-M4)" in report and "| Fine-tuned + pruned | 12 / 12 |" in report
     assert str(out / "report.md") in capsys.readouterr().out
 
 

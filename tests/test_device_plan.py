@@ -112,6 +112,8 @@ def test_run_config_checks_device_targets():
         RunConfig(epochs=1, target_instructions=0.3, target_flash="32KiB")
     with pytest.raises(ValueError, match="plan from the scan"):
         RunConfig(epochs=1, target_instructions=0.3, plan="global")
+    with pytest.raises(ValueError, match="checked in QEMU on --mcu's board"):
+        RunConfig(epochs=1, target_instructions=0.3, mcu="none")
     with pytest.raises(ValueError, match="unknown budget 'time'"):
         RunConfig(epochs=1, budget="time")
     assert RunConfig(epochs=1, budget="macs", target_flash="32 KiB").target_flash == "32 KiB"

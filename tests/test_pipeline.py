@@ -104,7 +104,7 @@ def test_bad_channel_ratios_are_refused_before_training(tmp_path, capsys, monkey
 
 def test_global_plan_with_agp_schedule_skips_the_scan_and_hits_the_target(tmp_path, fashion_slice):
     out = tmp_path / "run"
-    assert main(["run", "--data-dir", fashion_slice, "--val-size", "100", "--limit", "300", "--epochs", "1",
+    assert main(["run", "--mcu", "none", "--data-dir", fashion_slice, "--val-size", "100", "--limit", "300", "--epochs", "1",
                  "--finetune-epochs", "2", "--plan", "global", "--schedule", "agp", "--target-sparsity", "0.9",
                  "--out", str(out)]) == 0
     assert not (out / "scan.json").exists()
@@ -170,7 +170,7 @@ def test_a_run_stopped_before_its_first_step_leaves_no_run_behind(tmp_path):
 
 
 def test_a_bad_layer_name_fails_before_training_and_the_corrected_run_needs_no_overwrite(tmp_path, capsys, fashion_slice):
-    argv = ["run", "--data-dir", fashion_slice, "--val-size", "100", "--limit", "300", "--epochs", "1", "--finetune-epochs", "1",
+    argv = ["run", "--mcu", "none", "--data-dir", fashion_slice, "--val-size", "100", "--limit", "300", "--epochs", "1", "--finetune-epochs", "1",
             "--device-exports", "none", "--out", str(tmp_path)]
     assert main([*argv, "--sparsity", '{"conv9.weight": 0.5}']) == 2
     assert "conv9.weight" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
@@ -220,7 +220,7 @@ def test_unusable_out_is_one_line_before_any_work(tmp_path, capsys, monkeypatch,
 # --------------------------------------------------------------------------- resume
 
 
-RUN = ["run", "--val-size", "100", "--limit", "400", "--epochs", "1", "--finetune-epochs", "1", "--scan-step", "0.3"]
+RUN = ["run", "--mcu", "none", "--val-size", "100", "--limit", "400", "--epochs", "1", "--finetune-epochs", "1", "--scan-step", "0.3"]
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +260,7 @@ def test_an_interrupted_run_resumes_to_the_same_results(tmp_path, monkeypatch, c
 def test_ctrl_c_in_a_real_process_exits_130_with_one_line(tmp_path, fashion_slice):
     """A real SIGINT while training: exit status 130, one line on stderr (no traceback), and the folder unlocked."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "edgeprune", "run", "--data-dir", fashion_slice, "--val-size", "100",
+    cmd = [sys.executable, "-m", "edgeprune", "run", "--mcu", "none", "--data-dir", fashion_slice, "--val-size", "100",
            "--epochs", "50", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "TQDM_DISABLE": "1"})
@@ -301,7 +301,7 @@ def test_lr_schedules_give_the_hand_computed_rates(monkeypatch, tiny_net, schedu
 
 def test_channels_first_then_fine_grained_in_one_run_and_resumed(tmp_path, fashion_slice, interrupt_then_resume, comparable):
     """--target-macs: a smaller dense model (MACs at most half), then fine-grained pruning; resumable after it."""
-    argv = ["run", "--data-dir", fashion_slice, "--val-size", "100", "--limit", "300", "--epochs", "1",
+    argv = ["run", "--mcu", "none", "--data-dir", fashion_slice, "--val-size", "100", "--limit", "300", "--epochs", "1",
             "--finetune-epochs", "1", "--target-macs", "0.5", "--plan", "global", "--target-sparsity", "0.5"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert main([*argv, "--out", str(whole)]) == 0

@@ -16,7 +16,7 @@ from edgeprune.export.epz import load_compressed, read_header
 from edgeprune.runfolder import RunFolder
 
 SLICE = str(Path(__file__).parent / "data" / "fashion-mnist")  # the shipped slice (conftest's fashion_slice)
-BASE = ["run", "--data-dir", SLICE, "--val-size", "50", "--limit", "150", "--epochs", "1", "--finetune-epochs", "1",
+BASE = ["run", "--mcu", "none", "--data-dir", SLICE, "--val-size", "50", "--limit", "150", "--epochs", "1", "--finetune-epochs", "1",
         "--scan-step", "0.3", "--export-values", "fp16", "--device-exports", "none"]
 
 

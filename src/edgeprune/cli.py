@@ -16,9 +16,9 @@ import warnings
 from pathlib import Path
 
 from . import __version__, distributed, steps
-from .config import CRITERIA, EXPORT_VALUES, METHODS, SCAN_SPLITS, Flag, RunConfig, data_config, flags, \
+from .config import CRITERIA, EXPORT_VALUES, MCU_TARGETS, METHODS, SCAN_SPLITS, SPARSE_MODES, Flag, RunConfig, data_config, flags, \
     read_config_file, run_config
-from .report import comparison_markdown, layers_markdown
+from .report import comparison_markdown, engine_markdown, layers_markdown, mcu_table
 from .run import run_experiment
 
 __all__ = ["main", "build_parser"]
@@ -168,11 +168,19 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/comparison.md and comparison.json")
 
 
-EXPORT_FORMATS = {"epz": "model.epz", "onnx": "model.onnx", "tflite": "model.tflite"}  # format -> default --out
+EXPORT_FORMATS = {"epz": "model.epz", "onnx": "model.onnx", "tflite": "model.tflite", "c": "model_c"}  # format -> default --out
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     out = args.out or EXPORT_FORMATS[args.format]
+    if args.format == "c":
+        report = steps.c_engine_checkpoint(args.checkpoint, _spec(args), _data(args), out, args.sparse, args.device)
+        print(engine_markdown(report))
+        print(f"wrote the C engine into {out}/ (edgeprune_model.h, edgeprune_model.c, the kernels, layers.json) "
+              f"from {report['tflite']}")
+        return
+    if Path(args.checkpoint).suffix == ".tflite":
+        raise ValueError(f"{args.checkpoint} is already a .tflite: it exports only to the C engine (--format c)")
     row = steps.export_checkpoint(args.checkpoint, _spec(args), _data(args), out, args.format, args.values, args.bits,
                                   args.centroid_epochs, args.centroid_lr, args.calibration, args.softmax, args.c_source,
                                   args.device, args.seed)
@@ -180,8 +188,8 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"wrote {out} ({row['bytes']:,} bytes; the dense checkpoint is {row['checkpoint_bytes']:,})")
     elif args.format == "onnx":
         timing = row["onnx_latency"][1]
-        print(f"wrote {out} ({Path(out).stat().st_size:,} bytes); onnxruntime accuracy {row['onnx_accuracy']:.2f} % on the "
-              f"test images (PyTorch {row['accuracy']:.2f} %); logits {'equal' if row['onnx_equal'] else 'NOT equal'} "
+        print(f"wrote {out} ({Path(out).stat().st_size:,} bytes); onnxruntime accuracy {row['onnx_accuracy']:.2f} % on "
+              f"{row['test_images']} test images (PyTorch {row['accuracy']:.2f} %); logits {'equal' if row['onnx_equal'] else 'NOT equal'} "
               f"within tolerance (max diff {row['onnx_max_abs_diff']:.1e}); batch-1 latency onnxruntime "
               f"{timing['onnx_ms']:.3f} ms, PyTorch {timing['torch_ms']:.3f} ms")
     else:
@@ -192,6 +200,13 @@ def cmd_export(args: argparse.Namespace) -> None:
         for board in row["fits_on"]:
             print(f"  {board['board']}: model {100 * board['flash_used']:.1f} % of flash, arena {100 * board['ram_used']:.1f} % "
                   f"of RAM: {'fits' if board['fits'] else 'does not fit'}")
+
+
+def cmd_mcu(args: argparse.Namespace) -> None:
+    result = steps.mcu_checkpoint(args.checkpoint, _spec(args), _data(args), args.out, args.target, args.images, args.sparse,
+                                  args.device)
+    print(mcu_table(result))
+    print(f"wrote {args.out}/mcu.json (and the engine, the builds and the run's files beside it)")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -305,13 +320,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--centroid-epochs", type=_whole(0, 10_000), default=0, help="fine-tune the k-means centroids for this many epochs first")
     p.add_argument("--centroid-lr", type=_real(positive=True), default=steps.CENTROID_LR)
     p.add_argument("--format", default="epz", choices=tuple(EXPORT_FORMATS),
-                   help="epz: compressed file (default); onnx: checked in onnxruntime; tflite: fully int8, checked in TensorFlow Lite Micro")
+                   help="epz: compressed file (default); onnx: checked in onnxruntime; tflite: fully int8, checked in TensorFlow "
+                   "Lite Micro; c: the C engine for Cortex-M (from the checkpoint's int8 .tflite, or from a .tflite given)")
+    p.add_argument("--sparse", choices=SPARSE_MODES, default="auto",
+                   help="c: sparse kernels per layer by the lower predicted cost (auto), for every conv/linear (always) or none (never)")
     p.add_argument("--calibration", type=_whole(1), default=steps.CALIBRATION_IMAGES,
                    help="tflite: training images that calibrate the int8 activations")
     p.add_argument("--softmax", action="store_true", help="tflite: end the graph with an int8 softmax")
     p.add_argument("--c-source", help="tflite: also write model_data.cc and model_data.h into this folder")
-    p.add_argument("--out", help="output file (default: model.epz, model.onnx or model.tflite by --format)")
+    p.add_argument("--out", help="output file (default: model.epz, model.onnx or model.tflite by --format; the folder model_c for c)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("mcu", help="run a model on an emulated Cortex-M: the C engine in QEMU, outputs checked against "
+                       "TFLite Micro, flash, RAM and instructions per layer")
+    _add_common(p)
+    p.add_argument("checkpoint", help="a checkpoint (exported to int8 .tflite first) or a fully int8 .tflite")
+    p.add_argument("--target", choices=MCU_TARGETS, default="cortex-m4",
+                   help="the core and its QEMU board: cortex-m4 (mps2-an386), cortex-m7 (mps2-an500), cortex-m55 (mps3-an547)")
+    p.add_argument("--images", type=_whole(1, 100_000), default=steps.MCU_IMAGES, help="test images run through the engine")
+    p.add_argument("--sparse", choices=SPARSE_MODES, default="auto", help="sparse kernels: auto (per layer, by cost), always, never")
+    p.add_argument("--out", default="mcu")
+    p.set_defaults(func=cmd_mcu)
     return parser
 
 

@@ -20,7 +20,9 @@ from .analyze.scan import METHODS, scan_sparsities
 from .data import DATASETS, DataConfig, native_geometry
 from .device import pick_device
 from .export.quantize import MODES, QuantConfig
+from .mcu.lowering import SPARSE_MODES
 from .mcu.target import check_device_targets
+from .mcu.toolchain import TARGETS, find_tool
 from .prune.importance import CRITERIA
 from .prune.masks import check_sparsity
 from .prune.schedule import SCHEDULES
@@ -28,7 +30,8 @@ from .prune.settings import load_layer_settings, read_document
 from .training import LR_SCHEDULES
 
 __all__ = [
-    "CRITERIA", "DATASETS", "DATA_FLAGS", "DEVICE_EXPORTS", "EXPORT_VALUES", "LR_SCHEDULES", "MAX_SEED", "METHODS", "PLANS",
+    "CRITERIA", "DATASETS", "DATA_FLAGS", "DEVICE_EXPORTS", "EXPORT_VALUES", "LR_SCHEDULES", "MAX_SEED", "MCU_TARGETS", "METHODS",
+    "PLANS", "SPARSE_MODES",
     "RENAMED_KEYS", "SCAN_SPLITS", "Flag", "RunConfig", "data_config", "default_bits", "fit_data_to_model", "flags",
     "is_torchvision", "parse_bits",
     "read_config_file", "run_config", "upgrade_saved",
@@ -38,6 +41,8 @@ PLANS = ("scan", "global")
 DEVICE_EXPORTS = ("final", "all", "none")
 SCAN_SPLITS = ("val", "test")
 EXPORT_VALUES = MODES
+MCU_TARGETS = tuple(name for name, target in TARGETS.items() if target.machine)
+"""The Cortex-M cores whose QEMU board runs the C engine (cortex-m4, cortex-m7, cortex-m55)."""
 MAX_SEED = 2**63 - 1
 RENAMED_KEYS = {"channels": "channel_ratios"}
 """Keys of a saved ``config.json`` that have a new name: an old run still resumes, an old config still loads."""
@@ -202,6 +207,10 @@ class RunConfig:
                                    low=0, high=10_000)
     device_exports: str = _option("final", "ONNX and int8 TFLite files (+ model_data.cc/.h) scored in onnxruntime and "
                                   "TFLite Micro: for the final model, every model, or none", choices=DEVICE_EXPORTS)
+    mcu: str = _option("cortex-m4", "run the baseline and the final model as the sparse C engine on this emulated "
+                       "Cortex-M (QEMU; outputs checked against TFLite Micro, flash, RAM, instructions), or none",
+                       choices=(*MCU_TARGETS, "none"))
+    mcu_images: int = _option(100, "test images run on the emulated microcontroller", kind="int", low=1, high=100_000)
     out: str = _option("runs/latest", "report folder")
     device: str | None = _option(None, "cpu, cuda, cuda:N or mps (default: cuda when present)")
     seed: int = _option(0, "seeds the model, the shuffling and the validation split", kind="int", low=0, high=MAX_SEED)
@@ -283,6 +292,18 @@ class RunConfig:
         QuantConfig(self.export_values, self.export_bits)  # a mode with bits it cannot use is an error now, not after training
         if self.device_exports not in DEVICE_EXPORTS:
             raise ValueError(f"unknown device_exports {self.device_exports!r}; use one of {', '.join(DEVICE_EXPORTS)}")
+        if self.mcu not in (*MCU_TARGETS, "none"):
+            raise ValueError(f"unknown mcu {self.mcu!r}; use one of {', '.join(MCU_TARGETS)} or none")
+        self.mcu_images = _check_int(self.mcu_images, "mcu_images", 1, 100_000)
+        if self.mcu != "none":  # the toolchain is checked now, not after training
+            for tool in ("arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm"):
+                try:
+                    find_tool(tool)
+                except ValueError as exc:
+                    raise ValueError(f"{exc}; or pass --mcu none to skip the microcontroller") from None
+        if (self.target_instructions is not None or self.target_flash is not None) and self.mcu == "none":
+            raise ValueError("--target-instructions and --target-flash are checked in QEMU on --mcu's board: "
+                             "give one (e.g. --mcu cortex-m4), not none")
         if self.centroid_epochs and self.export_values != "kmeans":
             raise ValueError("centroid_epochs fine-tunes k-means centroids: use it with export_values='kmeans'")
         pick_device(self.device)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-__all__ = ["comparison_markdown", "device_markdown", "device_target_line", "sparsity_markdown", "layers_markdown", "run_report"]
+from .mcu.measure import mcu_table
+
+__all__ = ["comparison_markdown", "device_markdown", "device_target_line", "engine_markdown", "layers_markdown",
+           "mcu_markdown", "mcu_table", "run_report", "sparsity_markdown"]
 
 
 def _fmt_bytes(n: int | float | None) -> str:
@@ -97,6 +100,46 @@ def device_markdown(results: Mapping) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+def engine_markdown(report: Mapping) -> str:
+    """The C engine's layers (``layers.json``): the kernel chosen for each and why, its MACs and bytes, and the totals."""
+    lines = ["| Layer | Op | Engine | MACs | Non-zero MACs | Weight + index bytes | Predicted instructions | Why |",
+             "|---|---|---|---|---|---|---|---|"]
+    for layer in report["layers"]:
+        lines.append(f"| {layer['layer']} | {layer['op']} | {layer['engine']} | {layer['macs']:,} | {layer['nonzero_macs']:,} | "
+                     f"{layer['weight_bytes'] + layer['index_bytes']:,} | {layer['predicted_instructions']:,} | {layer['why']} |")
+    totals = report["totals"]
+    lines += ["", f"In all: {totals['macs']:,} MACs, {totals['nonzero_macs']:,} of them with a non-zero weight; weights "
+              f"{totals['weight_bytes']:,} B and indices {totals['index_bytes']:,} B; arena {report['arena_bytes']:,} B; "
+              f"about {totals['predicted_instructions']:,} instructions per inference (predicted by the cost model)."]
+    return "\n".join(lines)
+
+
+def mcu_markdown(results: Mapping) -> str:
+    """The "on the microcontroller" section: each model as the C engine in QEMU, against TFLM, with flash, RAM, instructions."""
+    rows = results.get("mcu")
+    if not rows:
+        return ""
+    first = rows[0]
+    core = first["target"].replace("cortex-m", "Cortex-M")
+    lines = [f"## On the microcontroller (emulated {core})", "",
+             f"Each model ran as edgeprune's C engine (sparse kernels where they cost less) built for {first['target']} and "
+             f"run in {first['board']} on the first {first['images']} test images; every output was compared with TensorFlow "
+             "Lite Micro's on the same int8 inputs. Instructions are instructions executed in emulation "
+             f"(`-icount shift=0`, resolution {first['instructions_resolution']:g}), not cycles.", "",
+             "| Model | Equal to TFLM | Accuracy (%) | Instructions per inference | vs first row | Flash (bytes) | "
+             "Weights + indices (bytes) | RAM (bytes) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{r['instructions'] / first['instructions']:.2f}x" if r["instructions"] and first["instructions"] else "–"
+        accuracy = "–" if r["accuracy"] is None else f"{r['accuracy']:.2f}"
+        lines.append(f"| {r['model']} | {r['equal_to_tflm']} / {r['images_run']} | {accuracy} | {r['instructions'] or 0:,} | "
+                     f"{ratio} | {r['flash_bytes']:,} | {r['weight_bytes'] + r['index_bytes']:,} | {r['ram_bytes'] or 0:,} |")
+    last = rows[-1]
+    engines = ", ".join(f"{layer['op']} {layer['engine']}" for layer in last["layers"] if layer["engine"] != "-")
+    lines += ["", f"Kernels of the last row: {engines}. Per-layer instructions and the boards each fits are in "
+              "`mcu/*/mcu.json`; the generated C library is in `mcu/*/engine/` (docs/firmware.md shows how to build it in)."]
+    return "\n".join(lines) + "\n\n"
+
+
 def channels_markdown(channels: Mapping | None) -> str:
     """The "whole channels" section: the ratios removed, MACs (and measured latency) left, channels per layer."""
     if not channels:
@@ -173,7 +216,7 @@ Non-zero weights of the fine-tuned model:
 
 ![weights fine-tuned](weight_distribution_finetuned.png)
 
-{device_markdown(results)}Parameters per layer, kept and pruned:
+{device_markdown(results)}{mcu_markdown(results)}Parameters per layer, kept and pruned:
 
 ![parameters](num_parameters.png)
 

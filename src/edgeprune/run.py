@@ -74,8 +74,8 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
         # 1. Baseline: train, or take the given weights; checked against the data and the sparsity dict first.
         def baseline() -> tuple[tuple, dict]:
             model, spec = steps.build_baseline(cfg.model, splits, cfg.weights, cfg.seed)
-            if cfg.device_exports != "none":  # an op TFLite Micro cannot run is an error now, not after training
-                steps.check_device_export(model, spec)
+            if cfg.device_exports != "none" or cfg.mcu != "none":  # an op TFLM or the C engine cannot run: an error now
+                steps.check_device_export(model, spec, engine=cfg.mcu != "none")
             if cfg.sparsity is not None:  # wrong layer names are an error now, not after training
                 resolve_sparsity_dict(cfg.sparsity, prunable_parameters(model), (n for n, _ in model.named_parameters()))
             if cfg.channel_ratios is not None:  # the channel step itself, on the untrained model: names, output layer, ratios
@@ -127,7 +127,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
         def prune() -> tuple:
             if cfg.target_instructions is not None or cfg.target_flash is not None:
                 sparsity, plan_info = steps.plan_for_device_target(source, scan, splits, out / "device_target", cfg.budget,
-                                                                   cfg.target_instructions, cfg.target_flash)
+                                                                   cfg.target_instructions, cfg.target_flash, cfg.mcu)
             else:
                 sparsity, plan_info = steps.choose_sparsity(source, scan, cfg.sparsity, cfg.target_sparsity, cfg.max_drop,
                                                             plan=cfg.plan, budget=cfg.budget,
@@ -189,7 +189,8 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
         # the device target, checked in QEMU on the final model
         device_target = None
         if plan_info.get("device"):
-            device_target = steps.check_device_target(compared[-1][1], splits, out / "device_target", plan_info["device"])
+            device_target = steps.check_device_target(compared[-1][1], splits, out / "device_target", plan_info["device"],
+                                                      cfg.mcu)
 
         # 6. Compare on the test set, with the real compressed files; then the report.
         test_loader = make_loaders(splits, cfg.data.batch_size, cfg.seed)[2]
@@ -208,6 +209,14 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
                                                             c_source=out if index == len(rows) - 1 else None))
             final = rows[-1]
             fits = {"model": final["model"], "boards": fits_on(final["tflite_bytes"], final["tflite_arena_bytes"])}
+        # 8. On the microcontroller: the baseline and the final model as the C engine in an emulated Cortex-M.
+        on_mcu = None
+        if cfg.mcu != "none" and distributed.is_main():  # one process measures: the others would only repeat it
+            on_mcu = []
+            for index in tqdm(sorted({0, len(rows) - 1}), desc=f"{cfg.mcu} in QEMU", leave=False):
+                label, measured, path = compared[index]
+                on_mcu.append({"model": label, **steps.mcu_model(measured, splits, out / "mcu" / Path(path).stem, cfg.mcu,
+                                                                 cfg.mcu_images)})
         results = {
             "config": cfg.to_dict(),
             "data": splits.info,
@@ -221,6 +230,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             "finetune": asdict(ft_history),
             "comparison": rows,
             "fits_on": fits,
+            "mcu": on_mcu,
             "layers": [s.to_dict() for s in layer_stats(finetuned)],
             "resumed_steps": resumed,
             "seconds": round(time.time() - start, 1),

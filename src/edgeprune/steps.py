@@ -40,8 +40,10 @@ from .export.centroids import share_weights
 from .export.epz import load_compressed
 from .export.onnx import compare_onnx, evaluate_onnx, export_onnx, onnx_latency
 from .export.tflite import calibration_images, export_tflite
+from .export.tflite_read import load_tflite
 from .export.tflm import evaluate_tflite
 from .files import writable_folder, write_json_atomic, write_text_atomic
+from .mcu import export_c
 from .mcu.measure import measure_on_mcu
 from .mcu.predict import unit_costs
 from .mcu.target import DEVICE_TOLERANCE, plan_for_device
@@ -54,10 +56,11 @@ from .report import comparison_markdown
 from .training import Teacher, TrainHistory, evaluate, finetune, prune_gradually, train
 
 __all__ = [
-    "CALIBRATION_IMAGES", "CENTROID_LR", "TAYLOR_BATCHES",
-    "accuracy_on_test", "build_baseline", "channels_summary", "check_device_export", "check_device_target", "check_fits", "choose_sparsity",
-    "DEVICE_CHECK_IMAGES", "compare_checkpoints", "compare_models", "engine_unit_bytes", "export_checkpoint", "export_compressed", "export_for_devices",
-    "finetune_checkpoint", "finetune_pruned", "inspect_model", "load_model", "load_splits", "model_for_data",
+    "CALIBRATION_IMAGES", "CENTROID_LR", "DEVICE_CHECK_IMAGES", "MCU_IMAGES", "TAYLOR_BATCHES",
+    "accuracy_on_test", "c_engine_checkpoint", "build_baseline", "channels_summary", "check_device_export",
+    "check_device_target", "check_fits", "choose_sparsity", "compare_checkpoints", "compare_models", "engine_unit_bytes",
+    "export_checkpoint", "export_compressed", "export_for_devices", "finetune_checkpoint", "finetune_pruned",
+    "inspect_model", "load_model", "load_splits", "mcu_checkpoint", "mcu_model", "model_for_data",
     "model_spec_from_flags", "plan_for_device_target", "plan_from_scan", "prune_channels_step", "prune_checkpoint", "prune_copy",
     "prune_while_training", "scan_checkpoint", "scan_model", "share_centroids", "taylor_batches", "train_baseline",
     "train_checkpoint", "writable_file",
@@ -71,6 +74,8 @@ DEVICE_CHECK_IMAGES = 4
 """Test images each QEMU check of a device target runs (instruction counts hardly depend on the input)."""
 CENTROID_LR = 1e-4
 """Learning rate of the k-means centroid fine-tuning (Deep Compression's step after pruning)."""
+MCU_IMAGES = 100
+"""Test images run through the C engine in the emulated board (each is also run in TFLM and compared)."""
 
 
 # --------------------------------------------------------------------------- model, data and files
@@ -219,12 +224,13 @@ def engine_unit_bytes(model: nn.Module, splits: DataSplits) -> dict[str, float]:
 
 def plan_for_device_target(
     model: nn.Module, scan: ScanResult, splits: DataSplits, out: str | Path, budget: str = "params",
-    target_instructions: float | None = None, target_flash: str | int | None = None, images: int = DEVICE_CHECK_IMAGES,
+    target_instructions: float | None = None, target_flash: str | int | None = None, target: str = "cortex-m4",
+    images: int = DEVICE_CHECK_IMAGES,
 ) -> tuple[dict, dict]:
     """The planner's sparsity dict (in ``budget``) whose C engine meets a device target in QEMU, and its plan info.
 
     The planner's target fraction is searched on the engine's cost model and checked in QEMU on ``images``
-    test images (:func:`~edgeprune.mcu.target.plan_for_device`, files under ``out``); the plan info's
+    test images on ``target`` (:func:`~edgeprune.mcu.target.plan_for_device`, files under ``out``); the plan info's
     ``device`` holds the target, what was predicted and what QEMU measured.
     """
     model = copy.deepcopy(model).cpu().eval()
@@ -240,31 +246,12 @@ def plan_for_device_target(
                                             bytes_per_nonzero=units).to_dict()
         return plans[fraction]["sparsity_dict"]
 
-    test = splits.test
-    checked = torch.stack([test[i][0] for i in range(min(images, len(test)))])
-    labels = torch.tensor([test[i][1] for i in range(len(checked))])
-    device = plan_for_device(model, plan_at, calibration_images(splits.train, CALIBRATION_IMAGES), checked, labels, out,
-                             target_instructions, target_flash)
+    device = plan_for_device(model, plan_at, calibration_images(splits.train, CALIBRATION_IMAGES),
+                             *_test_images(splits, images), out, target_instructions, target_flash, target=target)
     info = dict(plans[device["planner_fraction"]])
     info["device"] = {key: value for key, value in device.items() if key not in ("mcu", "sparsity")}
     info["device"]["layers"] = device["mcu"]["layers"]
     return dict(device["sparsity"]), info
-
-
-def check_device_target(model: nn.Module, splits: DataSplits, out: str | Path, device: Mapping,
-                        images: int = DEVICE_CHECK_IMAGES) -> dict:
-    """The device target's record (``device`` from :func:`plan_for_device_target`'s plan info) with the final model
-    measured in QEMU (``final``: instructions, flash bytes, and whether it still meets the target within 5 %)."""
-    test = splits.test
-    checked = torch.stack([test[i][0] for i in range(min(images, len(test)))])
-    labels = torch.tensor([test[i][1] for i in range(len(checked))])
-    tflite = export_tflite(copy.deepcopy(model).cpu().eval(), Path(out) / "final.tflite",
-                           calibration_images(splits.train, CALIBRATION_IMAGES))
-    result = measure_on_mcu(tflite, checked, labels, Path(out) / "final")
-    value = result[device["quantity"]]
-    final = {"instructions": result["instructions"], "flash_bytes": result["flash_bytes"],
-             "met": (1 - DEVICE_TOLERANCE) * device["target"] <= value <= device["target"]}
-    return {**{key: value for key, value in device.items() if key != "layers"}, "final": final}
 
 
 def prune_copy(model: nn.Module, sparsity: Mapping[str, object]) -> tuple[nn.Module, FineGrainedPruner]:
@@ -417,7 +404,8 @@ def export_for_devices(
     if onnx_path is not None:
         onnx_path = export_onnx(cpu, onnx_path, images[:1])
         check = compare_onnx(cpu, onnx_path, loader)
-        row.update(onnx_file=str(onnx_path), onnx_accuracy=evaluate_onnx(onnx_path, loader)["accuracy"],
+        scored = evaluate_onnx(onnx_path, loader)
+        row.update(onnx_file=str(onnx_path), onnx_accuracy=scored["accuracy"], test_images=scored["count"],
                    onnx_equal=check["equal"], onnx_max_abs_diff=check["max_abs_diff"])
         if latency_batches:
             row["onnx_latency"] = {b: onnx_latency(cpu, onnx_path, images[:b])
@@ -432,14 +420,21 @@ def export_for_devices(
     return row
 
 
-def check_device_export(model: nn.Module, spec: ModelSpec) -> None:
-    """Refuse, before any training, a model that the int8 TFLite export cannot convert (names the op and layer)."""
+def check_device_export(model: nn.Module, spec: ModelSpec, engine: bool = False) -> None:
+    """Refuse, before any training, a model that the int8 TFLite export cannot convert (names the op and layer),
+    and with ``engine`` one whose ``.tflite`` the C engine cannot run."""
     example = torch.randn(4, spec.in_channels, spec.image_size, spec.image_size)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            export_tflite(copy.deepcopy(model).cpu().eval(), Path(tmp) / "probe.tflite", example)
+            probe = export_tflite(copy.deepcopy(model).cpu().eval(), Path(tmp) / "probe.tflite", example)
         except ValueError as exc:
-            raise ValueError(f"{str(exc).splitlines()[0]}; or pass --device-exports none to skip the ONNX and TFLite exports") from None
+            raise ValueError(f"{str(exc).splitlines()[0]}; or pass --device-exports none and --mcu none to skip the ONNX, "
+                             "TFLite and microcontroller steps") from None
+        if engine:
+            try:
+                export_c(probe, Path(tmp) / "engine")
+            except ValueError as exc:
+                raise ValueError(f"{str(exc).splitlines()[0]}; or pass --mcu none to skip the microcontroller") from None
 
 
 def compare_models(
@@ -676,3 +671,84 @@ def export_checkpoint(
         share_centroids(model, bits, load_splits(data, spec), centroid_epochs, seed, centroid_lr)
     export_compressed(model, out, values, bits, spec)
     return {"path": out, "bytes": file_size(out), "checkpoint_bytes": file_size(path)}
+
+
+# --------------------------------------------------------------------------- the microcontroller: the C engine in QEMU
+
+
+def _int8_tflite(model: nn.Module, splits: DataSplits, path: Path) -> Path:
+    """``model`` as a fully int8 ``.tflite`` at ``path``, calibrated as :func:`export_for_devices` calibrates."""
+    return export_tflite(copy.deepcopy(model).cpu().eval(), path, calibration_images(splits.train, CALIBRATION_IMAGES))
+
+
+def _tflite_data(path: Path, data: DataConfig) -> DataConfig:
+    """``data`` with the channels and image size of the ``.tflite``'s input, where the flags did not give them."""
+    graph = load_tflite(path)
+    _, height, width, channels = graph.tensors[graph.inputs[0]].shape
+    if height != width:
+        raise ValueError(f"{path} takes {height}x{width} images; edgeprune's data sets give square images")
+    return replace(data, channels=data.channels or channels, image_size=data.image_size or height)
+
+
+def _engine_source(source: str | Path, spec: ModelSpec | None, data: DataConfig, folder: Path,
+                   device: str | None) -> tuple[Path, DataConfig, ModelSpec | None]:
+    """The int8 ``.tflite`` behind ``source`` (a ``.tflite`` as it is, or a checkpoint exported into ``folder``),
+    the data config its inputs come from, and the checkpoint's spec (None for a ``.tflite``)."""
+    source = Path(source)
+    if source.suffix == ".tflite":
+        if not source.is_file():
+            raise ValueError(f"{source}: no such file; give a fully int8 .tflite (edgeprune export CKPT --format tflite)")
+        return source, _tflite_data(source, data), None
+    model, spec, _, _ = load_model(source, spec, device)
+    return _int8_tflite(model, load_splits(data, spec), folder / "model.tflite"), data, spec
+
+
+def c_engine_checkpoint(source: str | Path, spec: ModelSpec | None, data: DataConfig, out: str | Path,
+                        sparse: str = "auto", device: str | None = None) -> dict:
+    """Write the C engine of a checkpoint or an int8 ``.tflite`` into the folder ``out``; return ``layers.json``.
+
+    A checkpoint is first exported to ``out/model.tflite`` (calibrated on the training images); the
+    ``.tflite`` is the single source of the engine's quantization (see :func:`edgeprune.mcu.export_c`).
+    """
+    folder = writable_folder(out, "--out")
+    tflite, _, _ = _engine_source(source, spec, data, folder, device)
+    return {**export_c(tflite, folder, sparse), "tflite": str(tflite)}
+
+
+def _test_images(splits: DataSplits, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``count`` test images and their labels."""
+    count = min(count, len(splits.test))
+    if count < 1:
+        raise ValueError("no test images to run on the microcontroller: the test split is empty")
+    images, labels = zip(*(splits.test[i] for i in range(count)))
+    return torch.stack(images), torch.tensor(labels)
+
+
+def mcu_model(model: nn.Module, splits: DataSplits, folder: str | Path, target: str = "cortex-m4",
+              images: int = MCU_IMAGES, sparse: str = "auto") -> dict:
+    """Run ``model`` on the microcontroller: int8 ``.tflite``, the C engine, built for ``target`` and run in QEMU on the
+    first ``images`` test images, every output compared with TFLM's; ``folder/mcu.json`` holds the results."""
+    folder = writable_folder(folder, f"mcu folder {folder}")
+    tflite = _int8_tflite(model, splits, folder / "model.tflite")
+    return measure_on_mcu(tflite, *_test_images(splits, images), folder, target, sparse)
+
+
+def check_device_target(model: nn.Module, splits: DataSplits, out: str | Path, device: Mapping,
+                        target: str = "cortex-m4", images: int = DEVICE_CHECK_IMAGES) -> dict:
+    """The device target's record (``device`` from :func:`plan_for_device_target`'s plan info) with the final model
+    measured in QEMU (``final``: instructions, flash bytes, and whether it still meets the target within 5 %)."""
+    result = mcu_model(model, splits, Path(out) / "final", target, images)
+    value = result[device["quantity"]]
+    final = {"instructions": result["instructions"], "flash_bytes": result["flash_bytes"],
+             "met": (1 - DEVICE_TOLERANCE) * device["target"] <= value <= device["target"]}
+    return {**{key: value for key, value in device.items() if key != "layers"}, "final": final}
+
+
+def mcu_checkpoint(source: str | Path, spec: ModelSpec | None, data: DataConfig, out: str | Path,
+                   target: str = "cortex-m4", images: int = MCU_IMAGES, sparse: str = "auto",
+                   device: str | None = None) -> dict:
+    """:func:`mcu_model` for a checkpoint, or for an int8 ``.tflite`` as it is (its input shape gives the image geometry)."""
+    folder = writable_folder(out, "--out")
+    tflite, data, spec = _engine_source(source, spec, data, folder, device)
+    splits = load_splits(data, spec)
+    return measure_on_mcu(tflite, *_test_images(splits, images), folder, target, sparse)

@@ -1,0 +1,75 @@
+"""The microcontroller from the command line: `export --format c` and `mcu`, from a checkpoint or a .tflite."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edgeprune.cli import main
+
+SLICE = str(Path(__file__).parent / "data" / "fashion-mnist")  # the shipped slice (conftest's fashion_slice)
+M4_FLAGS = ["-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard", "-O2", "-c"]  # the issue's exact command
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A BasicCNN for 3x32x32 images trained one epoch on 200 images of the shipped Fashion-MNIST slice, pruned to 80 %."""
+    folder = tmp_path_factory.mktemp("mcu_cli")
+    data = ["--data-dir", SLICE, "--limit", "200", "--val-size", "50", "--channels", "3", "--image-size", "32"]
+    assert main(["train", *data, "--epochs", "1", "--out", str(folder / "base.safetensors")]) == 0
+    assert main(["prune", *data, str(folder / "base.safetensors"), "--sparsity", '{"_default": 0.8}',
+                 "--out", str(folder / "pruned.safetensors")]) == 0
+    return folder, data
+
+
+def test_export_c_from_a_checkpoint_and_from_its_tflite_compiles_for_cortex_m4(trained, tmp_path, capsys):
+    folder, data = trained
+    engine = tmp_path / "engine"
+    assert main(["export", *data, str(folder / "pruned.safetensors"), "--format", "c", "--out", str(engine)]) == 0
+    printed = capsys.readouterr().out
+    assert "| FULLY_CONNECTED | sparse |" in printed and "wrote the C engine" in printed
+    layers = json.loads((engine / "layers.json").read_text())
+    assert any(layer["engine"] == "sparse" for layer in layers["layers"])
+    sources = sorted(engine.glob("*.c"))
+    assert {"edgeprune_model.c", "edgeprune_model.h"} <= {p.name for p in engine.iterdir()}
+    subprocess.run(["arm-none-eabi-gcc", *M4_FLAGS, *map(str, sources)], cwd=tmp_path, check=True)
+    # the .tflite is the single source of the engine: generating from the file written above gives the same C
+    again = tmp_path / "again"
+    assert main(["export", str(engine / "model.tflite"), "--format", "c", "--out", str(again)]) == 0
+    assert (again / "edgeprune_model.c").read_text() == (engine / "edgeprune_model.c").read_text()
+    never = tmp_path / "dense"
+    assert main(["export", str(engine / "model.tflite"), "--format", "c", "--sparse", "never", "--out", str(never)]) == 0
+    assert {layer["engine"] for layer in json.loads((never / "layers.json").read_text())["layers"]} <= {"dense", "-"}
+
+
+def test_mcu_runs_a_checkpoint_and_a_bare_tflite_equal_to_tflm(trained, tmp_path, capsys):
+    folder, data = trained
+    out = tmp_path / "m4"
+    assert main(["mcu", *data, str(folder / "pruned.safetensors"), "--images", "6", "--out", str(out)]) == 0
+    result = json.loads((out / "mcu.json").read_text())
+    assert result["equal_to_tflm"] == result["images_run"] == 6 and result["target"] == "cortex-m4"
+    assert "instructions executed in emulation, not cycles" in capsys.readouterr().out
+    # a .tflite alone: its input shape (3x32x32) gives the geometry, no model or image flag needed
+    bare = tmp_path / "bare"
+    assert main(["mcu", "--data-dir", SLICE, "--val-size", "50", str(out / "model.tflite"), "--images", "3", "--target", "cortex-m7",
+                 "--out", str(bare)]) == 0
+    again = json.loads((bare / "mcu.json").read_text())
+    assert again["equal_to_tflm"] == 3 and again["board"] == "QEMU mps2-an500"
+
+
+def test_bad_engine_input_is_one_line(trained, tmp_path, capsys):
+    folder, data = trained
+    engine = tmp_path / "engine"
+    assert main(["export", *data, str(folder / "base.safetensors"), "--format", "c", "--out", str(engine)]) == 0
+    capsys.readouterr()
+    tflite = engine / "model.tflite"
+    assert main(["export", str(tflite), "--format", "tflite", "--out", str(tmp_path / "x.tflite")]) == 2
+    assert "exports only to the C engine (--format c)" in capsys.readouterr().err
+    cut = tmp_path / "cut.tflite"
+    cut.write_bytes(tflite.read_bytes()[:200])
+    assert main(["mcu", str(cut), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("edgeprune mcu: error:") and len(err.strip().splitlines()) == 1
+    assert main(["mcu", str(tmp_path / "missing.tflite"), "--out", str(tmp_path / "m2")]) == 2
+    assert "no such file" in capsys.readouterr().err
