@@ -17,6 +17,8 @@ from edgeprune.export.tflite import export_tflite
 from edgeprune.mcu.measure import measure_on_mcu
 from edgeprune.mcu.predict import DeviceBaseline, meet_target, parse_bytes, predict_model, unit_costs
 from edgeprune.mcu.target import plan_for_device
+from edgeprune.report import device_target_line
+from edgeprune.steps import check_device_target
 from test_mcu_board import SmallNet, toolchain  # noqa: F401 (a fixture)
 
 LAYERS = ("conv1.weight", "conv2.weight", "fc.weight")
@@ -171,3 +173,21 @@ def test_flash_target_is_met_in_qemu(toolchain, small, tmp_path):
     assert result["met"] and result["quantity"] == "flash_bytes"
     assert 0.95 * 6144 <= result["mcu"]["flash_bytes"] == result["measured"] <= 6144
     assert result["predicted"] == pytest.approx(result["measured"], rel=0.01)
+
+
+def test_the_final_model_is_checked_against_the_target_and_reported():
+    """A record as plan_for_device_target writes it, checked with two final measurements: one inside the band
+    [0.95 x 2,245,372, 2,245,372] = [2,133,103.4, 2,245,372], one under it; the report line says which."""
+    device = {"quantity": "instructions", "target": 2245372.0, "target_fraction": 0.4, "met": True,
+              "predicted": 2128880.0, "measured": 2183620, "prediction_error": -0.025, "checks": [{}, {}],
+              "dense": {"instructions": 5613430, "flash_bytes": 207468}, "layers": [{"op": "CONV_2D"}]}
+    inside = check_device_target(device, {"instructions": 2183600, "flash_bytes": 90000})
+    under = check_device_target(device, {"instructions": 2133000, "flash_bytes": 90000})
+    assert inside["final"] == {"instructions": 2183600, "flash_bytes": 90000, "met": True}
+    assert under["final"]["met"] is False and "layers" not in under
+    line = device_target_line(inside)
+    assert ("device target 0.4 of the dense engine's 5,613,430 instructions: QEMU measured 2,183,620 instructions "
+            "(predicted 2,128,880, prediction -2.5%), met within 5 % after 2 QEMU check(s); the final model measures "
+            "2,183,600 instructions, still met") in line
+    assert device_target_line(under).endswith("the final model measures 2,133,000 instructions, NOT met")
+    assert device_target_line(None) == ""

@@ -186,12 +186,6 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             model_shared = _resumable(folder, "shared", shared, lambda info: load("shared", spec)[0])
             compared.append((f"+ {cfg.export_bits}-bit centroids fine-tuned", model_shared, out / "shared.safetensors"))
 
-        # the device target, checked in QEMU on the final model
-        device_target = None
-        if plan_info.get("device"):
-            device_target = steps.check_device_target(compared[-1][1], splits, out / "device_target", plan_info["device"],
-                                                      cfg.mcu)
-
         # 6. Compare on the test set, with the real compressed files; then the report.
         test_loader = make_loaders(splits, cfg.data.batch_size, cfg.seed)[2]
         shape = (spec.in_channels, spec.image_size, spec.image_size)
@@ -217,6 +211,8 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
                 label, measured, path = compared[index]
                 on_mcu.append({"model": label, **steps.mcu_model(measured, splits, out / "mcu" / Path(path).stem, cfg.mcu,
                                                                  cfg.mcu_images)})
+        # the device target (planned and checked in QEMU before fine-tuning), checked again on the final model
+        device_target = steps.check_device_target(plan_info["device"], on_mcu[-1]) if on_mcu and plan_info.get("device") else None
         results = {
             "config": cfg.to_dict(),
             "data": splits.info,
