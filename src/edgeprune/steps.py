@@ -254,6 +254,16 @@ def plan_for_device_target(
     return dict(device["sparsity"]), info
 
 
+def check_device_target(device: Mapping, final: Mapping) -> dict:
+    """The device target's record (``device`` from :func:`plan_for_device_target`'s plan info, without its layers) with
+    the final model's measurement (``final``, its :func:`mcu_model` result): its instructions and flash bytes, and
+    whether it still meets the target within 5 %."""
+    value = final[device["quantity"]]
+    return {**{key: v for key, v in device.items() if key != "layers"},
+            "final": {"instructions": final["instructions"], "flash_bytes": final["flash_bytes"],
+                      "met": (1 - DEVICE_TOLERANCE) * device["target"] <= value <= device["target"]}}
+
+
 def prune_copy(model: nn.Module, sparsity: Mapping[str, object]) -> tuple[nn.Module, FineGrainedPruner]:
     """A pruned copy of ``model`` (the original is untouched) and the pruner that holds its masks."""
     if not sparsity:
@@ -731,17 +741,6 @@ def mcu_model(model: nn.Module, splits: DataSplits, folder: str | Path, target: 
     folder = writable_folder(folder, f"mcu folder {folder}")
     tflite = _int8_tflite(model, splits, folder / "model.tflite")
     return measure_on_mcu(tflite, *_test_images(splits, images), folder, target, sparse)
-
-
-def check_device_target(model: nn.Module, splits: DataSplits, out: str | Path, device: Mapping,
-                        target: str = "cortex-m4", images: int = DEVICE_CHECK_IMAGES) -> dict:
-    """The device target's record (``device`` from :func:`plan_for_device_target`'s plan info) with the final model
-    measured in QEMU (``final``: instructions, flash bytes, and whether it still meets the target within 5 %)."""
-    result = mcu_model(model, splits, Path(out) / "final", target, images)
-    value = result[device["quantity"]]
-    final = {"instructions": result["instructions"], "flash_bytes": result["flash_bytes"],
-             "met": (1 - DEVICE_TOLERANCE) * device["target"] <= value <= device["target"]}
-    return {**{key: value for key, value in device.items() if key != "layers"}, "final": final}
 
 
 def mcu_checkpoint(source: str | Path, spec: ModelSpec | None, data: DataConfig, out: str | Path,
