@@ -138,9 +138,12 @@ def test_meet_target_refines_a_biased_prediction():
 
 
 def test_meet_target_names_what_the_sparsest_plan_reaches():
-    with pytest.raises(ValueError, match=r"^the instructions target 50 is below what the sparsest plan reaches "
-                                         r"\(100 predicted, every layer at 99%\); aim higher$"):
+    with pytest.raises(ValueError, match=r"^the instructions target 50 is below what the sparsest plan reaches: "
+                                         r"100 predicted, every layer at 99%; aim higher$"):
         meet_target(lambda f: 1000 - 900 * f / 0.99, lambda f: 0.0, 50.0, "instructions")
+    with pytest.raises(ValueError, match=r"^the instructions target 50 \(0.050 of the dense 1,000\) is below what the "
+                                         r"sparsest plan reaches: 100 \(0.100 of the dense 1,000\) predicted"):
+        meet_target(lambda f: 1000 - 900 * f / 0.99, lambda f: 0.0, 50.0, "instructions", dense=1000.0)
 
 
 def test_device_targets_are_met_in_qemu_or_refused(toolchain, small, tmp_path):

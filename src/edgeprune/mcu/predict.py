@@ -210,7 +210,7 @@ def _bisect(cost_at: Callable[[float], float], goal: float, low: float, high: fl
 
 def meet_target(predict_at: Callable[[float], float], measure_at: Callable[[float], float], target: float,
                 what: str, high: float = 0.99, tolerance: float = 0.05, checks: int = 4,
-                bisection_steps: int = 14) -> TargetSearch:
+                bisection_steps: int = 14, dense: float | None = None) -> TargetSearch:
     """The planner's fraction whose model measures at most ``target`` and at least ``(1 - tolerance) * target``.
 
     ``predict_at(f)`` is the cost model's value (instructions, bytes) for the plan at fraction ``f``,
@@ -218,7 +218,8 @@ def meet_target(predict_at: Callable[[float], float], measure_at: Callable[[floa
     ``f = 0`` and the sparsest ``f = high``. The fraction is bisected on the prediction; its model is
     measured; on a miss the goal the prediction bisects for is scaled by target / measured and the
     search runs again, at most ``checks`` measurements in all. One-line ValueError, naming what the
-    sparsest plan reaches, when even it is predicted above the target (``what`` names the quantity).
+    sparsest plan reaches, when even it is predicted above the target (``what`` names the quantity; with the
+    ``dense`` value, both also as fractions of it).
     """
     known: dict[float, float] = {}
 
@@ -229,8 +230,11 @@ def meet_target(predict_at: Callable[[float], float], measure_at: Callable[[floa
 
     sparsest = predicted(high)
     if sparsest > target:
-        raise ValueError(f"the {what} target {target:,.0f} is below what the sparsest plan reaches "
-                         f"({sparsest:,.0f} predicted, every layer at {high:.0%}); aim higher")
+        def share(value: float) -> str:
+            return f" ({value / dense:.3f} of the dense {dense:,.0f})" if dense else ""
+
+        raise ValueError(f"the {what} target {target:,.0f}{share(target)} is below what the sparsest plan reaches: "
+                         f"{sparsest:,.0f}{share(sparsest)} predicted, every layer at {high:.0%}; aim higher")
     search = TargetSearch(target, high, sparsest, math.nan, False, tolerance)
     goal = target * (1 - tolerance / 2)  # the middle of the band the measurement must fall in
     for _ in range(checks):

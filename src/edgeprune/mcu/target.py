@@ -89,7 +89,8 @@ def plan_for_device(
         return measure(plan_at(f), f"check-{sum(name.startswith('check') for name in results) + 1}")[key]
 
     search = meet_target(predicted, measured, goal, "instructions" if flash is None else "flash bytes",
-                         high=SPARSEST, tolerance=tolerance, checks=checks)
+                         high=SPARSEST, tolerance=tolerance, checks=checks,
+                         dense=dense["instructions"] if flash is None else None)
     last = results[max((n for n in results if n.startswith("check")), key=lambda n: int(n.split("-")[1]))]
     return {
         "sparsity": dict(plan_at(search.fraction)), "met": search.met, "quantity": key, "target": goal,
