@@ -9,7 +9,7 @@ their instructions and the code size come from one QEMU measurement of the dense
 (:class:`DeviceBaseline`), as they do not change with sparsity.
 
 :func:`unit_costs` turns the cost model into the planner's prices of one weight per layer: the
-instructions saved and the flash bytes freed per weight pruned (``bytes_per_nonzero`` of
+instructions saved per weight pruned and the flash bytes per non-zero weight (``bytes_per_nonzero`` of
 :func:`edgeprune.analyze.plan.plan_by_budget`).
 
 :func:`meet_target` finds the planner's target fraction whose model meets a device target: bisection
@@ -163,21 +163,21 @@ def predict_model(model: nn.Module, sparsity: Mapping[str, float], calibration_i
 
 def unit_costs(model: nn.Module, calibration_images: torch.Tensor, low: float = 0.8,
                high: float = 0.95) -> dict[str, dict[str, float]]:
-    """Per prunable parameter, what pruning one more of its weights saves on the sparse engine:
-    ``instructions`` per inference and ``bytes`` of flash (value and index; the planner's ``bytes_per_nonzero``).
+    """Per prunable parameter, what one weight costs on the sparse engine (all layers sparse), from its prediction
+    at uniform sparsities ``low`` and ``high`` (the region where the planner's device targets fall):
 
-    Both are slopes of the engine's prediction (all layers sparse) between uniform sparsities
-    ``low`` and ``high``: the region where the planner's device targets fall. A layer whose bytes do not
-    fall there (too few weights to tell) is priced at 0.001 byte, as the planner needs positive prices.
+    * ``instructions``: saved per inference by pruning one more weight (the slope between the two);
+    * ``bytes``: flash per non-zero weight, value and index (the average over the two, counts per run
+      included; the planner's ``bytes_per_nonzero``). A layer with no non-zeros there is priced at 1 byte.
     """
     names = list(prunable_parameters(model))
     at = [predict_model(model, dict.fromkeys(names, s), calibration_images, sparse="always") for s in (low, high)]
     costs = {}
     for name in names:
         a, b = at[0].layers[name], at[1].layers[name]
-        removed = max(1, a.nonzeros - b.nonzeros)
-        costs[name] = {"instructions": (a.instructions - b.instructions) / removed,
-                       "bytes": max(1e-3, (a.weight_bytes + a.index_bytes - b.weight_bytes - b.index_bytes) / removed)}
+        stored = a.weight_bytes + a.index_bytes + b.weight_bytes + b.index_bytes
+        costs[name] = {"instructions": (a.instructions - b.instructions) / max(1, a.nonzeros - b.nonzeros),
+                       "bytes": stored / (a.nonzeros + b.nonzeros) if a.nonzeros + b.nonzeros else 1.0}
     return costs
 
 
