@@ -15,11 +15,13 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping
 
+from .analyze.plan import BUDGETS
 from .analyze.scan import METHODS, scan_sparsities
 from .data import DATASETS, DataConfig, native_geometry
 from .device import pick_device
 from .export.quantize import MODES, QuantConfig
 from .mcu.lowering import SPARSE_MODES
+from .mcu.target import check_device_targets
 from .mcu.toolchain import TARGETS, find_tool
 from .prune.importance import CRITERIA
 from .prune.masks import check_sparsity
@@ -181,6 +183,13 @@ class RunConfig:
     plan: str = _option("scan", "how the planner reaches --target-sparsity: from the sensitivity scan, or one global "
                         "magnitude ranking", choices=PLANS)
     target_sparsity: float = _option(0.8, "planner budget: fraction of prunable weights removed", kind="float", low=0.0, high=1.0)
+    budget: str = _option("params", "what --target-sparsity removes a fraction of: params (weights), macs (each weight "
+                          "weighted by its MACs) or flash (the sparse engine's value + index bytes)", choices=tuple(BUDGETS))
+    target_instructions: float | None = _option(None, "plan until the C engine runs at most this fraction of the dense "
+                                                "engine's instructions (e.g. 0.3), checked in QEMU (to within 5 percent under it)",
+                                                kind="float", low=0.0, high=1.0)
+    target_flash: str | None = _option(None, "plan until the C engine's flash (code + weights + indices) is at most this "
+                                       "size (e.g. 32KiB, 32kB = 32000 B, 32768), checked in QEMU (to within 5 percent under it)")
     schedule: str = _option("oneshot", "oneshot: prune, then fine-tune; agp: cubic ramp to the targets while training; "
                             "iterative: rounds of prune + fine-tune", choices=("oneshot", *SCHEDULES))
     max_drop: float | None = _option(None, "plan by tolerance instead: largest sparsity per layer within this accuracy drop",
@@ -251,6 +260,16 @@ class RunConfig:
             raise ValueError(f"unknown plan {self.plan!r}; use one of {', '.join(PLANS)}")
         if self.plan == "global" and self.max_drop is not None:
             raise ValueError("max_drop plans from the scan: use it with plan='scan', or give target_sparsity with plan='global'")
+        if self.budget not in BUDGETS:
+            raise ValueError(f"unknown budget {self.budget!r}; use one of {', '.join(BUDGETS)}")
+        if self.budget != "params" and (self.plan != "scan" or self.max_drop is not None or self.sparsity is not None):
+            raise ValueError(f"--budget {self.budget} sets what the scan planner's target counts: use it with --plan scan "
+                             "and --target-sparsity, without --max-drop or --sparsity")
+        check_device_targets(self.target_instructions, self.target_flash)
+        if (self.target_instructions is not None or self.target_flash is not None) and (
+                self.sparsity is not None or self.plan != "scan" or self.max_drop is not None):
+            raise ValueError("--target-instructions and --target-flash plan from the scan: drop --sparsity, --max-drop "
+                             "and --plan global")
         if self.schedule not in ("oneshot", *SCHEDULES):
             raise ValueError(f"unknown schedule {self.schedule!r}; use one of oneshot, {', '.join(SCHEDULES)}")
         if self.schedule != "oneshot" and self.finetune_epochs < 1:
@@ -282,6 +301,9 @@ class RunConfig:
                     find_tool(tool)
                 except ValueError as exc:
                     raise ValueError(f"{exc}; or pass --mcu none to skip the microcontroller") from None
+        if (self.target_instructions is not None or self.target_flash is not None) and self.mcu == "none":
+            raise ValueError("--target-instructions and --target-flash are checked in QEMU on --mcu's board: "
+                             "give one (e.g. --mcu cortex-m4), not none")
         if self.centroid_epochs and self.export_values != "kmeans":
             raise ValueError("centroid_epochs fine-tunes k-means centroids: use it with export_values='kmeans'")
         pick_device(self.device)

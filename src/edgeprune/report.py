@@ -6,8 +6,8 @@ from typing import Iterable, Mapping
 
 from .mcu.measure import mcu_table
 
-__all__ = ["comparison_markdown", "device_markdown", "engine_markdown", "layers_markdown", "mcu_markdown", "mcu_table",
-           "run_report", "sparsity_markdown"]
+__all__ = ["comparison_markdown", "device_markdown", "device_target_line", "engine_markdown", "layers_markdown",
+           "mcu_markdown", "mcu_table", "run_report", "sparsity_markdown"]
 
 
 def _fmt_bytes(n: int | float | None) -> str:
@@ -157,6 +157,21 @@ def channels_markdown(channels: Mapping | None) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+def device_target_line(device: Mapping | None) -> str:
+    """What a device target asked, what the cost model predicted and what QEMU measured for the plan and for the final
+    model ('' without one)."""
+    if not device:
+        return ""
+    unit = "instructions" if device["quantity"] == "instructions" else "B of flash"
+    asked = (f"{device['target_fraction']:g} of the dense engine's {device['dense']['instructions']:,} instructions"
+             if device["target_fraction"] is not None else f"{device['target']:,.0f} B of flash")
+    error = "" if device["prediction_error"] is None else f", prediction {device['prediction_error']:+.1%}"
+    return (f"; device target {asked}: QEMU measured {device['measured']:,.0f} {unit} (predicted {device['predicted']:,.0f}"
+            f"{error}), {'met' if device['met'] else 'NOT met'} within 5 % after {len(device['checks'])} QEMU check(s); "
+            f"the final model measures {device['final'][device['quantity']]:,} {unit}, "
+            f"{'still met' if device['final']['met'] else 'NOT met'}")
+
+
 def run_report(results: Mapping, model: str, scan_split: str, scanned: bool = True) -> str:
     """The report a person reads: the table, the dict, the per-layer sparsity and the plots."""
     data = results["data"]
@@ -165,8 +180,9 @@ def run_report(results: Mapping, model: str, scan_split: str, scanned: bool = Tr
     how = (
         "given by the user"
         if plan.get("method") == "given"
-        else f"chosen by the planner ({plan.get('method')}, target {plan.get('target')}) from the sensitivity scan"
-    )
+        else f"chosen by the planner ({plan.get('method')}, target {plan.get('target')}"
+        + (f", budget {plan['budget']}" if plan.get("budget") else "") + ") from the sensitivity scan"
+    ) + device_target_line(results.get("device_target"))
     scan_plot = (
         f"Sensitivity scan on the {scan_split} split (chosen sparsity marked):\n\n![sensitivity](sensitivity.png)\n\n"
         if scanned else ""

@@ -125,8 +125,15 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
 
         # 3. Sparsity dict (given or planned), then prune a copy.
         def prune() -> tuple:
-            sparsity, plan_info = steps.choose_sparsity(source, scan, cfg.sparsity, cfg.target_sparsity, cfg.max_drop,
-                                                        plan=cfg.plan)
+            if cfg.target_instructions is not None or cfg.target_flash is not None:
+                sparsity, plan_info = steps.plan_for_device_target(source, scan, splits, out / "device_target", cfg.budget,
+                                                                   cfg.target_instructions, cfg.target_flash, cfg.mcu)
+            else:
+                sparsity, plan_info = steps.choose_sparsity(source, scan, cfg.sparsity, cfg.target_sparsity, cfg.max_drop,
+                                                            plan=cfg.plan, budget=cfg.budget,
+                                                            input_shape=(spec.in_channels, spec.image_size, spec.image_size),
+                                                            bytes_per_nonzero=steps.engine_unit_bytes(source, splits)
+                                                            if cfg.budget == "flash" and cfg.plan == "scan" else None)
             pruned, pruner = steps.prune_copy(source, sparsity)
             write_json_atomic(out / "sparsity.json", pruner.sparsity_dict)
             write_json_atomic(out / "plan.json", plan_info)
@@ -204,6 +211,8 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
                 label, measured, path = compared[index]
                 on_mcu.append({"model": label, **steps.mcu_model(measured, splits, out / "mcu" / Path(path).stem, cfg.mcu,
                                                                  cfg.mcu_images)})
+        # the device target (planned and checked in QEMU before fine-tuning), checked again on the final model
+        device_target = steps.check_device_target(plan_info["device"], on_mcu[-1]) if on_mcu and plan_info.get("device") else None
         results = {
             "config": cfg.to_dict(),
             "data": splits.info,
@@ -212,6 +221,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             "channels": steps.channels_summary(folder.done.get("channels")),
             "sparsity_dict": chosen,
             "plan": plan_info,
+            "device_target": device_target,
             "baseline_training": asdict(history),
             "finetune": asdict(ft_history),
             "comparison": rows,

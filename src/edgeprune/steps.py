@@ -43,7 +43,10 @@ from .export.tflite import calibration_images, export_tflite
 from .export.tflite_read import load_tflite
 from .export.tflm import evaluate_tflite
 from .files import writable_folder, write_json_atomic, write_text_atomic
-from .mcu import export_c, measure_on_mcu
+from .mcu import export_c
+from .mcu.measure import measure_on_mcu
+from .mcu.predict import unit_costs
+from .mcu.target import DEVICE_TOLERANCE, plan_for_device
 from .models import ModelSpec, prunable_parameters
 from .prune.channels import channel_counts, prune_channels
 from .prune.global_magnitude import global_magnitude_sparsity
@@ -53,12 +56,12 @@ from .report import comparison_markdown
 from .training import Teacher, TrainHistory, evaluate, finetune, prune_gradually, train
 
 __all__ = [
-    "CALIBRATION_IMAGES", "CENTROID_LR", "MCU_IMAGES", "TAYLOR_BATCHES",
-    "accuracy_on_test", "c_engine_checkpoint", "build_baseline", "channels_summary", "check_device_export", "check_fits", "choose_sparsity",
-    "compare_checkpoints", "compare_models", "export_checkpoint", "export_compressed", "export_for_devices",
-    "finetune_checkpoint", "finetune_pruned", "inspect_model", "load_model", "load_splits", "mcu_checkpoint", "mcu_model",
-    "model_for_data",
-    "model_spec_from_flags", "plan_from_scan", "prune_channels_step", "prune_checkpoint", "prune_copy",
+    "CALIBRATION_IMAGES", "CENTROID_LR", "DEVICE_CHECK_IMAGES", "MCU_IMAGES", "TAYLOR_BATCHES",
+    "accuracy_on_test", "c_engine_checkpoint", "build_baseline", "channels_summary", "check_device_export",
+    "check_device_target", "check_fits", "choose_sparsity", "compare_checkpoints", "compare_models", "engine_unit_bytes",
+    "export_checkpoint", "export_compressed", "export_for_devices", "finetune_checkpoint", "finetune_pruned",
+    "inspect_model", "load_model", "load_splits", "mcu_checkpoint", "mcu_model", "model_for_data",
+    "model_spec_from_flags", "plan_for_device_target", "plan_from_scan", "prune_channels_step", "prune_checkpoint", "prune_copy",
     "prune_while_training", "scan_checkpoint", "scan_model", "share_centroids", "taylor_batches", "train_baseline",
     "train_checkpoint", "writable_file",
 ]
@@ -67,6 +70,8 @@ TAYLOR_BATCHES = 4
 """Training batches whose gradients rank channels for ``importance="taylor"``."""
 CALIBRATION_IMAGES = 500
 """Training images that calibrate the int8 activations of a TFLite export."""
+DEVICE_CHECK_IMAGES = 4
+"""Test images each QEMU check of a device target runs (instruction counts hardly depend on the input)."""
 CENTROID_LR = 1e-4
 """Learning rate of the k-means centroid fine-tuning (Deep Compression's step after pruning)."""
 MCU_IMAGES = 100
@@ -193,10 +198,12 @@ def scan_model(
 def choose_sparsity(
     model: nn.Module, scan: ScanResult | None, sparsity: str | Mapping | None = None,
     target_sparsity: float | None = 0.8, max_drop: float | None = None, target_bytes: int | None = None,
-    plan: str = "scan",
+    plan: str = "scan", budget: str = "params", input_shape: tuple[int, ...] | None = None,
+    bytes_per_nonzero: Mapping[str, float] | None = None,
 ) -> tuple[dict, dict]:
     """The sparsity dict: the user's (``sparsity``), one global magnitude ranking (``plan="global"``),
-    or the planner's from the scan; returns (dict, plan info)."""
+    or the planner's from the scan in ``budget`` (see :func:`~edgeprune.analyze.plan.plan_by_budget`); returns
+    (dict, plan info)."""
     if sparsity is not None:
         return load_layer_settings(sparsity), {"method": "given"}
     if plan == "global":
@@ -205,8 +212,56 @@ def choose_sparsity(
     if scan is None:
         raise ValueError("no sparsity dict given and no scan to plan one from; give --sparsity or run a scan")
     target = target_sparsity if max_drop is None and target_bytes is None else None
-    planned = make_plan(scan, model, target_sparsity=target, target_bytes=target_bytes, max_drop=max_drop)
+    planned = make_plan(scan, model, target_sparsity=target, target_bytes=target_bytes, max_drop=max_drop, budget=budget,
+                        input_shape=input_shape, bytes_per_nonzero=bytes_per_nonzero)
     return dict(planned.sparsity_dict), planned.to_dict()
+
+
+def engine_unit_bytes(model: nn.Module, splits: DataSplits) -> dict[str, float]:
+    """The sparse engine's flash bytes per non-zero weight of each prunable layer (``bytes_per_nonzero`` of a flash budget)."""
+    return {name: cost["bytes"] for name, cost in unit_costs(copy.deepcopy(model).cpu(), calibration_images(splits.train, 8)).items()}
+
+
+def plan_for_device_target(
+    model: nn.Module, scan: ScanResult, splits: DataSplits, out: str | Path, budget: str = "params",
+    target_instructions: float | None = None, target_flash: str | int | None = None, target: str = "cortex-m4",
+    images: int = DEVICE_CHECK_IMAGES,
+) -> tuple[dict, dict]:
+    """The planner's sparsity dict (in ``budget``) whose C engine meets a device target in QEMU, and its plan info.
+
+    The planner's target fraction is searched on the engine's cost model and checked in QEMU on ``images``
+    test images on ``target`` (:func:`~edgeprune.mcu.target.plan_for_device`, files under ``out``); the plan info's
+    ``device`` holds the target, what was predicted and what QEMU measured.
+    """
+    model = copy.deepcopy(model).cpu().eval()
+    shape = tuple(splits.train[0][0].shape)
+    units = engine_unit_bytes(model, splits) if budget == "flash" else None
+    plans: dict[float, dict] = {}
+
+    def plan_at(fraction: float) -> dict:
+        if fraction not in plans:
+            with warnings.catch_warnings():  # beyond the scanned range is expected near the sparsest plan
+                warnings.simplefilter("ignore")
+                plans[fraction] = make_plan(scan, model, target_sparsity=fraction, budget=budget, input_shape=shape,
+                                            bytes_per_nonzero=units).to_dict()
+        return plans[fraction]["sparsity_dict"]
+
+    device = plan_for_device(model, plan_at, calibration_images(splits.train, CALIBRATION_IMAGES),
+                             *_test_images(splits, images), out, target_instructions, target_flash, target=target)
+    info = dict(plans[device["planner_fraction"]])
+    info["device"] = {key: value for key, value in device.items() if key not in ("mcu", "sparsity")}
+    info["device"]["layers"] = device["mcu"]["layers"]
+    return dict(device["sparsity"]), info
+
+
+def check_device_target(device: Mapping, final: Mapping) -> dict:
+    """The device target's record (``device`` from :func:`plan_for_device_target`'s plan info, without its layers) with
+    the final model's measurement (``final``, its :func:`mcu_model` result): its instructions and flash bytes, and
+    whether it still meets the target within 5 %."""
+    value = final[device["quantity"]]
+    return {**{key: v for key, v in device.items() if key != "layers"},
+            "final": {"instructions": final["instructions"], "flash_bytes": final["flash_bytes"],
+                      "met": (1 - DEVICE_TOLERANCE) * device["target"] <= value <= device["target"]}}
 
 
 def prune_copy(model: nn.Module, sparsity: Mapping[str, object]) -> tuple[nn.Module, FineGrainedPruner]:

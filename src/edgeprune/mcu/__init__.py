@@ -5,16 +5,20 @@ picks dense or sparse per layer (cost), the static arena plan (arena) and the C 
 the kernels are package data under ``c/``. On the board: the cross compiler, QEMU and the targets
 (toolchain), running a harness firmware and reading its report (qemu), and measuring a generated
 engine on an emulated board against TFLite Micro (measure); the startup code, linker script and
-harness are package data under ``board/``.
+harness are package data under ``board/``. Planning for the device: the engine's instructions and flash
+predicted for a sparsity plan without QEMU (predict), and instruction or flash targets met by
+planning on the prediction and checking in QEMU (target).
 """
 
 from .codegen import export_c
 from .cost import conv_cost, depthwise_cost, fc_cost
 from .lowering import lower
 from .measure import mcu_table, measure_engine, measure_on_mcu
+from .predict import meet_target, parse_bytes, predict_model, unit_costs
+from .target import plan_for_device
 from .toolchain import TARGETS, get_target
 
 __all__ = [
     "TARGETS", "conv_cost", "depthwise_cost", "export_c", "fc_cost", "get_target", "lower", "mcu_table",
-    "measure_engine", "measure_on_mcu",
+    "measure_engine", "measure_on_mcu", "meet_target", "parse_bytes", "plan_for_device", "predict_model", "unit_costs",
 ]

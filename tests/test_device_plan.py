@@ -1,0 +1,198 @@
+"""Planning for the device: the engine's cost model against QEMU's counts, flash sizes, device targets met in QEMU.
+
+The QEMU tests need Debian's gcc-arm-none-eabi, newlib and qemu-system-arm (as test_mcu_board.py).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from conftest import FASHION_SLICE
+from edgeprune.config import RunConfig
+from edgeprune.data import DataConfig, load_data
+from edgeprune.export.tflite import export_tflite
+from edgeprune.mcu.measure import measure_on_mcu
+from edgeprune.mcu.predict import DeviceBaseline, meet_target, parse_bytes, predict_model, unit_costs
+from edgeprune.mcu.target import plan_for_device
+from edgeprune.report import device_target_line
+from edgeprune.steps import check_device_target
+from test_mcu_board import SmallNet, toolchain  # noqa: F401 (a fixture)
+
+LAYERS = ("conv1.weight", "conv2.weight", "fc.weight")
+PLAN = {"conv1.weight": 0.5, "conv2.weight": 0.8, "fc.weight": 0.9}
+LAYER_TOLERANCE = 0.06
+"""The cost model's stated fit (mcu/cost.py: within 6 % on every conv and FC layer it was fitted on)."""
+
+
+@pytest.fixture(scope="module")
+def small() -> tuple[SmallNet, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An untrained SmallNet (seeded), 32 calibration images and 2 test images with their labels."""
+    splits = load_data(DataConfig(name="fashion-mnist", data_dir=str(FASHION_SLICE), val_size=0))
+    torch.manual_seed(0)
+    calibration = torch.stack([splits.train[i][0] for i in range(32)])
+    images = torch.stack([splits.test[i][0] for i in range(2)])
+    labels = torch.tensor([splits.test[i][1] for i in range(2)])
+    return SmallNet().eval(), calibration, images, labels
+
+
+def by_hand(model: SmallNet, sparsity: dict[str, float]) -> SmallNet:
+    """A copy with the smallest |w| zeroed per layer by a k-th value threshold (no two weights tie: random init)."""
+    pruned = SmallNet()
+    pruned.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for name, s in sparsity.items():
+            w = dict(pruned.named_parameters())[name]
+            k = round(s * w.numel())
+            w[w.abs() <= w.abs().flatten().kthvalue(k).values] = 0
+    return pruned
+
+
+def qemu(model: SmallNet, calibration: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, folder) -> dict:
+    return measure_on_mcu(export_tflite(model, folder / "m.tflite", calibration), images, labels, folder)
+
+
+def test_cost_model_predicts_qemu_counts_per_layer(toolchain, small, tmp_path):
+    """Each weighted layer's predicted instructions within 6 % of QEMU's count, the same dense/sparse choice, and weight +
+    index bytes exactly; the total, with the dense run's other steps and code, within 1 % and 2 % of QEMU's."""
+    model, calibration, images, labels = small
+    dense = qemu(model, calibration, images, labels, tmp_path / "dense")
+    measured = qemu(by_hand(model, PLAN), calibration, images, labels, tmp_path / "sparse")
+    baseline = DeviceBaseline.from_measurement(dense)
+    for run, sparsity in ((dense, {}), (measured, PLAN)):
+        predicted = predict_model(model, sparsity, calibration, baseline=baseline)
+        weighted = [layer for layer in run["layers"] if layer["engine"] != "-"]
+        assert list(predicted.layers) == list(LAYERS) and len(weighted) == 3
+        for layer, (name, guess) in zip(weighted, predicted.layers.items()):
+            assert guess.engine == layer["engine"], name
+            assert guess.instructions == pytest.approx(layer["instructions"], rel=LAYER_TOLERANCE), name
+            assert guess.weight_bytes + guess.index_bytes == layer["weight_bytes"] + layer["index_bytes"], name
+        assert predicted.weight_index_bytes == run["weight_bytes"] + run["index_bytes"]
+        assert predicted.instructions == pytest.approx(run["instructions"], rel=0.01)
+    # at this plan every layer runs sparse: their counts fell, and the prediction knows by how much
+    assert [layer["engine"] for layer in measured["layers"] if layer["engine"] != "-"] == ["sparse"] * 3
+    assert measured["instructions"] < 0.8 * dense["instructions"]
+
+
+def test_unit_costs_are_the_kernels_prices(small):
+    """conv2 (4 -> 8 channels, 3x3, output 14x14 pooled to 7x7 = 49 groups of four pixels) saves 49 x 12.5 instructions
+    per weight pruned; its 288 weights at 80 and 95 % keep 58 and 14 non-zeros, stored as 8-bit entries (a value and an
+    entry each) plus 8 uint16 counts: (2 x 58 + 16 + 2 x 14 + 16) / (58 + 14) bytes per non-zero. fc's 4-bit entries
+    take a value, half a byte, the escapes of long gaps and its counts: between 1.5 and 2 bytes."""
+    model, calibration, _, _ = small
+    costs = unit_costs(model, calibration)
+    assert set(costs) == set(LAYERS)
+    assert costs["conv2.weight"]["instructions"] == pytest.approx(49 * 12.5, rel=0.02)
+    assert costs["conv2.weight"]["bytes"] == pytest.approx((2 * 58 + 16 + 2 * 14 + 16) / (58 + 14))
+    assert costs["conv1.weight"]["instructions"] == pytest.approx(14 * 14 * 12.5, rel=0.02)  # 28x28 pooled: 196 groups
+    assert 1.5 < costs["fc.weight"]["bytes"] < 2.0
+    assert costs["fc.weight"]["instructions"] >= 6.0  # FC_NONZERO, plus the escape test of 4-bit entries
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("32768", 32768), (32768, 32768), ("32KB", 32000), ("32 kB", 32000), ("32 KiB", 32768), ("32kib", 32768),
+    ("0.03MB", 30000), ("1.5 MiB", 1572864), ("100 B", 100), ("2e3", 2000),
+])
+def test_parse_bytes_reads_sizes(text, expected):
+    assert parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["32 parsecs", "KB", "", "-1kB", "0", "32 K B", "nan", True])
+def test_parse_bytes_refuses_in_one_line(text):
+    with pytest.raises(ValueError, match=r"^cannot read .* as a flash size: give a positive number with B, kB, KiB, MB or "
+                                         r"MiB \(kB = 1000 B, KiB = 1024 B\), e.g. 32KiB$"):
+        parse_bytes(text)
+
+
+def test_run_config_checks_device_targets():
+    with pytest.raises(ValueError, match="cannot read '32 parsecs' as a flash size"):
+        RunConfig(epochs=1, target_flash="32 parsecs")
+    with pytest.raises(ValueError, match=r"fraction of the dense engine's instructions in \(0, 1\]"):
+        RunConfig(epochs=1, target_instructions=0.0)
+    with pytest.raises(ValueError, match="one device target"):
+        RunConfig(epochs=1, target_instructions=0.3, target_flash="32KiB")
+    with pytest.raises(ValueError, match="plan from the scan"):
+        RunConfig(epochs=1, target_instructions=0.3, plan="global")
+    with pytest.raises(ValueError, match="checked in QEMU on --mcu's board"):
+        RunConfig(epochs=1, target_instructions=0.3, mcu="none")
+    with pytest.raises(ValueError, match="unknown budget 'time'"):
+        RunConfig(epochs=1, budget="time")
+    assert RunConfig(epochs=1, budget="macs", target_flash="32 KiB").target_flash == "32 KiB"
+
+
+def test_meet_target_refines_a_biased_prediction():
+    """The device measures 20 % below what the cost model predicts: the first check lands under the 5 % band, the
+    corrected goal lands in it. Both costs fall linearly from 1000 (densest) to 100 (sparsest, fraction 0.99)."""
+    def predicted(f: float) -> float:
+        return 1000 - 900 * f / 0.99
+
+    def measured(f: float) -> float:
+        return 0.8 * predicted(f)
+
+    search = meet_target(predicted, measured, 500.0, "instructions")
+    assert search.met and 475.0 <= search.measured <= 500.0
+    assert len(search.checks) == 2 and search.checks[0]["measured"] < 475.0
+    # the fraction found: 0.8 * (1000 - 900 f / 0.99) in [475, 500] <=> f in [0.4125, 0.4469]
+    assert 0.4125 <= search.fraction <= 0.4469
+
+
+def test_meet_target_names_what_the_sparsest_plan_reaches():
+    with pytest.raises(ValueError, match=r"^the instructions target 50 is below what the sparsest plan reaches: "
+                                         r"100 predicted, every layer at 99%; aim higher$"):
+        meet_target(lambda f: 1000 - 900 * f / 0.99, lambda f: 0.0, 50.0, "instructions")
+    with pytest.raises(ValueError, match=r"^the instructions target 50 \(0.050 of the dense 1,000\) is below what the "
+                                         r"sparsest plan reaches: 100 \(0.100 of the dense 1,000\) predicted"):
+        meet_target(lambda f: 1000 - 900 * f / 0.99, lambda f: 0.0, 50.0, "instructions", dense=1000.0)
+
+
+def test_device_targets_are_met_in_qemu_or_refused(toolchain, small, tmp_path):
+    """--target-instructions 0.5 on SmallNet (uniform plans): the plan's engine measures within 5 % under half the
+    dense engine's instructions, measured again here; an unreachable flash target names the range."""
+    model, calibration, images, labels = small
+
+    def uniform(f: float) -> dict[str, float]:
+        return dict.fromkeys(LAYERS, f)
+
+    result = plan_for_device(model, uniform, calibration, images, labels, tmp_path / "instructions", target_instructions=0.5)
+    again = qemu(by_hand(model, result["sparsity"]), calibration, images, labels, tmp_path / "again")
+    dense = qemu(model, calibration, images, labels, tmp_path / "dense")
+    assert result["met"] and len(result["checks"]) <= 4
+    assert 0.95 * 0.5 * dense["instructions"] <= again["instructions"] <= 0.5 * dense["instructions"]
+    assert again["instructions"] == result["measured"]
+    with pytest.raises(ValueError, match=r"^--target-flash 1,000 B is out of reach: the engine takes [0-9,]+ B \(sparsest "
+                                         r"plan, code included\) to [0-9,]+ B \(dense\); aim in that range$") as error:
+        plan_for_device(model, uniform, calibration, images, labels, tmp_path / "flash", target_flash="1kB")
+    low, high = (int(n.replace(",", "")) for n in re.search(r"takes ([0-9,]+) B .* to ([0-9,]+) B", str(error.value)).groups())
+    assert 1000 < low < high == dense["flash_bytes"]
+
+
+def test_flash_target_is_met_in_qemu(toolchain, small, tmp_path):
+    """--target-flash 6 KiB on SmallNet (uniform plans): the engine QEMU built is within 5 % under 6,144 B, and the cost
+    model (weights + indices, plus the sparsest engine's code and constants) predicted it within 1 %."""
+    model, calibration, images, labels = small
+    result = plan_for_device(model, lambda f: dict.fromkeys(LAYERS, f), calibration, images, labels, tmp_path,
+                             target_flash="6 KiB")
+    assert result["met"] and result["quantity"] == "flash_bytes"
+    assert 0.95 * 6144 <= result["mcu"]["flash_bytes"] == result["measured"] <= 6144
+    assert result["predicted"] == pytest.approx(result["measured"], rel=0.01)
+
+
+def test_the_final_model_is_checked_against_the_target_and_reported():
+    """A record as plan_for_device_target writes it, checked with two final measurements: one inside the band
+    [0.95 x 2,245,372, 2,245,372] = [2,133,103.4, 2,245,372], one under it; the report line says which."""
+    device = {"quantity": "instructions", "target": 2245372.0, "target_fraction": 0.4, "met": True,
+              "predicted": 2128880.0, "measured": 2183620, "prediction_error": -0.025, "checks": [{}, {}],
+              "dense": {"instructions": 5613430, "flash_bytes": 207468}, "layers": [{"op": "CONV_2D"}]}
+    inside = check_device_target(device, {"instructions": 2183600, "flash_bytes": 90000})
+    under = check_device_target(device, {"instructions": 2133000, "flash_bytes": 90000})
+    assert inside["final"] == {"instructions": 2183600, "flash_bytes": 90000, "met": True}
+    assert under["final"]["met"] is False and "layers" not in under
+    line = device_target_line(inside)
+    assert ("device target 0.4 of the dense engine's 5,613,430 instructions: QEMU measured 2,183,620 instructions "
+            "(predicted 2,128,880, prediction -2.5%), met within 5 % after 2 QEMU check(s); the final model measures "
+            "2,183,600 instructions, still met") in line
+    assert device_target_line(under).endswith("the final model measures 2,133,000 instructions, NOT met")
+    assert device_target_line(None) == ""
+
