@@ -140,3 +140,14 @@ def test_device_and_plan_flags_are_checked(tmp_path, capsys):
     with pytest.raises(SystemExit):  # argparse: a plan takes one budget or one tolerance
         main(["plan", "scan.json", "--target-sparsity", "0.5", "--max-drop", "1"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_an_error_in_a_fresh_process_is_exactly_one_line(tmp_path):
+    """The whole stderr of a real process, imports included: one line (no library's import-time log, no traceback)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "edgeprune", "inspect", str(tmp_path / "missing.safetensors")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("edgeprune inspect: error:"), done.stderr

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import math
 import statistics
 from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
-from torch.utils.benchmark import Timer
 
 from ..device import pick_device
 from ..prune.pruner import remove
@@ -42,6 +42,23 @@ def _positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
+
+
+@functools.cache
+def _timer_class() -> type:
+    """``torch.utils.benchmark.Timer``, imported on first use and without its import's warning.
+
+    Importing it loads ``torch.utils.cpp_extension``, which on a CUDA build of PyTorch without a CUDA
+    runtime logs "No CUDA runtime is found" to stderr: noise in every command, and no longer one error line.
+    """
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils.benchmark import Timer
+    finally:
+        logger.setLevel(level)
+    return Timer
 
 
 def time_calls(
@@ -60,7 +77,8 @@ def time_calls(
         raise ValueError("nothing to time: give at least one model (or callable)")
     rounds = _positive_int(rounds, "rounds")
     threads = torch.get_num_threads() if threads is None else _positive_int(threads, "threads")
-    timers = [Timer("call()", globals={"call": call}, num_threads=threads) for call in calls]
+    timer = _timer_class()
+    timers = [timer("call()", globals={"call": call}, num_threads=threads) for call in calls]
     if number is None:
         # the fastest of three single calls (a hiccup of the shared machine would inflate one), also the warm-up
         slowest = max(min(timer.timeit(1).mean for _ in range(3)) for timer in timers)
