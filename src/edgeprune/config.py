@@ -22,7 +22,7 @@ from .device import pick_device
 from .export.quantize import MODES, QuantConfig
 from .mcu.lowering import SPARSE_MODES
 from .mcu.target import check_device_targets
-from .mcu.toolchain import TARGETS, find_tool
+from .mcu.toolchain import TARGETS, check_tools
 from .prune.importance import CRITERIA
 from .prune.masks import check_sparsity
 from .prune.schedule import SCHEDULES
@@ -296,11 +296,10 @@ class RunConfig:
             raise ValueError(f"unknown mcu {self.mcu!r}; use one of {', '.join(MCU_TARGETS)} or none")
         self.mcu_images = _check_int(self.mcu_images, "mcu_images", 1, 100_000)
         if self.mcu != "none":  # the toolchain is checked now, not after training
-            for tool in ("arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm"):
-                try:
-                    find_tool(tool)
-                except ValueError as exc:
-                    raise ValueError(f"{exc}; or pass --mcu none to skip the microcontroller") from None
+            try:
+                check_tools()
+            except ValueError as exc:
+                raise ValueError(f"{exc}; or pass --mcu none to skip the microcontroller") from None
         if (self.target_instructions is not None or self.target_flash is not None) and self.mcu == "none":
             raise ValueError("--target-instructions and --target-flash are checked in QEMU on --mcu's board: "
                              "give one (e.g. --mcu cortex-m4), not none")

@@ -26,7 +26,7 @@ from ..files import writable_folder, write_json_atomic
 from .codegen import export_c
 from .qemu import GuestRun, run_guest
 from .toolchain import (
-    Target, board_dir, compile_objects, find_tool, get_target, link_firmware, link_relocatable, section_sizes,
+    Target, board_dir, check_tools, compile_objects, get_target, link_firmware, link_relocatable, section_sizes,
 )
 
 __all__ = [
@@ -85,12 +85,6 @@ def engine_sizes(engine_dir: str | os.PathLike, target: Target, build_dir: str |
     return section_sizes(link_relocatable(objects, target, build_dir / "edgeprune_model.o"))
 
 
-def _check_tools() -> None:
-    """One line naming the Debian packages if the cross compiler, its size tool or QEMU is missing."""
-    for tool in ("arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm"):
-        find_tool(tool)
-
-
 def _default_timeout(macs: int, images: int) -> float:
     """Seconds for QEMU: a start, then 1 microsecond per MAC (QEMU runs about 150 M instructions a second)."""
     return 30.0 + images * macs * 1e-6
@@ -105,7 +99,7 @@ def measure_engine(engine_dir: str | os.PathLike, inputs: np.ndarray, expected: 
     when the guest hangs (``timeout`` seconds; default from the MACs), faults or fails.
     """
     tgt = get_target(target, runnable=True)
-    _check_tools()
+    check_tools()
     engine_dir = Path(engine_dir)
     macros = header_macros(engine_dir)
     layers = _layers(engine_dir, macros["EDGEPRUNE_NUM_LAYERS"])
@@ -200,7 +194,7 @@ def measure_on_mcu(tflite_path: str | os.PathLike, images: torch.Tensor, labels:
     export_c's choice of kernels (auto, always, never).
     """
     get_target(target, runnable=True)
-    _check_tools()
+    check_tools()
     tflite_path, out_dir = Path(tflite_path), writable_folder(out_dir, f"out_dir {out_dir}")
     if not tflite_path.is_file():
         raise ValueError(f"{tflite_path}: no such file; write it first with export_tflite")

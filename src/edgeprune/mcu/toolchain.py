@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 __all__ = [
-    "DEBIAN_PACKAGES", "TARGETS", "Target", "board_dir", "compile_objects", "find_tool", "get_target",
+    "DEBIAN_PACKAGES", "TARGETS", "Target", "board_dir", "check_tools", "compile_objects", "find_tool", "get_target",
     "link_firmware", "link_relocatable", "section_sizes",
 ]
 
@@ -72,6 +72,12 @@ def find_tool(name: str) -> str:
         raise ValueError(f"{name} is not on PATH; install the Debian packages {DEBIAN_PACKAGES} "
                          f"(sudo apt-get install -y {DEBIAN_PACKAGES}, or make setup)")
     return path
+
+
+def check_tools() -> None:
+    """One line naming the Debian packages if the cross compiler, its size tool or QEMU is missing."""
+    for tool in ("arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm"):
+        find_tool(tool)
 
 
 def board_dir() -> Path:
