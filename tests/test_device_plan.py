@@ -14,6 +14,8 @@ from conftest import FASHION_SLICE
 from edgeprune.config import RunConfig
 from edgeprune.data import DataConfig, load_data
 from edgeprune.export.tflite import export_tflite
+from edgeprune.mcu.cost import FLASH_WEIGHT
+from edgeprune.mcu.lowering import weight_for_budget
 from edgeprune.mcu.measure import measure_on_mcu
 from edgeprune.mcu.predict import DeviceBaseline, meet_target, parse_bytes, predict_model, unit_costs
 from edgeprune.mcu.target import plan_for_device
@@ -80,16 +82,28 @@ def test_cost_model_predicts_qemu_counts_per_layer(toolchain, small, tmp_path):
 def test_unit_costs_are_the_kernels_prices(small):
     """conv2 (4 -> 8 channels, 3x3, output 14x14 pooled to 7x7 = 49 groups of four pixels) saves 49 x 12.5 instructions
     per weight pruned; its 288 weights at 80 and 95 % keep 58 and 14 non-zeros, stored as 8-bit entries (a value and an
-    entry each) plus 8 uint16 counts: (2 x 58 + 16 + 2 x 14 + 16) / (58 + 14) bytes per non-zero. fc's 4-bit entries
+    entry each) plus 8 counts, uint8 as no run has more than 255 entries: (2 x 58 + 8 + 2 x 14 + 8) / (58 + 14) bytes per
+    non-zero. fc's 4-bit entries
     take a value, half a byte, the escapes of long gaps and its counts: between 1.5 and 2 bytes."""
     model, calibration, _, _ = small
     costs = unit_costs(model, calibration)
     assert set(costs) == set(LAYERS)
     assert costs["conv2.weight"]["instructions"] == pytest.approx(49 * 12.5, rel=0.02)
-    assert costs["conv2.weight"]["bytes"] == pytest.approx((2 * 58 + 16 + 2 * 14 + 16) / (58 + 14))
+    assert costs["conv2.weight"]["bytes"] == pytest.approx((2 * 58 + 8 + 2 * 14 + 8) / (58 + 14))
     assert costs["conv1.weight"]["instructions"] == pytest.approx(14 * 14 * 12.5, rel=0.02)  # 28x28 pooled: 196 groups
     assert 1.5 < costs["fc.weight"]["bytes"] < 2.0
     assert costs["fc.weight"]["instructions"] >= 6.0  # FC_NONZERO, plus the escape test of 4-bit entries
+
+
+def test_weight_for_budget_by_hand():
+    """Layer a saves 20 B for 1000 instructions (50 a byte), layer b 40 B for 4000 (100 a byte); at the default rate
+    (24 a byte) both stay fast: 150 B. 135 B needs a's switch (rate just over 50), 100 B both (just over 100)."""
+    options = [[(1000.0, 50), (2000.0, 30)], [(1000.0, 100), (5000.0, 60)]]
+    assert weight_for_budget(options, 200) == FLASH_WEIGHT
+    assert weight_for_budget(options, 135) == pytest.approx(50, rel=1e-6)
+    assert weight_for_budget(options, 100) == pytest.approx(100, rel=1e-6)
+    with pytest.raises(ValueError, match="a weight budget of 80 B is below the 90 B"):
+        weight_for_budget(options, 80)
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -73,3 +73,34 @@ def test_bad_engine_input_is_one_line(trained, tmp_path, capsys):
     assert err.startswith("edgeprune mcu: error:") and len(err.strip().splitlines()) == 1
     assert main(["mcu", str(tmp_path / "missing.tflite"), "--out", str(tmp_path / "m2")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_weight_budget_trades_instructions_for_bytes(trained, tmp_path, capsys):
+    """A budget between the most compact formats and the fastest ones: the engine fits it, predicted slower; one line
+    for a budget below the most compact formats, an unreadable one, or one given with a fixed kernel choice."""
+    folder, data = trained
+    tflite = tmp_path / "fast" / "model.tflite"
+    assert main(["export", *data, str(folder / "pruned.safetensors"), "--format", "c", "--out", str(tmp_path / "fast")]) == 0
+
+    def totals(name: str) -> tuple[int, float, list[str]]:
+        report = json.loads((tmp_path / name / "layers.json").read_text())
+        weighted = [layer for layer in report["layers"] if layer["engine"] != "-"]
+        return (sum(layer["weight_bytes"] + layer["index_bytes"] for layer in weighted),
+                sum(layer["predicted_instructions"] for layer in weighted), [layer["format"] for layer in weighted])
+
+    fast_bytes, fast_instructions, fast_formats = totals("fast")
+    capsys.readouterr()
+    budget = fast_bytes - 64
+    assert main(["export", str(tflite), "--format", "c", "--weight-budget", f"{budget}B", "--out", str(tmp_path / "small")]) == 0
+    small_bytes, small_instructions, small_formats = totals("small")
+    assert small_bytes <= budget and small_instructions > fast_instructions and small_formats != fast_formats
+    assert "to meet the weight budget" in capsys.readouterr().out
+    assert main(["export", str(tflite), "--format", "c", "--weight-budget", f"{fast_bytes}", "--out", str(tmp_path / "same")]) == 0
+    assert totals("same") == (fast_bytes, fast_instructions, fast_formats)  # a budget already met changes nothing
+    capsys.readouterr()
+    for flags, message in ((["--weight-budget", "100"], "the most compact formats take"),
+                           (["--weight-budget", "12 parsecs"], "cannot read '12 parsecs' as a weight budget"),
+                           (["--weight-budget", "1MB", "--sparse", "never"], "use it with --sparse auto")):
+        assert main(["export", str(tflite), "--format", "c", *flags, "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1

@@ -156,6 +156,43 @@ def test_resnet8_matches_tflm_bit_for_bit(tmp_path, sparse):
         np.testing.assert_array_equal(_invoke(lib, x, expected.size), expected.reshape(-1))
 
 
+class LongGaps(nn.Module):  # a conv with short runs (uint8 counts), an FC of 2700 inputs: gaps of 256+ zeros, a long row
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 12, 3, padding=1)
+        self.fc = nn.Linear(12 * 15 * 15, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_escapes_fillers_and_both_count_widths_match_tflm(tmp_path, monkeypatch, bits):
+    """One entry width for every layer (4-bit: escapes, the kernel tests each entry; 8-bit: fillers, a stored
+    zero every 256 places, no test): FC row 0 keeps 400 weights (more than 255 entries: uint16 counts), rows
+    1-4 keep 4 each (gaps of hundreds of zeros); the conv's runs are short (uint8 counts). Equal to TFLM."""
+    torch.manual_seed(4)
+    model = _prune(LongGaps(), 0.9)
+    with torch.no_grad():
+        w = model.fc.weight
+        keep = torch.zeros_like(w, dtype=torch.bool)
+        keep[0, torch.randperm(w.shape[1])[:400]] = True
+        for row in range(1, 5):
+            keep[row, torch.randperm(w.shape[1])[:4]] = True
+        w.copy_(torch.where(keep, torch.sign(torch.randn_like(w)) * (0.5 + torch.rand_like(w)), torch.zeros_like(w)))
+    monkeypatch.setattr("edgeprune.mcu.lowering.ENTRY_BITS", (bits,))
+    data, report = _export(model, (4, 15, 15), tmp_path, "always")
+    assert [layer["format"] for layer in report["layers"] if layer["engine"] != "-"] == [f"{bits}-bit"] * 2
+    fc = encode_fc(model.fc.weight.detach().ne(0).numpy().astype(np.int8), bits)
+    assert fc.counts.dtype == np.uint16 and (fc.multiplies > 408 if bits == 8 else fc.entries > 408)
+    source = (tmp_path / "c" / "edgeprune_model.c").read_text()
+    assert ".count8 = " in source and ".count = " in source
+    lib = _build(tmp_path / "c")
+    inputs = np.random.default_rng(5).integers(-128, 128, size=(4, 15, 15, 4), dtype=np.int8)
+    for x, expected in zip(inputs, run_int8(data, inputs)):
+        np.testing.assert_array_equal(_invoke(lib, x, expected.size), expected.reshape(-1))
+
+
 def test_requantization_equals_tflite_formula(tmp_path):
     """The kernels' one-step requantization against TFLite's two-step formula (int8_graph's numpy version) on
     rounding ties, signs, every right shift 0..31 and left shifts."""
@@ -253,13 +290,27 @@ def test_sparse_indexing_by_hand_on_a_3x3_kernel():
     lut = encode_conv(kernel, bits=8, lut=True)
     assert lut.table.tolist() == [[-3, 5, 7]] and lut.values.tolist() == [1 | 0 << 4, 2] and lut.index.tolist() == [1, 4, 1]
     assert lut.value_bytes == 2 + 3 and lut.format == "8-bit + lut"
-    # a gap of 20 zeros: one escape entry (15 zeros), then 5; every run starts on a byte
+    # 4-bit: a gap of 20 zeros is one escape entry (15 zeros, no multiplication), then 5; every run starts on
+    # a byte; counts are uint8 while every run has at most 255 entries
     row = np.zeros((2, 40), np.int8)
     row[0, 20], row[0, 39], row[1, 0] = 9, -1, 4
     fc = encode_fc(row, bits=4)
-    assert gap_entries(np.array([20, 39])) == [15, 5, 15, 3]
-    assert fc.counts.tolist() == [4, 1] and fc.index.tolist() == [15 | 5 << 4, 15 | 3 << 4, 0]
-    assert fc.values.tolist() == [9, -1, 4] and fc.index_bytes == 2 * 2 + 3
+    assert gap_entries(np.array([20, 39])) == ([15, 5, 15, 3], [20, 39])
+    assert fc.counts.tolist() == [4, 1] and fc.counts.dtype == np.uint8
+    assert fc.index.tolist() == [15 | 5 << 4, 15 | 3 << 4, 0]
+    assert fc.values.tolist() == [9, -1, 4] and fc.multiplies == 3 and fc.index_bytes == 2 + 3
+    # 8-bit: no escape; a gap of 600 zeros is two fillers (entry 255 and a stored 0 at positions 255 and 511:
+    # 256 places each), then 600 - 512 = 88 zeros before the non-zero at 600
+    wide = np.zeros((1, 700), np.int8)
+    wide[0, 600], wide[0, 601] = 3, -2
+    assert gap_entries(np.array([600, 601]), bits=8) == ([255, 255, 88, 0], [255, 511, 600, 601])
+    eight_fc = encode_fc(wide, bits=8)
+    assert eight_fc.index.tolist() == [255, 255, 88, 0] and eight_fc.values.tolist() == [0, 0, 3, -2]
+    assert eight_fc.multiplies == 4 and eight_fc.entries == 4
+    # a run of more than 255 entries takes uint16 counts for the whole layer
+    full = np.ones((2, 300), np.int8)
+    full[1, :] = 0
+    assert encode_fc(full, bits=8).counts.dtype == np.uint16 and encode_fc(full, bits=8).index_bytes == 2 * 2 + 300
 
 
 def test_arena_plan_reuses_memory_of_dead_tensors():

@@ -168,13 +168,16 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/comparison.md and comparison.json")
 
 
+WEIGHT_BUDGET_HELP = ("c: at most this many bytes of weights and index, e.g. 15KB or 15KiB: layers take slower, more "
+                      "compact sparse formats (4-bit entries) where that costs the fewest instructions per byte saved")
 EXPORT_FORMATS = {"epz": "model.epz", "onnx": "model.onnx", "tflite": "model.tflite", "c": "model_c"}  # format -> default --out
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     out = args.out or EXPORT_FORMATS[args.format]
     if args.format == "c":
-        report = steps.c_engine_checkpoint(args.checkpoint, _spec(args), _data(args), out, args.sparse, args.device)
+        report = steps.c_engine_checkpoint(args.checkpoint, _spec(args), _data(args), out, args.sparse, args.device,
+                                           args.weight_budget)
         print(engine_markdown(report))
         print(f"wrote the C engine into {out}/ (edgeprune_model.h, edgeprune_model.c, the kernels, layers.json) "
               f"from {report['tflite']}")
@@ -204,7 +207,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_mcu(args: argparse.Namespace) -> None:
     result = steps.mcu_checkpoint(args.checkpoint, _spec(args), _data(args), args.out, args.target, args.images, args.sparse,
-                                  args.device)
+                                  args.device, args.weight_budget)
     print(mcu_table(result))
     print(f"wrote {args.out}/mcu.json (and the engine, the builds and the run's files beside it)")
 
@@ -324,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "Lite Micro; c: the C engine for Cortex-M (from the checkpoint's int8 .tflite, or from a .tflite given)")
     p.add_argument("--sparse", choices=SPARSE_MODES, default="auto",
                    help="c: sparse kernels per layer by the lower predicted cost (auto), for every conv/linear (always) or none (never)")
+    p.add_argument("--weight-budget", help=WEIGHT_BUDGET_HELP)
     p.add_argument("--calibration", type=_whole(1), default=steps.CALIBRATION_IMAGES,
                    help="tflite: training images that calibrate the int8 activations")
     p.add_argument("--softmax", action="store_true", help="tflite: end the graph with an int8 softmax")
@@ -339,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the core and its QEMU board: cortex-m4 (mps2-an386), cortex-m7 (mps2-an500), cortex-m55 (mps3-an547)")
     p.add_argument("--images", type=_whole(1, 100_000), default=steps.MCU_IMAGES, help="test images run through the engine")
     p.add_argument("--sparse", choices=SPARSE_MODES, default="auto", help="sparse kernels: auto (per layer, by cost), always, never")
+    p.add_argument("--weight-budget", help=WEIGHT_BUDGET_HELP)
     p.add_argument("--out", default="mcu")
     p.set_defaults(func=cmd_mcu)
     return parser

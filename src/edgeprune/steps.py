@@ -45,7 +45,7 @@ from .export.tflm import evaluate_tflite
 from .files import writable_folder, write_json_atomic, write_text_atomic
 from .mcu import export_c
 from .mcu.measure import measure_on_mcu
-from .mcu.predict import unit_costs
+from .mcu.predict import parse_bytes, unit_costs
 from .mcu.target import DEVICE_TOLERANCE, plan_for_device
 from .models import ModelSpec, prunable_parameters
 from .prune.channels import channel_counts, prune_channels
@@ -58,7 +58,8 @@ from .training import Teacher, TrainHistory, evaluate, finetune, prune_gradually
 __all__ = [
     "CALIBRATION_IMAGES", "CENTROID_LR", "DEVICE_CHECK_IMAGES", "MCU_IMAGES", "TAYLOR_BATCHES",
     "accuracy_on_test", "c_engine_checkpoint", "build_baseline", "channels_summary", "check_device_export",
-    "check_device_target", "check_fits", "choose_sparsity", "compare_checkpoints", "compare_models", "engine_unit_bytes",
+    "check_device_target", "check_fits", "check_weight_budget", "choose_sparsity", "compare_checkpoints",
+    "compare_models", "engine_unit_bytes",
     "export_checkpoint", "export_compressed", "export_for_devices", "finetune_checkpoint", "finetune_pruned",
     "inspect_model", "load_model", "load_splits", "mcu_checkpoint", "mcu_model", "model_for_data",
     "model_spec_from_flags", "plan_for_device_target", "plan_from_scan", "prune_channels_step", "prune_checkpoint", "prune_copy",
@@ -713,16 +714,30 @@ def _engine_source(source: str | Path, spec: ModelSpec | None, data: DataConfig,
     return _int8_tflite(model, load_splits(data, spec), folder / "model.tflite"), data, spec
 
 
+def check_weight_budget(weight_budget: str | int | None, sparse: str) -> int | None:
+    """A weight budget (``"15KB"``, ``15000``) in bytes, checked with the kernel choice it needs; one-line ValueError otherwise."""
+    if weight_budget is None:
+        return None
+    if sparse != "auto":
+        raise ValueError(f"--weight-budget chooses each layer's kernel itself: use it with --sparse auto, not {sparse}")
+    try:
+        return parse_bytes(weight_budget)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("a flash size", "a weight budget")) from None
+
+
 def c_engine_checkpoint(source: str | Path, spec: ModelSpec | None, data: DataConfig, out: str | Path,
-                        sparse: str = "auto", device: str | None = None) -> dict:
+                        sparse: str = "auto", device: str | None = None, weight_budget: str | int | None = None) -> dict:
     """Write the C engine of a checkpoint or an int8 ``.tflite`` into the folder ``out``; return ``layers.json``.
 
     A checkpoint is first exported to ``out/model.tflite`` (calibrated on the training images); the
     ``.tflite`` is the single source of the engine's quantization (see :func:`edgeprune.mcu.export_c`).
+    ``weight_budget`` caps the bytes of weights and index (see :func:`edgeprune.mcu.lowering.lower`).
     """
+    budget = check_weight_budget(weight_budget, sparse)
     folder = writable_folder(out, "--out")
     tflite, _, _ = _engine_source(source, spec, data, folder, device)
-    return {**export_c(tflite, folder, sparse), "tflite": str(tflite)}
+    return {**export_c(tflite, folder, sparse, budget), "tflite": str(tflite)}
 
 
 def _test_images(splits: DataSplits, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -745,9 +760,11 @@ def mcu_model(model: nn.Module, splits: DataSplits, folder: str | Path, target: 
 
 def mcu_checkpoint(source: str | Path, spec: ModelSpec | None, data: DataConfig, out: str | Path,
                    target: str = "cortex-m4", images: int = MCU_IMAGES, sparse: str = "auto",
-                   device: str | None = None) -> dict:
-    """:func:`mcu_model` for a checkpoint, or for an int8 ``.tflite`` as it is (its input shape gives the image geometry)."""
+                   device: str | None = None, weight_budget: str | int | None = None) -> dict:
+    """:func:`mcu_model` for a checkpoint, or for an int8 ``.tflite`` as it is (its input shape gives the image geometry);
+    ``weight_budget`` caps the engine's bytes of weights and index."""
+    budget = check_weight_budget(weight_budget, sparse)
     folder = writable_folder(out, "--out")
     tflite, data, spec = _engine_source(source, spec, data, folder, device)
     splits = load_splits(data, spec)
-    return measure_on_mcu(tflite, *_test_images(splits, images), folder, target, sparse)
+    return measure_on_mcu(tflite, *_test_images(splits, images), folder, target, sparse, weight_budget=budget)

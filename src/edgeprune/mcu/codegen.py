@@ -151,12 +151,14 @@ def render(plan: Plan) -> dict[str, str]:
     return {"edgeprune_model.h": header, "edgeprune_model.c": source, "layers.json": json.dumps(report, indent=2) + "\n"}
 
 
-def export_c(tflite: str | os.PathLike | bytes | Int8Graph, out_dir: str | os.PathLike, sparse: str = "auto") -> dict:
+def export_c(tflite: str | os.PathLike | bytes | Int8Graph, out_dir: str | os.PathLike, sparse: str = "auto",
+             weight_budget: int | None = None) -> dict:
     """Write the C engine of an int8 .tflite (a path, its bytes, or its read graph) into ``out_dir``.
 
     The folder gets ``edgeprune_model.h`` (``edgeprune_invoke``, sizes, quantization), ``edgeprune_model.c``,
     the kernel sources and ``layers.json``; each file is written atomically after all of them are made.
-    ``sparse`` is ``"auto"``, ``"always"`` or ``"never"`` (see :func:`edgeprune.mcu.lowering.lower`).
+    ``sparse`` is ``"auto"``, ``"always"`` or ``"never"``; ``weight_budget`` (bytes of weights and index, with
+    ``auto``) makes the layers trade instructions for bytes until they fit (see :func:`edgeprune.mcu.lowering.lower`).
     Weights the .tflite stores as TFLM look-up tables (``export_tflite(..., lut_bits=4)``) stay 4-bit codes
     inside the sparse kernels, with no option to give. Returns the ``layers.json`` report.
     """
@@ -167,7 +169,7 @@ def export_c(tflite: str | os.PathLike | bytes | Int8Graph, out_dir: str | os.Pa
         graph = read_tflite(bytes(tflite))
     else:
         graph = load_tflite(tflite)
-    files = render(lower(graph, sparse))
+    files = render(lower(graph, sparse, weight_budget))
     kernels = resources.files("edgeprune.mcu") / "c"
     files.update({name: (kernels / name).read_text(encoding="utf-8") for name in KERNEL_FILES})
     out = Path(out_dir)

@@ -14,10 +14,11 @@ window, or four of a row):
   channel (fitted separately on six layers, within 2 %);
 * sparse convolution, per group: ``FILL_QUAD`` per four contiguous window bytes copied into the patch,
   ``FILL_BYTE`` per byte left over, ``FILL_ROW`` per kernel row, ``CHANNEL`` per output channel,
-  ``NONZERO`` per non-zero weight (four pixels' multiply-accumulates) and ``CHECKED_ENTRY`` per index
-  entry where the kernel tests for escapes (4-bit entries, or 8-bit ones in a layer with escapes);
+  ``NONZERO`` per multiplication (a non-zero weight, or an 8-bit filler's zero: four pixels'
+  multiply-accumulates) and ``CHECKED_ENTRY`` per index entry where the kernel tests for escapes
+  (4-bit entries; 8-bit ones have none, :mod:`edgeprune.mcu.sparse`);
 * fully connected: ``FC_QUAD`` per four weights and ``FC_ROW`` per output dense; ``FC_NONZERO`` per
-  non-zero, ``CHECKED_ENTRY`` per tested entry and ``FC_ROW`` per output sparse;
+  multiplication, ``CHECKED_ENTRY`` per tested entry and ``FC_ROW`` per output sparse;
 * depthwise (not fitted; its kernels are plain C): ``DW_MAC`` per MAC dense or non-zero MAC sparse;
 * ``LUT_NONZERO`` more per non-zero (per group) whose value is a look-up-table code;
 * ``REQUANT`` per output requantized beyond one per (group, channel) (a group without a fused pool
@@ -25,9 +26,10 @@ window, or four of a row):
   its four pixels (issue 16): with 20, ResNet-8's dense layers are predicted within 2 % and its 90 %
   sparse ones within 12 % (BasicCNN's within 6 %).
 
-:func:`layer_cost` adds ``FLASH_WEIGHT`` instructions per byte of weights and index: the exporter
-(``sparse="auto"``) runs each layer in the variant of lowest layer cost, so a variant may cost up to
-``FLASH_WEIGHT`` instructions per inference for each byte of flash it saves. This keeps the compact
+The exporter (``sparse="auto"``) runs each layer in the variant of lowest cost, its predicted
+instructions plus ``FLASH_WEIGHT`` per byte of weights and index, so a variant may cost up to
+``FLASH_WEIGHT`` instructions per inference for each byte of flash it saves (a weight budget raises
+that rate, :func:`edgeprune.mcu.lowering.weight_for_budget`). This keeps the compact
 4-bit entries for large fully connected layers (where bytes are many and MACs few) and the faster
 8-bit entries for convolutions (where each weight is used once per group of pixels). Issue 16 plans
 sparsity from the same functions.
@@ -35,7 +37,7 @@ sparsity from the same functions.
 
 from __future__ import annotations
 
-__all__ = ["FLASH_WEIGHT", "LUT_NONZERO", "conv_cost", "depthwise_cost", "fc_cost", "layer_cost"]
+__all__ = ["FLASH_WEIGHT", "LUT_NONZERO", "conv_cost", "depthwise_cost", "fc_cost"]
 
 FLASH_WEIGHT = 24.0
 DENSE_FILL_BLOCK, DENSE_FILL_ROW, DENSE_BLOCK, DENSE_CHANNEL = 68.0, 300.0, 22.5, 80.0
@@ -47,41 +49,35 @@ REQUANT = 20.0
 DW_MAC = 6.0
 
 
-def layer_cost(instructions: float, weight_bytes: int) -> float:
-    """What the exporter minimizes per layer: predicted instructions plus ``FLASH_WEIGHT`` per byte of weights and index."""
-    return instructions + FLASH_WEIGHT * weight_bytes
-
-
-def _checked(entries: int, bits: int, escapes: int) -> int:
-    """Index entries the kernel tests for escapes."""
-    return entries if bits == 4 or escapes else 0
+def _checked(entries: int, bits: int) -> int:
+    """Index entries the kernel tests for escapes: all 4-bit ones, no 8-bit one."""
+    return entries if bits == 4 else 0
 
 
 def conv_cost(groups: int, out_c: int, k_h: int, k_w: int, in_c: int, pooled: bool, dil_w: int = 1,
-              nonzeros: int | None = None, entries: int = 0, bits: int = 8, escapes: int = 0,
-              lut: bool = False) -> float:
+              multiplies: int | None = None, entries: int = 0, bits: int = 8, lut: bool = False) -> float:
     """Predicted instructions of a convolution over ``groups`` groups of four output pixels (a fused 2x2
-    max pool's windows when ``pooled``): dense when ``nonzeros`` is None, else sparse with that many
-    non-zero weights and ``entries`` index entries of ``bits`` bits, ``escapes`` of them escapes, and the
-    values as look-up-table codes when ``lut``."""
+    max pool's windows when ``pooled``): dense when ``multiplies`` is None, else sparse with that many
+    stored values (non-zeros, and 8-bit fillers) and ``entries`` index entries of ``bits`` bits, the values
+    as look-up-table codes when ``lut``."""
     span, rows = (k_w * in_c, k_h) if dil_w == 1 else (in_c, k_h * k_w)
     quads, left = divmod(span, 4)
     extra = 0 if pooled else groups * out_c * 3 * REQUANT
-    if nonzeros is None:
+    if multiplies is None:
         blocks = -(-k_h * k_w * in_c // 4)
         return groups * (blocks * DENSE_FILL_BLOCK + rows * DENSE_FILL_ROW + out_c * (blocks * DENSE_BLOCK + DENSE_CHANNEL)) + extra
     fill = rows * (quads * FILL_QUAD + left * FILL_BYTE + FILL_ROW)
-    run = nonzeros * (NONZERO + LUT_NONZERO * lut) + _checked(entries, bits, escapes) * CHECKED_ENTRY
+    run = multiplies * (NONZERO + LUT_NONZERO * lut) + _checked(entries, bits) * CHECKED_ENTRY
     return groups * (fill + out_c * CHANNEL + run) + extra
 
 
-def fc_cost(in_n: int, out_n: int, nonzeros: int | None = None, entries: int = 0, bits: int = 8,
-            escapes: int = 0, lut: bool = False) -> float:
-    """Predicted instructions of a fully connected layer: dense when ``nonzeros`` is None, else sparse
-    (with look-up-table codes when ``lut``)."""
-    if nonzeros is None:
+def fc_cost(in_n: int, out_n: int, multiplies: int | None = None, entries: int = 0, bits: int = 8,
+            lut: bool = False) -> float:
+    """Predicted instructions of a fully connected layer: dense when ``multiplies`` is None, else sparse with
+    that many stored values (with look-up-table codes when ``lut``)."""
+    if multiplies is None:
         return out_n * ((in_n // 4) * FC_QUAD + FC_ROW)
-    return nonzeros * (FC_NONZERO + LUT_NONZERO * lut) + _checked(entries, bits, escapes) * CHECKED_ENTRY + out_n * FC_ROW
+    return multiplies * (FC_NONZERO + LUT_NONZERO * lut) + _checked(entries, bits) * CHECKED_ENTRY + out_n * FC_ROW
 
 
 def depthwise_cost(out_h: int, out_w: int, out_c: int, k_h: int, k_w: int, nonzeros: int | None = None) -> float:

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..export.int8_graph import INT8_MAX, INT8_MIN, Int8Graph, QOp, output_shape, quantize_multiplier, same_padding
-from .cost import conv_cost, depthwise_cost, fc_cost, layer_cost
+from .cost import FLASH_WEIGHT, conv_cost, depthwise_cost, fc_cost
 from .sparse import CODE_BITS, ENTRY_BITS, SparseWeights, encode_conv, encode_depthwise, encode_fc
 
-__all__ = ["SPARSE_MODES", "Arg", "Plan", "Step", "check_sparse_mode", "lower"]
+__all__ = ["SPARSE_MODES", "Arg", "Plan", "Step", "check_sparse_mode", "lower", "weight_for_budget"]
 
 SPARSE_MODES = ("auto", "always", "never")
 ADD_TABLE_WORDS = 512  # ep_add's scratch: two tables of 256 int32 terms (EP_ADD_TABLE_WORDS)
@@ -143,13 +143,18 @@ def _weight_arg(dense: np.ndarray, chosen: SparseWeights | None) -> tuple[Arg, d
     if chosen.taps:
         struct = ("ep_sparse_dw", {"count": chosen.counts, "taps": chosen.index, "values": chosen.values})
     elif chosen.table is None:
-        struct = ("ep_sparse", {"bits": chosen.bits, "escapes": chosen.escapes, "count": chosen.counts,
-                                "nibbles": chosen.index, "values": chosen.values})
+        struct = ("ep_sparse", {"bits": chosen.bits, _count_field(chosen): chosen.counts, "nibbles": chosen.index,
+                                "values": chosen.values})
     else:
-        struct = ("ep_sparse", {"bits": chosen.bits, "escapes": chosen.escapes, "count": chosen.counts,
-                                "nibbles": chosen.index, "codes": chosen.values, "table": chosen.table.reshape(-1),
+        struct = ("ep_sparse", {"bits": chosen.bits, _count_field(chosen): chosen.counts, "nibbles": chosen.index,
+                                "codes": chosen.values, "table": chosen.table.reshape(-1),
                                 "table_size": chosen.table.shape[1]})
     return Arg("struct", struct), {"weight_bytes": chosen.value_bytes, "index_bytes": chosen.index_bytes}
+
+
+def _count_field(chosen: SparseWeights) -> str:
+    """The ``ep_sparse`` field holding the counts: ``count8`` for uint8 counts, ``count`` for uint16 ones."""
+    return "count8" if chosen.counts.dtype == np.uint8 else "count"
 
 
 def _kernel(base: str, engine: str, chosen: SparseWeights | None) -> str:
@@ -167,8 +172,9 @@ def _format(weights: SparseWeights | None) -> str:
 
 
 class _Lowering:
-    def __init__(self, graph: Int8Graph, sparse: str) -> None:
-        self.g, self.sparse = graph, sparse
+    def __init__(self, graph: Int8Graph, sparse: str, flash_weight: float = FLASH_WEIGHT) -> None:
+        self.g, self.sparse, self.flash_weight = graph, sparse, flash_weight
+        self.options: list[list[tuple[float, int]]] = []  # per weighted layer, (instructions, bytes) it chose among
         self.plan = Plan()
         self.next_tensor = len(graph.tensors)
         self.readers: dict[int, list[int]] = {}
@@ -208,9 +214,10 @@ class _Lowering:
         The variants are named "dense" and "sparse <format>" (see :meth:`sparse_variants`).
 
         ``encodings`` are (name, function making the sparse weights); ``sparse_instructions`` predicts a
-        sparse variant's instructions. ``auto`` takes the variant of lowest :func:`~edgeprune.mcu.cost.layer_cost`,
-        ``always`` the lowest sparse one, ``never`` dense; when that is a look-up-table variant, the sparse
-        variant of fewest bytes instead.
+        sparse variant's instructions. ``auto`` takes the variant of lowest cost, its instructions plus
+        ``flash_weight`` per byte of weights and index (:mod:`edgeprune.mcu.cost`), ``always`` the
+        lowest sparse one, ``never`` dense; when that is a look-up-table variant, the sparse variant of fewest
+        bytes instead.
         """
         options = [("dense", None, dense_instructions, dense_bytes)]
         refused = []
@@ -222,11 +229,15 @@ class _Lowering:
                 continue
             options.append((name, weights, sparse_instructions(weights), weights.value_bytes + weights.index_bytes))
         pool = options[1:] if self.sparse == "always" and len(options) > 1 else options
-        best = min(pool, key=lambda o: layer_cost(o[2], o[3]))
-        reason = f" (sparse='{self.sparse}')" if self.sparse != "auto" else " (lowest cost)"
+        best = min(pool, key=lambda o: o[2] + self.flash_weight * o[3])
+        reason = f" (sparse='{self.sparse}')" if self.sparse != "auto" else (
+            " (lowest cost)" if self.flash_weight == FLASH_WEIGHT else
+            f" (lowest cost at {self.flash_weight:,.0f} instructions a byte, to meet the weight budget)")
         if best[1] is not None and best[1].table is not None:  # look-up tables in the file ask for flash
             best = min(options[1:], key=lambda o: (o[3], o[2]))
             reason = " (fewest bytes of the sparse variants: the .tflite stores these weights as look-up tables)"
+            pool = [best]
+        self.options.append([(o[2], o[3]) for o in pool])
         others = "; ".join(f"{n} {i:,.0f} + {b:,} B" for n, _, i, b in options if n != best[0])
         why = (f"{best[0]}: {best[2]:,.0f} instructions + {best[3]:,} B of weights and index" + reason
                + (f"; {others}" if others else "") + (f"; {', '.join(refused)}" if refused else ""))
@@ -331,8 +342,8 @@ class _Lowering:
             engine, chosen, why, cost = self.choose(
                 conv_cost(groups, out_c, k_h, k_w, in_c, pool is not None, dw), weight.size,
                 self.sparse_variants(op, weight, encode_conv),
-                lambda s: conv_cost(groups, out_c, k_h, k_w, in_c, pool is not None, dw, nonzeros, s.entries, s.bits,
-                                    s.escapes, s.table is not None))
+                lambda s: conv_cost(groups, out_c, k_h, k_w, in_c, pool is not None, dw, s.multiplies, s.entries,
+                                    s.bits, s.table is not None))
             kernel = _kernel("ep_conv", engine, chosen)
         w_arg, info = _weight_arg(weight if depthwise else _padded_windows(weight), chosen)
         name = op.op
@@ -361,7 +372,7 @@ class _Lowering:
         nonzeros = int(np.count_nonzero(weight))
         engine, chosen, why, cost = self.choose(
             fc_cost(in_n, out_n), weight.size, self.sparse_variants(op, weight, encode_fc),
-            lambda s: fc_cost(in_n, out_n, nonzeros, s.entries, s.bits, s.escapes, s.table is not None))
+            lambda s: fc_cost(in_n, out_n, s.multiplies, s.entries, s.bits, s.table is not None))
         w_arg, info = _weight_arg(weight, chosen)
         sums = weight.astype(np.int64).sum(axis=1)
         args = [Arg("int", in_n), Arg("int", out_n), Arg("tensor", self.act(x)), w_arg,
@@ -513,9 +524,41 @@ def check_sparse_mode(sparse: str) -> None:
         raise ValueError(f"sparse must be one of {', '.join(SPARSE_MODES)}, got {sparse!r}")
 
 
-def lower(graph: Int8Graph, sparse: str = "auto") -> Plan:
+def _chosen_bytes(options: list[list[tuple[float, int]]], flash_weight: float) -> int:
+    """Weight and index bytes of the layers' variants of lowest ``instructions + flash_weight * bytes``."""
+    return sum(min(layer, key=lambda o: (o[0] + flash_weight * o[1], o[1]))[1] for layer in options)
+
+
+def weight_for_budget(options: list[list[tuple[float, int]]], budget: int) -> float:
+    """The smallest instructions-per-byte weight (at least :data:`~edgeprune.mcu.cost.FLASH_WEIGHT`) at which the
+    layers' variants (per layer its (instructions, bytes) options) hold at most ``budget`` bytes of weights
+    and index: each layer then trades instructions for bytes at the same rate, the fastest such choice on the
+    lower hull of instructions against bytes. One-line ValueError when even the fewest bytes exceed ``budget``."""
+    fewest = sum(min(b for _, b in layer) for layer in options)
+    if fewest > budget:
+        raise ValueError(f"a weight budget of {budget:,} B is below the {fewest:,} B of weights and index that the "
+                         "most compact formats take; give at least that, or prune more")
+    low, high = FLASH_WEIGHT, FLASH_WEIGHT
+    while _chosen_bytes(options, high) > budget:
+        low, high = high, high * 2
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (low, middle) if _chosen_bytes(options, middle) <= budget else (middle, high)
+    return high
+
+
+def lower(graph: Int8Graph, sparse: str = "auto", weight_budget: int | None = None) -> Plan:
     """The engine's plan for ``graph``: ``sparse`` is ``"auto"`` (per layer the variant of lowest cost by
     :mod:`edgeprune.mcu.cost`), ``"always"`` (the cheapest sparse variant wherever the format holds the
-    layer) or ``"never"`` (dense)."""
+    layer) or ``"never"`` (dense). With ``weight_budget`` (bytes of weights and index, ``auto`` only) the
+    layers trade instructions for bytes at the one rate that brings them within it (:func:`weight_for_budget`)."""
     check_sparse_mode(sparse)
-    return _Lowering(graph, sparse).run()
+    lowering = _Lowering(graph, sparse)
+    plan = lowering.run()
+    if weight_budget is None:
+        return plan
+    if sparse != "auto":
+        raise ValueError(f"a weight budget chooses each layer's format itself: use it with sparse 'auto', not '{sparse}'")
+    if _chosen_bytes(lowering.options, FLASH_WEIGHT) <= weight_budget:
+        return plan
+    return _Lowering(graph, sparse, weight_for_budget(lowering.options, weight_budget)).run()

@@ -185,13 +185,13 @@ def _tflm_reference(model_bytes: bytes, images: torch.Tensor) -> tuple[np.ndarra
 
 def measure_on_mcu(tflite_path: str | os.PathLike, images: torch.Tensor, labels: torch.Tensor,
                    out_dir: str | os.PathLike, target: str = "cortex-m4", sparse: str = "auto",
-                   timeout: float | None = None) -> dict:
+                   timeout: float | None = None, weight_budget: int | None = None) -> dict:
     """Generate the C engine of ``tflite_path``, run ``images`` (N x C x H x W floats) through it in QEMU, measure it.
 
     Writes the engine to ``out_dir/engine``, the builds to ``out_dir/build``, the run's files to
     ``out_dir/run`` and the results to ``out_dir/mcu.json`` (see :func:`measure_engine`; the
     instruction counts are instructions executed in emulation, not cycles). ``sparse`` is
-    export_c's choice of kernels (auto, always, never).
+    export_c's choice of kernels (auto, always, never), ``weight_budget`` its bytes of weights and index.
     """
     get_target(target, runnable=True)
     check_tools()
@@ -201,7 +201,7 @@ def measure_on_mcu(tflite_path: str | os.PathLike, images: torch.Tensor, labels:
     if images.dim() != 4 or len(images) != len(labels) or len(images) < 1:
         raise ValueError(f"images must be N x C x H x W with N >= 1 labels, got {tuple(images.shape)} "
                          f"and {len(labels)} labels")
-    export_c(tflite_path, out_dir / "engine", sparse=sparse)  # first: it checks the file before TFLM reads it
+    export_c(tflite_path, out_dir / "engine", sparse, weight_budget)  # first: it checks the file before TFLM reads it
     size = header_macros(out_dir / "engine")["EDGEPRUNE_INPUT_SIZE"]
     if images[0].numel() != size:
         raise ValueError(f"images are {'x'.join(map(str, images.shape[1:]))} = {images[0].numel()} values each; "

@@ -3,18 +3,23 @@
 **Gap runs** (convolution and fully connected). Each output channel's weights, in the filter's own
 order (``ky, kx, ci`` for a convolution, the input vector for fully connected), are one run: its
 non-zeros are coded as entries of 4 bits (two to a byte, low nibble first) or 8 bits, each run
-starting on a byte, plus a uint16 count of entries per run and the int8 values in the same order.
-With ``E`` the largest entry (15 or 255), a cursor starts at the run's first weight:
+starting on a byte, plus a count of entries per run (uint8 when every run of the layer has at most
+255 entries, else uint16) and the values in the kernel's order. A cursor starts at the run's first
+weight; an entry ``g`` moves it ``g`` places, multiplies the input there by the next value and steps
+one place on (so ``g`` is the number of zeros skipped). A gap longer than one entry holds is bridged
+differently by the two widths:
 
-* an entry ``g < E`` moves the cursor ``g`` places, multiplies the input there by the next value and
-  steps one place on (so ``g`` is the number of zeros skipped);
-* an entry ``E`` moves the cursor ``E`` places and multiplies nothing (a longer run of zeros).
+* 4-bit entries: the entry ``15`` is an **escape**: it moves the cursor 15 places and multiplies
+  nothing, so the kernel tests every entry;
+* 8-bit entries have no escape: a gap of 256 zeros or more is bridged by **fillers**, entries ``255``
+  whose value is a stored 0 (a multiplication by zero), so the kernel never tests an entry. At 90 %
+  sparsity a filler is rare (a gap of 256 zeros has probability 0.9**256), so a stray long gap
+  costs one multiplication instead of switching the whole layer to a loop that tests every entry.
 
 4-bit entries are the compact choice at moderate sparsity: at 90 % about one gap in five is 15
 zeros or longer, so index bytes are about 0.6 per non-zero and weight + index bytes about 0.16x the
-dense int8 weights. 8-bit entries cost one byte per non-zero but almost never escape (a layer
-without escapes runs a loop without the test), so they are faster, and at 95 % hardly larger (about
-0.1x the dense bytes either way). The exporter weighs the two per layer (:mod:`edgeprune.mcu.cost`).
+dense int8 weights. 8-bit entries cost one byte per non-zero but are faster, and at 95 % hardly larger
+(about 0.1x the dense bytes either way). The exporter weighs the two per layer (:mod:`edgeprune.mcu.cost`).
 
 Loop order (convolution): for each group of four output pixels (a fused 2x2 max pool's window, or
 four of a row), the kernel copies the four input windows into a patch in the filter's order, one
@@ -25,7 +30,7 @@ is read once per group of four pixels; a zero weight is never read.
 
 **Look-up-table values** (convolution and fully connected, for weights the .tflite stores as TFLM
 look-up tables): each run's values are 4-bit codes instead, two to a byte (low nibble first, each run
-starting on a byte), into a table of the run's distinct non-zero int8 values; the tables are one row
+starting on a byte), into a table of the run's distinct int8 values (0 among them only for fillers); the tables are one row
 of ``S`` values per run (``S`` the most any run has, at most 16). The kernel reads a code byte every
 second non-zero and never expands the weights. Values are the same int8 numbers, so the outputs are.
 
@@ -48,17 +53,17 @@ CODE_BITS = 4  # look-up-table codes: 16 values a run
 
 @dataclass(frozen=True)
 class SparseWeights:
-    """One layer's sparse weights: ``counts`` (entries per run, or taps per channel), ``index`` (packed
-    entries, or uint8 taps), ``values`` (int8 non-zeros, in the order the kernel reads them), the
-    entries' ``bits`` (4 or 8; 8 for taps), how many entries are escapes (the kernel skips the
-    escape test in a layer without any) and whether these are depthwise ``taps``. With a ``table``
-    (int8, one row per run), ``values`` are packed 4-bit codes into the run's row instead."""
+    """One layer's sparse weights: ``counts`` (entries per run as uint8 or uint16, or taps per channel), ``index``
+    (packed entries, or uint8 taps), ``values`` (int8, one per multiplication, in the order the kernel reads
+    them: the non-zeros and the fillers' zeros), the entries' ``bits`` (4 or 8; 8 for taps) and whether these are
+    depthwise ``taps``. With a ``table`` (int8, one row per run), ``values`` are packed 4-bit codes into the run's
+    row instead, and ``multiplies`` says how many there are."""
 
     counts: np.ndarray
     index: np.ndarray
     values: np.ndarray
+    multiplies: int
     bits: int = 8
-    escapes: int = 0
     taps: bool = False
     table: np.ndarray | None = None
 
@@ -69,12 +74,12 @@ class SparseWeights:
 
     @property
     def value_bytes(self) -> int:
-        """Bytes of the values: int8 non-zeros, or codes and tables."""
+        """Bytes of the values: int8 values, or codes and tables."""
         return self.values.nbytes + (0 if self.table is None else self.table.nbytes)
 
     @property
     def entries(self) -> int:
-        """Index entries the kernel decodes (non-zeros plus escapes)."""
+        """Index entries the kernel decodes (non-zeros, plus escapes or fillers)."""
         return int(self.counts.sum())
 
     @property
@@ -83,18 +88,25 @@ class SparseWeights:
         return self.counts.nbytes + self.index.nbytes
 
 
-def gap_entries(positions: np.ndarray, bits: int = 4) -> list[int]:
-    """The entries of ``bits`` bits that reach the sorted ``positions`` of a run (see the module docstring)."""
-    escape = (1 << bits) - 1
-    entries, cursor = [], 0
+def gap_entries(positions: np.ndarray, bits: int = 4) -> tuple[list[int], list[int]]:
+    """The entries of ``bits`` bits that reach the sorted ``positions`` of a run, and the positions the kernel
+    multiplies at (``positions`` plus the 8-bit fillers'; see the module docstring)."""
+    entries, touched, cursor = [], [], 0
     for p in positions.tolist():
         skip = p - cursor
-        while skip >= escape:
-            entries.append(escape)
-            skip -= escape
+        if bits == 4:
+            entries += [15] * (skip // 15)
+            skip %= 15
+        else:
+            for _ in range(skip // 256):
+                entries.append(255)
+                cursor += 256
+                touched.append(cursor - 1)
+            skip %= 256
         entries.append(skip)
+        touched.append(p)
         cursor = p + 1
-    return entries
+    return entries, touched
 
 
 def pack_entries(entries: list[int], bits: int = 4) -> np.ndarray:
@@ -105,11 +117,11 @@ def pack_entries(entries: list[int], bits: int = 4) -> np.ndarray:
 
 
 def _lut_codes(runs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Each run's non-zero values as packed 4-bit codes into a table row of its distinct values: (codes, tables)."""
+    """Each run's values as packed 4-bit codes into a table row of its distinct values: (codes, tables)."""
     rows = [np.unique(values) for values in runs]
     size = max((len(row) for row in rows), default=1) or 1
     if size > 1 << CODE_BITS:
-        raise ValueError(f"a run has {size} distinct non-zero values; {CODE_BITS}-bit codes hold {1 << CODE_BITS}")
+        raise ValueError(f"a run has {size} distinct values; {CODE_BITS}-bit codes hold {1 << CODE_BITS}")
     tables = np.zeros((len(rows), size), np.int8)
     codes = []
     for k, (row, values) in enumerate(zip(rows, runs)):
@@ -122,19 +134,19 @@ def _encode_runs(runs: np.ndarray, bits: int, lut: bool) -> SparseWeights:
     """Gap-run code of each row of ``runs`` (a 2-D int8 array), one run after another; ``lut``: values as codes."""
     if bits not in ENTRY_BITS:
         raise ValueError(f"sparse entries are 4 or 8 bits, not {bits}")
-    counts, packed, values, escapes = [], [], [], 0
+    counts, packed, values = [], [], []
     for run in runs:
-        positions = np.flatnonzero(run)
-        entries = gap_entries(positions, bits)
-        escapes += entries.count((1 << bits) - 1)
+        entries, touched = gap_entries(np.flatnonzero(run), bits)
         counts.append(len(entries))
         packed.append(pack_entries(entries, bits))
-        values.append(run[positions])
-    if max(counts, default=0) > np.iinfo(np.uint16).max:
-        raise ValueError(f"a run of {max(counts):,} entries does not fit the 16-bit counts of the sparse format")
+        values.append(run[touched])
+    longest = max(counts, default=0)
+    if longest > np.iinfo(np.uint16).max:
+        raise ValueError(f"a run of {longest:,} entries does not fit the 16-bit counts of the sparse format")
+    multiplies = sum(len(v) for v in values)
     codes, table = _lut_codes(values) if lut else (np.concatenate(values).astype(np.int8), None)
-    return SparseWeights(np.asarray(counts, np.uint16), np.concatenate(packed).astype(np.uint8), codes, bits, escapes,
-                         table=table)
+    return SparseWeights(np.asarray(counts, np.uint8 if longest <= 255 else np.uint16),
+                         np.concatenate(packed).astype(np.uint8), codes, multiplies, bits, table=table)
 
 
 def encode_conv(weight: np.ndarray, bits: int = 4, lut: bool = False) -> SparseWeights:
@@ -154,6 +166,7 @@ def encode_depthwise(weight: np.ndarray) -> SparseWeights:
         raise ValueError(f"a {kh}x{kw} depthwise kernel has more than the 64 taps of the sparse format")
     per_channel = weight.reshape(kh * kw, c).T
     taps = [np.flatnonzero(row) for row in per_channel]
+    values = np.concatenate([row[t] for row, t in zip(per_channel, taps)]).astype(np.int8)
     return SparseWeights(np.asarray([len(t) for t in taps], np.uint8),
-                         np.concatenate(taps).astype(np.uint8) if taps else np.zeros(0, np.uint8),
-                         np.concatenate([row[t] for row, t in zip(per_channel, taps)]).astype(np.int8), taps=True)
+                         np.concatenate(taps).astype(np.uint8) if taps else np.zeros(0, np.uint8), values, len(values),
+                         taps=True)

@@ -273,31 +273,28 @@ static void ep_fill_patch(const ep_conv_dims *d, const ep_group *grp, uint32_t *
     }
 }
 
-/* Walk one run of `n` entries from *nib, running ENTRY(g, escape) for each; `bits` is 4, 8, or 0 for
- * 8-bit entries in a layer without escapes (the compiler drops the escape test). *nib ends on the
- * next run's first byte. */
-#define EP_WALK_RUN(ENTRY, nib, n, bits)             \
-    if ((bits) == 4) {                               \
-        for (; (n) >= 2; (n) -= 2) {                 \
-            const uint32_t pair = *(nib)++;          \
-            ENTRY(pair & 15u, 15u)                   \
-            ENTRY(pair >> 4, 15u)                    \
-        }                                            \
-        if (n) {                                     \
-            const uint32_t last = *(nib)++ & 15u;    \
-            ENTRY(last, 15u)                         \
-        }                                            \
-    } else if ((bits) == 8) {                        \
-        for (; (n) > 0; (n)--) {                     \
-            const uint32_t entry = *(nib)++;         \
-            ENTRY(entry, 255u)                       \
-        }                                            \
-    } else { /* 8 bits and no escape in the layer */ \
-        for (; (n) > 0; (n)--) {                     \
-            const uint32_t entry = *(nib)++;         \
-            ENTRY(entry, 256u)                       \
-        }                                            \
+/* Walk one run of `n` entries from *nib, running ENTRY(g, escape) for each; `bits` is 4 (escape 15) or
+ * 8 (no escape: the compiler drops the test against 256). *nib ends on the next run's first byte. */
+#define EP_WALK_RUN(ENTRY, nib, n, bits)          \
+    if ((bits) == 4) {                            \
+        for (; (n) >= 2; (n) -= 2) {              \
+            const uint32_t pair = *(nib)++;       \
+            ENTRY(pair & 15u, 15u)                \
+            ENTRY(pair >> 4, 15u)                 \
+        }                                         \
+        if (n) {                                  \
+            const uint32_t last = *(nib)++ & 15u; \
+            ENTRY(last, 15u)                      \
+        }                                         \
+    } else {                                      \
+        for (; (n) > 0; (n)--) {                  \
+            const uint32_t entry = *(nib)++;      \
+            ENTRY(entry, 256u)                    \
+        }                                         \
     }
+
+/* The number of entries of run `o`: uint8 or uint16 counts. */
+#define EP_RUN_LENGTH(w, o) ((w)->count8 ? (uint32_t)(w)->count8[o] : (uint32_t)(w)->count[o])
 
 /* The next value of a run: int8 from *v, or with a look-up table (`table` not NULL) the table's value for
  * the next 4-bit code, a code byte read every second value (`pending` keeps its high nibble, plus 16). */
@@ -367,7 +364,7 @@ static inline int32_t ep_vector_run(const int8_t *r, const uint8_t **nib, const 
 #define EP_NO_TABLE ((const int8_t *)0)
 #define EP_SPARSE_CHANNELS(bits, TABLE)                                                               \
     for (co = 0; co < d->out_c; co++) {                                                              \
-        const ep_acc4 a = ep_patch_run(patch, &nib, &v, (TABLE), w->count[co], (bits), bias[co]);    \
+        const ep_acc4 a = ep_patch_run(patch, &nib, &v, (TABLE), EP_RUN_LENGTH(w, co), (bits), bias[co]); \
         ep_group_store(&grp, &rq, co, a);                                                            \
     }
 
@@ -392,13 +389,11 @@ static inline int ep_conv_sparse_values(const ep_conv_dims *d, const int8_t *in,
         ep_group_at(d, in, out, g, &grp);
         ep_fill_patch(d, &grp, patch);
         if (lut) {
-            EP_SPARSE_CHANNELS(w->bits == 8 && !w->escapes ? 0 : w->bits, w->table + co * w->table_size)
+            EP_SPARSE_CHANNELS(w->bits, w->table + co * w->table_size)
         } else if (w->bits == 4) {
             EP_SPARSE_CHANNELS(4, EP_NO_TABLE)
-        } else if (w->escapes) {
-            EP_SPARSE_CHANNELS(8, EP_NO_TABLE)
         } else {
-            EP_SPARSE_CHANNELS(0, EP_NO_TABLE)
+            EP_SPARSE_CHANNELS(8, EP_NO_TABLE)
         }
     }
     return EP_OK;
@@ -502,14 +497,14 @@ static inline int ep_fc_sparse_values(int32_t out_n, const int8_t *in, const ep_
     const ep_requant rq = *q;
     const uint8_t *nib = w->nibbles;
     const int8_t *v = lut ? (const int8_t *)(const void *)w->codes : w->values;
-    const int32_t bits = w->bits == 8 && !w->escapes ? 0 : w->bits;
+    const int32_t bits = w->bits;
     int32_t o;
     if (lut && !w->table) {
         return EP_ERROR_DIMS;
     }
     for (o = 0; o < out_n; o++) {
         const int8_t *table = lut ? w->table + o * w->table_size : EP_NO_TABLE;
-        const int32_t acc = ep_vector_run(in, &nib, &v, table, w->count[o], bits, bias[o]);
+        const int32_t acc = ep_vector_run(in, &nib, &v, table, EP_RUN_LENGTH(w, o), bits, bias[o]);
         out[o] = EP_STORE(rq, o, acc);
     }
     return EP_OK;

@@ -42,13 +42,15 @@ typedef struct {
 
 /* Sparse convolution and fully connected weights: one run per output channel over its weights in
  * the filter's order (ky, kx, ci for a convolution; the input vector for fully connected). A run is
- * count[o] entries of `bits` bits (4: two to a byte, low nibble first; or 8), starting on a byte.
- * A cursor starts at the run's first weight: an entry g below its largest value E (15 or 255) moves
- * it g places, multiplies there by the next value and steps one place on; an entry E moves it E places. */
+ * count[o] (or count8[o]) entries of `bits` bits (4: two to a byte, low nibble first; or 8), starting
+ * on a byte. A cursor starts at the run's first weight: an entry g moves it g places, multiplies there
+ * by the next value and steps one place on, except the 4-bit escape 15, which moves it 15 places and
+ * multiplies nothing. 8-bit entries have no escape: a longer gap is bridged by entries 255 whose
+ * value is 0, so their loop never tests an entry. */
 typedef struct {
     int32_t bits;
-    int32_t escapes;  /* entries E in the whole layer (0 lets the kernel skip the test) */
     const uint16_t *count;
+    const uint8_t *count8; /* instead of count (NULL then) when every run has at most 255 entries */
     const uint8_t *nibbles;
     const int8_t *values;
     /* look-up-table values instead of `values` (table NULL otherwise): per run, 4-bit codes two to a
