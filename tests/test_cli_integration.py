@@ -84,6 +84,15 @@ def test_step_by_step_commands(tmp_path, capsys, fashion_slice):
     plan = tmp_path / "sparsity.json"
     assert main(["plan", *d, str(tmp_path / "scan" / "scan.json"), "--checkpoint", str(base),
                  "--target-sparsity", "0.7", "--out", str(plan)]) == 0
+    for budget in ("macs", "flash"):  # the same scan planned in what the device pays
+        assert main(["plan", *d, str(tmp_path / "scan" / "scan.json"), "--checkpoint", str(base), "--budget", budget,
+                     "--target-sparsity", "0.7", "--out", str(tmp_path / f"{budget}.json")]) == 0
+        assert json.loads((tmp_path / f"{budget}.plan.json").read_text())["budget"] == budget
+    by_params, by_macs = (json.loads(p.read_text()) for p in (plan, tmp_path / "macs.json"))
+    assert by_macs["conv2.weight"] > by_params["conv2.weight"] and by_macs["fc1.weight"] < by_params["fc1.weight"]
+    capsys.readouterr()
+    assert main(["plan", str(tmp_path / "scan" / "scan.json"), "--budget", "macs", "--target-sparsity", "0.7"]) == 2
+    assert "give --target-sparsity and --checkpoint" in capsys.readouterr().err
     assert main(["prune", *d, str(base), "--sparsity", str(plan), "--out", str(pruned)]) == 0
     model, _, masks, _ = load_checkpoint(pruned)
     zeros = sum(int((~m).sum()) for m in masks.values())

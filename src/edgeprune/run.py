@@ -129,10 +129,10 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
                 sparsity, plan_info = steps.plan_for_device_target(source, scan, splits, out / "device_target", cfg.budget,
                                                                    cfg.target_instructions, cfg.target_flash, cfg.mcu)
             else:
+                shape = (spec.in_channels, spec.image_size, spec.image_size)
                 sparsity, plan_info = steps.choose_sparsity(source, scan, cfg.sparsity, cfg.target_sparsity, cfg.max_drop,
-                                                            plan=cfg.plan, budget=cfg.budget,
-                                                            input_shape=(spec.in_channels, spec.image_size, spec.image_size),
-                                                            bytes_per_nonzero=steps.engine_unit_bytes(source, splits)
+                                                            plan=cfg.plan, budget=cfg.budget, input_shape=shape,
+                                                            bytes_per_nonzero=steps.engine_unit_bytes(source, shape)
                                                             if cfg.budget == "flash" and cfg.plan == "scan" else None)
             pruned, pruner = steps.prune_copy(source, sparsity)
             write_json_atomic(out / "sparsity.json", pruner.sparsity_dict)

@@ -218,9 +218,12 @@ def choose_sparsity(
     return dict(planned.sparsity_dict), planned.to_dict()
 
 
-def engine_unit_bytes(model: nn.Module, splits: DataSplits) -> dict[str, float]:
-    """The sparse engine's flash bytes per non-zero weight of each prunable layer (``bytes_per_nonzero`` of a flash budget)."""
-    return {name: cost["bytes"] for name, cost in unit_costs(copy.deepcopy(model).cpu(), calibration_images(splits.train, 8)).items()}
+def engine_unit_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:
+    """The sparse engine's flash bytes per non-zero weight of each prunable layer (``bytes_per_nonzero`` of a flash
+    budget). The bytes depend on which weights are zero, not on the activations, so random images calibrate."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(8, *input_shape, generator=generator)
+    return {name: cost["bytes"] for name, cost in unit_costs(copy.deepcopy(model).cpu(), images).items()}
 
 
 def plan_for_device_target(
@@ -236,7 +239,7 @@ def plan_for_device_target(
     """
     model = copy.deepcopy(model).cpu().eval()
     shape = tuple(splits.train[0][0].shape)
-    units = engine_unit_bytes(model, splits) if budget == "flash" else None
+    units = engine_unit_bytes(model, shape) if budget == "flash" else None
     plans: dict[float, dict] = {}
 
     def plan_at(fraction: float) -> dict:
@@ -557,13 +560,23 @@ def scan_checkpoint(
 def plan_from_scan(
     scan_path: str | Path, checkpoint: str | Path | None, spec: ModelSpec | None, out: str | Path,
     target_sparsity: float | None = None, max_drop: float | None = None, target_bytes: int | None = None,
-    plot: str | Path | None = None, device: str | None = None,
+    plot: str | Path | None = None, device: str | None = None, budget: str = "params",
 ) -> dict:
-    """A sparsity dict planned from a saved scan, written to ``out`` (its plan beside it as ``.plan.json``)."""
+    """A sparsity dict planned from a saved scan, written to ``out`` (its plan beside it as ``.plan.json``);
+    ``budget`` is what ``target_sparsity`` counts (params, macs, flash: see :func:`~edgeprune.analyze.plan.plan_by_budget`)."""
+    if budget != "params" and (target_sparsity is None or checkpoint is None):
+        raise ValueError(f"--budget {budget} counts what --target-sparsity removes: give --target-sparsity and --checkpoint "
+                         "(the scanned model)")
     out = writable_file(out)
     scan = ScanResult.from_json(scan_path)
-    model = load_model(checkpoint, spec, device)[0] if checkpoint else None
-    sparsity, plan = choose_sparsity(model, scan, None, target_sparsity, max_drop, target_bytes)
+    shape, units = None, None
+    model = None
+    if checkpoint:
+        model, spec, _, _ = load_model(checkpoint, spec, device)
+        shape = (spec.in_channels, spec.image_size, spec.image_size)
+        units = engine_unit_bytes(model, shape) if budget == "flash" else None
+    sparsity, plan = choose_sparsity(model, scan, None, target_sparsity, max_drop, target_bytes, budget=budget,
+                                     input_shape=shape, bytes_per_nonzero=units)
     write_json_atomic(out, sparsity)
     write_json_atomic(out.with_suffix(".plan.json"), plan)
     if plot:
