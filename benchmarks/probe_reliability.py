@@ -199,6 +199,24 @@ def build_cases() -> list[Case]:
         Case("epz", "one digit of the spec header changed (28 -> 29 pixels), checksum not updated", [*insp, "fx/spec_digit.epz"]),
         Case("epz", "a checkpoint renamed .epz", [*insp, "fx/not_really.epz"]),
         Case("epz", "export --bits 9", ["export", base, "--values", "kmeans", "--bits", "9"]),
+        # ---------------------------------------------------------------- the C engine and device plans
+        Case("mcu", "export --format c from a .tflite", ["export", "fx/model.tflite", "--format", "c", "--out", "c"], expect=0),
+        Case("mcu", "--weight-budget 10 (below the most compact formats)",
+             ["export", "fx/model.tflite", "--format", "c", "--weight-budget", "10", "--out", "c"]),
+        Case("mcu", "--weight-budget '12 parsecs'", ["export", "fx/model.tflite", "--format", "c", "--weight-budget", "12 parsecs"]),
+        Case("mcu", "--weight-budget with --sparse never",
+             ["export", "fx/model.tflite", "--format", "c", "--weight-budget", "1MB", "--sparse", "never"]),
+        Case("mcu", "a .tflite exported to --format tflite", ["export", "fx/model.tflite", "--format", "tflite"]),
+        Case("mcu", "mcu on a truncated .tflite", ["mcu", "fx/truncated.tflite", "--data-dir", "slice", "--out", "m"]),
+        Case("mcu", "mcu on a .tflite with a flipped byte in its weights", ["mcu", "fx/flipped.tflite", "--data-dir", "slice",
+                                                                            "--val-size", "100", "--images", "2", "--out", "m"],
+             expect=0),
+        Case("mcu", "mcu on a missing .tflite", ["mcu", "nowhere.tflite", "--data-dir", "slice", "--out", "m"]),
+        Case("mcu", "mcu --images 0", ["mcu", "fx/model.tflite", "--data-dir", "slice", "--images", "0"]),
+        Case("mcu", "plan --budget macs without --checkpoint", ["plan", "fx/run/scan.json", "--budget", "macs",
+                                                                "--target-sparsity", "0.5"], phase=2),
+        Case("mcu", "run --target-flash 32 parsecs", [*TINY_RUN, "--target-flash", "32 parsecs", "--out", "r"]),
+        Case("mcu", "run --target-flash 1KB (below the sparsest plan)", [*TINY_RUN, "--target-flash", "1KB", "--out", "r"]),
         # ---------------------------------------------------------------- data
         Case("data", "mnist, --data-dir missing", ["train", "--dataset", "mnist", "--data-dir", "nowhere", "--epochs", "1"]),
         Case("data", "fashion-mnist, --data-dir missing", ["train", "--data-dir", "nowhere", "--limit", "300", "--val-size", "100", "--epochs", "1"]),
@@ -363,6 +381,12 @@ def make_fixtures(fx: Path) -> None:
         (fx / "FACTORY_RAN").unlink(missing_ok=True)
     shutil.copy(fx / "baseline.safetensors", fx / "badmasks.safetensors")
     (fx / "badmasks.masks.safetensors").write_bytes(b"not a safetensors file at all")
+    # int8 .tflite files: a real one, cut short, and one weight byte flipped (a different model, still valid)
+    from edgeprune.export.tflite import export_tflite
+
+    tflite = export_tflite(model, fx / "model.tflite", torch.randn(16, 1, 28, 28)).read_bytes()
+    (fx / "truncated.tflite").write_bytes(tflite[: len(tflite) // 3])
+    (fx / "flipped.tflite").write_bytes(tflite[:-2000] + bytes([tflite[-2000] ^ 0x01]) + tflite[-1999:])
     # compressed files
     epz = (fx / "model.epz").read_bytes()
     (fx / "truncated.epz").write_bytes(epz[: len(epz) - 100])

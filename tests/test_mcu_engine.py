@@ -27,6 +27,7 @@ from edgeprune.export.tflite_read import read_tflite
 from edgeprune.export.tflm import make_interpreter, run_int8, tflite_arena_bytes
 from edgeprune.mcu import export_c
 from edgeprune.mcu.arena import plan_arena
+from edgeprune.mcu.lowering import _Lowering
 from edgeprune.mcu.sparse import encode_conv, encode_fc, gap_entries
 from edgeprune.models import BasicCNN, ResNet8
 
@@ -220,9 +221,10 @@ def test_requantization_equals_tflite_formula(tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_look_up_table_values_match_tflm_decoding_them(tmp_path, name):
+def test_look_up_table_values_match_tflm_decoding_them(tmp_path, monkeypatch, name):
     """Weights k-means shared to 16 values, stored by TFLM's compressor as 4-bit look-up tables: TFLM decodes them
-    with its DECODE ops, the engine keeps 4-bit codes inside its sparse kernels; the outputs are equal."""
+    with its DECODE ops, the engine keeps 4-bit codes inside its sparse kernels (forced here in every layer); the
+    outputs are equal. Unforced, each layer takes its variant of fewest bytes: never more than with the tables."""
     factory, shape = MODELS[name]
     torch.manual_seed(1)
     model = _prune(factory(), 0.8).eval()
@@ -230,9 +232,17 @@ def test_look_up_table_values_match_tflm_decoding_them(tmp_path, name):
     path = export_tflite(model, tmp_path / "lut.tflite", torch.randn(64, *shape) * 2, lut_bits=4)
     data = path.read_bytes()
     assert b"TFLM_DECODE" in data
-    report = export_c(data, tmp_path / "c", sparse="always")
-    runs = [layer for layer in report["layers"] if layer["op"].split("+")[0] in ("CONV_2D", "FULLY_CONNECTED")]
+
+    def weighted(report: dict) -> list[dict]:
+        return [layer for layer in report["layers"] if layer["op"].split("+")[0] in ("CONV_2D", "FULLY_CONNECTED")]
+
+    fewest = weighted(export_c(data, tmp_path / "fewest", sparse="always"))
+    variants = _Lowering.sparse_variants
+    monkeypatch.setattr(_Lowering, "sparse_variants",
+                        lambda self, *args: [v for v in variants(self, *args) if v[0].endswith("+ lut")])
+    runs = weighted(export_c(data, tmp_path / "c", sparse="always"))
     assert runs and all(layer["format"].endswith("+ lut") and layer["kernel"].endswith("_sparse_lut") for layer in runs)
+    assert all(a["weight_bytes"] + a["index_bytes"] <= b["weight_bytes"] + b["index_bytes"] for a, b in zip(fewest, runs))
     lib = _build(tmp_path / "c")
     inputs = np.random.default_rng(0).integers(-128, 128, size=(6, *shape[1:], shape[0]), dtype=np.int8)
     for x, expected in zip(inputs, run_int8(data, inputs)):

@@ -216,8 +216,8 @@ class _Lowering:
         ``encodings`` are (name, function making the sparse weights); ``sparse_instructions`` predicts a
         sparse variant's instructions. ``auto`` takes the variant of lowest cost, its instructions plus
         ``flash_weight`` per byte of weights and index (:mod:`edgeprune.mcu.cost`), ``always`` the
-        lowest sparse one, ``never`` dense; when that is a look-up-table variant, the sparse variant of fewest
-        bytes instead.
+        lowest sparse one, ``never`` dense. A layer the .tflite stores as look-up tables (it has ``+ lut``
+        variants) takes the variant of fewest bytes instead (sparse with ``always``): the file asks for flash.
         """
         options = [("dense", None, dense_instructions, dense_bytes)]
         refused = []
@@ -233,9 +233,9 @@ class _Lowering:
         reason = f" (sparse='{self.sparse}')" if self.sparse != "auto" else (
             " (lowest cost)" if self.flash_weight == FLASH_WEIGHT else
             f" (lowest cost at {self.flash_weight:,.0f} instructions a byte, to meet the weight budget)")
-        if best[1] is not None and best[1].table is not None:  # look-up tables in the file ask for flash
-            best = min(options[1:], key=lambda o: (o[3], o[2]))
-            reason = " (fewest bytes of the sparse variants: the .tflite stores these weights as look-up tables)"
+        if any(o[1] is not None and o[1].table is not None for o in options):
+            best = min(pool, key=lambda o: (o[3], o[2]))
+            reason = " (fewest bytes: the .tflite stores these weights as look-up tables)"
             pool = [best]
         self.options.append([(o[2], o[3]) for o in pool])
         others = "; ".join(f"{n} {i:,.0f} + {b:,} B" for n, _, i, b in options if n != best[0])
@@ -245,12 +245,15 @@ class _Lowering:
 
     def sparse_variants(self, op: QOp, weight: np.ndarray,
                         encode: Callable[..., SparseWeights]) -> list[tuple[str, Callable[[], SparseWeights]]]:
-        """The sparse encodings of a layer's ``weight``: 4- and 8-bit entries, with look-up-table values (only)
-        when the .tflite stores the weights as look-up tables and every channel has at most 16 distinct non-zeros."""
+        """The sparse encodings of a layer's ``weight``: 4- and 8-bit entries, and when the .tflite stores the weights
+        as look-up tables and every channel has at most 16 distinct non-zeros, each also with look-up-table values
+        (which take more bytes than int8 values in short runs: a run's table row is as long as its most
+        distinct values)."""
         rows = weight.reshape(len(weight), -1)
         lut = self.g.tensors[op.inputs[1]].lut is not None and max(
             (len(np.unique(row[row != 0])) for row in rows), default=0) <= 1 << CODE_BITS
-        return [(f"sparse {b}-bit" + (" + lut" if lut else ""), lambda b=b: encode(weight, b, lut)) for b in ENTRY_BITS]
+        variants = [(f"sparse {b}-bit", lambda b=b: encode(weight, b, False)) for b in ENTRY_BITS]
+        return variants + [(f"sparse {b}-bit + lut", lambda b=b: encode(weight, b, True)) for b in ENTRY_BITS if lut]
 
     def pad_input(self, label: str, x: int, pads: tuple[tuple[int, int], tuple[int, int]], value: int) -> tuple[int, int, int, int]:
         """A pad step filling with ``value`` when ``pads`` are not all zero; (tensor, padded h, w, c)."""
