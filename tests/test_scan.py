@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 
@@ -15,7 +16,7 @@ from torchvision.models.resnet import BasicBlock
 from edgeprune.prune.masks import fine_grained_mask
 from edgeprune.models import BasicCNN
 from edgeprune.analyze.scan import ScanResult, scan_sparsities, sensitivity_scan
-from edgeprune.training import evaluate
+from edgeprune.training import evaluate, recalibrate_batchnorm
 
 
 def chain_model() -> nn.Module:
@@ -273,3 +274,67 @@ def test_plot_writes_png(tmp_path) -> None:
     result.plot(path, chosen={"conv1.weight": 0.5})
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads(json.dumps(result.to_dict()))["format"] == "edgeprune.scan/1"
+
+
+def _batchnorm_stats_by_hand(model: nn.Module, norm: nn.BatchNorm2d, batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel mean and unbiased variance of what ``norm`` receives, averaged over the batches (PyTorch's
+    cumulative running statistics), read from the inputs with a hook in eval mode."""
+    seen = []
+    hook = norm.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    with torch.no_grad():
+        for images, _ in batches:
+            model.eval()(images)
+    hook.remove()
+    means = torch.stack([x.mean((0, 2, 3)) for x in seen])
+    variances = torch.stack([x.transpose(0, 1).reshape(x.shape[1], -1).var(1, unbiased=True) for x in seen])
+    return means.mean(0), variances.mean(0)
+
+
+def test_recalibrate_batchnorm_by_hand() -> None:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, bias=False), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 5 * 5, 4))
+    batches = [(torch.randn(8, 2, 7, 7) * 2 + 1, torch.zeros(8)) for _ in range(3)]
+    mean, var = _batchnorm_stats_by_hand(model, model[1], batches)
+    weights = snapshot(model)
+    assert recalibrate_batchnorm(model, batches) and not model.training
+    torch.testing.assert_close(model[1].running_mean, mean)
+    torch.testing.assert_close(model[1].running_var, var)
+    assert model[1].momentum == 0.1 and all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
+    plain = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten())
+    before = snapshot(plain)
+    assert not recalibrate_batchnorm(plain, batches)
+    assert_same_weights(plain, before)
+
+
+def test_scan_recalibrates_batchnorm_after_pruning_a_layer() -> None:
+    """TinyResNet's block has BatchNorms after each conv: each pruned model's accuracy is the one it has once its
+    BatchNorm statistics are re-estimated on the recalibration batches; the weights and buffers are restored, and
+    without the batches the numbers differ."""
+    torch.manual_seed(0)
+    model = prepare(TinyResNet())
+    loader = make_loader(model)
+    g = torch.Generator().manual_seed(7)
+    batches = [(torch.randn(16, 2, 11, 11, generator=g) * 1.5 + 0.3, torch.zeros(16)) for _ in range(2)]
+    before = snapshot(model)
+    scan = sensitivity_scan(model, loader, scan_start=0.5, scan_end=0.95, scan_step=0.4, progress=False,
+                            recalibration=batches)
+    assert_same_weights(model, before)
+    assert scan.method == "naive" and scan.meta["batchnorm_recalibrated_on"] == 32
+    name, sparsity = "block.conv1.weight", scan.sparsities[1]
+    expected = copy.deepcopy(model)
+    weight = dict(expected.named_parameters())[name]
+    with torch.no_grad():
+        weight.mul_(fine_grained_mask(weight, sparsity))
+    expected.eval()
+    for norm in [m for m in expected.modules() if isinstance(m, nn.BatchNorm2d)]:  # PyTorch's idiom, written out
+        norm.reset_running_stats()
+        norm.momentum = None
+        norm.train()
+    with torch.no_grad():
+        for images, _ in batches:
+            expected(images)
+    assert scan.accuracies[name][1] == evaluate(expected, loader)
+    plain = sensitivity_scan(model, loader, scan_start=0.5, scan_end=0.95, scan_step=0.4, progress=False)
+    assert plain.accuracies != scan.accuracies
+    with pytest.raises(ValueError, match="cannot re-estimate BatchNorm"):
+        sensitivity_scan(model, loader, method="fast", progress=False, recalibration=batches)

@@ -53,22 +53,24 @@ from .prune.global_magnitude import global_magnitude_sparsity
 from .prune.pruner import FineGrainedPruner
 from .prune.settings import load_layer_settings
 from .report import comparison_markdown
-from .training import Teacher, TrainHistory, evaluate, finetune, prune_gradually, train
+from .training import Teacher, TrainHistory, batchnorm_layers, evaluate, finetune, prune_gradually, recalibrate_batchnorm, train
 
 __all__ = [
-    "CALIBRATION_IMAGES", "CENTROID_LR", "DEVICE_CHECK_IMAGES", "MCU_IMAGES", "TAYLOR_BATCHES",
+    "BATCHNORM_BATCHES", "CALIBRATION_IMAGES", "CENTROID_LR", "DEVICE_CHECK_IMAGES", "MCU_IMAGES", "TAYLOR_BATCHES",
     "accuracy_on_test", "c_engine_checkpoint", "build_baseline", "channels_summary", "check_device_export",
     "check_device_target", "check_fits", "check_weight_budget", "choose_sparsity", "compare_checkpoints",
     "compare_models", "engine_unit_bytes",
     "export_checkpoint", "export_compressed", "export_for_devices", "finetune_checkpoint", "finetune_pruned",
     "inspect_model", "load_model", "load_splits", "mcu_checkpoint", "mcu_model", "model_for_data",
     "model_spec_from_flags", "plan_for_device_target", "plan_from_scan", "prune_channels_step", "prune_checkpoint", "prune_copy",
-    "prune_while_training", "scan_checkpoint", "scan_model", "share_centroids", "taylor_batches", "train_baseline",
+    "prune_while_training", "recalibration_batches", "scan_checkpoint", "scan_model", "share_centroids", "taylor_batches", "train_baseline",
     "train_checkpoint", "writable_file",
 ]
 
 TAYLOR_BATCHES = 4
 """Training batches whose gradients rank channels for ``importance="taylor"``."""
+BATCHNORM_BATCHES = 10
+"""Training batches that re-estimate a pruned model's BatchNorm statistics (:func:`recalibration_batches`)."""
 CALIBRATION_IMAGES = 500
 """Training images that calibrate the int8 activations of a TFLite export."""
 DEVICE_CHECK_IMAGES = 4
@@ -182,12 +184,16 @@ def scan_model(
     part = None
     if mine:
         part = sensitivity_scan(model, loader, scan_step=step, scan_start=start, scan_end=end, layers=mine, method=method,
-                                device=device, progress=distributed.is_main())
+                                device=device, progress=distributed.is_main(),
+                                recalibration=recalibration_batches(splits) if batchnorm_layers(model) else None)
     parts = [p for p in distributed.gather(part) if p is not None]
     accuracies = {name: acc for p in parts for name, acc in p.accuracies.items()}
     sizes = {name: n for p in parts for name, n in p.layer_sizes.items()}
     scan = replace(parts[0], accuracies={name: accuracies[name] for name in names},  # the model's order, whoever scanned
                    layer_sizes={name: sizes[name] for name in names if name in sizes}, meta=dict(parts[0].meta))
+    for key in ("batchnorm_recalibrated_on",):
+        if key in parts[0].meta:
+            scan.meta[key] = parts[0].meta[key]
     naive = [name for p in parts for name in p.meta.get("naive_layers", [])]
     if naive:
         scan.meta["naive_layers"] = naive
@@ -268,14 +274,18 @@ def check_device_target(device: Mapping, final: Mapping) -> dict:
                       "met": (1 - DEVICE_TOLERANCE) * device["target"] <= value <= device["target"]}}
 
 
-def prune_copy(model: nn.Module, sparsity: Mapping[str, object]) -> tuple[nn.Module, FineGrainedPruner]:
-    """A pruned copy of ``model`` (the original is untouched) and the pruner that holds its masks."""
+def prune_copy(model: nn.Module, sparsity: Mapping[str, object],
+               recalibration: Iterable | None = None) -> tuple[nn.Module, FineGrainedPruner]:
+    """A pruned copy of ``model`` (the original is untouched) and the pruner that holds its masks; with
+    ``recalibration`` (training batches, :func:`recalibration_batches`) its BatchNorm statistics re-estimated."""
     if not sparsity:
         raise ValueError("the sparsity dict is empty, so it prunes no layer; name layers or use '_default' (e.g. {\"_default\": 0.5})")
     pruned = copy.deepcopy(model)
     pruner = FineGrainedPruner(pruned, sparsity)
     if not pruner.masks:
         raise ValueError("the sparsity dict prunes no layer; name at least one layer (or use '_default')")
+    if recalibration is not None:
+        recalibrate_batchnorm(pruned, recalibration)
     return pruned, pruner
 
 
@@ -304,6 +314,12 @@ def prune_while_training(
 def taylor_batches(splits: DataSplits, seed: int = 0) -> list:
     """The first :data:`TAYLOR_BATCHES` shuffled training batches, whose gradients rank channels for ``importance="taylor"``."""
     return list(itertools.islice(make_loaders(splits, splits.info.get("batch_size", 64), seed)[0], TAYLOR_BATCHES))
+
+
+def recalibration_batches(splits: DataSplits, seed: int = 0) -> list:
+    """The first :data:`BATCHNORM_BATCHES` shuffled training batches, on which a pruned model's BatchNorm statistics are
+    re-estimated (the scan's pruned models and :func:`prune_copy`'s)."""
+    return list(itertools.islice(make_loaders(splits, splits.info.get("batch_size", 64), seed)[0], BATCHNORM_BATCHES))
 
 
 def prune_channels_step(
@@ -605,7 +621,11 @@ def prune_checkpoint(
     if sparsity is None:
         save_checkpoint(out, model, spec, None, info)
         return result
-    pruned, pruner = prune_copy(model, load_layer_settings(sparsity))
+    settings = load_layer_settings(sparsity)
+    recalibration = recalibration_batches(load_splits(data, spec), seed) if batchnorm_layers(model) else None
+    pruned, pruner = prune_copy(model, settings, recalibration)
+    if recalibration is not None:
+        info["batchnorm_recalibrated_on"] = sum(len(labels) for _, labels in recalibration)
     save_checkpoint(out, pruned, spec, pruner.masks, {**info, "sparsity_dict": pruner.sparsity_dict})
     result["layers"] = [s.to_dict() for s in layer_stats(pruned) if s.name in pruner.masks]
     return result

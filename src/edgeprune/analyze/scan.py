@@ -31,7 +31,7 @@ from ..device import pick_device
 from ..files import write_json_atomic
 from ..models import prunable_parameters
 from ..prune.masks import fine_grained_prune
-from ..training import evaluate
+from ..training import batchnorm_layers, evaluate, recalibrate_batchnorm
 from .fx_scan import fast_scan, trace
 from .plots import panel_grid, save_figure
 
@@ -143,27 +143,48 @@ def sensitivity_scan(
     method: str = "auto",
     device: str | torch.device | None = None,
     progress: bool = True,
+    recalibration: Sequence | None = None,
 ) -> ScanResult:
     """Accuracy of ``model`` on ``dataloader`` with each layer alone pruned at each sparsity.
 
     ``layers`` are parameter names (default: all of :func:`~edgeprune.models.prunable_parameters`).
     ``method`` is ``naive``, ``fast`` or ``auto`` (fast when ``torch.fx`` can trace the model,
     else naive with a warning). Both give identical numbers for a loader that yields the same
-    batches each pass (no shuffling or random augmentation). The model's weights are restored
-    bit for bit afterwards; the model is left on ``device`` like :func:`~edgeprune.training.evaluate` does.
+    batches each pass (no shuffling or random augmentation). With ``recalibration`` (a few training
+    batches) and a model with BatchNorm, each pruned model's BatchNorm statistics are re-estimated on
+    them before it is evaluated (:func:`~edgeprune.training.recalibrate_batchnorm`), as the pruned model
+    will be; that needs the naive loop. The model's weights and BatchNorm buffers are restored bit for bit
+    afterwards; the model is left on ``device`` like :func:`~edgeprune.training.evaluate` does.
     """
     if method not in METHODS:
         raise ValueError(f"unknown scan method {method!r}; use one of {', '.join(METHODS)}")
+    recalibrate = bool(recalibration) and bool(batchnorm_layers(model))
+    if recalibrate and method == "fast":
+        raise ValueError("method='fast' cannot re-estimate BatchNorm statistics after pruning a layer; use method='auto' "
+                         "or 'naive', or give no recalibration batches")
     sparsities = scan_sparsities(scan_start, scan_end, scan_step)
     params = _select_layers(model, layers)
     device = pick_device(device)
     was_training = model.training
     model.eval().to(device)
     originals = {name: p.detach().clone() for name, p in params.items()}
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     meta = {"scan_start": scan_start, "scan_end": scan_end, "scan_step": scan_step}
+
+    def after_pruning() -> None:
+        if recalibrate:
+            recalibrate_batchnorm(model, recalibration, device)
+
+    def restore_buffers() -> None:
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
+
     try:
         graph = None
-        if method != "naive":
+        if recalibrate:
+            meta["batchnorm_recalibrated_on"] = sum(len(labels) for _, labels in recalibration)
+        elif method != "naive":
             graph, why = trace(model)
             if graph is None and method == "fast":
                 raise ValueError(f"method='fast': the model cannot be traced by torch.fx ({why}); use method='naive'")
@@ -171,7 +192,8 @@ def sensitivity_scan(
                 warnings.warn(f"sensitivity_scan: torch.fx cannot trace the model ({why}); "
                               "falling back to the naive loop (same numbers, slower)", stacklevel=2)
         if graph is None:
-            dense, accuracies = _naive_scan(model, dataloader, params, originals, sparsities, device, progress)
+            dense, accuracies = _naive_scan(model, dataloader, params, originals, sparsities, device, progress,
+                                            after_pruning=after_pruning, restore=restore_buffers)
             used = "naive"
         else:
             dense, accuracies, naive_layers = fast_scan(
@@ -190,6 +212,7 @@ def sensitivity_scan(
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(originals[name])
+        restore_buffers()
         model.train(was_training)
     return ScanResult(
         sparsities=sparsities,
@@ -212,8 +235,10 @@ def _select_layers(model: nn.Module, layers: Sequence[str] | None) -> dict[str, 
     return {name: prunable[name] for name in layers}
 
 
-def _naive_scan(model, loader, params, originals, sparsities, device, progress, dense=None):
-    """The seed's loop: prune one layer, evaluate on the whole loader, restore. Returns (dense, accuracies)."""
+def _naive_scan(model, loader, params, originals, sparsities, device, progress, dense=None,
+                after_pruning=lambda: None, restore=lambda: None):
+    """The seed's loop: prune one layer (then ``after_pruning()``), evaluate on the whole loader, restore (and
+    ``restore()``). Returns (dense, accuracies)."""
     if dense is None:
         dense = evaluate(model, loader, device=device)
     accuracies: dict[str, list[float]] = {}
@@ -222,9 +247,11 @@ def _naive_scan(model, loader, params, originals, sparsities, device, progress, 
         accuracies[name] = []
         for sparsity in sparsities:
             fine_grained_prune(param, sparsity)
+            after_pruning()
             accuracies[name].append(evaluate(model, loader, device=device))
             with torch.no_grad():
                 param.copy_(originals[name])
+            restore()
             bar.update()
     bar.close()
     return dense, accuracies

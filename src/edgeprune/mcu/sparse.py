@@ -12,8 +12,8 @@ differently by the two widths:
 * 4-bit entries: the entry ``15`` is an **escape**: it moves the cursor 15 places and multiplies
   nothing, so the kernel tests every entry;
 * 8-bit entries have no escape: a gap of 256 zeros or more is bridged by **fillers**, entries ``255``
-  whose value is a stored 0 (a multiplication by zero), so the kernel never tests an entry. At 90 %
-  sparsity a filler is rare (a gap of 256 zeros has probability 0.9**256), so a stray long gap
+  whose value is a stored 0 (a multiplication by zero), so the kernel never tests an entry. In a random
+  mask at 90 % sparsity such a gap is vanishingly rare (0.9**256); trained masks have a few, and each
   costs one multiplication instead of switching the whole layer to a loop that tests every entry.
 
 4-bit entries are the compact choice at moderate sparsity: at 90 % about one gap in five is 15
@@ -30,8 +30,8 @@ is read once per group of four pixels; a zero weight is never read.
 
 **Look-up-table values** (convolution and fully connected, for weights the .tflite stores as TFLM
 look-up tables): each run's values are 4-bit codes instead, two to a byte (low nibble first, each run
-starting on a byte), into a table of the run's distinct int8 values (0 among them only for fillers); the tables are one row
-of ``S`` values per run (``S`` the most any run has, at most 16). The kernel reads a code byte every
+starting on a byte), into a table of the run's distinct int8 values (0 among them only for fillers); the
+tables are one row of ``S`` values per run (``S`` the most any run has, at most 16). The kernel reads a code byte every
 second non-zero and never expands the weights. Values are the same int8 numbers, so the outputs are.
 
 **Taps** (depthwise): per output channel a uint8 count, then per non-zero its tap ``ky * k_w + kx``
