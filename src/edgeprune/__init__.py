@@ -44,7 +44,7 @@ from .prune.masks import fine_grained_mask, fine_grained_prune, sparsity_of
 from .prune.pruner import FineGrainedPruner, is_pruned
 from .prune.schedule import GradualPruner, agp_sparsity
 from .prune.settings import load_layer_settings
-from .training import Teacher, evaluate, finetune, prune_gradually, prune_iteratively, train
+from .training import Teacher, evaluate, finetune, prune_gradually, prune_iteratively, recalibrate_batchnorm, train
 
 __all__ = [
     "BasicCNN",
@@ -98,6 +98,7 @@ __all__ = [
     "prune_gradually",
     "prune_iteratively",
     "prune_while_training",
+    "recalibrate_batchnorm",
     "run_experiment",
     "save_checkpoint",
     "save_compressed",
