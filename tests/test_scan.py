@@ -306,34 +306,47 @@ def test_recalibrate_batchnorm_by_hand() -> None:
     assert_same_weights(plain, before)
 
 
-def test_scan_recalibrates_batchnorm_after_pruning_a_layer() -> None:
-    """TinyResNet's block has BatchNorms after each conv: each pruned model's accuracy is the one it has once its
-    BatchNorm statistics are re-estimated on the recalibration batches; the weights and buffers are restored, and
-    without the batches the numbers differ."""
-    torch.manual_seed(0)
-    model = prepare(TinyResNet())
-    loader = make_loader(model)
-    g = torch.Generator().manual_seed(7)
-    batches = [(torch.randn(16, 2, 11, 11, generator=g) * 1.5 + 0.3, torch.zeros(16)) for _ in range(2)]
-    before = snapshot(model)
-    scan = sensitivity_scan(model, loader, scan_start=0.5, scan_end=0.95, scan_step=0.4, progress=False,
-                            recalibration=batches)
-    assert_same_weights(model, before)
-    assert scan.method == "naive" and scan.meta["batchnorm_recalibrated_on"] == 32
-    name, sparsity = "block.conv1.weight", scan.sparsities[1]
-    expected = copy.deepcopy(model)
-    weight = dict(expected.named_parameters())[name]
-    with torch.no_grad():
-        weight.mul_(fine_grained_mask(weight, sparsity))
-    expected.eval()
-    for norm in [m for m in expected.modules() if isinstance(m, nn.BatchNorm2d)]:  # PyTorch's idiom, written out
+def _recalibrated_by_hand(model: nn.Module, batches) -> nn.Module:
+    """A copy whose BatchNorm statistics are re-estimated on ``batches`` with PyTorch's idiom, written out."""
+    copied = copy.deepcopy(model).eval()
+    for norm in [m for m in copied.modules() if isinstance(m, nn.BatchNorm2d)]:
         norm.reset_running_stats()
         norm.momentum = None
         norm.train()
     with torch.no_grad():
         for images, _ in batches:
-            expected(images)
-    assert scan.accuracies[name][1] == evaluate(expected, loader)
+            copied(images)
+    return copied.eval()
+
+
+def bn_chain() -> nn.Module:
+    """Two convs, each followed by BatchNorm, and a linear head over every pixel: input 2 x 11 x 11, 5 classes."""
+    return nn.Sequential(nn.Conv2d(2, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 3), nn.BatchNorm2d(4),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(4 * 7 * 7, 5))
+
+
+def test_scan_recalibrates_batchnorm_after_pruning_a_layer() -> None:
+    """Each pruned model's accuracy, and the dense one, are those it has once its BatchNorm statistics are
+    re-estimated on the recalibration batches; the weights and buffers are restored, and without the batches the
+    numbers differ."""
+    torch.manual_seed(0)
+    model = prepare(bn_chain())
+    g = torch.Generator().manual_seed(7)
+    batches = [(torch.randn(16, 2, 11, 11, generator=g) * 4 + 2, torch.zeros(16)) for _ in range(2)]
+    dense = _recalibrated_by_hand(model, batches)
+    loader = make_loader(dense)  # labelled by the recalibrated dense model (a few flipped)
+    before = snapshot(model)
+    scan = sensitivity_scan(model, loader, scan_start=0.5, scan_end=0.95, scan_step=0.4, progress=False,
+                            recalibration=batches)
+    assert_same_weights(model, before)
+    assert scan.method == "naive" and scan.meta["batchnorm_recalibrated_on"] == 32
+    assert scan.dense_accuracy == evaluate(dense, loader) != evaluate(model, loader)
+    name, sparsity = "3.weight", scan.sparsities[1]
+    pruned = copy.deepcopy(model)
+    weight = dict(pruned.named_parameters())[name]
+    with torch.no_grad():
+        weight.mul_(fine_grained_mask(weight, sparsity))
+    assert scan.accuracies[name][1] == evaluate(_recalibrated_by_hand(pruned, batches), loader)
     plain = sensitivity_scan(model, loader, scan_start=0.5, scan_end=0.95, scan_step=0.4, progress=False)
     assert plain.accuracies != scan.accuracies
     with pytest.raises(ValueError, match="cannot re-estimate BatchNorm"):

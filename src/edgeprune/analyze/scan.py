@@ -153,7 +153,7 @@ def sensitivity_scan(
     batches each pass (no shuffling or random augmentation). With ``recalibration`` (a few training
     batches) and a model with BatchNorm, each pruned model's BatchNorm statistics are re-estimated on
     them before it is evaluated (:func:`~edgeprune.training.recalibrate_batchnorm`), as the pruned model
-    will be; that needs the naive loop. The model's weights and BatchNorm buffers are restored bit for bit
+    will be, and so are the dense model's for ``dense_accuracy``; that needs the naive loop. The model's weights and BatchNorm buffers are restored bit for bit
     afterwards; the model is left on ``device`` like :func:`~edgeprune.training.evaluate` does.
     """
     if method not in METHODS:
@@ -238,9 +238,12 @@ def _select_layers(model: nn.Module, layers: Sequence[str] | None) -> dict[str, 
 def _naive_scan(model, loader, params, originals, sparsities, device, progress, dense=None,
                 after_pruning=lambda: None, restore=lambda: None):
     """The seed's loop: prune one layer (then ``after_pruning()``), evaluate on the whole loader, restore (and
-    ``restore()``). Returns (dense, accuracies)."""
+    ``restore()``). Returns (dense, accuracies); the dense model is evaluated after ``after_pruning()`` too, so that
+    its accuracy compares with theirs."""
     if dense is None:
+        after_pruning()
         dense = evaluate(model, loader, device=device)
+        restore()
     accuracies: dict[str, list[float]] = {}
     bar = tqdm(total=len(params) * len(sparsities), desc="scan (naive)", disable=not progress)
     for name, param in params.items():
