@@ -262,8 +262,10 @@ def test_ctrl_c_in_a_real_process_exits_130_with_one_line(tmp_path, fashion_slic
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "edgeprune", "run", "--mcu", "none", "--data-dir", fashion_slice, "--val-size", "100",
            "--epochs", "50", "--out", str(out)]
+    # a shell's background job ignores SIGINT, and its children inherit that: give the run the default, as a terminal does
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "TQDM_DISABLE": "1"})
+                            env={**os.environ, "TQDM_DISABLE": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while not (out / "config.json").exists() and time.time() < deadline:
         time.sleep(0.1)
