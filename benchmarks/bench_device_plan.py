@@ -53,7 +53,7 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         scan.to_json(scan_file)
     calibration = calibration_images(splits.train, steps.CALIBRATION_IMAGES)
-    recalibration = steps.recalibration_batches(splits)  # BatchNorm statistics of each pruned model (ResNet-8)
+    recalibration = steps.recalibration_batches(model, splits)  # BatchNorm statistics of each pruned model (ResNet-8)
     images = torch.stack([splits.test[i][0] for i in range(args.images)])
     labels = torch.tensor([splits.test[i][1] for i in range(args.images)])
 

@@ -116,8 +116,13 @@ def test_torchvision_models_train_prune_and_compare(tmp_path, name, fashion_slic
     base, pruned = tmp_path / "base.safetensors", tmp_path / "pruned.safetensors"
     assert main(["train", *d, "--epochs", "1", "--out", str(base)]) == 0
     assert main(["prune", *d, str(base), "--sparsity", '{"re:.*conv.*": 0.6, "_default": 0.3}', "--out", str(pruned)]) == 0
-    model, spec, masks, _ = load_checkpoint(pruned)
+    model, spec, masks, info = load_checkpoint(pruned)
     assert spec.name == name and spec.in_channels == 3  # grey images repeated to RGB for torchvision models
+    # BatchNorm statistics re-estimated on the pruned model, on the 64 training images there are (two batches of 32)
+    assert info["batchnorm_recalibrated_on"] == 64
+    dense_state, state = load_checkpoint(base)[0].state_dict(), model.state_dict()
+    first = next(key for key in state if key.endswith("running_mean"))
+    assert not torch.equal(state[first], dense_state[first])
     params = dict(model.named_parameters())
     for pname, mask in masks.items():
         expected = 0.6 if "conv" in pname else 0.3

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__, distributed, steps
-from .config import BUDGETS, CRITERIA, EXPORT_VALUES, MCU_TARGETS, METHODS, SCAN_SPLITS, SPARSE_MODES, Flag, RunConfig, data_config, flags, \
+from .config import CRITERIA, EXPORT_VALUES, MCU_TARGETS, METHODS, SCAN_SPLITS, SPARSE_MODES, Flag, RunConfig, data_config, flags, \
     read_config_file, run_config
 from .report import comparison_markdown, engine_markdown, layers_markdown, mcu_table
 from .run import run_experiment
@@ -281,9 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--target-sparsity", type=FRACTION, help="budget: fraction of prunable weights to remove overall")
     target.add_argument("--target-bytes", type=_whole(0), help="budget: bytes of the remaining non-zeros (32 bit) of the prunable layers")
     target.add_argument("--max-drop", type=_real(0.0, 100.0), help="tolerance: accuracy drop allowed per layer, in points")
-    p.add_argument("--budget", choices=tuple(BUDGETS), default=RunConfig.budget,
-                   help="what --target-sparsity removes a fraction of: params (weights), macs (each weight weighted by its MACs) or "
-                   "flash (the sparse engine's value + index bytes); macs and flash need --checkpoint")
+    for dest, flag, default in flags():  # the run's --budget, its help and default
+        if dest == "budget":
+            _add_flag(p, dest, flag, default)
     p.add_argument("--plot", help="also write the curves with the chosen sparsities to this PNG")
     p.add_argument("--out", default="sparsity.json")
     p.set_defaults(func=cmd_plan)

@@ -30,7 +30,7 @@ from .prune.settings import load_layer_settings, read_document
 from .training import LR_SCHEDULES
 
 __all__ = [
-    "BUDGETS", "CRITERIA", "DATASETS", "DATA_FLAGS", "DEVICE_EXPORTS", "EXPORT_VALUES", "LR_SCHEDULES", "MAX_SEED", "MCU_TARGETS", "METHODS",
+    "CRITERIA", "DATASETS", "DATA_FLAGS", "DEVICE_EXPORTS", "EXPORT_VALUES", "LR_SCHEDULES", "MAX_SEED", "MCU_TARGETS", "METHODS",
     "PLANS", "SPARSE_MODES",
     "RENAMED_KEYS", "SCAN_SPLITS", "Flag", "RunConfig", "data_config", "default_bits", "fit_data_to_model", "flags",
     "is_torchvision", "parse_bits",

@@ -134,7 +134,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
                                                             plan=cfg.plan, budget=cfg.budget, input_shape=shape,
                                                             bytes_per_nonzero=steps.engine_unit_bytes(source, shape)
                                                             if cfg.budget == "flash" and cfg.plan == "scan" else None)
-            pruned, pruner = steps.prune_copy(source, sparsity, steps.recalibration_batches(splits, cfg.seed))
+            pruned, pruner = steps.prune_copy(source, sparsity, steps.recalibration_batches(source, splits, cfg.seed))
             write_json_atomic(out / "sparsity.json", pruner.sparsity_dict)
             write_json_atomic(out / "plan.json", plan_info)
             if scan is not None:

@@ -185,15 +185,12 @@ def scan_model(
     if mine:
         part = sensitivity_scan(model, loader, scan_step=step, scan_start=start, scan_end=end, layers=mine, method=method,
                                 device=device, progress=distributed.is_main(),
-                                recalibration=recalibration_batches(splits) if batchnorm_layers(model) else None)
+                                recalibration=recalibration_batches(model, splits))
     parts = [p for p in distributed.gather(part) if p is not None]
     accuracies = {name: acc for p in parts for name, acc in p.accuracies.items()}
     sizes = {name: n for p in parts for name, n in p.layer_sizes.items()}
     scan = replace(parts[0], accuracies={name: accuracies[name] for name in names},  # the model's order, whoever scanned
                    layer_sizes={name: sizes[name] for name in names if name in sizes}, meta=dict(parts[0].meta))
-    for key in ("batchnorm_recalibrated_on",):
-        if key in parts[0].meta:
-            scan.meta[key] = parts[0].meta[key]
     naive = [name for p in parts for name in p.meta.get("naive_layers", [])]
     if naive:
         scan.meta["naive_layers"] = naive
@@ -311,15 +308,21 @@ def prune_while_training(
                            lr_schedule=lr_schedule, teacher=teacher)
 
 
+def _training_batches(splits: DataSplits, count: int, seed: int) -> list:
+    """The first ``count`` shuffled training batches."""
+    return list(itertools.islice(make_loaders(splits, splits.info.get("batch_size", 64), seed)[0], count))
+
+
 def taylor_batches(splits: DataSplits, seed: int = 0) -> list:
     """The first :data:`TAYLOR_BATCHES` shuffled training batches, whose gradients rank channels for ``importance="taylor"``."""
-    return list(itertools.islice(make_loaders(splits, splits.info.get("batch_size", 64), seed)[0], TAYLOR_BATCHES))
+    return _training_batches(splits, TAYLOR_BATCHES, seed)
 
 
-def recalibration_batches(splits: DataSplits, seed: int = 0) -> list:
-    """The first :data:`BATCHNORM_BATCHES` shuffled training batches, on which a pruned model's BatchNorm statistics are
-    re-estimated (the scan's pruned models and :func:`prune_copy`'s)."""
-    return list(itertools.islice(make_loaders(splits, splits.info.get("batch_size", 64), seed)[0], BATCHNORM_BATCHES))
+def recalibration_batches(model: nn.Module, splits: DataSplits, seed: int = 0) -> list | None:
+    """The first :data:`BATCHNORM_BATCHES` shuffled training batches, on which ``model``'s BatchNorm statistics are
+    re-estimated once it is pruned (the scan's pruned models and :func:`prune_copy`'s); None for a model without
+    BatchNorm, which needs none."""
+    return _training_batches(splits, BATCHNORM_BATCHES, seed) if batchnorm_layers(model) else None
 
 
 def prune_channels_step(
@@ -622,7 +625,8 @@ def prune_checkpoint(
         save_checkpoint(out, model, spec, None, info)
         return result
     settings = load_layer_settings(sparsity)
-    recalibration = recalibration_batches(load_splits(data, spec), seed) if batchnorm_layers(model) else None
+    # only a model with BatchNorm needs the data here: its statistics are re-estimated once it is pruned
+    recalibration = recalibration_batches(model, load_splits(data, spec), seed) if batchnorm_layers(model) else None
     pruned, pruner = prune_copy(model, settings, recalibration)
     if recalibration is not None:
         info["batchnorm_recalibrated_on"] = sum(len(labels) for _, labels in recalibration)

@@ -556,12 +556,10 @@ def lower(graph: Int8Graph, sparse: str = "auto", weight_budget: int | None = No
     layer) or ``"never"`` (dense). With ``weight_budget`` (bytes of weights and index, ``auto`` only) the
     layers trade instructions for bytes at the one rate that brings them within it (:func:`weight_for_budget`)."""
     check_sparse_mode(sparse)
+    if weight_budget is not None and sparse != "auto":
+        raise ValueError(f"a weight budget chooses each layer's format itself: use it with sparse 'auto', not '{sparse}'")
     lowering = _Lowering(graph, sparse)
     plan = lowering.run()
-    if weight_budget is None:
-        return plan
-    if sparse != "auto":
-        raise ValueError(f"a weight budget chooses each layer's format itself: use it with sparse 'auto', not '{sparse}'")
-    if _chosen_bytes(lowering.options, FLASH_WEIGHT) <= weight_budget:
+    if weight_budget is None or _chosen_bytes(lowering.options, FLASH_WEIGHT) <= weight_budget:
         return plan
     return _Lowering(graph, sparse, weight_for_budget(lowering.options, weight_budget)).run()
