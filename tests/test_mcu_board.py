@@ -20,7 +20,7 @@ from conftest import FASHION_SLICE
 from edgeprune.data import DataConfig, load_data
 from edgeprune.export.tflite import export_tflite
 from edgeprune.mcu.codegen import export_c
-from edgeprune.mcu.measure import build_harness, measure_engine, measure_on_mcu, mcu_table
+from edgeprune.mcu.measure import EngineMismatch, build_harness, measure_engine, measure_on_mcu, mcu_table
 from edgeprune.mcu.qemu import parse_harness_output, run_guest
 from edgeprune.mcu.toolchain import DEBIAN_PACKAGES, board_dir, find_tool, get_target
 from tflite_micro.python.tflite_micro import runtime  # a dependency: missing is a failure, never a skip
@@ -143,6 +143,8 @@ def test_m7_and_m55_smoke(toolchain, model_file, tmp_path, target):
 # input[0] == 127 hangs, input[0] == -128 faults (an undefined instruction), input[0] == 126 uses 40 KB
 # of stack (more than the linker script keeps); outputs copy the inputs.
 FIXTURE_HEADER = """#include <stdint.h>
+#define EDGEPRUNE_INPUT_TYPE int8_t
+#define EDGEPRUNE_OUTPUT_TYPE int8_t
 #define EDGEPRUNE_INPUT_SIZE 12
 #define EDGEPRUNE_OUTPUT_SIZE 12
 #define EDGEPRUNE_ARENA_SIZE 0
@@ -230,7 +232,25 @@ def test_hung_crashed_or_overflowing_guest_gives_one_line_and_keeps_results(tool
     saved = json.loads((tmp_path / "out" / "mcu.json").read_text())
     assert saved["images_run"] == 3 and saved["equal_to_tflm"] == 3 and not saved["complete"]
     assert saved["error"] in text and len(saved["layers"]) == 2 and saved["instructions"] > 0
-    assert f"3 of 5 images (stopped: {saved['error']})" in mcu_table(saved)
+    assert f"3 of 5 inputs (stopped: {saved['error']})" in mcu_table(saved)
+
+
+def test_an_output_that_differs_from_tflm_is_a_failure(toolchain, tmp_path):
+    """The fixture copies its inputs: a reference that differs in one byte of the third input is an EngineMismatch
+    naming it, after mcu.json records the count."""
+    engine = fixture_engine(tmp_path / "engine")
+    inputs = np.stack([spin_input(i, 10, 10) for i in range(4)])
+    expected = inputs.copy()
+    expected[2, 9] += 1
+    with pytest.raises(EngineMismatch) as caught:
+        measure_engine(engine, inputs, expected, None, tmp_path / "out")
+    text = str(caught.value)
+    assert text.startswith("the engine differs from TFLite Micro on 1 of 4 inputs (first at input 2, output 9: engine "
+                           f"{inputs[2, 9]}, TFLM {expected[2, 9]}); this is a bug in edgeprune, the files are in ")
+    saved = json.loads((tmp_path / "out" / "mcu.json").read_text())
+    assert saved["equal_to_tflm"] == 3 and saved["complete"] and saved["accuracy"] is None
+    assert saved["first_difference"] == {"input": 2, "output": 9, "engine": int(inputs[2, 9]), "tflm": int(expected[2, 9])}
+    assert measure_engine(engine, inputs, inputs.copy(), None, tmp_path / "same")["equal_to_tflm"] == 4
 
 
 def test_report_ends_at_a_garbled_line():

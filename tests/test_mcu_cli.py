@@ -50,12 +50,12 @@ def test_mcu_runs_a_checkpoint_and_a_bare_tflite_equal_to_tflm(trained, tmp_path
     result = json.loads((out / "mcu.json").read_text())
     assert result["equal_to_tflm"] == result["images_run"] == 6 and result["target"] == "cortex-m4"
     assert "instructions executed in emulation, not cycles" in capsys.readouterr().out
-    # a .tflite alone: its input shape (3x32x32) gives the geometry, no model or image flag needed
+    # a .tflite alone runs seeded random inputs: data flags are not needed (and not used), there is no accuracy
     bare = tmp_path / "bare"
     assert main(["mcu", "--data-dir", SLICE, "--val-size", "50", str(out / "model.tflite"), "--images", "3", "--target", "cortex-m7",
                  "--out", str(bare)]) == 0
     again = json.loads((bare / "mcu.json").read_text())
-    assert again["equal_to_tflm"] == 3 and again["board"] == "QEMU mps2-an500"
+    assert again["equal_to_tflm"] == 3 and again["board"] == "QEMU mps2-an500" and again["accuracy"] is None
 
 
 def test_bad_engine_input_is_one_line(trained, tmp_path, capsys):

@@ -91,7 +91,8 @@ def test_out_of_range_indices_are_named(tiny):
     refused(_patch(tiny, fc, OP_OPCODE, "<I", 200), r"operator 2's opcode index is 200, out of range \(the file has 3 operator codes\)")
     refused(_patch_vector(tiny, fc, OP_INPUTS, 1, 99), r"op 2 \(FULLY_CONNECTED\)'s input 1 is 99, out of range")
     refused(_patch_vector(tiny, fc, OP_INPUTS, 0, -5), r"op 2 \(FULLY_CONNECTED\)'s input 0 is -5, out of range")
-    refused(_patch_vector(tiny, fc, OP_INPUTS, 1, -1), r"op 2 \(FULLY_CONNECTED\)'s input 1 is -1, out of range")
+    refused(_patch_vector(tiny, fc, OP_INPUTS, 1, -1), r"op 2 \(FULLY_CONNECTED\)'s input 1 is absent \(-1\); "
+                                                       r"FULLY_CONNECTED needs it")
     assert read_tflite(_patch_vector(tiny, fc, OP_INPUTS, 2, -1)).ops[2].inputs == (4, 6, -1)  # no bias: TFLite's -1
     refused(_patch_vector(tiny, sg, SUBGRAPH_OUTPUTS, 0, 2**31 - 1), r"graph output is 2147483647, out of range")
 

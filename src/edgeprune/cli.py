@@ -18,6 +18,7 @@ from pathlib import Path
 from . import __version__, distributed, steps
 from .config import CRITERIA, EXPORT_VALUES, MCU_TARGETS, METHODS, SCAN_SPLITS, SPARSE_MODES, Flag, RunConfig, data_config, flags, \
     read_config_file, run_config
+from .mcu.measure import EngineMismatch
 from .report import comparison_markdown, engine_markdown, layers_markdown, mcu_table
 from .run import run_experiment
 
@@ -207,7 +208,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_mcu(args: argparse.Namespace) -> None:
     result = steps.mcu_checkpoint(args.checkpoint, _spec(args), _data(args), args.out, args.target, args.images, args.sparse,
-                                  args.device, args.weight_budget)
+                                  args.device, args.weight_budget, args.inputs, args.labels, args.seed)
     print(mcu_table(result))
     print(f"wrote {args.out}/mcu.json (and the engine, the builds and the run's files beside it)")
 
@@ -344,7 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint (exported to int8 .tflite first) or a fully int8 .tflite")
     p.add_argument("--target", choices=MCU_TARGETS, default="cortex-m4",
                    help="the core and its QEMU board: cortex-m4 (mps2-an386), cortex-m7 (mps2-an500), cortex-m55 (mps3-an547)")
-    p.add_argument("--images", type=_whole(1, 100_000), default=steps.MCU_IMAGES, help="test images run through the engine")
+    p.add_argument("--images", type=_whole(1, 100_000), default=steps.MCU_IMAGES,
+                   help="a checkpoint: test samples run through the engine; a .tflite without --inputs: seeded random inputs")
+    p.add_argument("--inputs", help="a .tflite: a .npy of inputs in the model's input dtype and shape (N x the input shape "
+                   "without its batch); default: --images random inputs, no accuracy")
+    p.add_argument("--labels", help="a .npy of N integer classes for --inputs: adds the accuracy")
     p.add_argument("--sparse", choices=SPARSE_MODES, default="auto", help="sparse kernels: auto (per layer, by cost), always, never")
     p.add_argument("--weight-budget", help=WEIGHT_BUDGET_HELP)
     p.add_argument("--out", default="mcu")
@@ -368,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         hint = "; continue it with the same flags and --resume" if args.command == "run" else ""
         print(f"{where}: interrupted{hint}", file=sys.stderr)
         return 130
+    except EngineMismatch as exc:  # the C engine differs from TFLM: our bug, never a result
+        print(f"{where}: error: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, OSError) as exc:  # bad input, files, folders: the message names the fix
         if os.environ.get("EDGEPRUNE_DEBUG"):
             raise

@@ -40,11 +40,10 @@ from .export.centroids import share_weights
 from .export.epz import load_compressed
 from .export.onnx import compare_onnx, evaluate_onnx, export_onnx, onnx_latency
 from .export.tflite import calibration_images, export_tflite
-from .export.tflite_read import load_tflite
 from .export.tflm import evaluate_tflite
 from .files import writable_folder, write_json_atomic, write_text_atomic
 from .mcu import export_c
-from .mcu.measure import measure_on_mcu
+from .mcu.measure import load_inputs, measure_on_mcu, measure_tflite, random_inputs
 from .mcu.predict import parse_bytes, unit_costs
 from .mcu.target import DEVICE_TOLERANCE, plan_for_device
 from .models import ModelSpec, prunable_parameters
@@ -729,26 +728,18 @@ def _int8_tflite(model: nn.Module, splits: DataSplits, path: Path) -> Path:
     return export_tflite(copy.deepcopy(model).cpu().eval(), path, calibration_images(splits.train, CALIBRATION_IMAGES))
 
 
-def _tflite_data(path: Path, data: DataConfig) -> DataConfig:
-    """``data`` with the channels and image size of the ``.tflite``'s input, where the flags did not give them."""
-    graph = load_tflite(path)
-    _, height, width, channels = graph.tensors[graph.inputs[0]].shape
-    if height != width:
-        raise ValueError(f"{path} takes {height}x{width} images; edgeprune's data sets give square images")
-    return replace(data, channels=data.channels or channels, image_size=data.image_size or height)
-
-
 def _engine_source(source: str | Path, spec: ModelSpec | None, data: DataConfig, folder: Path,
-                   device: str | None) -> tuple[Path, DataConfig, ModelSpec | None]:
-    """The int8 ``.tflite`` behind ``source`` (a ``.tflite`` as it is, or a checkpoint exported into ``folder``),
-    the data config its inputs come from, and the checkpoint's spec (None for a ``.tflite``)."""
+                   device: str | None) -> tuple[Path, ModelSpec | None, DataSplits | None]:
+    """The int8 ``.tflite`` behind ``source`` (a ``.tflite`` as it is, needing no data; or a checkpoint exported into
+    ``folder``, calibrated on its data), the checkpoint's spec and data splits (both None for a ``.tflite``)."""
     source = Path(source)
     if source.suffix == ".tflite":
         if not source.is_file():
             raise ValueError(f"{source}: no such file; give a fully int8 .tflite (edgeprune export CKPT --format tflite)")
-        return source, _tflite_data(source, data), None
+        return source, None, None
     model, spec, _, _ = load_model(source, spec, device)
-    return _int8_tflite(model, load_splits(data, spec), folder / "model.tflite"), data, spec
+    splits = load_splits(data, spec)
+    return _int8_tflite(model, splits, folder / "model.tflite"), spec, splits
 
 
 def check_weight_budget(weight_budget: str | int | None, sparse: str) -> int | None:
@@ -797,11 +788,24 @@ def mcu_model(model: nn.Module, splits: DataSplits, folder: str | Path, target: 
 
 def mcu_checkpoint(source: str | Path, spec: ModelSpec | None, data: DataConfig, out: str | Path,
                    target: str = "cortex-m4", images: int = MCU_IMAGES, sparse: str = "auto",
-                   device: str | None = None, weight_budget: str | int | None = None) -> dict:
-    """:func:`mcu_model` for a checkpoint, or for an int8 ``.tflite`` as it is (its input shape gives the image geometry);
-    ``weight_budget`` caps the engine's bytes of weights and index."""
+                   device: str | None = None, weight_budget: str | int | None = None,
+                   inputs: str | Path | None = None, labels: str | Path | None = None, seed: int = 0) -> dict:
+    """:func:`mcu_model` for a checkpoint (its first ``images`` test samples), or an int8 ``.tflite`` as it is: with
+    ``inputs`` (a ``.npy`` in the model's input dtype and shape, ``labels`` optional) those, else ``images`` seeded
+    random inputs (no accuracy; ``seed``). ``weight_budget`` caps the engine's bytes of weights and index."""
     budget = check_weight_budget(weight_budget, sparse)
+    is_tflite = Path(source).suffix == ".tflite"
+    if not is_tflite and (inputs is not None or labels is not None):
+        raise ValueError("--inputs and --labels give a .tflite its inputs; a checkpoint runs its test set: drop them, "
+                         "or give the .tflite")
+    if labels is not None and inputs is None:
+        raise ValueError("--labels needs --inputs: give the inputs they label")
     folder = writable_folder(out, "--out")
-    tflite, data, spec = _engine_source(source, spec, data, folder, device)
-    splits = load_splits(data, spec)
-    return measure_on_mcu(tflite, *_test_images(splits, images), folder, target, sparse, weight_budget=budget)
+    tflite, _, splits = _engine_source(source, spec, data, folder, device)
+    if splits is not None:
+        return measure_on_mcu(tflite, *_test_images(splits, images), folder, target, sparse, weight_budget=budget)
+    if inputs is not None:
+        x, y = load_inputs(tflite, inputs, labels)
+    else:
+        x, y = random_inputs(tflite, images, seed), None
+    return measure_tflite(tflite, x, y, folder, target, sparse, weight_budget=budget)

@@ -31,7 +31,7 @@ from tflite.Padding import Padding
 from tflite.TensorType import TensorType
 
 __all__ = [
-    "ACTIVATIONS", "DTYPES", "INT8_MAX", "INT8_MIN", "OPS", "OPTIONS_TABLE", "PADDINGS", "Int8Graph", "LutValues",
+    "ACTIVATIONS", "DTYPES", "INT8_MAX", "INT8_MIN", "ITEMSIZE", "OPS", "OPTIONS_TABLE", "PADDINGS", "Int8Graph", "LutValues",
     "OpOptions", "QOp", "QTensor", "activation_qparams", "bias_scales", "multiply_by_quantized_multiplier", "output_shape",
     "quantize_activation", "quantize_bias", "quantize_multiplier", "quantize_weight", "same_padding", "weight_scales",
     "window_output_size",
@@ -44,19 +44,23 @@ INT8_MIN, INT8_MAX = -128, 127
 
 #: The builtin operators the graph may hold: name -> ``tflite.BuiltinOperator`` code.
 OPS: dict[str, int] = {name: getattr(BuiltinOperator, name) for name in (
-    "ADD", "AVERAGE_POOL_2D", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "PAD", "PADV2",
-    "RELU", "RELU6", "RESHAPE", "SOFTMAX", "TRANSPOSE")}
+    "ADD", "AVERAGE_POOL_2D", "CONV_2D", "DEPTHWISE_CONV_2D", "DEQUANTIZE", "FULLY_CONNECTED", "MAX_POOL_2D", "PAD",
+    "PADV2", "QUANTIZE", "RELU", "RELU6", "RESHAPE", "SOFTMAX", "TRANSPOSE")}
 
 #: The options table each operator carries (name and ``tflite.BuiltinOptions`` code), or None for none.
 OPTIONS_TABLE: dict[str, tuple[str, int] | None] = {
     op: None if table is None else (table, getattr(BuiltinOptions, table)) for op, table in {
         "ADD": "AddOptions", "AVERAGE_POOL_2D": "Pool2DOptions", "CONV_2D": "Conv2DOptions",
-        "DEPTHWISE_CONV_2D": "DepthwiseConv2DOptions", "FULLY_CONNECTED": "FullyConnectedOptions",
-        "MAX_POOL_2D": "Pool2DOptions", "PAD": "PadOptions", "PADV2": "PadV2Options", "RELU": None, "RELU6": None,
+        "DEPTHWISE_CONV_2D": "DepthwiseConv2DOptions", "DEQUANTIZE": None, "FULLY_CONNECTED": "FullyConnectedOptions",
+        "MAX_POOL_2D": "Pool2DOptions", "QUANTIZE": None, "PAD": "PadOptions", "PADV2": "PadV2Options", "RELU": None, "RELU6": None,
         "RESHAPE": "ReshapeOptions", "SOFTMAX": "SoftmaxOptions", "TRANSPOSE": "TransposeOptions"}.items()}
 
-#: Tensor element types: name -> ``tflite.TensorType`` code.
-DTYPES: dict[str, int] = {"int8": TensorType.INT8, "int32": TensorType.INT32}
+#: Tensor element types: name -> ``tflite.TensorType`` code. float32 only at a graph's ends: the input of a
+#: QUANTIZE first op and the output of a DEQUANTIZE last op (TensorFlow's converter with float input and output).
+DTYPES: dict[str, int] = {"int8": TensorType.INT8, "int32": TensorType.INT32, "float32": TensorType.FLOAT32}
+
+#: Bytes per element of each dtype.
+ITEMSIZE: dict[str, int] = {"int8": 1, "int32": 4, "float32": 4}
 
 #: Padding schemes: name -> ``tflite.Padding`` code.
 PADDINGS: dict[str, int] = {"SAME": Padding.SAME, "VALID": Padding.VALID}
@@ -116,7 +120,7 @@ class OpOptions:
       (and ``depth_multiplier`` for depthwise);
     * MAX_POOL_2D, AVERAGE_POOL_2D: ``padding``, ``stride``, ``filter``, ``activation``;
     * FULLY_CONNECTED, ADD: ``activation``;
-    * SOFTMAX: ``beta``; RESHAPE: ``new_shape``; PAD, PADV2, TRANSPOSE, RELU, RELU6: none
+    * SOFTMAX: ``beta``; RESHAPE: ``new_shape``; PAD, PADV2, TRANSPOSE, RELU, RELU6, QUANTIZE, DEQUANTIZE: none
       (their paddings, fill value and permutation are constant input tensors).
 
     ``padding`` is ``"SAME"`` or ``"VALID"``, ``activation`` ``"NONE"``, ``"RELU"`` or ``"RELU6"``;
@@ -249,7 +253,7 @@ def output_shape(op: QOp, tensors: list[QTensor]) -> tuple[int, ...]:
         if math.prod(out) != math.prod(x):
             raise ValueError(f"reshape of {list(x)} to {list(out)}: the element counts differ")
         return out
-    return x  # RELU, RELU6, SOFTMAX
+    return x  # RELU, RELU6, SOFTMAX, QUANTIZE, DEQUANTIZE
 
 
 def _check_bias(op: QOp, tensors: list[QTensor], channels: int) -> None:

@@ -14,7 +14,9 @@ package's generated accessors, but before it follows or allocates anything it ch
   length; the decoded values become the output tensor's constant data, the tables and indices its
   :class:`~edgeprune.export.int8_graph.LutValues`, and the op leaves the graph;
 * the graph itself: one subgraph, only the ops of :data:`~edgeprune.export.int8_graph.OPS` with their
-  input counts and options, int8 activations with valid per-tensor quantization, int8 or int32 constants,
+  input counts and options (an unsupported op is named before anything else about it is checked), int8
+  activations with valid per-tensor quantization (float32 only at the ends: the graph input of a QUANTIZE
+  and the graph output of a DEQUANTIZE), int8 or int32 constants, absent optional inputs (-1) only for a bias,
   symmetric weights quantized per output channel, every output shape equal to the one TFLite computes
   from the op's inputs (:func:`~edgeprune.export.int8_graph.output_shape`), ops in an order where each
   reads only tensors already written.
@@ -38,8 +40,8 @@ from tflite.Padding import Padding
 from tflite.TensorType import TensorType
 
 from .int8_graph import (
-    ACTIVATIONS, DTYPES, INT8_MAX, INT8_MIN, OPS, OPTIONS_TABLE, PADDINGS, Int8Graph, LutValues, OpOptions, QOp, QTensor,
-    output_shape,
+    ACTIVATIONS, DTYPES, INT8_MAX, INT8_MIN, ITEMSIZE, OPS, OPTIONS_TABLE, PADDINGS, Int8Graph, LutValues, OpOptions, QOp,
+    QTensor, output_shape,
 )
 
 __all__ = ["MAX_ACTIVATION_BYTES", "MAX_FILE_BYTES", "load_tflite", "read_tflite"]
@@ -49,8 +51,8 @@ MAX_ACTIVATION_BYTES = 64 << 20  # far above any microcontroller's RAM
 MAX_RANK = 6
 
 # (fewest, most) inputs of each op; each has one output. -1 marks an absent optional input (a bias).
-_ARITY = {"ADD": (2, 2), "AVERAGE_POOL_2D": (1, 1), "CONV_2D": (2, 3), "DEPTHWISE_CONV_2D": (2, 3),
-          "FULLY_CONNECTED": (2, 3), "MAX_POOL_2D": (1, 1), "PAD": (2, 2), "PADV2": (3, 3), "RELU": (1, 1),
+_ARITY = {"ADD": (2, 2), "AVERAGE_POOL_2D": (1, 1), "CONV_2D": (2, 3), "DEPTHWISE_CONV_2D": (2, 3), "DEQUANTIZE": (1, 1),
+          "FULLY_CONNECTED": (2, 3), "MAX_POOL_2D": (1, 1), "PAD": (2, 2), "PADV2": (3, 3), "QUANTIZE": (1, 1), "RELU": (1, 1),
           "RELU6": (1, 1), "RESHAPE": (1, 2), "SOFTMAX": (1, 1), "TRANSPOSE": (2, 2)}
 # inputs that must be constants, with their type: weights, biases, paddings, fill values, shapes, permutations
 _WEIGHTS = {1: "int8", 2: "int32"}
@@ -68,7 +70,6 @@ def _names(enum: type) -> dict[int, str]:
 
 _OP_NAMES, _TYPE_NAMES = _names(BuiltinOperator), _names(TensorType)
 _PADDING_NAMES, _ACTIVATION_NAMES = _names(Padding), _names(ActivationFunctionType)
-_ITEMSIZE = {"int8": 1, "int32": 4}
 
 
 class _Refused(ValueError):
@@ -154,10 +155,12 @@ class _Reader:
         ops = [op for op in ops if op is not None]  # DECODE ops left their values in the tensors they wrote
         inputs = self.io(sg.InputsAsNumpy(), n_tensors, "graph input")
         outputs = self.io(sg.OutputsAsNumpy(), n_tensors, "graph output")
-        for i in inputs:
-            self.check_tensor(tensors, i, "graph input", "int8")
+        for role, ends in (("graph input", inputs), ("graph output", outputs)):
+            for i in ends:
+                self.check_tensor(tensors, i, role, tensors[i].dtype if tensors[i].dtype == "float32" else "int8")
         graph = Int8Graph(tensors, ops, inputs, outputs)
         self.check_order(graph)
+        self.check_float_ends(graph)
         for i, t in enumerate(tensors):  # the tensors no op uses
             if t.dtype not in DTYPES and i not in self.decode_inputs:
                 raise _Refused(f"tensor {i} {t.name!r} is {t.dtype}; only fully int8 models are supported")
@@ -190,7 +193,7 @@ class _Reader:
             return QTensor(name, shape, _TYPE_NAMES.get(t.Type(), str(t.Type())).lower(), empty, empty)
         if t.Sparsity() is not None:
             raise _Refused(f"{label} is stored sparse; only dense tensors are supported")
-        nbytes = math.prod(shape) * _ITEMSIZE[dtype]
+        nbytes = math.prod(shape) * ITEMSIZE[dtype]
         b = self.index(t.Buffer(), n_buffers, f"{label}'s buffer index", "buffers")
         if b not in self.buffers:
             self.buffers[b] = self.buffer_bytes(self.table(model.Buffers(b), f"{label}'s buffer"), label)
@@ -226,6 +229,8 @@ class _Reader:
         scale = q.ScaleAsNumpy().astype(np.float32) if n_scale else np.zeros(0, np.float32)
         zero_point = q.ZeroPointAsNumpy().astype(np.int64) if n_zp else np.zeros(0, np.int64)
         qdim = q.QuantizedDimension()
+        if n_scale > 1 and len(shape) == 1 and shape[0] == n_scale:
+            qdim = 0  # a vector (a bias) has one dimension, whatever the file states: TFLM does not read it either
         if n_scale != n_zp:
             raise _Refused(f"{label} has {n_scale} scales but {n_zp} zero points")
         if n_scale > 1 and not (0 <= qdim < len(shape) and shape[qdim] == n_scale):
@@ -245,25 +250,29 @@ class _Reader:
         ins = tuple(int(i) for i in op.InputsAsNumpy()) if n_in else ()
         outs = tuple(int(i) for i in op.OutputsAsNumpy()) if n_out else ()
         label = f"op {k} ({name})"
-        for pos, i in enumerate(ins):
-            if not (i == -1 and pos == 2 and _CONSTANT_INPUTS.get(name) is _WEIGHTS):  # only a bias may be absent
-                self.index(i, len(tensors), f"{label}'s input {pos}", "tensors")
         for pos, i in enumerate(outs):
             self.index(i, len(tensors), f"{label}'s output {pos}", "tensors")
+        if name not in OPS and name != DECODE:  # named first: its inputs follow rules of its own (LSTM's absent ones)
+            what = f" writing tensor {outs[0]} {tensors[outs[0]].name!r}" if outs else ""
+            raise _Refused(f"{label}{what} is not supported; supported ops: {', '.join(sorted(OPS))}")
+        for pos, i in enumerate(ins):
+            if i == -1 and pos == 2 and _CONSTANT_INPUTS.get(name) is _WEIGHTS:  # only a bias may be absent
+                continue
+            if i == -1:
+                raise _Refused(f"{label}'s input {pos} is absent (-1); {name} needs it")
+            self.index(i, len(tensors), f"{label}'s input {pos}", "tensors")
         if name == DECODE:
             self.decode(label, ins, outs, tensors)
             return None
-        if name not in OPS:
-            what = f" writing tensor {outs[0]} {tensors[outs[0]].name!r}" if outs else ""
-            raise _Refused(f"{label}{what} is not supported; supported ops: {', '.join(sorted(OPS))}")
         fewest, most = _ARITY[name]
         if not fewest <= len(ins) <= most or len(outs) != 1:
             raise _Refused(f"{label} has {len(ins)} inputs and {len(outs)} outputs; it takes {fewest} to {most} inputs and 1 output")
         constants = _CONSTANT_INPUTS.get(name, {})
         for pos, i in enumerate(ins):
             if i != -1:
-                self.check_tensor(tensors, i, f"{label}'s input {pos}", constants.get(pos, "int8"), pos in constants)
-        self.check_tensor(tensors, outs[0], f"{label}'s output", "int8")
+                dtype = "float32" if name == "QUANTIZE" else constants.get(pos, "int8")
+                self.check_tensor(tensors, i, f"{label}'s input {pos}", dtype, pos in constants)
+        self.check_tensor(tensors, outs[0], f"{label}'s output", "float32" if name == "DEQUANTIZE" else "int8")
         if constants is _WEIGHTS:
             self.check_weights(tensors, ins, label, channel_axis=3 if name == "DEPTHWISE_CONV_2D" else 0)
         qop = QOp(name, ins, outs, self.options(op, name, label))
@@ -322,14 +331,18 @@ class _Reader:
                            f"{w.quantized_dimension}; per-channel weights must be quantized along dimension {channel_axis}")
 
     def check_tensor(self, tensors: list[QTensor], i: int, role: str, dtype: str, constant: bool = False) -> None:
-        """Tensor ``i`` is a ``dtype`` constant (``constant``) or an int8 activation with one scale, else refused."""
+        """Tensor ``i`` is a ``dtype`` constant (``constant``) or a ``dtype`` activation (int8 with one scale and zero
+        point, or float32 at the graph's ends), else refused."""
         t = tensors[i]
         label = f"{role}, tensor {i} {t.name!r},"
-        if t.dtype not in DTYPES:
-            raise _Refused(f"{label} is {t.dtype}; only fully int8 models (int8 tensors, int32 biases and shapes) are supported")
+        if t.dtype not in DTYPES or (t.dtype == "float32" and dtype != "float32"):
+            raise _Refused(f"{label} is {t.dtype}; only fully int8 models are supported (int8 tensors, int32 biases and "
+                           "shapes; float32 only as the input of a first QUANTIZE and the output of a last DEQUANTIZE)")
         if constant and (t.data is None or t.dtype != dtype):
             raise _Refused(f"{label} must be a constant {dtype} tensor (it is {'an' if t.data is None else 'a constant'} {t.dtype})")
-        if not constant and t.data is None and (t.dtype != "int8" or len(t.scale) != 1):
+        if not constant and t.data is None and t.dtype != dtype:
+            raise _Refused(f"{label} is {t.dtype}; it must be a {dtype} activation")
+        if not constant and t.data is None and dtype == "int8" and len(t.scale) != 1:
             raise _Refused(f"{label} must be an int8 activation with one scale and zero point")
         if not constant and t.data is not None:
             raise _Refused(f"{label} must be an activation, not a constant")
@@ -375,6 +388,16 @@ class _Reader:
         if found is None:
             raise _Refused(f"{what} is {names.get(code, code)}; supported: {', '.join(allowed)}")
         return found
+
+    def check_float_ends(self, graph: Int8Graph) -> None:
+        """A QUANTIZE reads a graph input and a DEQUANTIZE writes a graph output: float32 lives only at the ends."""
+        for k, op in enumerate(graph.ops):
+            if op.op == "QUANTIZE" and op.inputs[0] not in graph.inputs:
+                raise _Refused(f"op {k} (QUANTIZE) reads tensor {op.inputs[0]}, not a graph input; only a float32 graph "
+                               "input may be quantized")
+            if op.op == "DEQUANTIZE" and op.outputs[0] not in graph.outputs:
+                raise _Refused(f"op {k} (DEQUANTIZE) writes tensor {op.outputs[0]}, not a graph output; only a float32 "
+                               "graph output may be dequantized")
 
     def check_order(self, graph: Int8Graph) -> None:
         """Each op reads only constants, graph inputs and tensors an earlier op wrote; no tensor is written twice."""

@@ -56,14 +56,19 @@ def tflite_arena_bytes(interpreter) -> int:
 
 
 def run_int8(model: bytes | str | os.PathLike, inputs: np.ndarray, arena_size: int = 1 << 20) -> np.ndarray:
-    """TFLM's raw int8 outputs for int8 ``inputs`` (N x the input's shape without its batch), one at a time.
+    """TFLM's raw outputs for ``inputs`` (N x the input's shape without its batch), one at a time.
 
-    ``model`` is .tflite bytes or a path to the file. Returns N x the output's shape without its batch.
+    ``inputs`` have the model's input dtype: int8 (quantized with the input's scale and zero point), or float32
+    for a model with float ends (a first QUANTIZE). ``model`` is .tflite bytes or a path to the file. Returns
+    N x the output's shape without its batch, in the output's dtype.
     """
     interp = make_interpreter(model if isinstance(model, bytes) else Path(model).read_bytes(), arena_size)
     inputs = np.asarray(inputs)
-    if inputs.dtype != np.int8:
-        raise ValueError(f"inputs must be int8 (quantized with the input's scale and zero point), not {inputs.dtype}")
+    wanted = np.dtype(interp.get_input_details(0)["dtype"])
+    if inputs.dtype != wanted:
+        raise ValueError(f"inputs must be {wanted} as the model's input is"
+                         + (" (quantized with the input's scale and zero point)" if wanted == np.int8 else "")
+                         + f", not {inputs.dtype}")
     outputs = []
     for x in inputs:
         interp.set_input(x[None], 0)

@@ -13,12 +13,12 @@ planning on the prediction and checking in QEMU (target).
 from .codegen import export_c
 from .cost import conv_cost, depthwise_cost, fc_cost
 from .lowering import lower
-from .measure import mcu_table, measure_engine, measure_on_mcu
+from .measure import EngineMismatch, load_inputs, mcu_table, measure_engine, measure_on_mcu, measure_tflite, random_inputs
 from .predict import meet_target, parse_bytes, predict_model, unit_costs
 from .target import plan_for_device
 from .toolchain import TARGETS, get_target
 
 __all__ = [
-    "TARGETS", "conv_cost", "depthwise_cost", "export_c", "fc_cost", "get_target", "lower", "mcu_table",
-    "measure_engine", "measure_on_mcu", "meet_target", "parse_bytes", "plan_for_device", "predict_model", "unit_costs",
+    "TARGETS", "EngineMismatch", "conv_cost", "depthwise_cost", "export_c", "fc_cost", "get_target", "load_inputs", "lower", "mcu_table",
+    "measure_engine", "measure_on_mcu", "measure_tflite", "meet_target", "parse_bytes", "plan_for_device", "predict_model", "random_inputs", "unit_costs",
 ]

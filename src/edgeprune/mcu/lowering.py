@@ -9,6 +9,8 @@ arithmetic, so the C code only runs kernels:
   so every convolution kernel runs VALID; their biases absorb ``-input_zero_point * sum(weights)``
   (the same for fully connected layers), so the kernels sum ``input * weight`` only;
 * RESHAPE moves no bytes: its output is its input;
+* a float32 input or output (TensorFlow's converter with float ends: a first QUANTIZE, a last DEQUANTIZE) is
+  quantized or dequantized by the engine itself, so ``edgeprune_invoke`` takes and returns ``float``;
 * a 2x2 stride-2 max pool that alone reads a convolution's output is fused into it: the convolution
   keeps the largest accumulator of each window and requantizes it once (requantization never
   decreases, so this equals pooling the requantized outputs), and the full-size output never exists;
@@ -27,7 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..export.int8_graph import INT8_MAX, INT8_MIN, Int8Graph, QOp, output_shape, quantize_multiplier, same_padding
+from ..export.int8_graph import (
+    INT8_MAX, INT8_MIN, ITEMSIZE, Int8Graph, QOp, output_shape, quantize_multiplier, same_padding,
+)
 from .cost import FLASH_WEIGHT, conv_cost, depthwise_cost, fc_cost
 from .sparse import CODE_BITS, ENTRY_BITS, SparseWeights, encode_conv, encode_depthwise, encode_fc
 
@@ -39,7 +43,8 @@ ADD_TABLE_WORDS = 512  # ep_add's scratch: two tables of 256 int32 terms (EP_ADD
 
 @dataclass(frozen=True)
 class Arg:
-    """One argument of a kernel call: ``kind`` is ``"int"`` (``value`` an int), ``"tensor"`` (``value`` a tensor id),
+    """One argument of a kernel call: ``kind`` is ``"int"`` (``value`` an int), ``"float"`` (``value`` a float32
+    number), ``"tensor"`` (``value`` a tensor id),
     ``"array"`` (``value`` a 1-D numpy array, passed as a pointer to a const array), ``"words"`` (``value`` a
     tensor id, its bytes passed as ``uint32_t *``: a kernel's scratch) or ``"struct"``
     (``value`` (C type, {field: int or numpy array}), passed as a pointer to a const struct)."""
@@ -71,7 +76,8 @@ class Step:
 
 @dataclass
 class Plan:
-    """The engine's steps, the byte size of every activation tensor they use, and the graph's ends."""
+    """The engine's steps, the byte size of every activation tensor they use, and the graph's ends (``input_dtype`` and
+    ``output_dtype`` are ``"int8"`` or ``"float32"``; the qparams are those of the int8 tensors next to a float end)."""
 
     steps: list[Step] = field(default_factory=list)
     sizes: dict[int, int] = field(default_factory=dict)
@@ -82,6 +88,8 @@ class Plan:
     output_qparams: tuple[float, int] = (1.0, 0)
     input_shape: tuple[int, ...] = ()
     output_shape: tuple[int, ...] = ()
+    input_dtype: str = "int8"
+    output_dtype: str = "int8"
 
     def root(self, t: int) -> int:
         """The tensor whose bytes ``t`` is."""
@@ -194,7 +202,7 @@ class _Lowering:
         return shape[1], shape[2], shape[3]
 
     def act(self, t: int) -> int:
-        self.plan.sizes.setdefault(t, math.prod(self.shape(t)))
+        self.plan.sizes.setdefault(t, math.prod(self.shape(t)) * ITEMSIZE[self.g.tensors[t].dtype])
         return t
 
     def new_tensor(self, nbytes: int) -> int:
@@ -299,6 +307,16 @@ class _Lowering:
         if self.shape(pool.outputs[0]) != (1, h // 2, w // 2, c) or (o.padding == "SAME" and (h % 2 or w % 2)):
             return None
         return readers[0]
+
+    def int8_end(self, t: int, op_name: str) -> int:
+        """``t`` when it is int8; for a float32 end, the int8 tensor that the QUANTIZE reading it writes (``op_name``
+        QUANTIZE) or that the DEQUANTIZE writing it reads (DEQUANTIZE)."""
+        if self.g.tensors[t].dtype == "int8":
+            return t
+        for op in self.g.ops:
+            if op.op == op_name and t in (op.inputs[0], op.outputs[0]):
+                return op.outputs[0] if op_name == "QUANTIZE" else op.inputs[0]
+        raise ValueError(f"tensor {t} is {self.g.tensors[t].dtype}; only int8 or a float32 end with {op_name} is supported")
 
     def dies_at(self, t: int, k: int) -> bool:
         """Whether op ``k`` is the last reader of tensor ``t``, which holds bytes of its own (not a graph input or
@@ -487,6 +505,15 @@ class _Lowering:
                                           Arg("tensor", self.act(x)), Arg("struct", ("ep_softmax_params", params)),
                                           Arg("tensor", self.act(y))], (x,), y)
 
+    def quantize(self, k: int, op: QOp) -> None:
+        """QUANTIZE of the float32 graph input into int8 (``ep_quantize``), or DEQUANTIZE of int8 into the float32 output."""
+        x, y = op.inputs[0], op.outputs[0]
+        scale, zero_point = self.g.tensors[y if op.op == "QUANTIZE" else x].qparams
+        kernel = "ep_quantize" if op.op == "QUANTIZE" else "ep_dequantize"
+        self.add(op.op, k, kernel, [Arg("int", math.prod(self.shape(x))), Arg("tensor", self.act(x)),
+                                    Arg("float", float(np.float32(scale))), Arg("int", zero_point),
+                                    Arg("tensor", self.act(y))], (x,), y)
+
     def run(self) -> Plan:
         g = self.g
         if len(g.inputs) != 1 or len(g.outputs) != 1:
@@ -494,7 +521,8 @@ class _Lowering:
         handlers = {"CONV_2D": lambda k, op: self.conv(k, op, False), "DEPTHWISE_CONV_2D": lambda k, op: self.conv(k, op, True),
                     "FULLY_CONNECTED": self.fully_connected, "ADD": self.add_op, "AVERAGE_POOL_2D": self.pool,
                     "MAX_POOL_2D": self.pool, "PAD": self.pad, "PADV2": self.pad, "RESHAPE": self.reshape,
-                    "TRANSPOSE": self.transpose, "RELU": self.relu, "RELU6": self.relu, "SOFTMAX": self.softmax}
+                    "TRANSPOSE": self.transpose, "RELU": self.relu, "RELU6": self.relu, "SOFTMAX": self.softmax,
+                    "QUANTIZE": self.quantize, "DEQUANTIZE": self.quantize}
         for k, op in enumerate(g.ops):
             if op.op not in handlers:
                 raise ValueError(f"op {k} ({op.op}) writing tensor {op.outputs[0]} is not supported by the C engine")
@@ -510,8 +538,12 @@ class _Lowering:
                 handlers[op.op](k, op)
         p = self.plan
         p.input, p.output = self.act(g.inputs[0]), self.act(g.outputs[0])
-        p.input_qparams, p.output_qparams = g.tensors[p.input].qparams, g.tensors[p.output].qparams
+        p.input_dtype, p.output_dtype = g.tensors[p.input].dtype, g.tensors[p.output].dtype
+        p.input_qparams = g.tensors[self.int8_end(p.input, "QUANTIZE")].qparams
+        p.output_qparams = g.tensors[self.int8_end(p.output, "DEQUANTIZE")].qparams
         p.input_shape, p.output_shape = self.shape(p.input), self.shape(p.output)
+        if p.input_dtype != "int8" and p.root(p.output) == p.root(p.input):
+            raise ValueError("the model's float32 input is its output: there is nothing for the engine to run")
         if p.root(p.output) == p.root(p.input):  # the output is the input's bytes: copy them
             n = math.prod(p.output_shape)
             copy = self.new_tensor(n)

@@ -1,8 +1,8 @@
-/* The measuring harness: streams int8 images from a host file through edgeprune_invoke.
+/* The measuring harness: streams inputs from a host file through edgeprune_invoke.
  *
  * Runs under QEMU with semihosting; files are relative to QEMU's working folder:
- *   inputs.bin   N images of EDGEPRUNE_INPUT_SIZE int8 values each, back to back (read);
- *   outputs.bin  N outputs of EDGEPRUNE_OUTPUT_SIZE int8 values each (written, flushed per image).
+ *   inputs.bin   N inputs of EDGEPRUNE_INPUT_SIZE values (EDGEPRUNE_INPUT_TYPE) each, back to back (read);
+ *   outputs.bin  N outputs of EDGEPRUNE_OUTPUT_SIZE values (EDGEPRUNE_OUTPUT_TYPE) each (written, flushed per input).
  * Standard output gets one line per fact, each starting with "EP ":
  *   EP layers L
  *   EP image I total T layers T0 T1 ... T(L-1)    (SysTick ticks; a line per image, sent at once)
@@ -40,8 +40,8 @@ extern uint32_t __stack_limit__[];
 static volatile uint32_t systick_wraps;
 static uint32_t layer_ticks[EDGEPRUNE_NUM_LAYERS];
 static uint32_t last_tick;
-static int8_t input[EDGEPRUNE_INPUT_SIZE] __attribute__((aligned(16)));
-static int8_t output[EDGEPRUNE_OUTPUT_SIZE] __attribute__((aligned(16)));
+static EDGEPRUNE_INPUT_TYPE input[EDGEPRUNE_INPUT_SIZE] __attribute__((aligned(16)));
+static EDGEPRUNE_OUTPUT_TYPE output[EDGEPRUNE_OUTPUT_SIZE] __attribute__((aligned(16)));
 
 void SysTick_Handler(void) { systick_wraps++; }
 

@@ -17,6 +17,10 @@
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define EP_OK 0
 #define EP_ERROR_DIMS (-1)
 
@@ -129,5 +133,14 @@ int ep_relu(int32_t n, const int8_t *in, int32_t input_zero_point, int32_t outpu
             int32_t multiplier, int32_t shift, int32_t act_min, int32_t act_max, int8_t *out);
 int ep_clamp(int32_t n, const int8_t *in, int32_t lo, int32_t hi, int8_t *out);
 int ep_softmax(int32_t rows, int32_t depth, const int8_t *in, const ep_softmax_params *p, int8_t *out);
+
+/* The graph's float ends (ep_quantize.c): float32 -> int8 with TFLite's AffineQuantize, int8 -> float32 with its
+ * Dequantize; n elements. */
+int ep_quantize(int32_t n, const float *in, float scale, int32_t zero_point, int8_t *out);
+int ep_dequantize(int32_t n, const int8_t *in, float scale, int32_t zero_point, float *out);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
