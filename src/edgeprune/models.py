@@ -189,9 +189,8 @@ class DSCNN(nn.Module):
 
     A 10x4 stride-2 conv of 64 filters (TensorFlow SAME padding, made explicit by a ``ZeroPad2d``) with BN
     and ReLU; four depthwise-separable blocks (depthwise 3x3 + BN + ReLU, pointwise 1x1 + BN + ReLU);
-    an average pool of (H // 2) x (W // 2) as the reference's (24 x 5 on the 25 x 5 map: its last row is
-    not averaged); a linear layer to the classes. Dropout 0.2 and 0.4 where the reference has it.
-    ``width`` multiplies the 64 filters.
+    global average pooling (25 x 5, as the reference ``.tflite`` has it); a linear layer to the classes.
+    Dropout 0.2 and 0.4 where the reference has it. ``width`` multiplies the 64 filters.
     """
 
     def __init__(
@@ -199,8 +198,6 @@ class DSCNN(nn.Module):
     ) -> None:
         super().__init__()
         h, w = input_size
-        if min(h, w) < 4:
-            raise ValueError(f"DSCNN: input H and W must be at least 4 (a stride-2 conv, then a pool), got {h}x{w}")
         filters = _scaled(64, width)
         self.pad = nn.ZeroPad2d(tf_same_padding((h, w), (10, 4), (2, 2)))
         self.conv1 = nn.Conv2d(in_channels, filters, (10, 4), stride=2, bias=False)
@@ -209,7 +206,7 @@ class DSCNN(nn.Module):
         size = (math.ceil(h / 2), math.ceil(w / 2))
         self.blocks = nn.Sequential(*(_DepthwiseSeparable(filters, filters, 1, size) for _ in range(4)))
         self.drop2 = nn.Dropout(0.4)
-        self.pool = nn.AvgPool2d((h // 2, w // 2))
+        self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(filters, num_classes)
 
     @classmethod
