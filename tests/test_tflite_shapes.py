@@ -229,3 +229,14 @@ def test_tflite_layout_and_evaluation_of_sequences(tmp_path):
         labels = model(x).argmax(1)
     result = evaluate_tflite(path, [(x, labels)])
     assert result["count"] == 16 and result["accuracy"] >= 75.0  # int8 agrees with float on most argmaxes
+
+
+def test_conv1d_output_flattened_in_pytorch_order(tmp_path):
+    """Flatten with no linear layer after it: the 1 x 1 x T x C tensor is transposed to C-major first."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(2, 3, 3), nn.Flatten()).eval()
+    calib = samples((2, 9))
+    path = export_tflite(model, tmp_path / "flat.tflite", calib)
+    ops, _, _, (out_shape, _, _) = read(path)
+    assert ops == ["CONV_2D", "TRANSPOSE", "RESHAPE"] and out_shape == (1, 3 * 7)
+    check_against_pytorch(model, path, calib[:8])
