@@ -26,9 +26,10 @@ def export_tflite(
     model: nn.Module, path: str | os.PathLike, calibration_images: torch.Tensor, softmax: bool = False,
     lut_bits: int | None = None,
 ) -> Path:
-    """Write ``model`` as a fully int8 .tflite file (input NHWC int8, output int8 logits or softmax); return the path.
+    """Write ``model`` as a fully int8 .tflite file (int8 input, output int8 logits or softmax); return the path.
 
-    ``calibration_images`` is a float N x C x H x W tensor of real training images (a few hundred),
+    ``calibration_images`` is a float tensor of real training samples (a few hundred): N x C x H x W images
+    (the file's input is 1 x H x W x C), N x C x T sequences (1 x 1 x T x C) or N x F features (1 x F),
     preprocessed exactly as the model sees them; activation ranges are their [min, max].
     With ``lut_bits``, weight tensors whose channels hold at most ``2**lut_bits`` distinct int8 values
     (after k-means weight sharing) are stored as TFLM look-up tables (``lut_bits``-bit indices, DECODE ops),

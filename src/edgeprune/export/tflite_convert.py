@@ -1,16 +1,20 @@
 """torch.fx -> :class:`~edgeprune.export.int8_graph.Int8Graph`: trace, fold batch norm, calibrate, convert op by op.
 
-The model is traced with ``torch.fx`` (batch norm folded into the convolution before it), each
-activation's float range is calibrated on real images, and the graph is built NHWC following the
-TFLite quantization specification (see :mod:`~edgeprune.export.int8_graph` for the parameters):
+The model is traced with ``torch.fx`` (batch norm folded into the convolution or linear layer before it), each
+activation's float range is calibrated on real samples, and the graph is built NHWC following the
+TFLite quantization specification (see :mod:`~edgeprune.export.int8_graph` for the parameters).
+Samples are images C x H x W (TFLite input 1 x H x W x C), sequences C x T for Conv1d models (1 x 1 x T x C:
+a Conv1d is a CONV_2D of height 1) or feature vectors F (1 x F, for MLPs):
 
 * max/avg pool, reshape, transpose and pad outputs share their input's scale and zero point;
   softmax outputs have scale 1/256 and zero point -128.
 
-Ops: conv2d, depthwise conv2d, linear, max/avg pool (and adaptive average pool to 1x1), add, relu and
-relu6 (fused into the op before them when it is their only user), flatten/reshape to 2-D, softmax,
-dropout/identity (dropped). Padding that TFLite's SAME does not reproduce becomes an explicit PAD
-(the zero point: convolutions, average pooling) or PADV2 (-128: max pooling, as PyTorch's -inf).
+Ops: conv2d and conv1d (groups 1 or depthwise), linear, max/avg pool (and adaptive average pool to 1x1), add, relu
+and relu6 (fused into the op before them when it is their only user), flatten/reshape to 2-D, softmax,
+constant padding (``ZeroPad2d``, ``ConstantPad1d/2d``, ``F.pad``: PAD filled with the zero point for 0, PADV2
+with the quantized value otherwise), dropout/identity (dropped). Padding that TFLite's SAME does not reproduce
+becomes an explicit PAD (the zero point: convolutions, average pooling) or PADV2 (-128: max pooling, as
+PyTorch's -inf).
 A PyTorch flatten of an NCHW tensor is matched by permuting the next linear layer's weight columns
 (or by an explicit TRANSPOSE when no linear layer follows).
 """
@@ -26,24 +30,34 @@ from torch import fx, nn
 from torch.fx.experimental.optimization import fuse as fuse_conv_bn
 
 from .int8_graph import (
-    INT8_MIN, Int8Graph, OpOptions, QOp, activation_qparams, bias_scales, quantize_bias, quantize_weight, same_padding,
-    window_output_size,
+    INT8_MIN, Int8Graph, OpOptions, QOp, activation_qparams, bias_scales, quantize_activation, quantize_bias, quantize_weight,
+    same_padding, window_output_size,
 )
 
 __all__ = ["SUPPORTED_OPS", "convert_model"]
 
 SUPPORTED_OPS = (
-    "Conv2d (groups 1 or depthwise), Linear, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), add, ReLU, ReLU6, "
-    "flatten/reshape to 2-D, softmax, Dropout, Identity, BatchNorm2d after a Conv2d"
+    "Conv2d and Conv1d (groups 1 or depthwise), Linear, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), add, ReLU, ReLU6, "
+    "flatten/reshape to 2-D, softmax, constant padding (ZeroPad2d, ConstantPad1d/2d, F.pad), Dropout, Identity, "
+    "BatchNorm2d after a Conv2d, BatchNorm1d after a Conv1d or Linear"
 )
+_PAD_MODULES = (nn.ZeroPad2d, nn.ConstantPad2d, nn.ZeroPad1d, nn.ConstantPad1d)
 
 
-def _padding(size: int, k: int, s: int, p: int, d: int) -> str | None:
-    """TFLite padding (SAME or VALID) that reproduces PyTorch's symmetric padding ``p``, or None."""
-    if p == 0:
-        return "VALID"
-    same = window_output_size(size, k, s, d, "SAME") == window_output_size(size + 2 * p, k, s, d, "VALID")
-    return "SAME" if same and same_padding(size, k, s, d)[0] == p else None
+def _paddings(size: int, k: int, s: int, p: int, d: int) -> set[str]:
+    """The TFLite paddings (SAME, VALID) that reproduce PyTorch's symmetric padding ``p`` along one axis: none, one or both
+    (a 1-wide window at stride 1 pads nothing either way)."""
+    out = window_output_size(size + 2 * p, k, s, d, "VALID")
+    found = {"VALID"} if p == 0 else set()
+    if window_output_size(size, k, s, d, "SAME") == out and same_padding(size, k, s, d)[0] == p:
+        found.add("SAME")
+    return found
+
+
+def _padding(shape: tuple[int, int], kernel, stride, pads, dilation) -> str | None:
+    """The one TFLite padding that reproduces PyTorch's along both H and W (VALID when both do), or None."""
+    both = set.intersection(*(_paddings(*axis) for axis in zip(shape, kernel, stride, pads, dilation)))
+    return "VALID" if "VALID" in both else next(iter(both), None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,7 +96,9 @@ def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     """A short name for what ``node`` computes, or ``"unsupported"``."""
     if node.op == "call_module":
         m = modules[node.target]
-        table = [(nn.Conv2d, "conv"), (nn.Linear, "linear"), (nn.ReLU, "relu"), (nn.ReLU6, "relu6"),
+        if isinstance(m, _PAD_MODULES):
+            return "pad"
+        table = [(nn.Conv2d, "conv"), (nn.Conv1d, "conv"), (nn.Linear, "linear"), (nn.ReLU, "relu"), (nn.ReLU6, "relu6"),
                  (nn.MaxPool2d, "maxpool"), (nn.AvgPool2d, "avgpool"), (nn.AdaptiveAvgPool2d, "adaptiveavg"),
                  (nn.Flatten, "flatten"), (nn.Dropout, "identity"), (nn.Identity, "identity"), (nn.Softmax, "softmax")]
         for cls, kind in table:
@@ -93,7 +109,7 @@ def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
         funcs = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.max_pool2d: "maxpool", torch.max_pool2d: "maxpool",
                  F.avg_pool2d: "avgpool", F.adaptive_avg_pool2d: "adaptiveavg", torch.flatten: "flatten",
                  operator.add: "add", torch.add: "add", operator.iadd: "add", F.dropout: "identity",
-                 F.softmax: "softmax", torch.softmax: "softmax"}
+                 F.softmax: "softmax", torch.softmax: "softmax", F.pad: "pad"}
         return funcs.get(node.target, "unsupported")
     if node.op == "call_method":
         methods = {"relu": "relu", "flatten": "flatten", "view": "flatten", "reshape": "flatten", "add": "add",
@@ -157,25 +173,26 @@ class _Converter:
 
     # ops ---------------------------------------------------------------------------------
     def conv(self, node: fx.Node) -> None:
-        m: nn.Conv2d = self.modules[node.target]
+        m: nn.Conv2d | nn.Conv1d = self.modules[node.target]
         x = self.tensor_of[node.args[0].name]
         if m.padding_mode != "zeros" or m.padding == "same" and any(d * (k - 1) % 2 for k, d in zip(m.kernel_size, m.dilation)):
             raise _unsupported(node, self.modules, f"padding {m.padding!r} with mode {m.padding_mode!r}")
         if isinstance(m.padding, str):  # "valid", or "same" with an odd effective kernel: symmetric padding
-            pads = (0, 0) if m.padding == "valid" else tuple(d * (k - 1) // 2 for k, d in zip(m.kernel_size, m.dilation))
+            pads = tuple(0 if m.padding == "valid" else d * (k - 1) // 2 for k, d in zip(m.kernel_size, m.dilation))
         else:
-            pads = _pair(m.padding)
+            pads = tuple(m.padding)
+        kernel, stride, dilation = m.kernel_size, m.stride, m.dilation
+        weight = m.weight.detach().double().numpy()
+        if isinstance(m, nn.Conv1d):  # a CONV_2D of height 1 on the 1 x 1 x T x C tensor
+            kernel, stride, pads, dilation, weight = (1, *kernel), (1, *stride), (0, *pads), (1, *dilation), weight[:, :, None]
         _, h, w, _ = self.g.tensors[x].shape
         depthwise = m.groups > 1 and m.groups == m.in_channels
         if m.groups > 1 and not depthwise:
             raise _unsupported(node, self.modules, f"grouped convolution with groups={m.groups}")
-        hw = [_padding(size, k, s, p, d) for size, k, s, p, d in zip((h, w), m.kernel_size, m.stride, pads, m.dilation)]
-        if hw[0] is not None and hw[0] == hw[1]:
-            padding = hw[0]
-        else:  # explicit PAD filled with the input's zero point, then VALID
-            x, padding = self._pad(node, x, pads, None), "VALID"
+        padding = _padding((h, w), kernel, stride, pads, dilation)
+        if padding is None:  # explicit PAD filled with the input's zero point, then VALID
+            x, padding = self._pad(node, x, ((0, 0), (pads[0], pads[0]), (pads[1], pads[1]), (0, 0)), None), "VALID"
         act, last = self._fused(node)
-        weight = m.weight.detach().double().numpy()
         if depthwise:  # PyTorch [C*m, 1, kh, kw] -> TFLite [1, kh, kw, C*m]
             weight, axis = weight.transpose(1, 2, 3, 0), 3
         else:  # [O, I, kh, kw] -> [O, kh, kw, I]
@@ -183,7 +200,7 @@ class _Converter:
         bias = m.bias.detach().double().numpy() if m.bias is not None else np.zeros(m.out_channels)
         wi, bi = self._weights(node, x, weight, axis, bias)
         out = self._out(node, last)
-        opts = OpOptions(padding=padding, stride=tuple(m.stride), dilation=tuple(m.dilation), activation=act,
+        opts = OpOptions(padding=padding, stride=tuple(stride), dilation=tuple(dilation), activation=act,
                          depth_multiplier=m.out_channels // m.in_channels if depthwise else 1)
         self.g.ops.append(QOp("DEPTHWISE_CONV_2D" if depthwise else "CONV_2D", (x, wi, bi), (out,), opts))
 
@@ -209,18 +226,41 @@ class _Converter:
         bi = self.g.constant(f"{node.target}.bias", quantize_bias(bias, input_scale, scales), bias_scales(input_scale, scales))
         return wi, bi
 
-    def _pad(self, node: fx.Node, x: int, pads: tuple[int, int], value: int | None) -> int:
-        """Pad H and W symmetrically: PAD with the zero point (``value`` None), else PADV2 with the int8 ``value``."""
-        _, h, w, c = self.g.tensors[x].shape
+    def _pad(self, node: fx.Node, x: int, pads: tuple[tuple[int, int], ...], value: int | None, name: str = "") -> int:
+        """Pad ``x`` by (before, after) per dimension: PAD with the zero point (``value`` None), else PADV2 with the int8
+        ``value``; the result is named ``name`` (default: ``node``'s pad)."""
+        shape = self.g.tensors[x].shape
         qparams = self.g.tensors[x].qparams
-        padded = self.g.activation(f"{node.name}_pad", (1, h + 2 * pads[0], w + 2 * pads[1], c), qparams)
-        amounts = self.g.constant(f"{node.name}_paddings", np.array([[0, 0], [pads[0]] * 2, [pads[1]] * 2, [0, 0]], np.int32))
+        padded = self.g.activation(name or f"{node.name}_pad", tuple(d + a + b for d, (a, b) in zip(shape, pads)), qparams)
+        amounts = self.g.constant(f"{node.name}_paddings", np.array(pads, np.int32))
         if value is None:
             self.g.ops.append(QOp("PAD", (x, amounts), (padded,)))
         else:
             fill = self.g.constant(f"{node.name}_fill", np.array([value], np.int8), np.array([qparams[0]]), zero_point=qparams[1])
             self.g.ops.append(QOp("PADV2", (x, amounts, fill), (padded,)))
         return padded
+
+    def pad(self, node: fx.Node) -> None:
+        """A constant-mode pad (``ZeroPad2d``, ``ConstantPad1d/2d``, ``F.pad``) as PAD, or PADV2 for a non-zero value."""
+        if node.op == "call_module":
+            m = self.modules[node.target]
+            amounts, mode, value = m.padding, "constant", m.value
+        else:
+            amounts, mode, value = _arg(node, 1, "pad", None), _arg(node, 2, "mode", "constant"), _arg(node, 3, "value", None)
+        sample = self.rec.shapes[node.args[0].name]
+        if mode != "constant" or not isinstance(amounts, (tuple, list)) or len(amounts) % 2 or len(amounts) > 2 * len(sample):
+            raise _unsupported(node, self.modules, f"padding {amounts!r} in mode {mode!r}; only constant padding of sample dimensions")
+        if any(not isinstance(a, int) or a < 0 for a in amounts):
+            raise _unsupported(node, self.modules, f"padding {amounts!r}: cropping (negative padding) is not supported")
+        # PyTorch's pairs start at the last dimension; the sample's dims sit in TFLite's tensor at _nhwc's places
+        x = self.tensor_of[node.args[0].name]
+        place = {3: (3, 1, 2), 2: (3, 2), 1: (1,)}[len(sample)]
+        pads = [[0, 0] for _ in self.g.tensors[x].shape]
+        for i in range(len(amounts) // 2):
+            pads[place[len(sample) - 1 - i]] = [amounts[2 * i], amounts[2 * i + 1]]
+        scale, zero_point = self.g.tensors[x].qparams
+        fill = None if not value else int(quantize_activation(np.array(value), scale, zero_point))
+        self.tensor_of[node.name] = self._pad(node, x, tuple(map(tuple, pads)), fill, node.name)
 
     def pool(self, node: fx.Node, kind: str) -> None:
         x = self.tensor_of[node.args[0].name]
@@ -248,12 +288,12 @@ class _Converter:
             code = "MAX_POOL_2D" if kind == "maxpool" else "AVERAGE_POOL_2D"
             if ceil or d != (1, 1) or divisor is not None or (p != (0, 0) and not include_pad):
                 raise _unsupported(node, self.modules, "ceil_mode, dilation, divisor_override or count_include_pad=False")
-        hw = [_padding(size, kk, ss, pp, 1) for size, kk, ss, pp in zip((h, w), k, s, p)]
-        padding = hw[0]
-        if p != (0, 0) and (hw[0] is None or hw[0] != hw[1] or code == "AVERAGE_POOL_2D"):
+        padding = _padding((h, w), k, s, p, (1, 1))
+        if p != (0, 0) and (padding is None or code == "AVERAGE_POOL_2D"):
             # explicit padding, then VALID: max pool pads with int8's minimum (PyTorch pads with -inf),
             # average pool with the zero point and counts it (count_include_pad, unlike TFLite's SAME)
-            x, padding = self._pad(node, x, p, INT8_MIN if code == "MAX_POOL_2D" else None), "VALID"
+            pads = ((0, 0), (p[0], p[0]), (p[1], p[1]), (0, 0))
+            x, padding = self._pad(node, x, pads, INT8_MIN if code == "MAX_POOL_2D" else None), "VALID"
         shape = self.rec.shapes[node.name]
         out = self.g.activation(node.name, (1, *_nhwc(shape)), self.g.tensors[x].qparams)
         self.tensor_of[node.name] = out
@@ -285,7 +325,8 @@ class _Converter:
         if len(in_shape) == 1:
             self._alias(node, src)
             return
-        c, h, w = in_shape
+        c, *spatial = in_shape
+        h, w = spatial if len(spatial) == 2 else (1, spatial[0])  # a C x T sequence is 1 x T x C in TFLite
         perm = None
         if h * w > 1:
             users = list(node.users)
@@ -326,8 +367,9 @@ class _Converter:
                 if inp is not None:
                     raise ValueError(f"cannot export a model with several inputs ({node.name!r}); give it one image tensor")
                 shape = self.rec.shapes[node.name]
-                if len(shape) != 3:
-                    raise ValueError(f"cannot export input of per-sample shape {shape}; give images C x H x W")
+                if not 1 <= len(shape) <= 3:
+                    raise ValueError(f"cannot export input of per-sample shape {shape}; give images C x H x W, "
+                                     "sequences C x T or feature vectors F")
                 inp = self.g.activation(node.name, (1, *_nhwc(shape)), activation_qparams(*self.rec.ranges[node.name]))
                 self.tensor_of[node.name] = inp
             elif node.op == "output":
@@ -353,6 +395,8 @@ class _Converter:
                 self._alias(node, node.args[0])
             elif kind == "softmax":
                 self.softmax(node)
+            elif kind == "pad":
+                self.pad(node)
             else:
                 raise _unsupported(node, self.modules)
         if softmax:
@@ -364,17 +408,22 @@ class _Converter:
 
 
 def _nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return (shape[1], shape[2], shape[0]) if len(shape) == 3 else tuple(shape)
+    """A PyTorch per-sample shape in TFLite's layout without the batch: C x H x W -> H x W x C, C x T -> 1 x T x C."""
+    if len(shape) == 3:
+        return shape[1], shape[2], shape[0]
+    return (1, shape[1], shape[0]) if len(shape) == 2 else tuple(shape)
 
 
 def convert_model(model: nn.Module, calibration_images: torch.Tensor, softmax: bool = False) -> Int8Graph:
     """The fully int8 graph of ``model`` (input NHWC int8, output int8 logits, or softmax with ``softmax``).
 
-    ``calibration_images`` is a float N x C x H x W tensor of real training images (a few hundred),
-    preprocessed exactly as the model sees them; activation ranges are their [min, max].
+    ``calibration_images`` is a float tensor of real training samples (a few hundred), N x C x H x W images,
+    N x C x T sequences or N x F feature vectors, preprocessed exactly as the model sees them; activation ranges
+    are their [min, max].
     """
-    if not isinstance(calibration_images, torch.Tensor) or calibration_images.dim() != 4 or len(calibration_images) == 0:
-        raise ValueError("calibration_images must be a non-empty float tensor N x C x H x W of training images")
+    if not isinstance(calibration_images, torch.Tensor) or not 2 <= calibration_images.dim() <= 4 or len(calibration_images) == 0:
+        raise ValueError("calibration_images must be a non-empty float tensor of training samples: N x C x H x W images, "
+                         "N x C x T sequences or N x F features")
     model = model.eval().cpu()
     if not list(model.children()):  # a bare layer: trace it as a one-layer container, so it stays one module
         model = nn.Sequential(model)

@@ -13,9 +13,22 @@ import numpy as np
 
 from .int8_graph import quantize_activation
 
-__all__ = ["evaluate_tflite", "make_interpreter", "run_int8", "tflite_arena_bytes"]
+__all__ = ["evaluate_tflite", "make_interpreter", "run_int8", "tflite_arena_bytes", "tflite_layout"]
 
 MIN_ARENA_BYTES = 4096  # TFLM's own bookkeeping needs a few KB; smaller arenas can crash it instead of failing
+
+
+def tflite_layout(batch: np.ndarray) -> np.ndarray:
+    """A PyTorch batch in the layout of :func:`~edgeprune.export.tflite.export_tflite`'s input: N x C x H x W images
+    as N x H x W x C, N x C x T sequences as N x 1 x T x C, N x F features as they are."""
+    batch = np.asarray(batch)
+    if batch.ndim == 4:
+        return batch.transpose(0, 2, 3, 1)
+    if batch.ndim == 3:
+        return batch.transpose(0, 2, 1)[:, None]
+    if batch.ndim == 2:
+        return batch
+    raise ValueError(f"a batch of shape {list(batch.shape)}; give N x C x H x W images, N x C x T sequences or N x F features")
 
 
 def make_interpreter(model: bytes, arena_size: int = 1 << 20):
@@ -80,7 +93,7 @@ def run_int8(model: bytes | str | os.PathLike, inputs: np.ndarray, arena_size: i
 def evaluate_tflite(path: str | os.PathLike, loader: Iterable, arena_size: int = 8 << 20) -> dict:
     """Run a .tflite file from :func:`export_tflite` in TFLM, one image at a time, over ``loader`` (images, labels).
 
-    Images are quantized with the input tensor's own scale and zero point and laid out NHWC.
+    Samples are quantized with the input tensor's own scale and zero point and laid out as :func:`tflite_layout`.
     Returns ``{"accuracy": percent, "arena_bytes": TFLM arena total, "model_bytes": file size, "count": images}``.
     """
     path = Path(path)
@@ -95,7 +108,7 @@ def evaluate_tflite(path: str | os.PathLike, loader: Iterable, arena_size: int =
     scale, zp = float(qp["scales"][0]), int(qp["zero_points"][0])
     correct = total = 0
     for images, labels in loader:
-        q = quantize_activation(images.numpy().transpose(0, 2, 3, 1), scale, zp)
+        q = quantize_activation(tflite_layout(images.numpy()), scale, zp)
         for img, label in zip(q, labels.numpy()):
             interp.set_input(img[None], 0)
             interp.invoke()
