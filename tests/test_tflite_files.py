@@ -206,3 +206,13 @@ def test_inputs_files_are_checked_before_they_are_read(tmp_path):
     np.save(bad_labels, np.zeros(2, np.float32))
     with pytest.raises(ValueError, match=r"--labels .*: float32 of shape \[2\]; give 1 integer classes, one per input"):
         load_inputs(path, one, bad_labels)
+
+
+def test_an_input_of_another_rank_or_batch_names_the_tensor(tmp_path):
+    g = rank2_float_ends()
+    for shape in [(6,), (2, 6)]:
+        g.tensors[0].shape = shape
+        g.tensors[1].shape = shape
+        with pytest.raises(ValueError, match=rf"the model's input, tensor 0 'serving_default_input:0', has shape "
+                                             rf"\[{', '.join(map(str, shape))}\]; the engine takes a batch of 1 of rank 2 to 4"):
+            export_c(g, tmp_path / "c")

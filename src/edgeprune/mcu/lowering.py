@@ -518,6 +518,11 @@ class _Lowering:
         g = self.g
         if len(g.inputs) != 1 or len(g.outputs) != 1:
             raise ValueError(f"the model has {len(g.inputs)} inputs and {len(g.outputs)} outputs; the engine takes one of each")
+        for role, t in (("input", g.inputs[0]), ("output", g.outputs[0])):
+            shape = self.shape(t)
+            if not 2 <= len(shape) <= 4 or shape[0] != 1:
+                raise ValueError(f"the model's {role}, tensor {t} {g.tensors[t].name!r}, has shape {list(shape)}; the engine "
+                                 "takes a batch of 1 of rank 2 to 4 ([1, features] to [1, height, width, channels])")
         handlers = {"CONV_2D": lambda k, op: self.conv(k, op, False), "DEPTHWISE_CONV_2D": lambda k, op: self.conv(k, op, True),
                     "FULLY_CONNECTED": self.fully_connected, "ADD": self.add_op, "AVERAGE_POOL_2D": self.pool,
                     "MAX_POOL_2D": self.pool, "PAD": self.pad, "PADV2": self.pad, "RESHAPE": self.reshape,

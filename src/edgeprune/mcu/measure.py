@@ -26,7 +26,7 @@ import torch
 from ..export.c_source import fits_on
 from ..export.int8_graph import INT8_MAX, INT8_MIN, Int8Graph, QTensor, quantize_activation
 from ..export.tflite_read import load_tflite
-from ..export.tflm import run_int8
+from ..export.tflm import run_int8, tflite_layout
 from ..files import writable_folder, write_json_atomic
 from .codegen import export_c
 from .qemu import GuestRun, run_guest
@@ -320,8 +320,9 @@ def measure_tflite(tflite_path: str | os.PathLike, inputs: np.ndarray, labels: n
 def measure_on_mcu(tflite_path: str | os.PathLike, images: torch.Tensor, labels: torch.Tensor,
                    out_dir: str | os.PathLike, target: str = "cortex-m4", sparse: str = "auto",
                    timeout: float | None = None, weight_budget: int | None = None) -> dict:
-    """:func:`measure_tflite` for float ``images`` as PyTorch takes them (N x C x H x W, or N x the sample shape),
-    laid out as the .tflite's input (NHWC) and quantized with its scale and zero point as TFLM's inputs."""
+    """:func:`measure_tflite` for float ``images`` as PyTorch takes them (N x C x H x W images, N x C x T sequences or
+    N x F features), laid out as the .tflite's input (:func:`~edgeprune.export.tflm.tflite_layout`) and quantized
+    with its scale and zero point as TFLM's inputs."""
     get_target(target, runnable=True)
     check_tools()
     tflite_path = Path(tflite_path)
@@ -335,8 +336,7 @@ def measure_on_mcu(tflite_path: str | os.PathLike, images: torch.Tensor, labels:
     if images[0].numel() != math.prod(t.shape[1:]):
         raise ValueError(f"images are {'x'.join(map(str, images.shape[1:]))} = {images[0].numel()} values each; "
                          f"{tflite_path.name} takes {math.prod(t.shape[1:])}: give images of the model's input shape")
-    x = images.detach().cpu().float().numpy()
-    x = (x.transpose(0, 2, 3, 1) if x.ndim == 4 else x).reshape(len(x), *t.shape[1:])
+    x = tflite_layout(images.detach().cpu().float().numpy()).reshape(len(images), *t.shape[1:])
     if t.dtype == "int8":
         x = quantize_activation(x, *t.qparams)
     return measure_tflite(tflite_path, x.astype(np.int8 if t.dtype == "int8" else np.float32),
