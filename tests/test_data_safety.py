@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FASHION_DIR
 from edgeprune.data import DataConfig, data_geometry, load_data, make_loaders
 from edgeprune.files import atomic_path
 from test_checkpoint_safety import in_child
@@ -96,8 +95,8 @@ def _write_and_die(target: Path) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
-def test_staging_killed_midway_leaves_nothing_behind(tmp_path, monkeypatch):
+def test_staging_killed_midway_leaves_nothing_behind(tmp_path, monkeypatch, fashion_full):
+    """Needs Debian's Fashion-MNIST (the fixture: skipped without it, a failure under EDGEPRUNE_REQUIRE_DATASET=1)."""
     monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
     cfg = DataConfig(limit=20, val_size=5)
     first = load_data(cfg)

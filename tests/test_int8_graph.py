@@ -3,16 +3,15 @@ converter -> writer -> reader, checked against weights and parameters quantized 
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("tflite")
-pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
 
 from test_tflite import Branchy, FlatThenAdd, _calib, requantize
-from test_tflite import quantize_multiplier as reference_quantize_multiplier
 
 from edgeprune.export.int8_graph import (
     multiply_by_quantized_multiplier, output_shape, quantize_multiplier, same_padding, window_output_size,
@@ -40,9 +39,14 @@ def test_quantize_multiplier_by_hand():
     assert quantize_multiplier(0.15625) == (1342177280, -2)  # 0.625 * 2**-2
     assert quantize_multiplier(1 - 2**-40) == (2**30, 1)  # the fraction rounds up to 2**31: halved, shift + 1
     assert quantize_multiplier(2**-40) == (0, 0)  # shift -39 < -31: flushed to zero
+    # TFLite's contract, checked exactly with fractions (not by a second copy of the code): the multiplier is in
+    # [2**30, 2**31) and multiplier * 2**(shift - 31) is the nearest such value to real (within half a step)
     rng = np.random.default_rng(0)
     for real in 10.0 ** rng.uniform(-9, 1, 500):
-        assert quantize_multiplier(float(real)) == reference_quantize_multiplier(float(real))
+        q, shift = quantize_multiplier(float(real))
+        assert 2**30 <= q < 2**31
+        error = abs(Fraction(q) * Fraction(2) ** (shift - 31) - Fraction(float(real)))
+        assert error <= Fraction(2) ** (shift - 32)
 
 
 def test_multiply_by_quantized_multiplier_double_rounding():

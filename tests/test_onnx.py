@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+import onnx
+import onnxruntime as ort
 
 from edgeprune.data import DataConfig, load_data, make_loader
 from edgeprune.export.onnx import compare_onnx, evaluate_onnx, export_onnx, onnx_latency

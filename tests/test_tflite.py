@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-tflite = pytest.importorskip("tflite")
-runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
+import tflite
+from tflite_micro.python.tflite_micro import runtime
 
 from edgeprune.data import DataConfig, load_data, make_loader
 from edgeprune.export.c_source import fits_on, write_c_source

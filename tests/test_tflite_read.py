@@ -15,13 +15,15 @@ import pytest
 import torch
 from torch import nn
 
-tflite = pytest.importorskip("tflite")
+import tflite
 
 from test_int8_graph import assert_graphs_equal
 from test_tflite import Branchy
 
 from edgeprune.export.tflite import export_tflite
 from edgeprune.export.tflite_read import load_tflite, read_tflite
+from edgeprune.mcu.codegen import render
+from edgeprune.mcu.lowering import lower
 
 
 @pytest.fixture(scope="module")
@@ -258,9 +260,10 @@ def test_truncated_garbage_and_forged_offsets_get_one_line(tiny, tmp_path):
 
 
 def test_random_damage_is_read_or_refused_in_one_line(tiny):
-    """Bytes overwritten at random: the reader returns a graph whose every index is in range, or one ValueError line."""
+    """Bytes overwritten at random: the reader returns a graph whose every index is in range, or one ValueError line;
+    a graph that reads is lowered and rendered as C, or refused in one line."""
     rng = np.random.default_rng(0)
-    outcomes = {"read": 0, "refused": 0}
+    outcomes = {"read": 0, "refused": 0, "generated": 0}
     for _ in range(300):
         damaged = bytearray(tiny)
         for pos in rng.integers(8, len(tiny), rng.integers(1, 4)):
@@ -276,4 +279,10 @@ def test_random_damage_is_read_or_refused_in_one_line(tiny):
             assert all(-1 <= i < len(g.tensors) for i in op.inputs + op.outputs)
         for t in g.tensors:
             assert t.data is None or t.data.size == int(np.prod(t.shape))
-    assert outcomes["read"] > 0 and outcomes["refused"] > 0
+        try:  # what still reads goes on to the C engine's lowering and code: C text, or one line, never a crash
+            files = render(lower(g))
+            outcomes["generated"] += 1
+            assert "edgeprune_invoke" in files["edgeprune_model.c"]
+        except ValueError as exc:
+            assert "\n" not in str(exc)
+    assert outcomes["read"] > 0 and outcomes["refused"] > 0 and outcomes["generated"] > 0

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-tflite = pytest.importorskip("tflite")
-runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
+import tflite
+from tflite_micro.python.tflite_micro import runtime
 
 from tflite.BuiltinOperator import BuiltinOperator  # noqa: E402
 from tflite.Conv2DOptions import Conv2DOptions  # noqa: E402
