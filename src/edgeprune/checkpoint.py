@@ -45,7 +45,8 @@ def model_header(model: nn.Module, spec: ModelSpec, info: dict | None = None) ->
     info = dict(info or {})
     if any(full.get(name) != tuple(t.shape) for name, t in model.state_dict().items()):
         info["channel_pruned"] = True
-    return {"spec": json.dumps(asdict(spec)), "info": json.dumps(info)}
+    fields = {key: value for key, value in asdict(spec).items() if value is not None}  # unset optional fields stay out
+    return {"spec": json.dumps(fields), "info": json.dumps(info)}
 
 
 @dataclass(frozen=True)

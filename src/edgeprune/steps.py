@@ -338,8 +338,8 @@ def prune_channels_step(
     bisected. ``batches`` (a few training batches) feed ``importance="taylor"``. Returns (model, info)."""
     if sum(x is not None for x in (ratios, target_macs, target_latency)) != 1:
         raise ValueError("give exactly one of channel ratios, a MACs target or a latency target")
-    example = torch.zeros(1, spec.in_channels, spec.image_size, spec.image_size, device=next(model.parameters()).device)
-    shape = (spec.in_channels, spec.image_size, spec.image_size)
+    example = torch.zeros(1, *spec.sample_shape, device=next(model.parameters()).device)
+    shape = spec.sample_shape
     dense_macs = count_macs(model, shape)["total"]
     measured: dict[int, float] = {}  # latency fraction of each candidate timed, by id
     if target_macs is not None:
@@ -456,7 +456,7 @@ def export_for_devices(
 def check_device_export(model: nn.Module, spec: ModelSpec, engine: bool = False) -> None:
     """Refuse, before any training, a model that the int8 TFLite export cannot convert (names the op and layer),
     and with ``engine`` one whose ``.tflite`` the C engine cannot run."""
-    example = torch.randn(4, spec.in_channels, spec.image_size, spec.image_size)
+    example = torch.randn(4, *spec.sample_shape)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             probe = export_tflite(copy.deepcopy(model).cpu().eval(), Path(tmp) / "probe.tflite", example)
@@ -548,7 +548,7 @@ def inspect_model(
     out = writable_folder(out)
     stats = {
         "model": asdict(spec), **model_stats(model, bit_width),
-        "macs_dense": count_macs(model, (spec.in_channels, spec.image_size, spec.image_size)),
+        "macs_dense": count_macs(model, spec.sample_shape),
         "layers": [s.to_dict() for s in layer_stats(model, bit_width)],
         "channels": channel_counts(model),
     }
@@ -592,7 +592,7 @@ def plan_from_scan(
     model = None
     if checkpoint:
         model, spec, _, _ = load_model(checkpoint, spec, device)
-        shape = (spec.in_channels, spec.image_size, spec.image_size)
+        shape = spec.sample_shape
         units = engine_unit_bytes(model, shape) if budget == "flash" else None
     sparsity, plan = choose_sparsity(model, scan, None, target_sparsity, max_drop, target_bytes, budget=budget,
                                      input_shape=shape, bytes_per_nonzero=units)
