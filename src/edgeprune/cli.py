@@ -20,6 +20,7 @@ from .config import CRITERIA, EXPORT_VALUES, MCU_TARGETS, METHODS, SCAN_SPLITS, 
     read_config_file, run_config
 from .report import comparison_markdown, engine_markdown, layers_markdown, mcu_table
 from .run import run_experiment
+from .task import TASKS
 
 __all__ = ["main", "build_parser"]
 
@@ -104,6 +105,11 @@ def _data(args: argparse.Namespace):
     return data_config(args.model, {**given, "seed": args.seed})
 
 
+def _metric(metric: str, value: float) -> str:
+    """``accuracy 91.25 %`` or ``mse 0.01234``: a metric value named."""
+    return f"{metric} " + next(task.format(value) for task in TASKS.values() if task.metric == metric)
+
+
 def _spec(args: argparse.Namespace):
     return steps.model_spec_from_flags(args.model, _data(args), args.num_classes)
 
@@ -113,7 +119,7 @@ def _spec(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> None:
     accuracy, history, out = steps.train_checkpoint(args.model, _data(args), args.epochs, args.lr, args.device, args.seed, args.out)
-    print(f"test accuracy {accuracy:.2f} % (best epoch {history.best_epoch}); saved {out}")
+    print(f"test {_metric(history.metric, accuracy)} (best epoch {history.best_epoch}); saved {out}")
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -129,7 +135,7 @@ def cmd_scan(args: argparse.Namespace) -> None:
     result = steps.scan_checkpoint(args.checkpoint, _spec(args), _data(args), args.scan_split, args.scan_start, args.scan_step,
                                    args.scan_end, args.scan_method, args.device, args.out, args.show)
     if result is not None:
-        print(f"dense accuracy {result.dense_accuracy:.2f} % on the {args.scan_split} split; "
+        print(f"dense {_metric(result.metric_task.metric, result.dense_accuracy)} on the {args.scan_split} split; "
               f"wrote {args.out}/scan.json and sensitivity.png")
 
 
@@ -157,7 +163,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
 def cmd_finetune(args: argparse.Namespace) -> None:
     accuracy, history, out = steps.finetune_checkpoint(args.checkpoint, _spec(args), _data(args), args.epochs, args.lr,
                                                        args.device, args.seed, args.out)
-    print(f"test accuracy {accuracy:.2f} % (best epoch {history.best_epoch}); saved {out}")
+    print(f"test {_metric(history.metric, accuracy)} (best epoch {history.best_epoch}); saved {out}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:

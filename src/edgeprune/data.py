@@ -97,7 +97,7 @@ class DataSplits:
     data without labels) and the task the data is scored by (classification, or reconstruction without labels).
 
     For a ``tensors`` data set whose samples are not square ``C x H x W`` images, ``in_channels`` and ``image_size``
-    are only placeholders (C and H of a ``C x H x W`` sample, else 1 and 1): use ``input_shape``.
+    are only placeholders (the first dimension, and H of a ``C x H x W`` sample, else 1): use ``input_shape``.
     """
 
     train: Dataset
@@ -464,8 +464,9 @@ def tensors_labeled(path: str | os.PathLike) -> bool:
 
 
 def _tensor_geometry(shape: tuple[int, ...]) -> tuple[int, int]:
-    """(in_channels, image_size) of a sample shape: C and H of ``C x H x W`` (the image's when H == W), else (1, 1)."""
-    return (shape[0], shape[1]) if len(shape) == 3 else (1, 1)
+    """(in_channels, image_size) of a sample shape: the first dimension (1 for a 1-D sample) and the second of a
+    ``C x H x W`` sample (the image's side when H == W), else 1."""
+    return (shape[0] if len(shape) >= 2 else 1), (shape[1] if len(shape) == 3 else 1)
 
 
 def load_tensors(cfg: DataConfig) -> DataSplits:

@@ -13,7 +13,10 @@ import math
 import torch
 from torch.nn import functional as F
 
-__all__ = ["CLASSIFICATION", "RECONSTRUCTION", "TASKS", "Classification", "Reconstruction", "Task", "task_named"]
+__all__ = [
+    "AUTOENCODERS", "CLASSIFICATION", "RECONSTRUCTION", "TASKS", "TASK_CHOICES", "Classification", "Reconstruction", "Task",
+    "resolve_task", "task_named",
+]
 
 
 class Task:
@@ -190,6 +193,26 @@ CLASSIFICATION = Classification()
 RECONSTRUCTION = Reconstruction()
 TASKS = {task.name: task for task in (CLASSIFICATION, RECONSTRUCTION)}
 """The tasks by name."""
+
+
+TASK_CHOICES = ("auto", *TASKS)
+"""What a run's ``task`` may be: ``auto`` (see :func:`resolve_task`) or a task's name."""
+AUTOENCODERS = ("fc_autoencoder",)
+"""Built-in models whose output is a reconstruction of their input, not classes."""
+
+
+def resolve_task(requested: str, model: str, labeled: bool) -> Task:
+    """The task of a run: ``requested`` by name, or for ``auto`` reconstruction when the data has no labels or
+    ``model`` is an autoencoder (:data:`AUTOENCODERS`), else classification. Classification of data without labels is
+    a one-line ValueError."""
+    if requested not in TASK_CHOICES:
+        raise ValueError(f"unknown task {requested!r}; use one of {', '.join(TASK_CHOICES)}")
+    if requested == "auto":
+        return RECONSTRUCTION if not labeled or model.lower() in AUTOENCODERS else CLASSIFICATION
+    if requested == "classification" and not labeled:
+        raise ValueError("task 'classification' needs labels but the data has none (no y_* arrays); save y_train and "
+                         "y_test in the .npz, or use --task reconstruction (or auto)")
+    return TASKS[requested]
 
 
 def task_named(name: str) -> Task:
