@@ -16,11 +16,10 @@ import warnings
 from pathlib import Path
 
 from . import __version__, distributed, steps
-from .config import CRITERIA, EXPORT_VALUES, MCU_TARGETS, METHODS, SCAN_SPLITS, SPARSE_MODES, Flag, RunConfig, data_config, flags, \
+from .config import CRITERIA, EXPORT_VALUES, MCU_TARGETS, METHODS, SCAN_SPLITS, SPARSE_MODES, TASKS, Flag, RunConfig, data_config, flags, \
     read_config_file, run_config
 from .report import comparison_markdown, engine_markdown, layers_markdown, mcu_table
 from .run import run_experiment
-from .task import TASKS
 
 __all__ = ["main", "build_parser"]
 
@@ -168,9 +167,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     values = None if args.export_values == "none" else args.export_values
-    rows = steps.compare_checkpoints(args.checkpoints, args.labels.split(",") if args.labels else None, _spec(args),
-                                     _data(args), args.device, args.out, values, args.export_bits)
-    print(comparison_markdown(rows))
+    steps.compare_checkpoints(args.checkpoints, args.labels.split(",") if args.labels else None, _spec(args),
+                              _data(args), args.device, args.out, values, args.export_bits)
+    print((Path(args.out) / "comparison.md").read_text(encoding="utf-8"))  # headed by the data's task's metric
     print(f"wrote {args.out}/comparison.md and comparison.json")
 
 
@@ -223,7 +222,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     cfg = run_config(read_config_file(args.config) if args.config else {}, given)
     results = run_experiment(cfg, overwrite=args.overwrite, resume=args.resume)
     if distributed.is_main():
-        print(comparison_markdown(results["comparison"]))
+        print(comparison_markdown(results["comparison"], TASKS[results["task"]["name"]]))
         print(f"report: {Path(cfg.out) / 'report.md'} (finished in {results['seconds']} s)")
 
 

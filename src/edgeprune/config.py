@@ -27,12 +27,12 @@ from .prune.importance import CRITERIA
 from .prune.masks import check_sparsity
 from .prune.schedule import SCHEDULES
 from .prune.settings import load_layer_settings, read_document
-from .task import TASK_CHOICES, Task, resolve_task
+from .task import TASK_CHOICES, TASKS, Task, resolve_task
 from .training import LR_SCHEDULES
 
 __all__ = [
     "CRITERIA", "DATASETS", "DATA_FLAGS", "DEVICE_EXPORTS", "EXPORT_VALUES", "LR_SCHEDULES", "MAX_SEED", "MCU_TARGETS", "METHODS",
-    "PLANS", "SPARSE_MODES", "TASK_CHOICES",
+    "PLANS", "SPARSE_MODES", "TASK_CHOICES", "TASKS",
     "RENAMED_KEYS", "SCAN_SPLITS", "Flag", "RunConfig", "data_config", "default_bits", "fit_data_to_model", "flags",
     "is_torchvision", "parse_bits",
     "read_config_file", "run_config", "upgrade_saved",
