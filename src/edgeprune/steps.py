@@ -33,7 +33,7 @@ from .analyze.plots import plot_num_parameters_distribution, plot_weight_distrib
 from .analyze.scan import ScanResult, sensitivity_scan
 from .checkpoint import load_checkpoint, save_checkpoint, save_compressed_model
 from .config import parse_bits
-from .data import DataConfig, DataSplits, data_geometry, load_data, make_loaders
+from .data import DataConfig, DataSplits, data_geometry, load_data, make_loaders, tensors_shapes
 from .device import pick_device
 from .export.c_source import fits_on, write_c_source
 from .export.centroids import share_weights
@@ -93,7 +93,10 @@ def model_spec_from_flags(model: str, data: DataConfig, num_classes: int | None 
     """
     channels, size, classes = data_geometry(data)
     classes = num_classes or classes
-    return ModelSpec(model, channels, classes, size) if classes else None
+    shape = tensors_shapes(data.data_dir)["x_train"][0][1:] if data.name == "tensors" else None
+    if not classes:
+        return None
+    return ModelSpec(model, channels, classes, size, input_shape=None if shape == (channels, size, size) else shape)
 
 
 def load_model(
@@ -722,6 +725,9 @@ def export_checkpoint(
         if values != "fp32" or bits is not None or centroid_epochs:
             raise ValueError(f"--values, --bits and --centroid-epochs shape the compressed .epz file; drop them with --format {fmt}")
         splits = load_splits(data, spec)
+        if splits.task is not CLASSIFICATION:
+            raise ValueError(f"--format {fmt} files are scored by accuracy in their runtime; a {splits.task.name} model "
+                             "exports as --format epz")
         model = model.cpu().eval()
         row = {"accuracy": accuracy_on_test(model, splits, "cpu")}
         if fmt == "onnx":
