@@ -285,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-sparsity", type=FRACTION, help="budget: fraction of prunable weights to remove overall")
     target.add_argument("--target-bytes", type=_whole(0), help="budget: bytes of the remaining non-zeros (32 bit) of the prunable layers")
-    target.add_argument("--max-drop", type=_real(0.0, 100.0), help="tolerance: accuracy drop allowed per layer, in points")
+    target.add_argument("--max-drop", type=_real(0.0, 100.0), help="tolerance: drop allowed per layer: accuracy points, or for a "
+                        "reconstruction scan the MSE's increase in percent")
     for dest, flag, default in flags():  # the run's --budget, its help and default
         if dest == "budget":
             _add_flag(p, dest, flag, default)
