@@ -44,17 +44,21 @@ from .prune.masks import fine_grained_mask, fine_grained_prune, sparsity_of
 from .prune.pruner import FineGrainedPruner, is_pruned
 from .prune.schedule import GradualPruner, agp_sparsity
 from .prune.settings import load_layer_settings
+from .task import CLASSIFICATION, RECONSTRUCTION, Task
 from .training import Teacher, evaluate, finetune, prune_gradually, prune_iteratively, recalibrate_batchnorm, train
 
 __all__ = [
     "BasicCNN",
+    "CLASSIFICATION",
     "ChannelScanResult",
     "DataConfig",
     "FineGrainedPruner",
     "GradualPruner",
     "ModelSpec",
+    "RECONSTRUCTION",
     "RunConfig",
     "ScanResult",
+    "Task",
     "Teacher",
     "agp_sparsity",
     "build_baseline",

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__, distributed, steps
-from .config import CRITERIA, EXPORT_VALUES, MCU_TARGETS, METHODS, SCAN_SPLITS, SPARSE_MODES, Flag, RunConfig, data_config, flags, \
+from .config import CRITERIA, EXPORT_VALUES, MCU_TARGETS, METHODS, SCAN_SPLITS, SPARSE_MODES, TASKS, Flag, RunConfig, data_config, flags, \
     read_config_file, run_config
 from .mcu.measure import EngineMismatch
 from .report import comparison_markdown, engine_markdown, layers_markdown, mcu_table
@@ -105,6 +105,11 @@ def _data(args: argparse.Namespace):
     return data_config(args.model, {**given, "seed": args.seed})
 
 
+def _metric(metric: str, value: float) -> str:
+    """``accuracy 91.25 %`` or ``mse 0.01234``: a metric value named."""
+    return f"{metric} " + next(task.format(value) for task in TASKS.values() if task.metric == metric)
+
+
 def _spec(args: argparse.Namespace):
     return steps.model_spec_from_flags(args.model, _data(args), args.num_classes)
 
@@ -114,7 +119,7 @@ def _spec(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> None:
     accuracy, history, out = steps.train_checkpoint(args.model, _data(args), args.epochs, args.lr, args.device, args.seed, args.out)
-    print(f"test accuracy {accuracy:.2f} % (best epoch {history.best_epoch}); saved {out}")
+    print(f"test {_metric(history.metric, accuracy)} (best epoch {history.best_epoch}); saved {out}")
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -130,7 +135,7 @@ def cmd_scan(args: argparse.Namespace) -> None:
     result = steps.scan_checkpoint(args.checkpoint, _spec(args), _data(args), args.scan_split, args.scan_start, args.scan_step,
                                    args.scan_end, args.scan_method, args.device, args.out, args.show)
     if result is not None:
-        print(f"dense accuracy {result.dense_accuracy:.2f} % on the {args.scan_split} split; "
+        print(f"dense {_metric(result.metric_task.metric, result.dense_accuracy)} on the {args.scan_split} split; "
               f"wrote {args.out}/scan.json and sensitivity.png")
 
 
@@ -158,14 +163,14 @@ def cmd_prune(args: argparse.Namespace) -> None:
 def cmd_finetune(args: argparse.Namespace) -> None:
     accuracy, history, out = steps.finetune_checkpoint(args.checkpoint, _spec(args), _data(args), args.epochs, args.lr,
                                                        args.device, args.seed, args.out)
-    print(f"test accuracy {accuracy:.2f} % (best epoch {history.best_epoch}); saved {out}")
+    print(f"test {_metric(history.metric, accuracy)} (best epoch {history.best_epoch}); saved {out}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
     values = None if args.export_values == "none" else args.export_values
-    rows = steps.compare_checkpoints(args.checkpoints, args.labels.split(",") if args.labels else None, _spec(args),
-                                     _data(args), args.device, args.out, values, args.export_bits)
-    print(comparison_markdown(rows))
+    steps.compare_checkpoints(args.checkpoints, args.labels.split(",") if args.labels else None, _spec(args),
+                              _data(args), args.device, args.out, values, args.export_bits)
+    print((Path(args.out) / "comparison.md").read_text(encoding="utf-8"))  # headed by the data's task's metric
     print(f"wrote {args.out}/comparison.md and comparison.json")
 
 
@@ -218,7 +223,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     cfg = run_config(read_config_file(args.config) if args.config else {}, given)
     results = run_experiment(cfg, overwrite=args.overwrite, resume=args.resume)
     if distributed.is_main():
-        print(comparison_markdown(results["comparison"]))
+        print(comparison_markdown(results["comparison"], TASKS[results["task"]["name"]]))
         print(f"report: {Path(cfg.out) / 'report.md'} (finished in {results['seconds']} s)")
 
 
@@ -281,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-sparsity", type=FRACTION, help="budget: fraction of prunable weights to remove overall")
     target.add_argument("--target-bytes", type=_whole(0), help="budget: bytes of the remaining non-zeros (32 bit) of the prunable layers")
-    target.add_argument("--max-drop", type=_real(0.0, 100.0), help="tolerance: accuracy drop allowed per layer, in points")
+    target.add_argument("--max-drop", type=_real(0.0, 100.0), help="tolerance: drop allowed per layer: accuracy points, or for a "
+                        "reconstruction scan the MSE's increase in percent")
     for dest, flag, default in flags():  # the run's --budget, its help and default
         if dest == "budget":
             _add_flag(p, dest, flag, default)

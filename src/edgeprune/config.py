@@ -17,7 +17,7 @@ from typing import Mapping
 
 from .analyze.plan import BUDGETS
 from .analyze.scan import METHODS, scan_sparsities
-from .data import DATASETS, DataConfig, native_geometry
+from .data import DATASETS, DataConfig, native_geometry, tensors_labeled
 from .device import pick_device
 from .export.quantize import MODES, QuantConfig
 from .mcu.lowering import SPARSE_MODES
@@ -27,11 +27,12 @@ from .prune.importance import CRITERIA
 from .prune.masks import check_sparsity
 from .prune.schedule import SCHEDULES
 from .prune.settings import load_layer_settings, read_document
+from .task import TASK_CHOICES, TASKS, Task, resolve_task
 from .training import LR_SCHEDULES
 
 __all__ = [
     "CRITERIA", "DATASETS", "DATA_FLAGS", "DEVICE_EXPORTS", "EXPORT_VALUES", "LR_SCHEDULES", "MAX_SEED", "MCU_TARGETS", "METHODS",
-    "PLANS", "SPARSE_MODES",
+    "PLANS", "SPARSE_MODES", "TASK_CHOICES", "TASKS",
     "RENAMED_KEYS", "SCAN_SPLITS", "Flag", "RunConfig", "data_config", "default_bits", "fit_data_to_model", "flags",
     "is_torchvision", "parse_bits",
     "read_config_file", "run_config", "upgrade_saved",
@@ -70,14 +71,17 @@ def _option(default, help: str, **flag) -> object:
 
 
 DATA_FLAGS = {
-    "name": Flag("data set", choices=DATASETS, option="--dataset"),
-    "data_dir": Flag("where the data set is (default: Debian's /usr/share/datasets/fashion-mnist for fashion-mnist)"),
+    "name": Flag("data set; tensors: arrays in a .npz file (--data-dir FILE.npz with x_train, x_test and, for labels, "
+                 "y_train, y_test; optional x_val, y_val), any sample shape, used as they are (no --mean/--std)",
+                 choices=DATASETS, option="--dataset"),
+    "data_dir": Flag("where the data set is (default: Debian's /usr/share/datasets/fashion-mnist for fashion-mnist; "
+                     "the .npz file for tensors)"),
     "download": Flag("allow torchvision to download the data set (needs the network)", kind="bool"),
     "channels": Flag("convert images to this many channels (3 is automatic for torchvision models)", kind="int", low=1, high=3,
                      choices=(1, 3)),
     "image_size": Flag("resize images to this side length", kind="int", low=4, high=4096),
-    "mean": Flag("Normalize mean per channel (the seed's 0.5)", kind="float", low=-1e6, high=1e6),
-    "std": Flag("Normalize std per channel (the seed's 0.5)", kind="float", positive=True),
+    "mean": Flag("Normalize mean per channel (the seed's 0.5; images only)", kind="float", low=-1e6, high=1e6),
+    "std": Flag("Normalize std per channel (the seed's 0.5; images only)", kind="float", positive=True),
     "batch_size": Flag("images per batch", kind="int", low=1, high=1_000_000),
     "val_size": Flag("images held out of the training set for scans and model selection", kind="int", low=0),
     "limit": Flag("use at most this many images of each split (quick trials)", kind="int", low=1),
@@ -158,6 +162,9 @@ class RunConfig:
 
     model: str = _option("basiccnn", "basiccnn, a torchvision classifier (resnet18, vgg11_bn, mobilenet_v2, ...) or module.path:factory")
     data: DataConfig = field(default_factory=DataConfig)
+    task: str = _option("auto", "what the model does and is scored by: classification (accuracy), reconstruction (MSE "
+                        "against the input), or auto: reconstruction for data without labels or an autoencoder model "
+                        "(fc_autoencoder), else classification", choices=TASK_CHOICES)
     weights: str | None = _option(None, "start from this baseline checkpoint instead of training (.safetensors or a .pth state_dict)")
     epochs: int | None = _option(None, "baseline training epochs (default 5; 0 with --weights)", kind="int", low=0, high=10_000)
     finetune_epochs: int = _option(3, "fine-tuning epochs", kind="int", low=0, high=10_000)
@@ -192,7 +199,8 @@ class RunConfig:
                                        "size (e.g. 32KiB, 32kB = 32000 B, 32768), checked in QEMU (to within 5 percent under it)")
     schedule: str = _option("oneshot", "oneshot: prune, then fine-tune; agp: cubic ramp to the targets while training; "
                             "iterative: rounds of prune + fine-tune", choices=("oneshot", *SCHEDULES))
-    max_drop: float | None = _option(None, "plan by tolerance instead: largest sparsity per layer within this accuracy drop",
+    max_drop: float | None = _option(None, "plan by tolerance instead: largest sparsity per layer within this drop: accuracy points, or for "
+                                     "reconstruction the MSE's increase in percent of the dense model's",
                                      kind="float", low=0.0, high=100.0)
     scan_split: str = _option("val", "scan on the validation split (default) or the test set", choices=SCAN_SPLITS)
     scan_start: float = _option(0.0, "first sparsity of the scan", kind="float", low=0.0, high=1.0)
@@ -305,7 +313,15 @@ class RunConfig:
                              "give one (e.g. --mcu cortex-m4), not none")
         if self.centroid_epochs and self.export_values != "kmeans":
             raise ValueError("centroid_epochs fine-tunes k-means centroids: use it with export_values='kmeans'")
+        self._task = resolve_task(self.task, self.model, self.data.name != "tensors" or tensors_labeled(self.data.data_dir))
+        if self._task.name != "classification":
+            _check_reconstruction(self)
         pick_device(self.device)
+
+    @property
+    def resolved_task(self) -> Task:
+        """The run's task: ``task``, with ``auto`` resolved from the data and the model (:func:`~edgeprune.task.resolve_task`)."""
+        return self._task
 
     def to_dict(self) -> dict:
         """The resolved config as plain JSON data."""
@@ -320,6 +336,19 @@ class RunConfig:
         if unknown:
             raise ValueError(f"unknown run config keys {unknown}; valid keys: {', '.join(sorted(known))}")
         return cls(**data)
+
+
+def _check_reconstruction(cfg: RunConfig) -> None:
+    """Refuse, as one line, the steps a reconstruction run cannot take: each scores or trains by class labels."""
+    given = [flag for flag, on in (
+        ("--distill", cfg.distill), ("--channel-ratios", cfg.channel_ratios is not None),
+        ("--target-macs", cfg.target_macs is not None), ("--target-latency", cfg.target_latency is not None),
+        ("--centroid-epochs", cfg.centroid_epochs), ("--device-exports", cfg.device_exports != "none"),
+        ("--mcu", cfg.mcu != "none"), ("--target-instructions", cfg.target_instructions is not None),
+        ("--target-flash", cfg.target_flash is not None)) if on]
+    if given:
+        raise ValueError(f"task 'reconstruction' is scored by MSE, but {', '.join(given)} train or score by class labels; "
+                         "leave them out (and pass --device-exports none --mcu none)")
 
 
 def upgrade_saved(data: Mapping) -> dict:

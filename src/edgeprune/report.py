@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from .mcu.measure import mcu_table
+from .task import CLASSIFICATION, Task, task_named
 
 __all__ = ["comparison_markdown", "device_markdown", "device_target_line", "engine_markdown", "layers_markdown",
            "mcu_markdown", "mcu_table", "run_report", "sparsity_markdown"]
@@ -16,28 +17,29 @@ def _fmt_bytes(n: int | float | None) -> str:
     return f"{int(n):,} ({n / 2**20:.3f} MiB)"
 
 
-def comparison_markdown(rows: Iterable[Mapping]) -> str:
-    """The seed's comparison table, plus real file sizes: one row per model."""
+def comparison_markdown(rows: Iterable[Mapping], task: Task = CLASSIFICATION) -> str:
+    """The seed's comparison table, plus real file sizes: one row per model, scored by the ``task``'s metric (its
+    column headed by the metric: "Accuracy (%)", "MSE")."""
     rows = list(rows)
     has_compressed = any(r.get("compressed_bytes") is not None for r in rows)
     has_speed = any(r.get("latency_ms") for r in rows)
     head = ["Model", "Memory usage (MiB)", "Sparsity (%)", "File on disk (bytes)"]
     if has_compressed:
-        head += ["Compressed file (bytes)", "Accuracy decoded (%)"]
+        head += ["Compressed file (bytes)", "Accuracy decoded (%)" if task.unit == "%" else f"{task.column} decoded"]
     if has_speed:
         head += ["MACs", "Latency b1 / b64 (ms)"]
-    head.append("Accuracy (%)")
+    head.append(task.column)
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         cells = [str(r["model"]), f"{r['theoretical_mib']:.2f}", f"{100 * r['sparsity']:.1f}", _fmt_bytes(r.get("file_bytes"))]
         if has_compressed:
-            dec = r.get("decoded_accuracy")
-            cells += [_fmt_bytes(r.get("compressed_bytes")), "–" if dec is None else f"{dec:.2f}"]
+            dec = r.get(f"decoded_{task.metric}")
+            cells += [_fmt_bytes(r.get("compressed_bytes")), "–" if dec is None else _fmt_metric(dec, task)]
         if has_speed:
             ms = {int(k): v for k, v in (r.get("latency_ms") or {}).items()}
             cells += [f"{r['macs']:,}" if r.get("macs") is not None else "–",
                       " / ".join(f"{ms[b]:.2f}" if b in ms else "–" for b in (1, 64))]
-        cells.append(f"{r['accuracy']:.2f}")
+        cells.append(_fmt_metric(r[task.metric], task))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
@@ -56,9 +58,14 @@ def comparison_markdown(rows: Iterable[Mapping]) -> str:
         bits = f", {r['compressed_bits']} bits" if r.get("compressed_bits") else ""
         lines.append(
             f"*Compressed file* is the sparse, entropy-coded export (values: {r['compressed_values']}{bits}; "
-            "edgeprune export), the bytes a device would store; *accuracy decoded* is measured on the weights read back from it."
+            f"edgeprune export), the bytes a device would store; *{task.metric} decoded* is measured on the weights read back from it."
         )
     return "\n".join(lines) + "\n"
+
+
+def _fmt_metric(value: float, task: Task) -> str:
+    """A metric value in a table cell: accuracy with 2 decimals, an MSE with 5 significant digits."""
+    return f"{value:.2f}" if task.unit == "%" else f"{value:.5g}"
 
 
 def sparsity_markdown(sparsity: Mapping[str, float]) -> str:
@@ -172,9 +179,22 @@ def device_target_line(device: Mapping | None) -> str:
             f"{'still met' if device['final']['met'] else 'NOT met'}")
 
 
+def _task_line(task: Task, data: Mapping) -> str:
+    """The line naming the task and its metric (and the sample shape of a tensors data set); '' for image
+    classification, whose report is as it always was."""
+    shape = data.get("input_shape")
+    if task is CLASSIFICATION and not shape:
+        return ""
+    what = ("classification, scored by top-1 accuracy; a drop is accuracy points lost" if task is CLASSIFICATION else
+            "reconstruction of the input, scored by its mean squared error (MSE, lower is better); a drop (--max-drop) is "
+            "the MSE's increase in percent of the dense model's")
+    return f"Task: {what}." + (f" Samples of shape {' x '.join(map(str, shape))}." if shape else "") + "\n"
+
+
 def run_report(results: Mapping, model: str, scan_split: str, scanned: bool = True) -> str:
     """The report a person reads: the table, the dict, the per-layer sparsity and the plots."""
     data = results["data"]
+    task = task_named(results.get("task", {}).get("name", "classification"))
     shown = [s for s in results["layers"] if len(s["shape"]) > 1 or s["name"] in results["sparsity_dict"]]
     plan = results["plan"]
     how = (
@@ -194,10 +214,10 @@ def run_report(results: Mapping, model: str, scan_split: str, scanned: bool = Tr
 Data: {data['train_images']:,} training images, {data['val_images']:,} held out for validation
 (scan and choice of the fine-tuning epoch), {data['test_images']:,} test images (the table below).
 Dense MACs per image: {results['macs_dense']['total']:,}. Run time: {results['seconds']} s.
-{resumed_line}
+{_task_line(task, data)}{resumed_line}
 ## Comparison (test set)
 
-{comparison_markdown(results['comparison'])}
+{comparison_markdown(results['comparison'], task)}
 {channels_markdown(results.get("channels"))}## Sparsity dict
 
 Sparsity dict {how}:

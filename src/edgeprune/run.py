@@ -64,7 +64,8 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
         folder = stack.enter_context(RunFolder(where, cfg.to_dict(), overwrite=overwrite, resume=resume, upgrade=upgrade_saved))
         out = folder.path
         device = pick_device(cfg.device)
-        splits = steps.load_splits(cfg.data)
+        task = cfg.resolved_task
+        splits = steps.load_splits(cfg.data, task=task.name)
         resumed = [step for step in STEPS if step in folder.done]
 
         def load(name: str, spec=None) -> tuple:
@@ -129,7 +130,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
                 sparsity, plan_info = steps.plan_for_device_target(source, scan, splits, out / "device_target", cfg.budget,
                                                                    cfg.target_instructions, cfg.target_flash, cfg.mcu)
             else:
-                shape = (spec.in_channels, spec.image_size, spec.image_size)
+                shape = spec.sample_shape
                 sparsity, plan_info = steps.choose_sparsity(source, scan, cfg.sparsity, cfg.target_sparsity, cfg.max_drop,
                                                             plan=cfg.plan, budget=cfg.budget, input_shape=shape,
                                                             bytes_per_nonzero=steps.engine_unit_bytes(source, shape)
@@ -188,9 +189,9 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
 
         # 6. Compare on the test set, with the real compressed files; then the report.
         test_loader = make_loaders(splits, cfg.data.batch_size, cfg.seed)[2]
-        shape = (spec.in_channels, spec.image_size, spec.image_size)
+        shape = spec.sample_shape
         rows = steps.compare_models(compared, test_loader, device, out, cfg.export_values, cfg.export_bits, shape,
-                                    [spec] * len(compared))
+                                    [spec] * len(compared), task)
         # 7. The files devices load: ONNX and int8 TFLite, each scored in its own runtime; does the final model fit a board?
         fits = None
         if cfg.device_exports != "none":
@@ -215,6 +216,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
         device_target = steps.check_device_target(plan_info["device"], on_mcu[-1]) if on_mcu and plan_info.get("device") else None
         results = {
             "config": cfg.to_dict(),
+            "task": task.describe(),
             "data": splits.info,
             "model": asdict(spec),
             "macs_dense": count_macs(model, shape),

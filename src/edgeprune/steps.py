@@ -33,7 +33,7 @@ from .analyze.plots import plot_num_parameters_distribution, plot_weight_distrib
 from .analyze.scan import ScanResult, sensitivity_scan
 from .checkpoint import load_checkpoint, save_checkpoint, save_compressed_model
 from .config import parse_bits
-from .data import DataConfig, DataSplits, data_geometry, load_data, make_loaders
+from .data import DataConfig, DataSplits, data_geometry, load_data, make_loaders, tensors_shapes
 from .device import pick_device
 from .export.c_source import fits_on, write_c_source
 from .export.centroids import share_weights
@@ -52,6 +52,7 @@ from .prune.global_magnitude import global_magnitude_sparsity
 from .prune.pruner import FineGrainedPruner
 from .prune.settings import load_layer_settings
 from .report import comparison_markdown
+from .task import CLASSIFICATION, Task, resolve_task
 from .training import Teacher, TrainHistory, batchnorm_layers, evaluate, finetune, prune_gradually, recalibrate_batchnorm, train
 
 __all__ = [
@@ -91,7 +92,10 @@ def model_spec_from_flags(model: str, data: DataConfig, num_classes: int | None 
     """
     channels, size, classes = data_geometry(data)
     classes = num_classes or classes
-    return ModelSpec(model, channels, classes, size) if classes else None
+    shape = tensors_shapes(data.data_dir)["x_train"][0][1:] if data.name == "tensors" else None
+    if not classes:
+        return None
+    return ModelSpec(model, channels, classes, size, input_shape=None if shape == (channels, size, size) else shape)
 
 
 def load_model(
@@ -106,9 +110,11 @@ def load_model(
     return model.to(pick_device(device)), spec, masks, info
 
 
-def load_splits(data: DataConfig, spec: ModelSpec | None = None) -> DataSplits:
-    """The data splits; with ``spec``, checked to fit the model."""
+def load_splits(data: DataConfig, spec: ModelSpec | None = None, task: str = "auto") -> DataSplits:
+    """The data splits; with ``spec``, checked to fit the model. Their ``task`` is ``task`` (``auto``: resolved from
+    the data's labels and ``spec``'s model, see :func:`~edgeprune.task.resolve_task`)."""
     splits = load_data(data)
+    splits = replace(splits, task=resolve_task(task, spec.name if spec else "", splits.labeled))
     if spec is not None:
         check_fits(spec, splits)
     return splits
@@ -124,14 +130,28 @@ def writable_file(path: str | Path) -> Path:
 
 
 def model_for_data(name: str, splits: DataSplits) -> ModelSpec:
-    """The spec of model ``name`` fitted to the data's channels, image size and classes."""
-    return ModelSpec(name, splits.in_channels, splits.num_classes, splits.image_size)
+    """The spec of model ``name`` fitted to the data's sample shape and classes (1 for data without labels); the
+    ``input_shape`` is left out when it is the square image ``in_channels`` x ``image_size`` x ``image_size`` says."""
+    image = (splits.in_channels, splits.image_size, splits.image_size)
+    return ModelSpec(name, splits.in_channels, max(splits.num_classes, 1), splits.image_size,
+                     input_shape=None if splits.input_shape == image else splits.input_shape)
 
 
 def check_fits(spec: ModelSpec, splits: DataSplits) -> None:
-    """Raise ``ValueError`` naming the flags when a built-in model does not fit the data's images or classes."""
+    """Raise ``ValueError`` naming the flags when a built-in model does not fit the data's samples or classes."""
     if ":" in spec.name:
         return  # the user's own model: its input is its own business
+    image = (splits.in_channels, splits.image_size, splits.image_size)
+    if spec.sample_shape != image or splits.input_shape != image:  # not square images both: the whole shape must agree
+        classes = not splits.labeled or spec.num_classes == splits.num_classes
+        if spec.sample_shape != splits.input_shape or not classes:
+            raise ValueError(
+                f"model {spec.name!r} takes samples of shape {spec.sample_shape}"
+                + (f" and {spec.num_classes} classes" if splits.labeled else "")
+                + f", but the data's are {splits.input_shape}" + (f" with {splits.num_classes} classes" if splits.labeled else "")
+                + "; use the data the model was trained with"
+            )
+        return
     image = spec.name.lower() != "basiccnn" or spec.image_size == splits.image_size
     if spec.in_channels != splits.in_channels or spec.num_classes != splits.num_classes or not image:
         raise ValueError(
@@ -163,14 +183,14 @@ def train_baseline(
     """
     train_loader, val_loader, _ = make_loaders(splits, splits.info.get("batch_size", 64), seed)
     return train(model, train_loader, epochs, val_loader, lr, device, seed, keep_best=val_loader is not None, teacher=teacher,
-                 lr_schedule=lr_schedule)
+                 lr_schedule=lr_schedule, task=splits.task)
 
 
 def scan_model(
     model: nn.Module, splits: DataSplits, split: str = "val", start: float = 0.0, step: float = 0.05, end: float = 1.0,
     method: str = "auto", device: str | torch.device | None = None,
 ) -> ScanResult:
-    """The sensitivity scan on the validation split (the test set only when asked for by name).
+    """The sensitivity scan on the validation split (the test set only when asked for by name), by the splits' task's metric.
 
     Under ``torchrun`` the layers are shared out across the processes, and the parts gathered on every process."""
     _, val_loader, test_loader = make_loaders(splits, splits.info.get("batch_size", 64))
@@ -184,7 +204,7 @@ def scan_model(
     if mine:
         part = sensitivity_scan(model, loader, scan_step=step, scan_start=start, scan_end=end, layers=mine, method=method,
                                 device=device, progress=distributed.is_main(),
-                                recalibration=recalibration_batches(model, splits))
+                                recalibration=recalibration_batches(model, splits), task=splits.task)
     parts = [p for p in distributed.gather(part) if p is not None]
     accuracies = {name: acc for p in parts for name, acc in p.accuracies.items()}
     sizes = {name: n for p in parts for name, n in p.layer_sizes.items()}
@@ -292,7 +312,7 @@ def finetune_pruned(
     """Fine-tune with the masks kept; the best epoch on the validation split is kept (shuffling seeded afresh).
     With a ``teacher`` (e.g. ``Teacher(baseline)``) the loss also distils its outputs."""
     train_loader, val_loader, _ = make_loaders(splits, splits.info.get("batch_size", 64), seed)
-    return finetune(model, pruner, train_loader, epochs, val_loader, lr, device, seed, lr_schedule, teacher)
+    return finetune(model, pruner, train_loader, epochs, val_loader, lr, device, seed, lr_schedule, teacher, splits.task)
 
 
 def prune_while_training(
@@ -304,7 +324,7 @@ def prune_while_training(
     ``epochs`` epochs (AGP or iterative rounds)."""
     train_loader, val_loader, _ = make_loaders(splits, splits.info.get("batch_size", 64), seed)
     return prune_gradually(model, train_loader, sparsity, epochs, schedule, val_loader, lr, device, seed,
-                           lr_schedule=lr_schedule, teacher=teacher)
+                           lr_schedule=lr_schedule, teacher=teacher, task=splits.task)
 
 
 def _training_batches(splits: DataSplits, count: int, seed: int) -> list:
@@ -478,8 +498,10 @@ def compare_models(
     export_bits: int | None = None,
     input_shape: tuple[int, ...] | None = None,
     specs: list[ModelSpec] | None = None,
+    task: Task = CLASSIFICATION,
 ) -> list[dict]:
-    """One row per (label, model, checkpoint path): sizes, sparsity and test accuracy.
+    """One row per (label, model, checkpoint path): sizes, sparsity and the ``task``'s metric on the test set, under the
+    metric's name (``accuracy``, ``decoded_accuracy``; ``mse``, ``decoded_mse``).
 
     With ``export_dir`` each model is also written as a compressed file there, read
     back, and evaluated as decoded: the accuracy a device running that file would see (with ``specs[i]``, one per
@@ -495,7 +517,7 @@ def compare_models(
         timings = time_models([model for _, model, _ in models], torch.zeros(1, *input_shape), (1, 64), pick_device(device))
     for index, (label, model, path) in enumerate(tqdm(models, desc="compare", leave=False)):
         row = {"model": label, "checkpoint": str(path), **model_stats(model), "file_bytes": file_size(path)}
-        row["accuracy"] = evaluate(model, loader, device)
+        row[task.metric] = evaluate(model, loader, device, task)
         if input_shape is not None:
             row["macs"] = count_macs(model, input_shape)["total"]
             row["latency_ms"] = timings[index]["latency_ms"]
@@ -511,7 +533,7 @@ def compare_models(
                 compressed_bytes=file_size(target),
                 compressed_values=export_values,
                 compressed_bits=export_bits,
-                decoded_accuracy=evaluate(decoded, loader, device),
+                **{f"decoded_{task.metric}": evaluate(decoded, loader, device, task)},
             )
         rows.append(row)
     return rows
@@ -521,8 +543,8 @@ def compare_models(
 
 
 def accuracy_on_test(model: nn.Module, splits: DataSplits, device: str | torch.device | None = None) -> float:
-    """Top-1 accuracy (percent) on the test split."""
-    return evaluate(model, make_loaders(splits, splits.info.get("batch_size", 64))[2], device)
+    """The splits' task's metric on the test split: top-1 accuracy (percent), or the reconstruction MSE."""
+    return evaluate(model, make_loaders(splits, splits.info.get("batch_size", 64))[2], device, splits.task)
 
 
 def train_checkpoint(
@@ -531,6 +553,7 @@ def train_checkpoint(
     """Train a seeded baseline ``name`` on ``data`` and save it to ``out``; return (test accuracy, history, path)."""
     out = writable_file(out)
     splits = load_splits(data)
+    splits = replace(splits, task=resolve_task("auto", name, splits.labeled))  # an autoencoder learns to reconstruct
     model, spec = build_baseline(name, splits, seed=seed)
     history = train_baseline(model, splits, epochs, lr, device, seed)
     accuracy = accuracy_on_test(model, splits, device)
@@ -675,8 +698,8 @@ def compare_checkpoints(
     export_dir = None if export_values is None else out
     values = export_values or "fp32"
     rows = compare_models(models, test_loader, device, export_dir, values, parse_bits(export_bits, values),
-                          specs=[spec for _, spec, _, _ in loaded])
-    write_text_atomic(out / "comparison.md", comparison_markdown(rows))
+                          specs=[spec for _, spec, _, _ in loaded], task=splits.task)
+    write_text_atomic(out / "comparison.md", comparison_markdown(rows, splits.task))
     write_json_atomic(out / "comparison.json", rows)
     return rows
 
@@ -701,6 +724,9 @@ def export_checkpoint(
         if values != "fp32" or bits is not None or centroid_epochs:
             raise ValueError(f"--values, --bits and --centroid-epochs shape the compressed .epz file; drop them with --format {fmt}")
         splits = load_splits(data, spec)
+        if splits.task is not CLASSIFICATION:
+            raise ValueError(f"--format {fmt} files are scored by accuracy in their runtime; a {splits.task.name} model "
+                             "exports as --format epz")
         model = model.cpu().eval()
         row = {"accuracy": accuracy_on_test(model, splits, "cpu")}
         if fmt == "onnx":

@@ -16,6 +16,7 @@ from . import distributed
 from .device import pick_device
 from .prune.pruner import FineGrainedPruner
 from .prune.schedule import SCHEDULES, GradualPruner, iterative_sparsities
+from .task import CLASSIFICATION, Task
 
 __all__ = ["batchnorm_layers", "evaluate", "recalibrate_batchnorm", "train", "finetune", "prune_gradually", "prune_iteratively", "Teacher", "TrainHistory", "LR_SCHEDULES"]
 
@@ -23,20 +24,22 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device | None = None) -> float:
-    """Top-1 accuracy of ``model`` on ``loader``, in percent (100 * correct / total)."""
+def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device | None = None, task: Task = CLASSIFICATION) -> float:
+    """The ``task``'s metric of ``model`` on ``loader``: by default top-1 accuracy in percent (100 * correct / total);
+    for :data:`~edgeprune.task.RECONSTRUCTION` the mean squared error of the output against the input."""
     device = pick_device(device)
     was_training = model.training
     model.eval().to(device)
-    correct = total = 0
+    total, count = 0.0, 0
     for images, labels in loader:
         images, labels = images.to(device), labels.to(device)
-        correct += int((model(images).argmax(dim=1) == labels).sum())
-        total += labels.numel()
+        batch_total, batch_count = task.batch_total(model(images), images, labels)
+        total += batch_total
+        count += batch_count
     model.train(was_training)
-    if total == 0:
+    if count == 0:
         raise ValueError("evaluate: the data loader yielded no samples")
-    return 100.0 * correct / total
+    return task.finish(total, count)
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -73,11 +76,14 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable, device: str | tor
 
 @dataclass
 class TrainHistory:
-    """Per-epoch training loss and evaluation accuracy (%), and the epoch kept (1-based)."""
+    """Per-epoch training loss and evaluation metric, and the epoch kept (1-based).
+
+    ``accuracy`` holds the task's metric after each epoch, named by ``metric`` (``accuracy`` in %, or ``mse``)."""
 
     loss: list[float] = field(default_factory=list)
     accuracy: list[float] = field(default_factory=list)
     best_epoch: int = 0
+    metric: str = "accuracy"
 
 
 @dataclass
@@ -109,15 +115,15 @@ class Teacher:
         return (1.0 - self.weight) * F.cross_entropy(logits, labels) + self.weight * t * t * soft
 
 
-def _train_epoch(model, loader, optimizer, device, after_step, desc, teacher: Teacher | None = None) -> float:
+def _train_epoch(model, loader, optimizer, device, after_step, desc, teacher: Teacher | None = None,
+                 task: Task = CLASSIFICATION) -> float:
     model.train()
-    criterion = nn.CrossEntropyLoss()
     total_loss, batches = 0.0, 0
     for images, labels in tqdm(loader, desc=desc, leave=False, disable=not distributed.is_main()):
         images, labels = images.to(device), labels.to(device)
         optimizer.zero_grad()
         logits = model(images)
-        loss = criterion(logits, labels) if teacher is None else teacher.loss(logits, labels, images)
+        loss = task.loss(logits, images, labels) if teacher is None else teacher.loss(logits, labels, images)
         loss.backward()
         optimizer.step()
         if after_step is not None:
@@ -139,11 +145,12 @@ def train(
     keep_best: bool = False,
     lr_schedule: str = "constant",
     teacher: Teacher | None = None,
+    task: Task = CLASSIFICATION,
 ) -> TrainHistory:
-    """Train with Adam and cross-entropy, as the seed does; evaluate after each epoch when given a loader.
+    """Train with Adam and the ``task``'s loss (cross-entropy, as the seed does); evaluate after each epoch when given a loader.
 
     ``after_step(model)`` runs after every optimizer step.
-    With ``keep_best`` the weights of the epoch with the best evaluation accuracy are restored at the end.
+    With ``keep_best`` the weights of the epoch with the best evaluation metric are restored at the end.
     ``lr_schedule``: ``constant``, ``cosine`` (annealed to 0 over the epochs) or ``step`` (x0.1 every third of them).
     With a ``teacher`` the loss also distils the teacher's outputs (:class:`Teacher`; its model is moved to ``device``).
     Under ``torchrun`` (see :mod:`edgeprune.distributed`) the model is wrapped in DistributedDataParallel
@@ -153,6 +160,9 @@ def train(
         raise ValueError(f"epochs must be at least 0, got {epochs}")
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"unknown lr_schedule {lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
+    if teacher is not None and task is not CLASSIFICATION:
+        raise ValueError(f"distillation matches a teacher's class probabilities: it does not apply to task {task.name!r}; "
+                         "leave --distill out")
     torch.manual_seed(seed)
     device = pick_device(device)
     model.to(device)
@@ -170,21 +180,21 @@ def train(
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
     elif lr_schedule == "step":
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.1)
-    history = TrainHistory()
-    best_state, best_acc = None, -1.0
+    history = TrainHistory(metric=task.metric)
+    best_state, best_score = None, None
     for epoch in range(1, epochs + 1):
         if sampler is not None:
             sampler.set_epoch(epoch)
-        history.loss.append(_train_epoch(net, train_loader, optimizer, device, after_step, f"epoch {epoch}/{epochs}", teacher))
+        history.loss.append(_train_epoch(net, train_loader, optimizer, device, after_step, f"epoch {epoch}/{epochs}", teacher, task))
         if scheduler is not None:
             scheduler.step()
         if eval_loader is not None:
-            acc = evaluate(model, eval_loader, device)
-            history.accuracy.append(acc)
+            score = evaluate(model, eval_loader, device, task)
+            history.accuracy.append(score)
             if distributed.is_main():
-                tqdm.write(f"epoch {epoch}/{epochs}: loss {history.loss[-1]:.4f}, accuracy {acc:.2f} %")
-            if keep_best and acc > best_acc:
-                best_acc, history.best_epoch = acc, epoch
+                tqdm.write(f"epoch {epoch}/{epochs}: loss {history.loss[-1]:.4f}, {task.metric} {task.format(score)}")
+            if keep_best and task.better(score, best_score):
+                best_score, history.best_epoch = score, epoch
                 best_state = copy.deepcopy(model.state_dict())
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -204,16 +214,17 @@ def finetune(
     seed: int = 0,
     lr_schedule: str = "constant",
     teacher: Teacher | None = None,
+    task: Task = CLASSIFICATION,
 ) -> TrainHistory:
     """Fine-tune a pruned model with the pruner's masks attached (:meth:`FineGrainedPruner.attach`).
 
     Gradients at pruned positions are zero and the pruned weights are re-zeroed after every
-    optimizer step, so they are exactly zero throughout. Keeps the best epoch by ``eval_loader``
-    accuracy. The masks stay attached on return; ``edgeprune.prune.pruner.remove(model)`` detaches them.
+    optimizer step, so they are exactly zero throughout. Keeps the best epoch by the ``task``'s metric on
+    ``eval_loader``. The masks stay attached on return; ``edgeprune.prune.pruner.remove(model)`` detaches them.
     """
     pruner.attach(model)
     return train(model, train_loader, epochs, eval_loader, lr, device, seed, keep_best=True, lr_schedule=lr_schedule,
-                 teacher=teacher)
+                 teacher=teacher, task=task)
 
 
 def prune_gradually(
@@ -232,6 +243,7 @@ def prune_gradually(
     max_sparsity: float = 0.99,
     lr_schedule: str = "constant",
     teacher: Teacher | None = None,
+    task: Task = CLASSIFICATION,
 ) -> tuple[FineGrainedPruner, TrainHistory]:
     """Prune ``model`` to ``targets`` while training it ``epochs`` epochs in all; return the pruner and the history.
 
@@ -253,7 +265,7 @@ def prune_gradually(
     if schedule == "iterative":
         return prune_iteratively(
             model, train_loader, targets, ramp_epochs or epochs, epochs, eval_loader, lr, device, seed, max_sparsity,
-            lr_schedule, teacher,
+            lr_schedule, teacher, task,
         )
     ramp = ramp_epochs if ramp_epochs is not None else max(1, epochs - epochs // 3)
     if not 1 <= ramp <= epochs or prunes_per_epoch < 1:
@@ -264,10 +276,10 @@ def prune_gradually(
     gradual = GradualPruner(model, targets, num_prunes, frequency, begin_step=steps - num_prunes * frequency,
                             initial=initial, max_sparsity=max_sparsity)
     history = train(model, train_loader, ramp, eval_loader, lr, device, seed, after_step=gradual, lr_schedule=lr_schedule,
-                    teacher=teacher)
+                    teacher=teacher, task=task)
     pruner = gradual.fixed()
     if epochs > ramp:
-        more = finetune(model, pruner, train_loader, epochs - ramp, eval_loader, lr, device, seed + 1, lr_schedule, teacher)
+        more = finetune(model, pruner, train_loader, epochs - ramp, eval_loader, lr, device, seed + 1, lr_schedule, teacher, task)
         history = _joined(history, more, ramp)
     return pruner, history
 
@@ -285,6 +297,7 @@ def prune_iteratively(
     max_sparsity: float = 0.99,
     lr_schedule: str = "constant",
     teacher: Teacher | None = None,
+    task: Task = CLASSIFICATION,
 ) -> tuple[FineGrainedPruner, TrainHistory]:
     """Han et al.'s iterative pruning: ``rounds`` rounds of prune by magnitude, then fine-tune, ``epochs`` epochs in all.
 
@@ -301,11 +314,11 @@ def prune_iteratively(
     else:
         per_layer = {name: iterative_sparsities(s, rounds) for name, s in final.items()}
         steps = [{name: values[r] for name, values in per_layer.items()} for r in range(rounds)]
-    history, done = TrainHistory(), 0
+    history, done = TrainHistory(metric=task.metric), 0
     for r, target in enumerate(steps):
         gradual.prune_to(model, target)
         share = epochs // rounds + (1 if r >= rounds - epochs % rounds else 0)
-        more = finetune(model, gradual.fixed(), train_loader, share, eval_loader, lr, device, seed + r, lr_schedule, teacher)
+        more = finetune(model, gradual.fixed(), train_loader, share, eval_loader, lr, device, seed + r, lr_schedule, teacher, task)
         history = _joined(history, more, done)
         done += share
     return gradual.fixed(), history
@@ -313,4 +326,4 @@ def prune_iteratively(
 
 def _joined(first: TrainHistory, second: TrainHistory, offset: int) -> TrainHistory:
     """Two histories one after the other; the kept epoch is the second's, counted after ``offset`` epochs."""
-    return TrainHistory(first.loss + second.loss, first.accuracy + second.accuracy, offset + second.best_epoch)
+    return TrainHistory(first.loss + second.loss, first.accuracy + second.accuracy, offset + second.best_epoch, second.metric)

@@ -18,6 +18,7 @@ from torch.utils._pytree import tree_leaves
 from tqdm.auto import tqdm
 
 from ..prune.masks import num_pruned
+from ..task import Task
 from ..training import evaluate
 
 __all__ = ["trace", "fast_scan"]
@@ -35,7 +36,7 @@ class _LayerRun:
     copied: set[Node]  # inputs that downstream nodes change in place: given a fresh copy for each run
     free_after: dict[Node, list[Node]]  # values the re-run no longer needs after each node
     masks: list[torch.Tensor] = field(default_factory=list)  # one keep-mask per sparsity
-    correct: list[int] = field(default_factory=list)  # correct predictions so far, per sparsity
+    totals: list[float] = field(default_factory=list)  # the task's batch sums so far (e.g. correct predictions), per sparsity
 
 
 def trace(model: nn.Module) -> tuple[torch.fx.Graph | None, str]:
@@ -140,21 +141,21 @@ def _plan_layer(model, nodes, position, uses, changes, name, param) -> _LayerRun
     return _LayerRun(name, param, downstream, inputs, copied, _last_uses(downstream))
 
 
-def fast_scan(model, graph, loader, params, originals, sparsities, device, progress):
-    """The fast method. Returns (dense accuracy, accuracies, {layer: why it needs the naive loop})."""
+def fast_scan(model, graph, loader, params, originals, sparsities, device, progress, task: Task):
+    """The fast method. Returns (dense metric, metrics, {layer: why it needs the naive loop}); the metric is ``task``'s."""
     nodes = list(graph.nodes)
     position = {node: i for i, node in enumerate(nodes)}
     free_after = _last_uses(nodes)
     runs: list[_LayerRun] | None = None
     naive_layers: dict[str, str] = {}
-    dense_correct = total = 0
+    dense_total, count = 0.0, 0
     for images, labels in tqdm(loader, desc="scan (fast)", disable=not progress):
         images, labels = images.to(device), labels.to(device)
         if runs is None:  # first batch: decide, per layer, how to re-run it
             uses, changes, faithful = _probe(model, nodes, images)
             if not faithful:
                 naive_layers = {name: "the traced graph does not reproduce the model's output" for name in params}
-                return evaluate(model, loader, device=device), {}, naive_layers
+                return evaluate(model, loader, device=device, task=task), {}, naive_layers
             runs = []
             for name, param in params.items():
                 run = _plan_layer(model, nodes, position, uses, changes, name, param)
@@ -162,7 +163,7 @@ def fast_scan(model, graph, loader, params, originals, sparsities, device, progr
                     naive_layers[name] = run
                 else:
                     run.masks = _masks(originals[name], sparsities)
-                    run.correct = [0] * len(sparsities)
+                    run.totals = [0.0] * len(sparsities)
                     runs.append(run)
             wanted: dict[Node, list[_LayerRun]] = {}
             for run in runs:
@@ -178,18 +179,19 @@ def fast_scan(model, graph, loader, params, originals, sparsities, device, progr
                 for done in free_after.get(node, ()):  # free memory early: reusing it is much faster
                     del env[done]
             dense_output = env[nodes[-1]]
-            dense_correct += _num_correct(dense_output, labels)
-            total += labels.numel()
+            batch_total, batch_count = task.batch_total(dense_output, images, labels)
+            dense_total += batch_total
+            count += batch_count
             for run in runs:
-                _rerun(model, run, cached.pop(run.name), dense_output, images, labels, originals[run.name])
-    if total == 0:
+                _rerun(model, run, cached.pop(run.name), dense_output, images, labels, originals[run.name], task)
+    if count == 0:
         raise ValueError("sensitivity_scan: the data loader yielded no samples")
-    accuracies = {run.name: [100.0 * c / total for c in run.correct] for run in runs}
-    return 100.0 * dense_correct / total, accuracies, naive_layers
+    metrics = {run.name: [task.finish(t, count) for t in run.totals] for run in runs}
+    return task.finish(dense_total, count), metrics, naive_layers
 
 
-def _rerun(model, run: _LayerRun, cached, dense_output, images, labels, original) -> None:
-    """For each sparsity: prune the layer, re-run its downstream nodes on one batch, count correct predictions."""
+def _rerun(model, run: _LayerRun, cached, dense_output, images, labels, original, task: Task) -> None:
+    """For each sparsity: prune the layer, re-run its downstream nodes on one batch, add its ``task`` sum."""
     output_node = run.downstream[-1] if run.downstream[-1].op == "output" else None
     for i, mask in enumerate(run.masks):
         run.param.copy_(original).masked_fill_(~mask, 0.0)  # the same values fine_grained_prune writes
@@ -198,7 +200,7 @@ def _rerun(model, run: _LayerRun, cached, dense_output, images, labels, original
             env[node] = _run_node(model, node, env, images)
             for done in run.free_after.get(node, ()):
                 del env[done]
-        run.correct[i] += _num_correct(dense_output if output_node is None else env[output_node], labels)
+        run.totals[i] += task.batch_total(dense_output if output_node is None else env[output_node], images, labels)[0]
     run.param.copy_(original)
 
 
@@ -224,7 +226,3 @@ def _masks(weight: torch.Tensor, sparsities: list[float]) -> list[torch.Tensor]:
         mask[order[: num_pruned(n, sparsity)]] = False
         masks.append(mask.view_as(weight))
     return masks
-
-
-def _num_correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
-    return int((logits.argmax(dim=1) == labels).sum())

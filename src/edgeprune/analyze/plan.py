@@ -14,7 +14,8 @@ What a weight costs is its layer's *unit cost* (:func:`layer_unit_costs`), by bu
 * ``flash``: the bytes a non-zero weight takes in the device's sparse format (its value and its
   index).
 
-Both return a :class:`SparsityPlan` that records what the scan predicts for it.
+Both return a :class:`SparsityPlan` that records what the scan predicts for it. "Accuracy" below is the scan's
+task's metric, and an accuracy drop its :meth:`~edgeprune.task.Task.drop` (points of accuracy, or percent of MSE increase).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ BytesPerNonzero = Mapping[str, float] | Callable[[str, torch.Tensor], float]
 class SparsityPlan:
     """A sparsity per parameter and what the scan predicts for it.
 
-    ``predicted_accuracy[name]`` is the scan's accuracy (%) with only that layer pruned to its
+    ``predicted_accuracy[name]`` is the scan's metric (accuracy in %, or the MSE of a reconstruction scan: its
+    task's, :mod:`edgeprune.task`) with only that layer pruned to its
     planned sparsity, interpolated linearly between scanned sparsities (sparsity 0 is the dense
     accuracy); pruning all layers together usually costs more than any one of them.
     ``predicted_overall_sparsity`` is the fraction of prunable weights that will be zero
@@ -91,19 +93,23 @@ class SparsityPlan:
 
 
 def plan_by_tolerance(scan: ScanResult, max_drop: float | None = None) -> SparsityPlan:
-    """Each layer's largest scanned sparsity whose accuracy is at least ``dense - max_drop`` (else 0.0).
+    """Each layer's largest scanned sparsity within ``max_drop`` of the dense model (else 0.0), in the scan's task's
+    drop (:meth:`~edgeprune.task.Task.drop`): accuracy at least ``dense - max_drop`` points, or an MSE at most
+    ``max_drop`` percent above the dense MSE.
 
-    By default the floor is the seed's lower bound ``100 - 1.5 * (100 - dense)`` drawn in the
-    scan plot, that is ``max_drop = 0.5 * (100 - dense)``.
+    By default the bound is the seed's lower bound drawn in the scan plot: the error 1.5 times the dense model's
+    (accuracy ``100 - 1.5 * (100 - dense)``, that is ``max_drop = 0.5 * (100 - dense)``; MSE ``1.5 * dense``, that is
+    ``max_drop = 50`` percent).
     """
+    task = scan.metric_task
     if max_drop is None:
-        max_drop = scan.dense_accuracy - scan.lower_bound
+        max_drop = task.drop(scan.dense_accuracy, scan.lower_bound)
     if not max_drop >= 0:
-        raise ValueError(f"max_drop must be a non-negative number of accuracy points, got {max_drop}")
-    floor = scan.dense_accuracy - max_drop
+        raise ValueError(f"max_drop must be a non-negative number ({task.drop_unit}), got {max_drop}")
+    floor = task.floor(scan.dense_accuracy, max_drop)
     chosen = {
-        name: max((s for s, acc in zip(scan.sparsities, accs) if acc >= floor), default=0.0)
-        for name, accs in scan.accuracies.items()
+        name: max((s for s, value in zip(scan.sparsities, values) if task.within(value, floor)), default=0.0)
+        for name, values in scan.accuracies.items()
     }
     sizes = scan.layer_sizes
     overall = None
@@ -321,19 +327,21 @@ def _scanned_count(scan: ScanResult, name: str, size: int) -> int:
 
 
 def _predicted_cost(scan: ScanResult, pruned: dict[str, int], sizes: dict[str, int]) -> float:
-    """Sum over layers of the scan's accuracy drop at their counts.
+    """Sum over layers of the scan's drop (the task's, :meth:`~edgeprune.task.Task.drop`) at their counts.
 
-    The curve is :func:`_curve` (non-increasing, linear between points), extended beyond its last
-    point along its last piece, so a layer pruned past the scanned range is not predicted for free.
+    The curve is :func:`_curve` (non-decreasing, linear between points), extended beyond its last
+    point along its last piece, so a layer pruned past the scanned range is not predicted for free;
+    a drop is at most the task's worst (all the accuracy).
     """
+    worst = scan.metric_task.worst_drop(scan.dense_accuracy)
     cost = 0.0
     for name, count in pruned.items():
-        xs, ys = _curve(scan, name)
+        xs, ds = _curve(scan, name)
         s = count / sizes[name]
-        accuracy = float(np.interp(s, xs, ys))
+        drop = float(np.interp(s, xs, ds))
         if s > xs[-1] and len(xs) > 1:
-            accuracy += (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]) * (s - xs[-1])
-        cost += scan.dense_accuracy - max(0.0, accuracy)
+            drop += (ds[-1] - ds[-2]) / (xs[-1] - xs[-2]) * (s - xs[-1])
+        cost += min(worst, drop)
     return cost
 
 
@@ -351,37 +359,42 @@ def _scan_allocation(
 
 
 def _curve(scan: ScanResult, name: str) -> tuple[list[float], list[float]]:
-    """The layer's (sparsity, accuracy) points with (0, dense accuracy) in front, accuracy made non-increasing."""
-    xs, ys = [0.0], [scan.dense_accuracy]
-    for s, acc in zip(scan.sparsities, scan.accuracies[name]):
+    """The layer's (sparsity, drop) points with (0, 0) in front, the drop (the scan's task's, against the dense
+    model) made non-decreasing."""
+    task = scan.metric_task
+    xs, ds = [0.0], [0.0]
+    for s, value in zip(scan.sparsities, scan.accuracies[name]):
         if s > xs[-1]:
             xs.append(s)
-            ys.append(min(ys[-1], acc))
-    return xs, ys
+            ds.append(max(ds[-1], task.drop(scan.dense_accuracy, value)))
+    return xs, ds
 
 
 def _predicted_accuracy(scan: ScanResult, name: str, sparsity: float) -> float:
-    """The scan's accuracy at ``sparsity``: linear between points, extended along the last piece beyond them."""
+    """The scan's metric at ``sparsity``: linear between points, extended along the last piece beyond them
+    (only ever getting worse there, and within what the metric can take)."""
     xs = [0.0] + [s for s in scan.sparsities if s > 0]
     ys = [scan.dense_accuracy] + [a for s, a in zip(scan.sparsities, scan.accuracies[name]) if s > 0]
     if sparsity <= xs[-1]:
         return float(np.interp(sparsity, xs, ys))
     slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]) if len(xs) > 1 else 0.0
-    return float(min(100.0, max(0.0, ys[-1] + min(slope, 0.0) * (sparsity - xs[-1]))))
+    task = scan.metric_task
+    worse = min(slope, 0.0) if task.higher_is_better else max(slope, 0.0)
+    return float(task.clamp(ys[-1] + worse * (sparsity - xs[-1])))
 
 
 def _cost_pieces(scan: ScanResult, name: str, size: int, unit: float) -> list[tuple]:
-    """Pieces ``(accuracy drop per unit of cost freed, name, from, to)`` of the lower convex hull of the layer's cost curve.
+    """Pieces ``(drop per unit of cost freed, name, from, to)`` of the lower convex hull of the layer's cost curve.
 
     ``from`` and ``to`` count pruned weights, up to the layer's largest scanned sparsity; each
     weight frees ``unit`` (scaling the counts by it keeps the hull, only the slopes change).
     """
-    xs, ys = _curve(scan, name)
+    xs, ds = _curve(scan, name)
     points: list[tuple[int, float]] = []
-    for s, acc in zip(xs, ys):
+    for s, drop in zip(xs, ds):
         k = num_pruned(size, s)
         if not points or k > points[-1][0]:
-            points.append((k, scan.dense_accuracy - acc))
+            points.append((k, drop))
     hull: list[tuple[int, float]] = []
     for p in points:  # Andrew's monotone chain, lower half
         while len(hull) >= 2 and _cross(hull[-2], hull[-1], p) <= 0:

@@ -1,4 +1,4 @@
-"""Sensitivity scan: prune one layer at a time at several sparsities and measure the accuracy.
+"""Sensitivity scan: prune one layer at a time at several sparsities and measure the task's metric (accuracy, MSE).
 
 This is the seed's ``sensitivity_scan``. Two methods give exactly the same numbers:
 
@@ -31,6 +31,7 @@ from ..device import pick_device
 from ..files import write_json_atomic
 from ..models import prunable_parameters
 from ..prune.masks import fine_grained_prune
+from ..task import CLASSIFICATION, Task, task_named
 from ..training import batchnorm_layers, evaluate, recalibrate_batchnorm
 from .fx_scan import fast_scan, trace
 from .plots import panel_grid, save_figure
@@ -43,10 +44,11 @@ METHODS = ("auto", "fast", "naive")
 
 @dataclass
 class ScanResult:
-    """Accuracy (%) of the model with one layer pruned, per layer and per sparsity.
+    """The task's metric (accuracy in %, or MSE) of the model with one layer pruned, per layer and per sparsity.
 
-    ``accuracies[name][i]`` is the accuracy with only parameter ``name`` pruned to
-    ``sparsities[i]``; ``dense_accuracy`` is the unpruned model's. ``method`` is the method
+    ``accuracies[name][i]`` is the metric with only parameter ``name`` pruned to
+    ``sparsities[i]``; ``dense_accuracy`` is the unpruned model's; ``task`` names the task
+    (:mod:`edgeprune.task`) whose metric they are (the names say accuracy, as scan files always have). ``method`` is the method
     that ran (``fast`` or ``naive``); ``layer_sizes`` holds each scanned parameter's element
     count; ``meta`` is free-form (number of samples, data split, layers scanned naively, ...).
     """
@@ -57,11 +59,20 @@ class ScanResult:
     method: str = "naive"
     meta: dict = field(default_factory=dict)
     layer_sizes: dict[str, int] = field(default_factory=dict)
+    task: str = "classification"
+
+    def __post_init__(self) -> None:
+        task_named(self.task)
+
+    @property
+    def metric_task(self) -> Task:
+        """The :class:`~edgeprune.task.Task` that :attr:`task` names."""
+        return task_named(self.task)
 
     @property
     def lower_bound(self) -> float:
-        """The seed's accuracy floor: ``100 - 1.5 * (100 - dense_accuracy)``."""
-        return 100.0 - 1.5 * (100.0 - self.dense_accuracy)
+        """The seed's bound: accuracy ``100 - 1.5 * (100 - dense_accuracy)``, or MSE ``1.5 * dense`` (the task's)."""
+        return self.metric_task.lower_bound(self.dense_accuracy)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict, tagged with :data:`SCAN_FORMAT`."""
@@ -90,6 +101,7 @@ class ScanResult:
                 method=str(data.get("method", "naive")),
                 meta=dict(data.get("meta", {})),
                 layer_sizes={str(k): int(v) for k, v in data.get("layer_sizes", {}).items()},
+                task=str(data.get("task", "classification")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"{path}: scan result is damaged ({type(exc).__name__}: {exc}); re-run the scan") from exc
@@ -102,20 +114,23 @@ class ScanResult:
         return result
 
     def plot(self, path: str | os.PathLike, chosen: dict[str, float] | None = None, show: bool = False) -> None:
-        """Save a PNG with one panel per layer: accuracy vs sparsity, the seed's lower bound, the chosen sparsity."""
+        """Save a PNG with one panel per layer: the metric vs sparsity, the seed's lower bound, the chosen sparsity."""
         names = list(self.accuracies)
+        task = self.metric_task
+        label = "top-1 accuracy (%)" if task.unit == "%" else task.column
+        bound = f"{self.lower_bound:.1f} %" if task.unit == "%" else f"{self.lower_bound:.3g}"
         fig, axes = panel_grid(len(names))
         for ax, name in zip(axes, names):
-            ax.plot(self.sparsities, self.accuracies[name], "o-", label="accuracy after pruning")
-            ax.axhline(self.lower_bound, color="r", linestyle="--", label=f"lower bound {self.lower_bound:.1f} %")
+            ax.plot(self.sparsities, self.accuracies[name], "o-", label=f"{task.metric} after pruning")
+            ax.axhline(self.lower_bound, color="r", linestyle="--", label=f"lower bound {bound}")
             if chosen is not None and name in chosen:
                 ax.axvline(chosen[name], color="g", linestyle=":", label=f"chosen {chosen[name]:.2f}")
             ax.set_title(name, fontsize=9)
             ax.set_xlabel("sparsity")
-            ax.set_ylabel("top-1 accuracy (%)")
+            ax.set_ylabel(label)
             ax.grid(axis="x")
             ax.legend(fontsize=7)
-        fig.suptitle(f"Sensitivity scan (dense accuracy {self.dense_accuracy:.2f} %)")
+        fig.suptitle(f"Sensitivity scan (dense {task.metric} {task.format(self.dense_accuracy)})")
         fig.tight_layout()
         save_figure(fig, path, show=show)
 
@@ -144,8 +159,10 @@ def sensitivity_scan(
     device: str | torch.device | None = None,
     progress: bool = True,
     recalibration: Sequence | None = None,
+    task: Task = CLASSIFICATION,
 ) -> ScanResult:
-    """Accuracy of ``model`` on ``dataloader`` with each layer alone pruned at each sparsity.
+    """The ``task``'s metric (by default accuracy) of ``model`` on ``dataloader`` with each layer alone pruned at each
+    sparsity.
 
     ``layers`` are parameter names (default: all of :func:`~edgeprune.models.prunable_parameters`).
     ``method`` is ``naive``, ``fast`` or ``auto`` (fast when ``torch.fx`` can trace the model,
@@ -192,18 +209,18 @@ def sensitivity_scan(
                 warnings.warn(f"sensitivity_scan: torch.fx cannot trace the model ({why}); "
                               "falling back to the naive loop (same numbers, slower)", stacklevel=2)
         if graph is None:
-            dense, accuracies = _naive_scan(model, dataloader, params, originals, sparsities, device, progress,
+            dense, accuracies = _naive_scan(model, dataloader, params, originals, sparsities, device, progress, task,
                                             after_pruning=after_pruning, restore=restore_buffers)
             used = "naive"
         else:
             dense, accuracies, naive_layers = fast_scan(
-                model, graph, dataloader, params, originals, sparsities, device, progress
+                model, graph, dataloader, params, originals, sparsities, device, progress, task
             )
             if naive_layers:
                 warnings.warn("sensitivity_scan: scanning these layers with the naive loop: "
                               + "; ".join(f"{n} ({why})" for n, why in naive_layers.items()), stacklevel=2)
                 rest = {name: params[name] for name in naive_layers}
-                _, slow = _naive_scan(model, dataloader, rest, originals, sparsities, device, progress, dense)
+                _, slow = _naive_scan(model, dataloader, rest, originals, sparsities, device, progress, task, dense)
                 accuracies.update(slow)
                 meta["naive_layers"] = naive_layers
             accuracies = {name: accuracies[name] for name in params}  # the caller's order
@@ -221,6 +238,7 @@ def sensitivity_scan(
         method=used,
         meta=meta,
         layer_sizes={name: p.numel() for name, p in params.items()},
+        task=task.name,
     )
 
 
@@ -235,14 +253,14 @@ def _select_layers(model: nn.Module, layers: Sequence[str] | None) -> dict[str, 
     return {name: prunable[name] for name in layers}
 
 
-def _naive_scan(model, loader, params, originals, sparsities, device, progress, dense=None,
+def _naive_scan(model, loader, params, originals, sparsities, device, progress, task, dense=None,
                 after_pruning=lambda: None, restore=lambda: None):
     """The seed's loop: prune one layer (then ``after_pruning()``), evaluate on the whole loader, restore (and
     ``restore()``). Returns (dense, accuracies); the dense model is evaluated after ``after_pruning()`` too, so that
     its accuracy compares with theirs."""
     if dense is None:
         after_pruning()
-        dense = evaluate(model, loader, device=device)
+        dense = evaluate(model, loader, device=device, task=task)
         restore()
     accuracies: dict[str, list[float]] = {}
     bar = tqdm(total=len(params) * len(sparsities), desc="scan (naive)", disable=not progress)
@@ -251,7 +269,7 @@ def _naive_scan(model, loader, params, originals, sparsities, device, progress, 
         for sparsity in sparsities:
             fine_grained_prune(param, sparsity)
             after_pruning()
-            accuracies[name].append(evaluate(model, loader, device=device))
+            accuracies[name].append(evaluate(model, loader, device=device, task=task))
             with torch.no_grad():
                 param.copy_(originals[name])
             restore()
