@@ -104,7 +104,7 @@ def test_cli_exports_onnx(tmp_path, fashion_slice, capsys):
     common = [str(ckpt), "--data-dir", fashion_slice, "--limit", "40", "--val-size", "0", "--device", "cpu"]
     assert main(["export", *common, "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
     out = capsys.readouterr().out
-    assert "logits equal within tolerance" in out and "on 40 test images" in out
+    assert "outputs equal within tolerance" in out and "on 40 test samples" in out
     assert onnx.load(str(tmp_path / "m.onnx")).graph.input[0].type.tensor_type.shape.dim[0].dim_param
 
 

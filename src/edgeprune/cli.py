@@ -21,6 +21,7 @@ from .config import CRITERIA, EXPORT_VALUES, MCU_TARGETS, METHODS, SCAN_SPLITS, 
 from .mcu.measure import EngineMismatch
 from .report import comparison_markdown, engine_markdown, layers_markdown, mcu_table
 from .run import run_experiment
+from .task import task_named
 
 __all__ = ["main", "build_parser"]
 
@@ -195,15 +196,18 @@ def cmd_export(args: argparse.Namespace) -> None:
                                   args.device, args.seed)
     if args.format == "epz":
         print(f"wrote {out} ({row['bytes']:,} bytes; the dense checkpoint is {row['checkpoint_bytes']:,})")
-    elif args.format == "onnx":
+        return
+    task = task_named(row["task"])
+    m = task.metric
+    if args.format == "onnx":
         timing = row["onnx_latency"][1]
-        print(f"wrote {out} ({Path(out).stat().st_size:,} bytes); onnxruntime accuracy {row['onnx_accuracy']:.2f} % on "
-              f"{row['test_images']} test images (PyTorch {row['accuracy']:.2f} %); logits {'equal' if row['onnx_equal'] else 'NOT equal'} "
+        print(f"wrote {out} ({Path(out).stat().st_size:,} bytes); onnxruntime {m} {task.format(row[f'onnx_{m}'])} on "
+              f"{row['test_images']} test samples (PyTorch {task.format(row[m])}); outputs {'equal' if row['onnx_equal'] else 'NOT equal'} "
               f"within tolerance (max diff {row['onnx_max_abs_diff']:.1e}); batch-1 latency onnxruntime "
               f"{timing['onnx_ms']:.3f} ms, PyTorch {timing['torch_ms']:.3f} ms")
     else:
-        print(f"wrote {out} ({row['tflite_bytes']:,} bytes, int8); TFLM accuracy {row['tflite_accuracy']:.2f} % on "
-              f"{row['test_images']} test images (PyTorch fp32 {row['accuracy']:.2f} %); tensor arena {row['tflite_arena_bytes']:,} bytes")
+        print(f"wrote {out} ({row['tflite_bytes']:,} bytes, int8); TFLM {m} {task.format(row[f'tflite_{m}'])} on "
+              f"{row['test_images']} test samples (PyTorch fp32 {task.format(row[m])}); tensor arena {row['tflite_arena_bytes']:,} bytes")
         if "c_source" in row:
             print(f"wrote {' and '.join(row['c_source'])}")
         for board in row["fits_on"]:

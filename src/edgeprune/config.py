@@ -343,12 +343,11 @@ def _check_reconstruction(cfg: RunConfig) -> None:
     given = [flag for flag, on in (
         ("--distill", cfg.distill), ("--channel-ratios", cfg.channel_ratios is not None),
         ("--target-macs", cfg.target_macs is not None), ("--target-latency", cfg.target_latency is not None),
-        ("--centroid-epochs", cfg.centroid_epochs), ("--device-exports", cfg.device_exports != "none"),
-        ("--mcu", cfg.mcu != "none"), ("--target-instructions", cfg.target_instructions is not None),
+        ("--centroid-epochs", cfg.centroid_epochs), ("--target-instructions", cfg.target_instructions is not None),
         ("--target-flash", cfg.target_flash is not None)) if on]
     if given:
         raise ValueError(f"task 'reconstruction' is scored by MSE, but {', '.join(given)} train or score by class labels; "
-                         "leave them out (and pass --device-exports none --mcu none)")
+                         "leave them out")
 
 
 def upgrade_saved(data: Mapping) -> dict:

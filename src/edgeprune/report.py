@@ -83,18 +83,22 @@ def layers_markdown(layers: Iterable[Mapping]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def device_markdown(results: Mapping) -> str:
-    """The "on the device" section: ONNX and int8 TFLite accuracy, flash and arena, and which boards it fits."""
+def device_markdown(results: Mapping, task: Task = CLASSIFICATION) -> str:
+    """The "on the device" section: ONNX and int8 TFLite scores (the ``task``'s metric), flash and arena, and which
+    boards it fits."""
     rows = [r for r in results["comparison"] if r.get("tflite_file")]
     if not rows:
         return ""
+    m, unit = task.metric, " (%)" if task.unit == "%" else ""
     lines = ["## On the device", "",
              "Each file was scored on the test set in the runtime that will run it: onnxruntime for ONNX, "
              "TensorFlow Lite Micro's own interpreter for the fully int8 `.tflite` (flash = file bytes, RAM = the arena "
              "TFLM allocated).", "",
-             "| Model | Accuracy PyTorch (%) | ONNX (%) | TFLite int8 (%) | Flash (bytes) | Arena (bytes) |", "|---|---|---|---|---|---|"]
+             f"| Model | {task.column.removesuffix(' (%)')} PyTorch{unit} | ONNX{unit} | TFLite int8{unit} | Flash (bytes) | "
+             "Arena (bytes) |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['accuracy']:.2f} | {r['onnx_accuracy']:.2f} | {r['tflite_accuracy']:.2f} | "
+        onnx = "–" if r.get(f"onnx_{m}") is None else _fmt_metric(r[f"onnx_{m}"], task)
+        lines.append(f"| {r['model']} | {_fmt_metric(r[m], task)} | {onnx} | {_fmt_metric(r[f'tflite_{m}'], task)} | "
                      f"{r['tflite_bytes']:,} | {r['tflite_arena_bytes']:,} |")
     fits = results.get("fits_on")
     if fits:
@@ -121,7 +125,7 @@ def engine_markdown(report: Mapping) -> str:
     return "\n".join(lines)
 
 
-def mcu_markdown(results: Mapping) -> str:
+def mcu_markdown(results: Mapping, task: Task = CLASSIFICATION) -> str:
     """The "on the microcontroller" section: each model as the C engine in QEMU, against TFLM, with flash, RAM, instructions."""
     rows = results.get("mcu")
     if not rows:
@@ -130,14 +134,15 @@ def mcu_markdown(results: Mapping) -> str:
     core = first["target"].replace("cortex-m", "Cortex-M")
     lines = [f"## On the microcontroller (emulated {core})", "",
              f"Each model ran as edgeprune's C engine (sparse kernels where they cost less) built for {first['target']} and "
-             f"run in {first['board']} on the first {first['images']} test images; every output was compared with TensorFlow "
-             "Lite Micro's on the same int8 inputs. Instructions are instructions executed in emulation "
+             f"run in {first['board']} on {first.get('sample') or str(first['images']) + ' test samples'}; "
+             "every output was compared with TensorFlow Lite Micro's on the same inputs (a difference stops the run). "
+             "Instructions are instructions executed in emulation "
              f"(`-icount shift=0`, resolution {first['instructions_resolution']:g}), not cycles.", "",
-             "| Model | Equal to TFLM | Accuracy (%) | Instructions per inference | vs first row | Flash (bytes) | "
+             f"| Model | Equal to TFLM | {task.column} | Instructions per inference | vs first row | Flash (bytes) | "
              "Weights + indices (bytes) | RAM (bytes) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = f"{r['instructions'] / first['instructions']:.2f}x" if r["instructions"] and first["instructions"] else "–"
-        accuracy = "–" if r["accuracy"] is None else f"{r['accuracy']:.2f}"
+        accuracy = "–" if r.get(task.metric) is None else _fmt_metric(r[task.metric], task)
         lines.append(f"| {r['model']} | {r['equal_to_tflm']} / {r['images_run']} | {accuracy} | {r['instructions'] or 0:,} | "
                      f"{ratio} | {r['flash_bytes']:,} | {r['weight_bytes'] + r['index_bytes']:,} | {r['ram_bytes'] or 0:,} |")
     last = rows[-1]
@@ -236,7 +241,7 @@ Non-zero weights of the fine-tuned model:
 
 ![weights fine-tuned](weight_distribution_finetuned.png)
 
-{device_markdown(results)}{mcu_markdown(results)}Parameters per layer, kept and pruned:
+{device_markdown(results, task)}{mcu_markdown(results, task)}Parameters per layer, kept and pruned:
 
 ![parameters](num_parameters.png)
 

@@ -43,7 +43,7 @@ from .export.tflite import calibration_images, export_tflite
 from .export.tflm import evaluate_tflite
 from .files import writable_folder, write_json_atomic, write_text_atomic
 from .mcu import export_c
-from .mcu.measure import load_inputs, measure_on_mcu, measure_tflite, random_inputs
+from .mcu.measure import engine_outputs, load_inputs, measure_on_mcu, measure_tflite, random_inputs
 from .mcu.predict import parse_bytes, unit_costs
 from .mcu.target import DEVICE_TOLERANCE, plan_for_device
 from .models import ModelSpec, prunable_parameters
@@ -440,7 +440,8 @@ def export_for_devices(
 ) -> dict:
     """Export ``model`` as ONNX (to ``onnx_path``) and/or fully int8 TFLite (to ``tflite_path``, calibrated on the first
     ``calibration`` training images), and score each file in its own runtime (onnxruntime, TensorFlow Lite Micro) on
-    the test split; returns the row fields.
+    the test split by the splits' task (``onnx_accuracy`` / ``tflite_accuracy``, or ``onnx_mse`` / ``tflite_mse``);
+    returns the row fields.
 
     The ONNX logits are also checked against PyTorch's (``onnx_equal``, ``onnx_max_abs_diff``, first 3 test batches),
     and timed against PyTorch at each of ``latency_batches`` (``onnx_latency``: batch size -> ms). ``softmax`` ends
@@ -451,22 +452,23 @@ def export_for_devices(
         raise ValueError("give onnx_path, tflite_path or both: the files to export")
     cpu = copy.deepcopy(model).cpu().eval()
     loader = make_loaders(splits, splits.info.get("batch_size", 64))[2]
+    metric = splits.task.metric
     images = calibration_images(splits.train, calibration)
     row: dict = {}
     if onnx_path is not None:
         onnx_path = export_onnx(cpu, onnx_path, images[:1])
         check = compare_onnx(cpu, onnx_path, loader)
-        scored = evaluate_onnx(onnx_path, loader)
-        row.update(onnx_file=str(onnx_path), onnx_accuracy=scored["accuracy"], test_images=scored["count"],
-                   onnx_equal=check["equal"], onnx_max_abs_diff=check["max_abs_diff"])
+        scored = evaluate_onnx(onnx_path, loader, splits.task)
+        row.update(onnx_file=str(onnx_path), test_images=scored["count"], onnx_equal=check["equal"],
+                   onnx_max_abs_diff=check["max_abs_diff"], **{f"onnx_{metric}": scored[metric]})
         if latency_batches:
             row["onnx_latency"] = {b: onnx_latency(cpu, onnx_path, images[:b])
                                    for b in latency_batches}
     if tflite_path is not None:
         tflite_path = export_tflite(cpu, tflite_path, images, softmax=softmax, lut_bits=lut_bits)
-        tflm = evaluate_tflite(tflite_path, loader)
-        row.update(tflite_file=str(tflite_path), tflite_accuracy=tflm["accuracy"], tflite_arena_bytes=tflm["arena_bytes"],
-                   tflite_bytes=tflm["model_bytes"], test_images=tflm["count"])
+        tflm = evaluate_tflite(tflite_path, loader, task=splits.task)
+        row.update(tflite_file=str(tflite_path), tflite_arena_bytes=tflm["arena_bytes"], tflite_bytes=tflm["model_bytes"],
+                   test_images=tflm["count"], **{f"tflite_{metric}": tflm[metric]})
         if c_source is not None:
             row["c_source"] = [str(p) for p in write_c_source(tflite_path, c_source)]
     return row
@@ -724,11 +726,8 @@ def export_checkpoint(
         if values != "fp32" or bits is not None or centroid_epochs:
             raise ValueError(f"--values, --bits and --centroid-epochs shape the compressed .epz file; drop them with --format {fmt}")
         splits = load_splits(data, spec)
-        if splits.task is not CLASSIFICATION:
-            raise ValueError(f"--format {fmt} files are scored by accuracy in their runtime; a {splits.task.name} model "
-                             "exports as --format epz")
         model = model.cpu().eval()
-        row = {"accuracy": accuracy_on_test(model, splits, "cpu")}
+        row = {"task": splits.task.name, splits.task.metric: accuracy_on_test(model, splits, "cpu")}
         if fmt == "onnx":
             row.update(export_for_devices(model, splits, onnx_path=out, latency_batches=(1,)))
         else:
@@ -794,22 +793,69 @@ def c_engine_checkpoint(source: str | Path, spec: ModelSpec | None, data: DataCo
     return {**export_c(tflite, folder, sparse, budget), "tflite": str(tflite)}
 
 
-def _test_images(splits: DataSplits, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``count`` test images and their labels."""
-    count = min(count, len(splits.test))
-    if count < 1:
-        raise ValueError("no test images to run on the microcontroller: the test split is empty")
-    images, labels = zip(*(splits.test[i] for i in range(count)))
+def _test_images(splits: DataSplits, count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` test samples and their labels: the whole test split when it is no larger, else a seeded random subset,
+    stratified by class when there are labels (each class its share, largest remainders first), in test-set order.
+    A folder of images sorted by class would otherwise give the first classes only."""
+    total = len(splits.test)
+    if min(count, total) < 1:
+        raise ValueError("no test samples to run on the microcontroller: the test split is empty")
+    chosen = list(range(total)) if count >= total else sample_indices(_labels_of(splits.test), count, seed)
+    images, labels = zip(*(splits.test[i] for i in chosen))
     return torch.stack(images), torch.tensor(labels)
 
 
+def _labels_of(dataset) -> list[int]:
+    """Every label of ``dataset`` (one pass; -1 for unlabelled samples)."""
+    return [int(label) for _, label in (dataset[i] for i in range(len(dataset)))]
+
+
+def sample_indices(labels: list[int], count: int, seed: int = 0) -> list[int]:
+    """``count`` of the indices of ``labels``, seeded, sorted: stratified by class (each class ``count * its share``,
+    rounded by largest remainder), or uniformly when the samples carry no labels (all -1)."""
+    generator = torch.Generator().manual_seed(seed)
+    classes = sorted(set(labels))
+    if classes == [-1]:
+        return sorted(torch.randperm(len(labels), generator=generator)[:count].tolist())
+    members = {c: [i for i, label in enumerate(labels) if label == c] for c in classes}
+    exact = {c: count * len(members[c]) / len(labels) for c in classes}
+    quota = {c: int(exact[c]) for c in classes}
+    for c in sorted(classes, key=lambda c: (quota[c] - exact[c], c))[:count - sum(quota.values())]:
+        quota[c] += 1
+    chosen = []
+    for c in classes:
+        order = torch.randperm(len(members[c]), generator=generator)[:quota[c]].tolist()
+        chosen += [members[c][i] for i in order]
+    return sorted(chosen)
+
+
 def mcu_model(model: nn.Module, splits: DataSplits, folder: str | Path, target: str = "cortex-m4",
-              images: int = MCU_IMAGES, sparse: str = "auto") -> dict:
-    """Run ``model`` on the microcontroller: int8 ``.tflite``, the C engine, built for ``target`` and run in QEMU on the
-    first ``images`` test images, every output compared with TFLM's; ``folder/mcu.json`` holds the results."""
+              images: int = MCU_IMAGES, sparse: str = "auto", seed: int = 0) -> dict:
+    """Run ``model`` on the microcontroller: int8 ``.tflite``, the C engine, built for ``target`` and run in QEMU on
+    ``images`` test samples (a seeded subset stratified by class: :func:`_test_images`), every output compared with
+    TFLM's; ``folder/mcu.json`` holds the results, with the splits' task's metric of the engine's outputs."""
     folder = writable_folder(folder, f"mcu folder {folder}")
     tflite = _int8_tflite(model, splits, folder / "model.tflite")
-    return measure_on_mcu(tflite, *_test_images(splits, images), folder, target, sparse)
+    return _measure_test_samples(tflite, splits, folder, target, images, sparse, None, seed)
+
+
+def _measure_test_samples(tflite: Path, splits: DataSplits, folder: Path, target: str, images: int, sparse: str,
+                          weight_budget: int | None, seed: int) -> dict:
+    """:func:`measure_on_mcu` on ``images`` test samples (:func:`_test_images`), scored by the splits' task: accuracy
+    for a classifier; for a reconstruction, the MSE of the engine's outputs (dequantized as TFLM's would be) against
+    the inputs. ``mcu.json`` records the metric and how the samples were drawn."""
+    samples, labels = _test_images(splits, images, seed)
+    classifier = splits.task is CLASSIFICATION
+    result = measure_on_mcu(tflite, samples, labels if classifier else None, folder, target, sparse,
+                            weight_budget=weight_budget)
+    if not classifier:
+        outputs = torch.from_numpy(engine_outputs(folder, tflite))
+        result[splits.task.metric] = splits.task.finish(*splits.task.batch_total(outputs, samples, labels))
+    result["sample"] = ("all test samples" if images >= len(splits.test) else
+                        f"{len(samples)} of {len(splits.test)} test samples, seeded ({seed}), "
+                        + ("stratified by class" if splits.labeled else "uniformly"))
+    write_json_atomic(folder / "mcu.json", result)
+    return result
 
 
 def mcu_checkpoint(source: str | Path, spec: ModelSpec | None, data: DataConfig, out: str | Path,
@@ -829,7 +875,7 @@ def mcu_checkpoint(source: str | Path, spec: ModelSpec | None, data: DataConfig,
     folder = writable_folder(out, "--out")
     tflite, _, splits = _engine_source(source, spec, data, folder, device)
     if splits is not None:
-        return measure_on_mcu(tflite, *_test_images(splits, images), folder, target, sparse, weight_budget=budget)
+        return _measure_test_samples(tflite, splits, folder, target, images, sparse, budget, seed)
     if inputs is not None:
         x, y = load_inputs(tflite, inputs, labels)
     else:

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..analyze.latency import time_calls, timing_copy
 from ..files import atomic_path
+from ..task import CLASSIFICATION, Task
 
 __all__ = ["ONNX_ATOL", "ONNX_RTOL", "compare_onnx", "evaluate_onnx", "export_onnx", "onnx_latency", "onnx_session", "quantize_onnx"]
 
@@ -117,16 +118,17 @@ def compare_onnx(model: nn.Module, path: str | os.PathLike, loader: Iterable, ba
     return {"max_abs_diff": worst, "equal": equal}
 
 
-def evaluate_onnx(path: str | os.PathLike, loader: Iterable) -> dict:
-    """Top-1 accuracy (percent) of the .onnx file in onnxruntime over ``loader`` (images, labels)."""
+def evaluate_onnx(path: str | os.PathLike, loader: Iterable, task: Task = CLASSIFICATION) -> dict:
+    """The ``task``'s metric (top-1 accuracy in percent, or the reconstruction MSE) of the .onnx file in onnxruntime over
+    ``loader`` (samples, labels): ``{task.metric: value, "count": samples}``."""
     session = onnx_session(path)
-    correct = total = 0
+    total, count, samples = 0.0, 0, 0
     for images, labels in loader:
-        correct += int((_run(session, images).argmax(1) == labels.numpy()).sum())
-        total += len(labels)
-    if total == 0:
-        raise ValueError("the loader gave no images; give a loader of (images, labels) batches")
-    return {"accuracy": 100.0 * correct / total, "count": total}
+        part, n = task.batch_total(torch.from_numpy(_run(session, images)), images, labels)
+        total, count, samples = total + part, count + n, samples + len(images)
+    if samples == 0:
+        raise ValueError("the loader gave no samples; give a loader of (samples, labels) batches")
+    return {task.metric: task.finish(total, count), "count": samples}
 
 
 def onnx_latency(model: nn.Module, path: str | os.PathLike, images: torch.Tensor, rounds: int = 20, threads: int = 1) -> dict:

@@ -10,7 +10,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from ..task import CLASSIFICATION, Task
 from .int8_graph import quantize_activation
 
 __all__ = ["evaluate_tflite", "make_interpreter", "run_int8", "tflite_arena_bytes", "tflite_layout"]
@@ -90,11 +92,13 @@ def run_int8(model: bytes | str | os.PathLike, inputs: np.ndarray, arena_size: i
     return np.stack(outputs)
 
 
-def evaluate_tflite(path: str | os.PathLike, loader: Iterable, arena_size: int = 8 << 20) -> dict:
-    """Run a .tflite file from :func:`export_tflite` in TFLM, one image at a time, over ``loader`` (images, labels).
+def evaluate_tflite(path: str | os.PathLike, loader: Iterable, arena_size: int = 8 << 20, task: Task = CLASSIFICATION) -> dict:
+    """Run a .tflite file from :func:`export_tflite` in TFLM, one sample at a time, over ``loader`` (samples, labels).
 
-    Samples are quantized with the input tensor's own scale and zero point and laid out as :func:`tflite_layout`.
-    Returns ``{"accuracy": percent, "arena_bytes": TFLM arena total, "model_bytes": file size, "count": images}``.
+    Samples are quantized with the input tensor's own scale and zero point and laid out as :func:`tflite_layout`;
+    outputs are dequantized with the output's (and NHWC outputs laid back out as NCHW) and scored by ``task``.
+    Returns ``{task.metric: value, "arena_bytes": TFLM arena total, "model_bytes": file size, "count": samples}``
+    (``"accuracy"`` in percent for classification, ``"mse"`` for reconstruction).
     """
     path = Path(path)
     if not path.is_file():
@@ -106,14 +110,21 @@ def evaluate_tflite(path: str | os.PathLike, loader: Iterable, arena_size: int =
         raise ValueError(f"{path}: {exc}") from exc
     qp = interp.get_input_details(0)["quantization_parameters"]
     scale, zp = float(qp["scales"][0]), int(qp["zero_points"][0])
-    correct = total = 0
+    out_qp = interp.get_output_details(0)["quantization_parameters"]
+    out_scale, out_zp = float(out_qp["scales"][0]), int(out_qp["zero_points"][0])
+    total, count, samples = 0.0, 0, 0
     for images, labels in loader:
         q = quantize_activation(tflite_layout(images.numpy()), scale, zp)
-        for img, label in zip(q, labels.numpy()):
+        outputs = []
+        for img in q:
             interp.set_input(img[None], 0)
             interp.invoke()
-            correct += int(np.argmax(interp.get_output(0)[0]) == label)
-            total += 1
-    if total == 0:
-        raise ValueError("the loader gave no images; give a loader of (images, labels) batches")
-    return {"accuracy": 100.0 * correct / total, "arena_bytes": tflite_arena_bytes(interp), "model_bytes": len(data), "count": total}
+            outputs.append((interp.get_output(0)[0].astype(np.float32) - out_zp) * np.float32(out_scale))
+        batch = np.stack(outputs)
+        batch = batch.transpose(0, 3, 1, 2) if batch.ndim == 4 else batch
+        part, n = task.batch_total(torch.from_numpy(batch), images, labels)
+        total, count, samples = total + part, count + n, samples + len(q)
+    if samples == 0:
+        raise ValueError("the loader gave no samples; give a loader of (samples, labels) batches")
+    return {task.metric: task.finish(total, count), "arena_bytes": tflite_arena_bytes(interp), "model_bytes": len(data),
+            "count": samples}

@@ -35,7 +35,7 @@ from .toolchain import (
 )
 
 __all__ = [
-    "INSTRUCTIONS_NOTE", "MAX_INPUT_BYTES", "RESULT_FILE", "EngineMismatch", "build_harness", "engine_sizes",
+    "INSTRUCTIONS_NOTE", "MAX_INPUT_BYTES", "RESULT_FILE", "EngineMismatch", "build_harness", "engine_outputs", "engine_sizes",
     "header_dtypes", "header_macros", "load_inputs", "measure_engine", "measure_on_mcu", "measure_tflite", "mcu_table",
     "random_inputs",
 ]
@@ -317,7 +317,7 @@ def measure_tflite(tflite_path: str | os.PathLike, inputs: np.ndarray, labels: n
                           labels, out_dir, target, timeout)
 
 
-def measure_on_mcu(tflite_path: str | os.PathLike, images: torch.Tensor, labels: torch.Tensor,
+def measure_on_mcu(tflite_path: str | os.PathLike, images: torch.Tensor, labels: torch.Tensor | None,
                    out_dir: str | os.PathLike, target: str = "cortex-m4", sparse: str = "auto",
                    timeout: float | None = None, weight_budget: int | None = None) -> dict:
     """:func:`measure_tflite` for float ``images`` as PyTorch takes them (N x C x H x W images, N x C x T sequences or
@@ -328,9 +328,9 @@ def measure_on_mcu(tflite_path: str | os.PathLike, images: torch.Tensor, labels:
     tflite_path = Path(tflite_path)
     if not tflite_path.is_file():
         raise ValueError(f"{tflite_path}: no such file; write it first with export_tflite")
-    if images.dim() < 2 or len(images) != len(labels) or len(images) < 1:
-        raise ValueError(f"images must be N x the sample shape with N >= 1 labels, got {tuple(images.shape)} "
-                         f"and {len(labels)} labels")
+    if images.dim() < 2 or len(images) < 1 or (labels is not None and len(images) != len(labels)):
+        raise ValueError(f"images must be N x the sample shape with N >= 1 labels (or None), got {tuple(images.shape)} "
+                         f"and {'no' if labels is None else len(labels)} labels")
     graph = load_tflite(tflite_path)
     t = _input_tensor(graph)
     if images[0].numel() != math.prod(t.shape[1:]):
@@ -340,7 +340,20 @@ def measure_on_mcu(tflite_path: str | os.PathLike, images: torch.Tensor, labels:
     if t.dtype == "int8":
         x = quantize_activation(x, *t.qparams)
     return measure_tflite(tflite_path, x.astype(np.int8 if t.dtype == "int8" else np.float32),
-                          labels.cpu().numpy(), out_dir, target, sparse, timeout, weight_budget)
+                          None if labels is None else labels.cpu().numpy(), out_dir, target, sparse, timeout, weight_budget)
+
+
+def engine_outputs(out_dir: str | os.PathLike, tflite_path: str | os.PathLike) -> np.ndarray:
+    """The engine's outputs of the last run in ``out_dir`` (``run/outputs.bin``) as floats in PyTorch's layout: int8
+    outputs dequantized with the .tflite's output scale and zero point, NHWC outputs laid back out as NCHW."""
+    graph = load_tflite(tflite_path)
+    t = graph.tensors[graph.outputs[0]]
+    raw = np.fromfile(Path(out_dir) / "run" / "outputs.bin", np.int8 if t.dtype == "int8" else np.float32)
+    values = raw.reshape(-1, *t.shape[1:]).astype(np.float32)
+    if t.dtype == "int8":
+        scale, zero_point = t.qparams
+        values = (values - np.float32(zero_point)) * np.float32(scale)
+    return values.transpose(0, 3, 1, 2) if values.ndim == 4 else values
 
 
 def _count(value: float | None) -> str:
