@@ -81,7 +81,7 @@ def build_harness(engine_dir: str | os.PathLike, target: Target, build_dir: str 
     objects = compile_objects(sorted(engine_dir.glob("*.c")), target, build_dir / "engine",
                               defines=["EDGEPRUNE_LAYER_DONE=ep_layer_done"])
     objects += compile_objects([board_dir() / "startup.c", board_dir() / "harness.c"], target,
-                               build_dir / "board", include_dirs=[engine_dir])
+                               build_dir / "board", include_dirs=[engine_dir], defines=["EP_SEMIHOSTING"])
     return link_firmware(objects, target, build_dir / "harness.elf")
 
 

@@ -1,9 +1,12 @@
 """Cross-compiling for Cortex-M: the tools, the targets, and compiling, linking and sizing with them.
 
 The tools are Debian's ``gcc-arm-none-eabi`` (with ``libnewlib-arm-none-eabi``) and
-``qemu-system-arm``. Three targets run on a QEMU board; ``cortex-m0plus`` is built only to be
-sized (QEMU has no Cortex-M0+ board with this memory map). Firmware links the startup code,
-linker script and harness in ``board/`` (package data) with newlib's semihosting library.
+``qemu-system-arm``. Four targets run on a QEMU board: the Cortex-M4, M7 and M55 on Arm's MPS2/MPS3
+boards (``board/cortex_m.ld``), and the Cortex-M0 (ARMv6-M: no DSP instructions, no divide, no unaligned
+access) on the BBC micro:bit's nRF51 (``microbit``: 256 KB of flash, 16 KB of RAM; ``board/microbit.ld``).
+``cortex-m0plus`` is built only to be sized (QEMU has no Cortex-M0+ board). Firmware links the startup
+code, linker script and harness in ``board/`` (package data) with newlib's semihosting library
+(``-DEP_SEMIHOSTING``), or without any semihosting for a board on its own (:func:`link_firmware`).
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from importlib import resources
 from pathlib import Path
 
 __all__ = [
-    "DEBIAN_PACKAGES", "TARGETS", "Target", "board_dir", "check_tools", "compile_objects", "find_tool", "get_target",
-    "link_firmware", "link_relocatable", "section_sizes",
+    "DEBIAN_PACKAGES", "NOSYS_SPECS", "SEMIHOSTING_SPECS", "TARGETS", "Target", "board_dir", "check_tools",
+    "compile_objects", "find_tool", "get_target", "link_firmware", "link_relocatable", "section_sizes",
 ]
 
 DEBIAN_PACKAGES = "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
@@ -27,12 +30,14 @@ DEBIAN_PACKAGES = "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
 
 @dataclass(frozen=True)
 class Target:
-    """A Cortex-M core: its compiler flags, and the QEMU board and SysTick clock it runs on (None: size only)."""
+    """A Cortex-M core: its compiler flags, and the QEMU board, SysTick clock and linker script (in ``board/``)
+    it runs with (machine None: size only)."""
 
     name: str
     cflags: tuple[str, ...]
     machine: str | None = None
     systick_hz: int | None = None
+    linker_script: str = "cortex_m.ld"
 
     @property
     def instructions_per_tick(self) -> float:
@@ -49,10 +54,18 @@ TARGETS = {
         Target("cortex-m7", ("-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-d16", "-mfloat-abi=hard"),
                "mps2-an500", 25_000_000),
         Target("cortex-m55", ("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard"), "mps3-an547", 32_000_000),
+        Target("cortex-m0", ("-mcpu=cortex-m0", "-mthumb", "-mfloat-abi=soft"), "microbit", 16_000_000,
+               "microbit.ld"),
         Target("cortex-m0plus", ("-mcpu=cortex-m0plus", "-mthumb", "-mfloat-abi=soft")),
     )
 }
-"""The cores edgeprune builds for, by name; the SysTick clocks are QEMU's (25 MHz on mps2, 32 MHz on mps3-an547)."""
+"""The cores edgeprune builds for, by name; the SysTick clocks are QEMU's (25 MHz on mps2, 32 MHz on mps3-an547,
+16 MHz on the micro:bit's nRF51)."""
+
+SEMIHOSTING_SPECS = ("--specs=rdimon.specs",)
+"""newlib with semihosting: stdio and exit reach the host through QEMU or a debugger (compile board/ with EP_SEMIHOSTING)."""
+NOSYS_SPECS = ("--specs=nano.specs", "--specs=nosys.specs")
+"""newlib-nano with stub system calls: a firmware for a board on its own, with no semihosting call in it."""
 
 _CFLAGS = ("-O2", "-std=c99", "-Wall", "-ffunction-sections", "-fdata-sections")
 
@@ -119,11 +132,14 @@ def link_relocatable(objects: Iterable[str | os.PathLike], target: Target, out: 
     return Path(out)
 
 
-def link_firmware(objects: Iterable[str | os.PathLike], target: Target, elf: str | os.PathLike) -> Path:
-    """Link ``objects`` (which include the board's startup and a main) into a semihosting ELF for the target's board."""
-    gcc = find_tool("arm-none-eabi-gcc")
-    _run([gcc, *target.cflags, "--specs=rdimon.specs", "-nostartfiles", "-Wl,--gc-sections",
-          "-T", str(board_dir() / "cortex_m.ld"), *map(str, objects), "-o", str(elf)],
+def link_firmware(objects: Iterable[str | os.PathLike], target: Target, elf: str | os.PathLike,
+                  semihosting: bool = True, linker: str = "arm-none-eabi-gcc") -> Path:
+    """Link ``objects`` (which include the board's startup and a main) into an ELF for the target's board, with its
+    linker script: with newlib's semihosting (startup.c compiled with ``-DEP_SEMIHOSTING``) or, ``semihosting=False``,
+    with newlib-nano and no system calls (:data:`NOSYS_SPECS`). ``linker`` is the driver (``arm-none-eabi-g++`` for C++)."""
+    driver = find_tool(linker)
+    _run([driver, *target.cflags, *(SEMIHOSTING_SPECS if semihosting else NOSYS_SPECS), "-nostartfiles",
+          "-Wl,--gc-sections", "-T", str(board_dir() / target.linker_script), *map(str, objects), "-o", str(elf)],
          f"linking the firmware for {target.name}")
     return Path(elf)
 
