@@ -200,9 +200,10 @@ def spin_input(first: int, loops0: int, loops1: int) -> np.ndarray:
                          np.int8)
 
 
-@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m7", "cortex-m55"])
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m7", "cortex-m55", "cortex-m0"])
 def test_counts_are_guest_instructions(toolchain, tmp_path, target):
-    """A loop of 2 x n instructions reads as 2 x n instructions, to the tick (40 on mps2, 31.25 on an547).
+    """A loop of 2 x n instructions reads as 2 x n instructions, to the tick (40 on mps2, 31.25 on an547, 62.5 on the
+    micro:bit's nRF51).
 
     On the M4, one loop of 680 M instructions outlasts SysTick's 24-bit period (2^24 ticks = 671 M).
     """

@@ -21,7 +21,8 @@ from pathlib import Path
 
 __all__ = [
     "DEBIAN_PACKAGES", "NOSYS_SPECS", "SEMIHOSTING_SPECS", "TARGETS", "Target", "board_dir", "check_tools",
-    "compile_objects", "find_tool", "get_target", "link_firmware", "link_relocatable", "section_sizes",
+    "compile_objects", "find_tool", "get_target", "link_firmware", "link_relocatable", "runtime_functions",
+    "section_sizes",
 ]
 
 DEBIAN_PACKAGES = "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
@@ -103,7 +104,10 @@ def _run(command: Sequence[str], what: str) -> str:
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
-        first = next((line for line in lines if "error" in line.lower()), lines[0])
+        # the compiler's or the linker's own line (an undefined reference names no "error"), before collect2's summary
+        first = next((line for line in lines if "undefined reference" in line
+                      or ("error" in line.lower() and not line.startswith("collect2"))),
+                     next((line for line in lines if "error" in line.lower()), lines[0]))
         raise ValueError(f"{what} failed: {first.strip()}")
     return done.stdout
 
@@ -130,6 +134,28 @@ def link_relocatable(objects: Iterable[str | os.PathLike], target: Target, out: 
     _run([gcc, *target.cflags, "-nostdlib", "-r", "-Wl,--gc-sections", f"-Wl,--entry={root}",
           *map(str, objects), "-o", str(out)], f"linking the objects for {target.name}")
     return Path(out)
+
+
+def runtime_functions(objects: Iterable[str | os.PathLike], target: Target, elf: str | os.PathLike,
+                      root: str = "edgeprune_invoke") -> list[str]:
+    """The functions that the C library and libgcc add to ``objects`` (an engine) linked as the target's firmware
+    links them: sorted names, such as ``memcpy`` or, on a core without a divide or a long multiply, libgcc's
+    ``__aeabi_idiv`` and ``__aeabi_lmul``.
+
+    Links ``elf``, an image holding only what ``root`` reaches, against newlib-nano and libgcc (the unused
+    code is dropped before the names are read, so a helper that only dead code calls is not listed).
+    """
+    objects = [str(o) for o in objects]
+    nm = find_tool("arm-none-eabi-nm")
+    _run([find_tool("arm-none-eabi-gcc"), *target.cflags, *NOSYS_SPECS, "-nostartfiles", "-Wl,--gc-sections",
+          f"-Wl,--entry={root}", *objects, "-o", str(elf)], f"linking the engine with its run-time library for {target.name}")
+
+    def functions(path: str) -> set[str]:
+        lines = _run([nm, "--defined-only", path], f"listing the symbols of {Path(path).name}").splitlines()
+        return {words[2] for words in map(str.split, lines) if len(words) == 3 and words[1] in "TW"}
+
+    own = set().union(*(functions(o) for o in objects))
+    return sorted(functions(str(elf)) - own)
 
 
 def link_firmware(objects: Iterable[str | os.PathLike], target: Target, elf: str | os.PathLike,
