@@ -172,6 +172,8 @@ def measure_engine(engine_dir: str | os.PathLike, inputs: np.ndarray, expected: 
 
 def _first_difference(outputs: np.ndarray, expected: np.ndarray) -> dict | None:
     """Where the first output differs from TFLM's (bytes compared, so a float NaN equals the same NaN), or None."""
+    if not len(outputs):  # no input ran (the guest failed before its first output)
+        return None
     differs = outputs.view(np.uint8).reshape(len(outputs), outputs.shape[1], -1) != \
         expected.view(np.uint8).reshape(len(expected), expected.shape[1], -1)
     where = np.argwhere(differs.any(axis=2))
@@ -193,7 +195,8 @@ def _result(guest: GuestRun, target: Target, macros: dict[str, int], layers: lis
     totals = np.array(guest.totals[:ran], dtype=np.float64) * per_tick
     per_layer = (np.array(guest.layer_ticks[:ran], dtype=np.float64).reshape(ran, len(layers)) * per_tick
                  if ran else np.zeros((0, len(layers))))
-    equal = (outputs.view(np.uint8).reshape(ran, -1) == expected[:ran].view(np.uint8).reshape(ran, -1)).all(axis=1)
+    equal = (outputs.view(np.uint8).reshape(ran, row_bytes) ==
+             expected[:ran].view(np.uint8).reshape(ran, row_bytes)).all(axis=1)
     stack = guest.stack_bytes
     static_ram = sizes["data"] + sizes["bss"]
     scored = labels is not None

@@ -39,6 +39,9 @@ class Target:
     machine: str | None = None
     systick_hz: int | None = None
     linker_script: str = "cortex_m.ld"
+    nano: bool = False
+    """Link the harness with newlib-nano's semihosting (``--specs=nano.specs --specs=rdimon.specs``): about 2.4 KB less
+    RAM than newlib's, for the micro:bit's 16 KB."""
 
     @property
     def instructions_per_tick(self) -> float:
@@ -56,7 +59,7 @@ TARGETS = {
                "mps2-an500", 25_000_000),
         Target("cortex-m55", ("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard"), "mps3-an547", 32_000_000),
         Target("cortex-m0", ("-mcpu=cortex-m0", "-mthumb", "-mfloat-abi=soft"), "microbit", 16_000_000,
-               "microbit.ld"),
+               "microbit.ld", nano=True),
         Target("cortex-m0plus", ("-mcpu=cortex-m0plus", "-mthumb", "-mfloat-abi=soft")),
     )
 }
@@ -99,16 +102,26 @@ def board_dir() -> Path:
     return Path(str(resources.files("edgeprune.mcu") / "board"))
 
 
+def _first_error(lines: list[str]) -> str:
+    """The line that says what went wrong: the compiler's or the linker's own (an undefined reference, a linker
+    script's ASSERT), not collect2's summary; the linker's path is cut to ``ld:``."""
+    for line in lines:
+        line = line.strip()
+        if "warning" in line.lower() or line.startswith("collect2"):
+            continue
+        if "/ld: " in line or line.startswith("ld: "):
+            return "ld: " + line.split("ld: ", 1)[1]
+        if "undefined reference" in line or "error" in line.lower():
+            return line
+    return next((line.strip() for line in lines if "error" in line.lower()), lines[0].strip())
+
+
 def _run(command: Sequence[str], what: str) -> str:
     """Run a tool; its stdout, or a ValueError with ``what`` and the first error line it printed."""
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
-        # the compiler's or the linker's own line (an undefined reference names no "error"), before collect2's summary
-        first = next((line for line in lines if "undefined reference" in line
-                      or ("error" in line.lower() and not line.startswith("collect2"))),
-                     next((line for line in lines if "error" in line.lower()), lines[0]))
-        raise ValueError(f"{what} failed: {first.strip()}")
+        raise ValueError(f"{what} failed: {_first_error(lines)}")
     return done.stdout
 
 
@@ -164,7 +177,8 @@ def link_firmware(objects: Iterable[str | os.PathLike], target: Target, elf: str
     linker script: with newlib's semihosting (startup.c compiled with ``-DEP_SEMIHOSTING``) or, ``semihosting=False``,
     with newlib-nano and no system calls (:data:`NOSYS_SPECS`). ``linker`` is the driver (``arm-none-eabi-g++`` for C++)."""
     driver = find_tool(linker)
-    _run([driver, *target.cflags, *(SEMIHOSTING_SPECS if semihosting else NOSYS_SPECS), "-nostartfiles",
+    specs = (("--specs=nano.specs",) if target.nano else ()) + SEMIHOSTING_SPECS if semihosting else NOSYS_SPECS
+    _run([driver, *target.cflags, *specs, "-nostartfiles",
           "-Wl,--gc-sections", "-T", str(board_dir() / target.linker_script), *map(str, objects), "-o", str(elf)],
          f"linking the firmware for {target.name}")
     return Path(elf)
