@@ -107,8 +107,8 @@ def _first_error(lines: list[str]) -> str:
     script's ASSERT), not collect2's summary; the linker's path is cut to ``ld:``."""
     for line in lines:
         line = line.strip()
-        if "warning" in line.lower() or line.startswith("collect2"):
-            continue
+        if "warning" in line.lower() or line.startswith("collect2") or line.endswith(":"):
+            continue  # a warning, the summary, or a context line ("...: in function `main':")
         if "/ld: " in line or line.startswith("ld: "):
             return "ld: " + line.split("ld: ", 1)[1]
         if "undefined reference" in line or "error" in line.lower():
