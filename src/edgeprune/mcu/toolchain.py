@@ -1,9 +1,12 @@
 """Cross-compiling for Cortex-M: the tools, the targets, and compiling, linking and sizing with them.
 
 The tools are Debian's ``gcc-arm-none-eabi`` (with ``libnewlib-arm-none-eabi``) and
-``qemu-system-arm``. Three targets run on a QEMU board; ``cortex-m0plus`` is built only to be
-sized (QEMU has no Cortex-M0+ board with this memory map). Firmware links the startup code,
-linker script and harness in ``board/`` (package data) with newlib's semihosting library.
+``qemu-system-arm``. Four targets run on a QEMU board: the Cortex-M4, M7 and M55 on Arm's MPS2/MPS3
+boards (``board/cortex_m.ld``), and the Cortex-M0 (ARMv6-M: no DSP instructions, no divide, no unaligned
+access) on the BBC micro:bit's nRF51 (``microbit``: 256 KB of flash, 16 KB of RAM; ``board/microbit.ld``).
+``cortex-m0plus`` is built only to be sized (QEMU has no Cortex-M0+ board). Firmware links the startup
+code, linker script and harness in ``board/`` (package data) with newlib's semihosting library
+(``-DEP_SEMIHOSTING``), or without any semihosting for a board on its own (:func:`link_firmware`).
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from importlib import resources
 from pathlib import Path
 
 __all__ = [
-    "DEBIAN_PACKAGES", "TARGETS", "Target", "board_dir", "check_tools", "compile_objects", "find_tool", "get_target",
-    "link_firmware", "link_relocatable", "section_sizes",
+    "DEBIAN_PACKAGES", "NOSYS_SPECS", "SEMIHOSTING_SPECS", "TARGETS", "Target", "board_dir", "check_tools",
+    "compile_objects", "find_tool", "get_target", "link_firmware", "link_relocatable", "runtime_functions",
+    "section_sizes",
 ]
 
 DEBIAN_PACKAGES = "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
@@ -27,12 +31,17 @@ DEBIAN_PACKAGES = "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
 
 @dataclass(frozen=True)
 class Target:
-    """A Cortex-M core: its compiler flags, and the QEMU board and SysTick clock it runs on (None: size only)."""
+    """A Cortex-M core: its compiler flags, and the QEMU board, SysTick clock and linker script (in ``board/``)
+    it runs with (machine None: size only)."""
 
     name: str
     cflags: tuple[str, ...]
     machine: str | None = None
     systick_hz: int | None = None
+    linker_script: str = "cortex_m.ld"
+    nano: bool = False
+    """Link the harness with newlib-nano's semihosting (``--specs=nano.specs --specs=rdimon.specs``): about 2.4 KB less
+    RAM than newlib's, for the micro:bit's 16 KB."""
 
     @property
     def instructions_per_tick(self) -> float:
@@ -49,10 +58,18 @@ TARGETS = {
         Target("cortex-m7", ("-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-d16", "-mfloat-abi=hard"),
                "mps2-an500", 25_000_000),
         Target("cortex-m55", ("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard"), "mps3-an547", 32_000_000),
+        Target("cortex-m0", ("-mcpu=cortex-m0", "-mthumb", "-mfloat-abi=soft"), "microbit", 16_000_000,
+               "microbit.ld", nano=True),
         Target("cortex-m0plus", ("-mcpu=cortex-m0plus", "-mthumb", "-mfloat-abi=soft")),
     )
 }
-"""The cores edgeprune builds for, by name; the SysTick clocks are QEMU's (25 MHz on mps2, 32 MHz on mps3-an547)."""
+"""The cores edgeprune builds for, by name; the SysTick clocks are QEMU's (25 MHz on mps2, 32 MHz on mps3-an547,
+16 MHz on the micro:bit's nRF51)."""
+
+SEMIHOSTING_SPECS = ("--specs=rdimon.specs",)
+"""newlib with semihosting: stdio and exit reach the host through QEMU or a debugger (compile board/ with EP_SEMIHOSTING)."""
+NOSYS_SPECS = ("--specs=nano.specs", "--specs=nosys.specs")
+"""newlib-nano with stub system calls: a firmware for a board on its own, with no semihosting call in it."""
 
 _CFLAGS = ("-O2", "-std=c99", "-Wall", "-ffunction-sections", "-fdata-sections")
 
@@ -85,13 +102,26 @@ def board_dir() -> Path:
     return Path(str(resources.files("edgeprune.mcu") / "board"))
 
 
+def _first_error(lines: list[str]) -> str:
+    """The line that says what went wrong: the compiler's or the linker's own (an undefined reference, a linker
+    script's ASSERT), not collect2's summary; the linker's path is cut to ``ld:``."""
+    for line in lines:
+        line = line.strip()
+        if "warning" in line.lower() or line.startswith("collect2") or line.endswith(":"):
+            continue  # a warning, the summary, or a context line ("...: in function `main':")
+        if "/ld: " in line or line.startswith("ld: "):
+            return "ld: " + line.split("ld: ", 1)[1]
+        if "undefined reference" in line or "error" in line.lower():
+            return line
+    return next((line.strip() for line in lines if "error" in line.lower()), lines[0].strip())
+
+
 def _run(command: Sequence[str], what: str) -> str:
     """Run a tool; its stdout, or a ValueError with ``what`` and the first error line it printed."""
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
-        first = next((line for line in lines if "error" in line.lower()), lines[0])
-        raise ValueError(f"{what} failed: {first.strip()}")
+        raise ValueError(f"{what} failed: {_first_error(lines)}")
     return done.stdout
 
 
@@ -119,11 +149,37 @@ def link_relocatable(objects: Iterable[str | os.PathLike], target: Target, out: 
     return Path(out)
 
 
-def link_firmware(objects: Iterable[str | os.PathLike], target: Target, elf: str | os.PathLike) -> Path:
-    """Link ``objects`` (which include the board's startup and a main) into a semihosting ELF for the target's board."""
-    gcc = find_tool("arm-none-eabi-gcc")
-    _run([gcc, *target.cflags, "--specs=rdimon.specs", "-nostartfiles", "-Wl,--gc-sections",
-          "-T", str(board_dir() / "cortex_m.ld"), *map(str, objects), "-o", str(elf)],
+def runtime_functions(objects: Iterable[str | os.PathLike], target: Target, elf: str | os.PathLike,
+                      root: str = "edgeprune_invoke") -> list[str]:
+    """The functions that the C library and libgcc add to ``objects`` (an engine) linked as the target's firmware
+    links them: sorted names, such as ``memcpy`` or, on a core without a divide or a long multiply, libgcc's
+    ``__aeabi_idiv`` and ``__aeabi_lmul``.
+
+    Links ``elf``, an image holding only what ``root`` reaches, against newlib-nano and libgcc (the unused
+    code is dropped before the names are read, so a helper that only dead code calls is not listed).
+    """
+    objects = [str(o) for o in objects]
+    nm = find_tool("arm-none-eabi-nm")
+    _run([find_tool("arm-none-eabi-gcc"), *target.cflags, *NOSYS_SPECS, "-nostartfiles", "-Wl,--gc-sections",
+          f"-Wl,--entry={root}", *objects, "-o", str(elf)], f"linking the engine with its run-time library for {target.name}")
+
+    def functions(path: str) -> set[str]:
+        lines = _run([nm, "--defined-only", path], f"listing the symbols of {Path(path).name}").splitlines()
+        return {words[2] for words in map(str.split, lines) if len(words) == 3 and words[1] in "TW"}
+
+    own = set().union(*(functions(o) for o in objects))
+    return sorted(functions(str(elf)) - own)
+
+
+def link_firmware(objects: Iterable[str | os.PathLike], target: Target, elf: str | os.PathLike,
+                  semihosting: bool = True, linker: str = "arm-none-eabi-gcc") -> Path:
+    """Link ``objects`` (which include the board's startup and a main) into an ELF for the target's board, with its
+    linker script: with newlib's semihosting (startup.c compiled with ``-DEP_SEMIHOSTING``) or, ``semihosting=False``,
+    with newlib-nano and no system calls (:data:`NOSYS_SPECS`). ``linker`` is the driver (``arm-none-eabi-g++`` for C++)."""
+    driver = find_tool(linker)
+    specs = (("--specs=nano.specs",) if target.nano else ()) + SEMIHOSTING_SPECS if semihosting else NOSYS_SPECS
+    _run([driver, *target.cflags, *specs, "-nostartfiles",
+          "-Wl,--gc-sections", "-T", str(board_dir() / target.linker_script), *map(str, objects), "-o", str(elf)],
          f"linking the firmware for {target.name}")
     return Path(elf)
 

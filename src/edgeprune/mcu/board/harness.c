@@ -23,6 +23,7 @@
  */
 #include <stdint.h>
 #include <stdio.h>
+#include <unistd.h>
 
 #include "edgeprune_model.h"
 
@@ -105,6 +106,10 @@ int main(void) {
     FILE *out = fopen("outputs.bin", "wb");
     if (out == NULL)
         return fail("cannot create outputs.bin in QEMU's working folder");
+    /* Unbuffered: each input is one semihosting read and each output one write, and newlib takes no 1 KB buffer
+     * per file from the heap (the micro:bit has 16 KB of RAM). */
+    setvbuf(in, NULL, _IONBF, 0);
+    setvbuf(out, NULL, _IONBF, 0);
     printf("EP layers %d\n", EDGEPRUNE_NUM_LAYERS);
     timer_start();
 
@@ -114,6 +119,9 @@ int main(void) {
     while (fread(input, 1, sizeof input, in) == sizeof input) {
         for (int i = 0; i < EDGEPRUNE_NUM_LAYERS; i++)
             layer_ticks[i] = 0;
+        /* The heap (stdio's buffers, taken at a stream's first use) must end below the stack region: it is painted. */
+        if ((uintptr_t)sbrk(0) > (uintptr_t)__stack_limit__)
+            return fail("the heap reaches into the stack region (EP_HEAP_SIZE and EP_STACK_SIZE in the linker script)");
         paint_stack();
         uint32_t start = timer_now();
         last_tick = start;
