@@ -436,7 +436,7 @@ def test_cli_exports_tflite_with_c_source(tmp_path, fashion_slice, capsys):
     assert main(["export", *common, "--format", "tflite", "--calibration", "30", "--out", str(tmp_path / "m.tflite"),
                  "--c-source", str(tmp_path / "fw")]) == 0
     out = capsys.readouterr().out
-    assert "TFLM accuracy" in out and "on 40 test images" in out and "STM32L476RG" in out
+    assert "TFLM accuracy" in out and "on 40 test samples" in out and "STM32L476RG" in out
     data = (tmp_path / "m.tflite").read_bytes()
     assert data[4:8] == b"TFL3" and f"g_model_len = {len(data)};" in (tmp_path / "fw" / "model_data.cc").read_text()
     assert main(["export", *common, "--format", "tflite", "--values", "int8"]) == 2
