@@ -13,10 +13,12 @@ from torch import nn
 
 from edgeprune.checkpoint import load_checkpoint
 from edgeprune.cli import main
+from edgeprune.export.tflm import make_interpreter, run_int8
 from edgeprune.models import ModelSpec
+from edgeprune.steps import sample_indices
 
 COMMON = ["run", "--dataset", "tensors", "--val-size", "100", "--finetune-epochs", "1", "--scan-step", "0.3",
-          "--export-values", "fp16", "--device-exports", "none", "--mcu", "none", "--batch-size", "32"]
+          "--export-values", "fp16", "--mcu-images", "12", "--batch-size", "32"]
 
 
 def small_cnn() -> nn.Module:
@@ -74,6 +76,12 @@ def test_a_classifier_of_non_square_samples_runs_end_to_end(tmp_path: Path) -> N
         assert rows[label]["accuracy"] == pytest.approx(100.0 * np.mean(predicted == data["y_test"]))
     assert rows["Baseline"]["accuracy"] > 60  # chance is 33 %
     assert json.loads((out / "scan.json").read_text())["task"] == "classification"
+    # on the devices: int8 TFLite in TFLM and the C engine in QEMU, every output equal to TFLM's, on a stratified sample
+    final = rows["Fine-tuned + pruned"]
+    assert abs(final["tflite_accuracy"] - final["accuracy"]) <= 5.0 and abs(final["onnx_accuracy"] - final["accuracy"]) <= 1.0
+    for measured in results["mcu"]:
+        assert measured["equal_to_tflm"] == measured["images_run"] == 12 and measured["accuracy"] is not None
+        assert measured["sample"] == "12 of 200 test samples, seeded (0), stratified by class"
     report = (out / "report.md").read_text()
     assert "| Accuracy (%) |" in report and "Samples of shape 1 x 12 x 8" in report and "MSE" not in report
 
@@ -103,8 +111,23 @@ def test_an_autoencoder_of_unlabelled_data_is_scored_by_mse(tmp_path: Path, caps
         within = [s for s, mse in zip(scan["sparsities"], scan["accuracies"][name]) if mse <= ceiling]
         assert chosen == max(within, default=0.0)
     assert any(mse > ceiling for values in scan["accuracies"].values() for mse in values)  # the tolerance bit somewhere
+    # on the devices, scored by MSE too: TFLM's int8 file close to PyTorch, the engine equal to TFLM on every output
+    final = rows["Fine-tuned + pruned"]
+    assert final["tflite_mse"] == pytest.approx(final["mse"], rel=0.2) and final["onnx_mse"] == pytest.approx(final["mse"], rel=1e-4)
+    for measured, name in zip(results["mcu"], ("baseline", "finetuned")):
+        assert measured["equal_to_tflm"] == measured["images_run"] == 12 and measured["accuracy"] is None
+        # the MSE of TFLM's outputs, dequantized here, on the samples the engine ran (its inputs.bin, quantized)
+        folder = out / "mcu" / name
+        tflite = (folder / "model.tflite").read_bytes()
+        inputs = np.fromfile(folder / "run" / "inputs.bin", np.int8).reshape(12, 16)
+        scale, zero_point = (make_interpreter(tflite).get_output_details(0)["quantization_parameters"][k][0]
+                             for k in ("scales", "zero_points"))
+        outputs = (run_int8(tflite, inputs).astype(np.float64) - zero_point) * scale
+        chosen = sample_indices([-1] * 200, 12, seed=0)
+        assert measured["mse"] == pytest.approx(float(np.mean((outputs - data["x_test"][chosen]) ** 2)), rel=1e-5)
     report = (out / "report.md").read_text()
     assert "| MSE |" in report and "MSE decoded" in report and "Accuracy (%)" not in report
+    assert "| Model | MSE PyTorch | ONNX | TFLite int8 |" in report and "| Model | Equal to TFLM | MSE |" in report
     assert "reconstruction of the input, scored by its mean squared error" in report
 
 
@@ -119,3 +142,15 @@ def test_the_cli_refuses_bad_tensors_files_and_contradicting_tasks_in_one_line(t
     err = capsys.readouterr().err.strip()
     assert "half.npz: key 'y_test' missing; save it with np.savez(..., y_test=labels)" in err and "\n" not in err
     assert not (tmp_path / "r").exists()  # refused before any work
+
+
+def test_the_engine_sample_is_seeded_and_stratified_by_class() -> None:
+    """10 samples sorted by class (6, 3, 1), 5 drawn: shares 3, 1.5 and 0.5 give 3 + 1 + 0 and one by the largest
+    remainder, the tie between classes 1 and 2 going to the lower class: (3, 2, 0). The first 5 would be class 0 only."""
+    labels = [0] * 6 + [1] * 3 + [2]
+    chosen = sample_indices(labels, 5, seed=0)
+    assert chosen == sorted(set(chosen)) and len(chosen) == 5
+    assert [sum(labels[i] == c for i in chosen) for c in (0, 1, 2)] == [3, 2, 0]
+    assert sample_indices(labels, 5, seed=0) == chosen
+    assert {tuple(sample_indices(labels, 5, seed=s)) for s in range(10)} != {tuple(chosen)}  # the seed draws
+    assert sample_indices([-1] * 10, 4, seed=3) == sorted(torch.randperm(10, generator=torch.Generator().manual_seed(3))[:4].tolist())
