@@ -1,10 +1,12 @@
 """The microcontroller from the command line: `export --format c` and `mcu`, from a checkpoint or a .tflite."""
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
+from torch import nn
 
 from edgeprune.cli import main
 
@@ -104,3 +106,27 @@ def test_weight_budget_trades_instructions_for_bytes(trained, tmp_path, capsys):
         assert main(["export", str(tflite), "--format", "c", *flags, "--out", str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+
+
+def too_wide() -> nn.Module:
+    """627,200 weights: more int8 bytes than the cortex-m4 board's 512 KB of flash."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 800), nn.ReLU(), nn.Linear(800, 10))
+
+
+def wide_maps() -> nn.Module:
+    """Few weights, but 32 channels of 28 x 28 (25,088 B in, 25,088 B out): no arena for the micro:bit's 16 KB."""
+    return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.Flatten(),
+                         nn.Linear(32 * 28 * 28, 10))
+
+
+@pytest.mark.parametrize("factory, target, message", [
+    ("too_wide", "cortex-m4", r"needs 6\d\d,\d\d\d B of flash on the microcontroller .* but the cortex-m4 board has 524,288 B"),
+    ("wide_maps", "cortex-m0", r"needs an arena of \d\d,\d\d\d B on the microcontroller .* but the cortex-m0 board has "
+                               r"12,288 B of RAM beside its stack")])
+def test_a_model_that_cannot_fit_the_board_is_refused_before_training(tmp_path, capsys, factory, target, message):
+    out = tmp_path / "run"
+    argv = ["run", "--data-dir", SLICE, "--val-size", "50", "--model", f"{__name__}:{factory}", "--mcu", target, "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(message, err) and err.endswith("pass --mcu none to skip the microcontroller, or choose a smaller model")
+    assert not (out / "baseline.safetensors").exists()

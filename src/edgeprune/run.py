@@ -76,7 +76,8 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
         def baseline() -> tuple[tuple, dict]:
             model, spec = steps.build_baseline(cfg.model, splits, cfg.weights, cfg.seed)
             if cfg.device_exports != "none" or cfg.mcu != "none":  # an op TFLM or the C engine cannot run: an error now
-                steps.check_device_export(model, spec, engine=cfg.mcu != "none")
+                steps.check_device_export(model, spec, engine=cfg.mcu != "none",
+                                          target=None if cfg.mcu == "none" else cfg.mcu)
             if cfg.sparsity is not None:  # wrong layer names are an error now, not after training
                 resolve_sparsity_dict(cfg.sparsity, prunable_parameters(model), (n for n, _ in model.named_parameters()))
             if cfg.channel_ratios is not None:  # the channel step itself, on the untrained model: names, output layer, ratios

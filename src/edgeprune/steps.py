@@ -45,6 +45,7 @@ from .files import writable_folder, write_json_atomic, write_text_atomic
 from .mcu import export_c
 from .mcu.measure import engine_outputs, load_inputs, measure_on_mcu, measure_tflite, random_inputs
 from .mcu.predict import parse_bytes, unit_costs
+from .mcu.toolchain import board_memory, get_target
 from .mcu.target import DEVICE_TOLERANCE, plan_for_device
 from .models import ModelSpec, prunable_parameters
 from .prune.channels import channel_counts, prune_channels
@@ -474,9 +475,24 @@ def export_for_devices(
     return row
 
 
-def check_device_export(model: nn.Module, spec: ModelSpec, engine: bool = False) -> None:
+def _refuse_unfit(name: str, target: str, flash: int, ram: int | None = None) -> None:
+    """One line when a dense engine of ``flash`` bytes (weights and code; ``ram``: arena) cannot fit ``target``'s board."""
+    board = board_memory(get_target(target))
+    free_ram = board["ram"] - board["stack"]
+    if flash > board["flash"] or (ram is not None and ram > free_ram):
+        need = f"{flash:,} B of flash" if flash > board["flash"] else f"an arena of {ram:,} B"
+        have = f"{board['flash']:,} B of flash" if flash > board["flash"] else f"{free_ram:,} B of RAM beside its stack"
+        raise ValueError(f"model {name!r} needs {need} on the microcontroller (its dense int8 engine, as the run measures "
+                         f"the baseline there), but the {target} board has {have}; pass --mcu none to skip the "
+                         "microcontroller, or choose a smaller model")
+
+
+def check_device_export(model: nn.Module, spec: ModelSpec, engine: bool = False, target: str | None = None) -> None:
     """Refuse, before any training, a model that the int8 TFLite export cannot convert (names the op and layer),
-    and with ``engine`` one whose ``.tflite`` the C engine cannot run."""
+    and with ``engine`` one whose ``.tflite`` the C engine cannot run, or (with ``target``) whose dense engine cannot
+    fit that board's flash and RAM: at once from the weights' count, then from the engine's own sizes."""
+    if engine and target is not None:  # a lower bound first, before an export of millions of weights
+        _refuse_unfit(spec.name, target, sum(p.numel() for p in prunable_parameters(model).values()))
     example = torch.randn(4, *spec.sample_shape)
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -486,9 +502,12 @@ def check_device_export(model: nn.Module, spec: ModelSpec, engine: bool = False)
                              "TFLite and microcontroller steps") from None
         if engine:
             try:
-                export_c(probe, Path(tmp) / "engine")
+                report = export_c(probe, Path(tmp) / "engine", sparse="never")
             except ValueError as exc:
                 raise ValueError(f"{str(exc).splitlines()[0]}; or pass --mcu none to skip the microcontroller") from None
+            if target is not None:
+                totals = report["totals"]
+                _refuse_unfit(spec.name, target, totals["weight_bytes"] + totals["index_bytes"], report["arena_bytes"])
 
 
 def compare_models(

@@ -12,6 +12,7 @@ code, linker script and harness in ``board/`` (package data) with newlib's semih
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
@@ -20,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 __all__ = [
-    "DEBIAN_PACKAGES", "NOSYS_SPECS", "SEMIHOSTING_SPECS", "TARGETS", "Target", "board_dir", "check_tools",
+    "DEBIAN_PACKAGES", "NOSYS_SPECS", "SEMIHOSTING_SPECS", "TARGETS", "Target", "board_dir", "board_memory", "check_tools",
     "compile_objects", "find_tool", "get_target", "link_firmware", "link_relocatable", "runtime_functions",
     "section_sizes",
 ]
@@ -80,6 +81,24 @@ def get_target(name: str, runnable: bool = False) -> Target:
     if name not in choices:
         raise ValueError(f"unknown target {name!r}; choose one of {', '.join(choices)}")
     return TARGETS[name]
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KM]?)\s*$")
+_REGION = re.compile(r"^\s*(FLASH|RAM)\s*\([a-z]+\)\s*:\s*ORIGIN\s*=\s*\S+\s*,\s*LENGTH\s*=\s*(\w+)", re.M)
+_STACK = re.compile(r"^EP_STACK_SIZE\s*=.*:\s*(\w+)\s*;", re.M)
+
+
+def _bytes(text: str) -> int:
+    number, unit = _SIZE.match(text).groups()
+    return int(number) << {"": 0, "K": 10, "M": 20}[unit]
+
+
+def board_memory(target: Target) -> dict[str, int]:
+    """The bytes of flash and RAM the target's board gives the program (its linker script's FLASH and RAM regions),
+    and the stack it keeps at the top of RAM (``EP_STACK_SIZE``'s default): ``{"flash", "ram", "stack"}``."""
+    text = (board_dir() / target.linker_script).read_text()
+    regions = {name: _bytes(length) for name, length in _REGION.findall(text)}
+    return {"flash": regions["FLASH"], "ram": regions["RAM"], "stack": _bytes(_STACK.search(text).group(1))}
 
 
 def find_tool(name: str) -> str:
