@@ -389,7 +389,7 @@ def test_latency_target_walks_the_channel_plan_until_the_timed_ratio_meets_it(mo
         assert reference is model
         return params(small) / params(model)
 
-    monkeypatch.setattr(steps, "latency_ratio", fake_ratio)
+    monkeypatch.setattr(steps.pruning, "latency_ratio", fake_ratio)
     torch.manual_seed(0)
     images = torch.randn(16, 3, 32, 32)
     loader = [(images, model(images).argmax(1))]

@@ -17,7 +17,8 @@ from edgeprune.export.tflite import export_tflite
 from edgeprune.mcu.cost import FLASH_WEIGHT
 from edgeprune.mcu.lowering import weight_for_budget
 from edgeprune.mcu.measure import measure_on_mcu
-from edgeprune.mcu.predict import DeviceBaseline, meet_target, parse_bytes, predict_model, unit_costs
+from edgeprune.mcu.predict import DeviceBaseline, meet_target, predict_model, unit_costs
+from edgeprune.mcu.units import parse_bytes
 from edgeprune.mcu.target import plan_for_device
 from edgeprune.report import device_target_line
 from edgeprune.steps import check_device_target

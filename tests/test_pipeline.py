@@ -80,7 +80,7 @@ def test_config_round_trips_through_json():
 
 
 def test_run_with_a_bad_export_config_fails_before_any_work(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(steps, "load_data", lambda *a: pytest.fail("data loaded before the config was checked"))
+    monkeypatch.setattr(steps.common, "load_data", lambda *a: pytest.fail("data loaded before the config was checked"))
     out = tmp_path / "r"
     assert main(["run", "--export-values", "fp16", "--export-bits", "4", "--out", str(out)]) == 2
     err = capsys.readouterr().err

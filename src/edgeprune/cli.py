@@ -18,7 +18,6 @@ from pathlib import Path
 from . import __version__, distributed, steps
 from .config import CRITERIA, EXPORT_VALUES, MCU_TARGETS, METHODS, SCAN_SPLITS, SPARSE_MODES, TASKS, Flag, RunConfig, data_config, flags, \
     read_config_file, run_config
-from .mcu.measure import EngineMismatch
 from .report import comparison_markdown, engine_markdown, layers_markdown, mcu_table
 from .run import run_experiment
 from .task import task_named
@@ -383,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = "; continue it with the same flags and --resume" if args.command == "run" else ""
         print(f"{where}: interrupted{hint}", file=sys.stderr)
         return 130
-    except EngineMismatch as exc:  # the C engine differs from TFLM: our bug, never a result
+    except steps.EngineMismatch as exc:  # the C engine differs from TFLM: our bug, never a result
         print(f"{where}: error: {exc}", file=sys.stderr)
         return 1
     except (ValueError, OSError) as exc:  # bad input, files, folders: the message names the fix

@@ -21,7 +21,7 @@ from .data import DATASETS, DataConfig, native_geometry, tensors_labeled
 from .device import pick_device
 from .export.quantize import MODES, QuantConfig
 from .mcu.lowering import SPARSE_MODES
-from .mcu.target import check_device_targets
+from .mcu.units import check_device_targets
 from .mcu.toolchain import TARGETS, check_tools
 from .prune.importance import CRITERIA
 from .prune.masks import check_sparsity

@@ -14,7 +14,8 @@ from .codegen import export_c
 from .cost import conv_cost, depthwise_cost, fc_cost
 from .lowering import lower
 from .measure import EngineMismatch, load_inputs, mcu_table, measure_engine, measure_on_mcu, measure_tflite, random_inputs
-from .predict import meet_target, parse_bytes, predict_model, unit_costs
+from .predict import meet_target, predict_model, unit_costs
+from .units import parse_bytes
 from .target import plan_for_device
 from .toolchain import TARGETS, get_target
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -36,27 +35,9 @@ from ..prune.masks import check_sparsity, fine_grained_prune
 from .lowering import lower
 
 __all__ = [
-    "BYTE_UNITS", "DeviceBaseline", "EnginePrediction", "LayerPrediction", "TargetSearch", "meet_target",
-    "parse_bytes", "predict_graph", "predict_model", "pruned_copy", "unit_costs",
+    "DeviceBaseline", "EnginePrediction", "LayerPrediction", "TargetSearch", "meet_target", "predict_graph",
+    "predict_model", "pruned_copy", "unit_costs",
 ]
-
-BYTE_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
-"""Units of a flash size (case-insensitive): decimal kB/MB, binary KiB/MiB."""
-_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
-
-
-def parse_bytes(text: str | int | float) -> int:
-    """A number of bytes from ``32768``, ``"32KB"`` (32,000), ``"32 KiB"`` (32,768) or ``"0.03MB"``; one-line ValueError otherwise."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value, unit = float(text), ""
-    else:
-        match = _SIZE.match(str(text))
-        value, unit = (float(match[1]), match[2].lower()) if match else (math.nan, "?")
-    if unit not in BYTE_UNITS or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"cannot read {text!r} as a flash size: give a positive number with B, kB, KiB, MB or MiB "
-                         "(kB = 1000 B, KiB = 1024 B), e.g. 32KiB")
-    return round(value * BYTE_UNITS[unit])
-
 
 @dataclass(frozen=True)
 class LayerPrediction:

@@ -20,27 +20,15 @@ from torch import nn
 from ..export.tflite import export_tflite
 from ..files import writable_folder
 from .measure import measure_on_mcu
-from .predict import DeviceBaseline, pruned_copy, meet_target, parse_bytes, predict_model
+from .predict import DeviceBaseline, meet_target, predict_model, pruned_copy
+from .units import check_device_targets
 
-__all__ = ["DEVICE_TOLERANCE", "SPARSEST", "check_device_targets", "plan_for_device"]
+__all__ = ["DEVICE_TOLERANCE", "SPARSEST", "plan_for_device"]
 
 SPARSEST = 0.99
 """The planner's fraction of the sparsest plan (each layer at most 99 % pruned)."""
 DEVICE_TOLERANCE = 0.05
 """A device target is met when QEMU measures at most the target and at least this fraction under it."""
-
-
-def check_device_targets(target_instructions: float | None, target_flash: str | int | None) -> tuple[float | None, int | None]:
-    """(instructions fraction, flash bytes), checked: at most one given, the fraction in (0, 1], the flash a size
-    :func:`~edgeprune.mcu.predict.parse_bytes` reads. One-line ValueError otherwise."""
-    if target_instructions is not None and target_flash is not None:
-        raise ValueError("give one device target: --target-instructions or --target-flash, not both")
-    if target_instructions is not None and not (isinstance(target_instructions, (int, float))
-                                                and not isinstance(target_instructions, bool)
-                                                and 0 < target_instructions <= 1):
-        raise ValueError(f"--target-instructions is a fraction of the dense engine's instructions in (0, 1], e.g. 0.3; "
-                         f"got {target_instructions!r}")
-    return target_instructions, None if target_flash is None else parse_bytes(target_flash)
 
 
 def plan_for_device(

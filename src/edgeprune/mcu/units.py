@@ -1,0 +1,39 @@
+"""Sizes and device targets as the user writes them, read and checked (pure: no torch, no toolchain): the run's
+config validates its flags with these before any work."""
+
+from __future__ import annotations
+
+import math
+import re
+
+__all__ = ["BYTE_UNITS", "check_device_targets", "parse_bytes"]
+
+BYTE_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
+"""Units of a flash size (case-insensitive): decimal kB/MB, binary KiB/MiB."""
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+
+def parse_bytes(text: str | int | float) -> int:
+    """A number of bytes from ``32768``, ``"32KB"`` (32,000), ``"32 KiB"`` (32,768) or ``"0.03MB"``; one-line ValueError otherwise."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value, unit = float(text), ""
+    else:
+        match = _SIZE.match(str(text))
+        value, unit = (float(match[1]), match[2].lower()) if match else (math.nan, "?")
+    if unit not in BYTE_UNITS or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"cannot read {text!r} as a flash size: give a positive number with B, kB, KiB, MB or MiB "
+                         "(kB = 1000 B, KiB = 1024 B), e.g. 32KiB")
+    return round(value * BYTE_UNITS[unit])
+
+
+def check_device_targets(target_instructions: float | None, target_flash: str | int | None) -> tuple[float | None, int | None]:
+    """(instructions fraction, flash bytes), checked: at most one given, the fraction in (0, 1], the flash a size
+    :func:`parse_bytes` reads. One-line ValueError otherwise."""
+    if target_instructions is not None and target_flash is not None:
+        raise ValueError("give one device target: --target-instructions or --target-flash, not both")
+    if target_instructions is not None and not (isinstance(target_instructions, (int, float))
+                                                and not isinstance(target_instructions, bool)
+                                                and 0 < target_instructions <= 1):
+        raise ValueError(f"--target-instructions is a fraction of the dense engine's instructions in (0, 1], e.g. 0.3; "
+                         f"got {target_instructions!r}")
+    return target_instructions, None if target_flash is None else parse_bytes(target_flash)

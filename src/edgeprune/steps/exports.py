@@ -1,0 +1,176 @@
+"""The exports (the compressed .epz, ONNX and int8 TFLite scored in their runtimes) and the comparison of models."""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..analyze.latency import time_models
+from ..analyze.metrics import count_macs, file_size, model_stats
+from ..checkpoint import save_compressed_model
+from ..data import DataSplits, make_loaders
+from ..device import pick_device
+from ..export.c_source import write_c_source
+from ..export.centroids import share_weights
+from ..export.epz import load_compressed
+from ..export.onnx import compare_onnx, evaluate_onnx, export_onnx, onnx_latency
+from ..export.tflite import calibration_images, export_tflite
+from ..export.tflm import evaluate_tflite
+from ..mcu import export_c
+from ..mcu.toolchain import board_memory, get_target
+from ..models import ModelSpec, prunable_parameters
+from ..task import CLASSIFICATION, Task
+from ..training import evaluate
+from .common import CALIBRATION_IMAGES, CENTROID_LR
+
+__all__ = ["check_device_export", "compare_models", "export_compressed", "export_for_devices", "share_centroids"]
+
+
+def share_centroids(
+    model: nn.Module, bits: int | Mapping[str, int], splits: DataSplits, epochs: int, seed: int = 0, lr: float = CENTROID_LR
+) -> nn.Module:
+    """Share ``model``'s weights by k-means (``bits`` per codebook) in place and fine-tune the centroids ``epochs`` epochs
+    on the shuffled training split, seeded: the same weights from the run and from ``edgeprune export``. Returns it."""
+    train_loader = make_loaders(splits, splits.info.get("batch_size", 64), seed)[0]
+    torch.manual_seed(seed)
+    share_weights(model, bits, train_loader, epochs, lr=lr)
+    return model
+
+
+def export_compressed(
+    model: nn.Module, path: str | Path, values: str = "kmeans", bits: int | Mapping | None = None, spec: ModelSpec | None = None
+) -> Path:
+    """Write ``model`` as a compressed ``.epz`` file with ``spec`` in its header; see :func:`edgeprune.checkpoint.save_compressed_model`."""
+    return save_compressed_model(path, model, spec, values, bits)
+
+
+def export_for_devices(
+    model: nn.Module, splits: DataSplits, onnx_path: str | Path | None = None, tflite_path: str | Path | None = None,
+    calibration: int = CALIBRATION_IMAGES, softmax: bool = False, lut_bits: int | None = None,
+    c_source: str | Path | None = None, latency_batches: Iterable[int] = (),
+) -> dict:
+    """Export ``model`` as ONNX (to ``onnx_path``) and/or fully int8 TFLite (to ``tflite_path``, calibrated on the first
+    ``calibration`` training images), and score each file in its own runtime (onnxruntime, TensorFlow Lite Micro) on
+    the test split by the splits' task (``onnx_accuracy`` / ``tflite_accuracy``, or ``onnx_mse`` / ``tflite_mse``);
+    returns the row fields.
+
+    The ONNX logits are also checked against PyTorch's (``onnx_equal``, ``onnx_max_abs_diff``, first 3 test batches),
+    and timed against PyTorch at each of ``latency_batches`` (``onnx_latency``: batch size -> ms). ``softmax`` ends
+    the int8 graph with a softmax, ``lut_bits`` stores k-means shared weights as TFLM look-up tables, and
+    ``c_source`` (a folder) receives the .tflite as ``model_data.cc`` / ``model_data.h``.
+    """
+    if onnx_path is None and tflite_path is None:
+        raise ValueError("give onnx_path, tflite_path or both: the files to export")
+    cpu = copy.deepcopy(model).cpu().eval()
+    loader = make_loaders(splits, splits.info.get("batch_size", 64))[2]
+    metric = splits.task.metric
+    images = calibration_images(splits.train, calibration)
+    row: dict = {}
+    if onnx_path is not None:
+        onnx_path = export_onnx(cpu, onnx_path, images[:1])
+        check = compare_onnx(cpu, onnx_path, loader)
+        scored = evaluate_onnx(onnx_path, loader, splits.task)
+        row.update(onnx_file=str(onnx_path), test_images=scored["count"], onnx_equal=check["equal"],
+                   onnx_max_abs_diff=check["max_abs_diff"], **{f"onnx_{metric}": scored[metric]})
+        if latency_batches:
+            row["onnx_latency"] = {b: onnx_latency(cpu, onnx_path, images[:b])
+                                   for b in latency_batches}
+    if tflite_path is not None:
+        tflite_path = export_tflite(cpu, tflite_path, images, softmax=softmax, lut_bits=lut_bits)
+        tflm = evaluate_tflite(tflite_path, loader, task=splits.task)
+        row.update(tflite_file=str(tflite_path), tflite_arena_bytes=tflm["arena_bytes"], tflite_bytes=tflm["model_bytes"],
+                   test_images=tflm["count"], **{f"tflite_{metric}": tflm[metric]})
+        if c_source is not None:
+            row["c_source"] = [str(p) for p in write_c_source(tflite_path, c_source)]
+    return row
+
+
+def _refuse_unfit(name: str, target: str, flash: int, ram: int | None = None) -> None:
+    """One line when a dense engine of ``flash`` bytes (weights and code; ``ram``: arena) cannot fit ``target``'s board."""
+    board = board_memory(get_target(target))
+    free_ram = board["ram"] - board["stack"]
+    if flash > board["flash"] or (ram is not None and ram > free_ram):
+        need = f"{flash:,} B of flash" if flash > board["flash"] else f"an arena of {ram:,} B"
+        have = f"{board['flash']:,} B of flash" if flash > board["flash"] else f"{free_ram:,} B of RAM beside its stack"
+        raise ValueError(f"model {name!r} needs {need} on the microcontroller (its dense int8 engine, as the run measures "
+                         f"the baseline there), but the {target} board has {have}; pass --mcu none to skip the "
+                         "microcontroller, or choose a smaller model")
+
+
+def check_device_export(model: nn.Module, spec: ModelSpec, engine: bool = False, target: str | None = None) -> None:
+    """Refuse, before any training, a model that the int8 TFLite export cannot convert (names the op and layer),
+    and with ``engine`` one whose ``.tflite`` the C engine cannot run, or (with ``target``) whose dense engine cannot
+    fit that board's flash and RAM: at once from the weights' count, then from the engine's own sizes."""
+    if engine and target is not None:  # a lower bound first, before an export of millions of weights
+        _refuse_unfit(spec.name, target, sum(p.numel() for p in prunable_parameters(model).values()))
+    example = torch.randn(4, *spec.sample_shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            probe = export_tflite(copy.deepcopy(model).cpu().eval(), Path(tmp) / "probe.tflite", example)
+        except ValueError as exc:
+            raise ValueError(f"{str(exc).splitlines()[0]}; or pass --device-exports none and --mcu none to skip the ONNX, "
+                             "TFLite and microcontroller steps") from None
+        if engine:
+            try:
+                report = export_c(probe, Path(tmp) / "engine", sparse="never")
+            except ValueError as exc:
+                raise ValueError(f"{str(exc).splitlines()[0]}; or pass --mcu none to skip the microcontroller") from None
+            if target is not None:
+                totals = report["totals"]
+                _refuse_unfit(spec.name, target, totals["weight_bytes"] + totals["index_bytes"], report["arena_bytes"])
+
+
+def compare_models(
+    models: list[tuple[str, nn.Module, Path]],
+    loader: Iterable,
+    device: torch.device | str | None = None,
+    export_dir: Path | None = None,
+    export_values: str = "fp32",
+    export_bits: int | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    specs: list[ModelSpec] | None = None,
+    task: Task = CLASSIFICATION,
+) -> list[dict]:
+    """One row per (label, model, checkpoint path): sizes, sparsity and the ``task``'s metric on the test set, under the
+    metric's name (``accuracy``, ``decoded_accuracy``; ``mse``, ``decoded_mse``).
+
+    With ``export_dir`` each model is also written as a compressed file there, read
+    back, and evaluated as decoded: the accuracy a device running that file would see (with ``specs[i]``, one per
+    model, in its header, so that the file loads without model flags).
+    With ``input_shape`` (one image, e.g. ``(1, 28, 28)``) each row also gets its dense ``macs`` and
+    measured ``latency_ms`` ({batch size: median ms} at batch 1 and 64, on ``device``; the models
+    timed interleaved by ``time_models``, so their ratios compare like with like).
+    """
+    rows = []
+    stems = [Path(path).stem for _, _, path in models]
+    unique = len(set(stems)) == len(stems)
+    if input_shape is not None:  # all models of the table timed interleaved, round-robin, masks detached
+        timings = time_models([model for _, model, _ in models], torch.zeros(1, *input_shape), (1, 64), pick_device(device))
+    for index, (label, model, path) in enumerate(tqdm(models, desc="compare", leave=False)):
+        row = {"model": label, "checkpoint": str(path), **model_stats(model), "file_bytes": file_size(path)}
+        row[task.metric] = evaluate(model, loader, device, task)
+        if input_shape is not None:
+            row["macs"] = count_macs(model, input_shape)["total"]
+            row["latency_ms"] = timings[index]["latency_ms"]
+            row["latency_threads"] = timings[index]["threads"]
+        if export_dir is not None:
+            name = stems[index] if unique else f"{index}-{stems[index]}"  # two runs' finetuned.* must not collide
+            target = export_compressed(model, Path(export_dir) / f"{name}.epz", export_values, export_bits,
+                                       specs[index] if specs else None)
+            decoded = copy.deepcopy(model)
+            decoded.load_state_dict(load_compressed(target))
+            row.update(
+                compressed_file=str(target),
+                compressed_bytes=file_size(target),
+                compressed_values=export_values,
+                compressed_bits=export_bits,
+                **{f"decoded_{task.metric}": evaluate(decoded, loader, device, task)},
+            )
+        rows.append(row)
+    return rows
