@@ -74,3 +74,20 @@ def test_bounds_are_inclusive():
 def test_a_model_that_cannot_take_the_shape_or_width_says_so(name, kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_model(name, **kwargs)
+
+
+def test_the_width_flag_reaches_the_saved_model(tmp_path, fashion_slice, capsys):
+    """``--width 2`` trains a ResNet-8 of 32, 64 and 128 filters and saves the width in its spec; a width of 0 is one line."""
+    from edgeprune.cli import main
+    from edgeprune.config import RunConfig
+
+    out = tmp_path / "wide.safetensors"
+    assert main(["train", "--model", "resnet8", "--width", "2", "--data-dir", fashion_slice, "--val-size", "50",
+                 "--limit", "64", "--epochs", "0", "--out", str(out)]) == 0
+    model, spec, _, _ = load_checkpoint(out)
+    assert spec.width == 2 and model.conv1.out_channels == 32 and model.fc.in_features == 128
+    with pytest.raises(ValueError, match="width must be a positive finite number, got 0"):
+        RunConfig(width=0)
+    with pytest.raises(SystemExit) as refused:
+        main(["run", "--model", "resnet8", "--width", "-1", "--out", str(tmp_path / "r")])
+    assert refused.value.code == 2 and "argument --width: -1 is out of range" in capsys.readouterr().err

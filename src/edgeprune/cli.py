@@ -86,7 +86,7 @@ def _add_flag(group, dest: str, flag: Flag, default: object, suppress: bool = Fa
     group.add_argument(flag.name(name), type=parse, choices=flag.choices, metavar=None if flag.choices else name.upper(), **kwargs)
 
 
-COMMON = ("model", "seed", "device")
+COMMON = ("model", "width", "seed", "device")
 """The run's fields that every subcommand takes, besides the data's."""
 
 
@@ -111,14 +111,15 @@ def _metric(metric: str, value: float) -> str:
 
 
 def _spec(args: argparse.Namespace):
-    return steps.model_spec_from_flags(args.model, _data(args), args.num_classes)
+    return steps.model_spec_from_flags(args.model, _data(args), args.num_classes, args.width)
 
 
 # --------------------------------------------------------------------------- subcommands
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    accuracy, history, out = steps.train_checkpoint(args.model, _data(args), args.epochs, args.lr, args.device, args.seed, args.out)
+    accuracy, history, out = steps.train_checkpoint(args.model, _data(args), args.epochs, args.lr, args.device, args.seed, args.out,
+                                                    args.width)
     print(f"test {_metric(history.metric, accuracy)} (best epoch {history.best_epoch}); saved {out}")
 
 

@@ -160,7 +160,11 @@ class RunConfig:
     dict) is read and its values checked here; its names are checked against the model before training.
     """
 
-    model: str = _option("basiccnn", "basiccnn, a torchvision classifier (resnet18, vgg11_bn, mobilenet_v2, ...) or module.path:factory")
+    model: str = _option("basiccnn", "basiccnn; MLPerf Tiny's resnet8, mobilenet_v1, dscnn, fc_autoencoder; a torchvision "
+                         "classifier (resnet18, vgg11_bn, mobilenet_v2, ...) or module.path:factory")
+    width: float | None = _option(None, "width multiplier of a built-in model that has one (resnet8, dscnn: 1 by default; "
+                                  "mobilenet_v1: 0.25), e.g. 2 for a ResNet-8 of 32, 64 and 128 filters",
+                                  kind="float", positive=True)
     data: DataConfig = field(default_factory=DataConfig)
     task: str = _option("auto", "what the model does and is scored by: classification (accuracy), reconstruction (MSE "
                         "against the input), or auto: reconstruction for data without labels or an autoencoder model "
@@ -236,6 +240,8 @@ class RunConfig:
         self.centroid_epochs = _check_int(self.centroid_epochs, "centroid_epochs", 0, 10_000)
         self.seed = _check_int(self.seed, "seed", 0, MAX_SEED)
         self.lr = _check_positive(self.lr, "lr")
+        if self.width is not None:
+            self.width = _check_positive(self.width, "width")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
         if isinstance(self.distill, bool) or not isinstance(self.distill, numbers.Real) or not 0.0 <= self.distill <= 1.0:

@@ -74,7 +74,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
 
         # 1. Baseline: train, or take the given weights; checked against the data and the sparsity dict first.
         def baseline() -> tuple[tuple, dict]:
-            model, spec = steps.build_baseline(cfg.model, splits, cfg.weights, cfg.seed)
+            model, spec = steps.build_baseline(cfg.model, splits, cfg.weights, cfg.seed, cfg.width)
             if cfg.device_exports != "none" or cfg.mcu != "none":  # an op TFLM or the C engine cannot run: an error now
                 steps.check_device_export(model, spec, engine=cfg.mcu != "none",
                                           target=None if cfg.mcu == "none" else cfg.mcu)
@@ -90,7 +90,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             return (model, spec, history), asdict(history)
 
         model, spec, history = _resumable(folder, "baseline", baseline, lambda info: (
-            *load("baseline", steps.model_for_data(cfg.model, splits))[:2], TrainHistory(**info)))
+            *load("baseline", steps.model_for_data(cfg.model, splits, cfg.width))[:2], TrainHistory(**info)))
         model.to(device)
         compared = [("Baseline", model, out / "baseline.safetensors")]
 

@@ -39,13 +39,15 @@ __all__ = [
 
 
 def train_checkpoint(
-    name: str, data: DataConfig, epochs: int, lr: float, device: str | None, seed: int, out: str | Path
+    name: str, data: DataConfig, epochs: int, lr: float, device: str | None, seed: int, out: str | Path,
+    width: float | None = None,
 ) -> tuple[float, TrainHistory, Path]:
-    """Train a seeded baseline ``name`` on ``data`` and save it to ``out``; return (test accuracy, history, path)."""
+    """Train a seeded baseline ``name`` (of ``width``, where it has one) on ``data`` and save it to ``out``; return
+    (the test metric, history, path)."""
     out = writable_file(out)
     splits = load_splits(data)
     splits = replace(splits, task=resolve_task("auto", name, splits.labeled))  # an autoencoder learns to reconstruct
-    model, spec = build_baseline(name, splits, seed=seed)
+    model, spec = build_baseline(name, splits, seed=seed, width=width)
     history = train_baseline(model, splits, epochs, lr, device, seed)
     accuracy = accuracy_on_test(model, splits, device)
     if distributed.is_main():

@@ -39,7 +39,8 @@ MCU_IMAGES = 100
 
 
 
-def model_spec_from_flags(model: str, data: DataConfig, num_classes: int | None = None) -> ModelSpec | None:
+def model_spec_from_flags(model: str, data: DataConfig, num_classes: int | None = None,
+                          width: float | None = None) -> ModelSpec | None:
     """The model spec the flags and the data describe, without loading the data (None when the classes are unknown).
 
     Used for checkpoints that carry no spec of their own, such as the seed's ``.pth`` files: an image
@@ -50,7 +51,8 @@ def model_spec_from_flags(model: str, data: DataConfig, num_classes: int | None 
     shape = tensors_shapes(data.data_dir)["x_train"][0][1:] if data.name == "tensors" else None
     if not classes:
         return None
-    return ModelSpec(model, channels, classes, size, input_shape=None if shape == (channels, size, size) else shape)
+    return ModelSpec(model, channels, classes, size, input_shape=None if shape == (channels, size, size) else shape,
+                     width=width)
 
 
 def load_model(
@@ -84,12 +86,13 @@ def writable_file(path: str | Path) -> Path:
     return path
 
 
-def model_for_data(name: str, splits: DataSplits) -> ModelSpec:
-    """The spec of model ``name`` fitted to the data's sample shape and classes (1 for data without labels); the
-    ``input_shape`` is left out when it is the square image ``in_channels`` x ``image_size`` x ``image_size`` says."""
+def model_for_data(name: str, splits: DataSplits, width: float | None = None) -> ModelSpec:
+    """The spec of model ``name`` (with ``width``, for a built-in model that has one) fitted to the data's sample shape
+    and classes (1 for data without labels); the ``input_shape`` is left out when it is the square image
+    ``in_channels`` x ``image_size`` x ``image_size`` says."""
     image = (splits.in_channels, splits.image_size, splits.image_size)
     return ModelSpec(name, splits.in_channels, max(splits.num_classes, 1), splits.image_size,
-                     input_shape=None if splits.input_shape == image else splits.input_shape)
+                     input_shape=None if splits.input_shape == image else splits.input_shape, width=width)
 
 
 def check_fits(spec: ModelSpec, splits: DataSplits) -> None:

@@ -34,9 +34,11 @@ __all__ = [
 ]
 
 
-def build_baseline(name: str, splits: DataSplits, weights: str | None = None, seed: int = 0) -> tuple[nn.Module, ModelSpec]:
-    """The model to start from: loaded from ``weights`` (checked against the data), else freshly built (seeded)."""
-    spec = model_for_data(name, splits)
+def build_baseline(name: str, splits: DataSplits, weights: str | None = None, seed: int = 0,
+                   width: float | None = None) -> tuple[nn.Module, ModelSpec]:
+    """The model to start from: loaded from ``weights`` (checked against the data), else freshly built (seeded; ``width``
+    for a built-in model that has a width multiplier)."""
+    spec = model_for_data(name, splits, width)
     if weights:
         model, spec, _, _ = load_checkpoint(weights, spec)
         check_fits(spec, splits)
