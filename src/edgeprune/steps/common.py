@@ -37,8 +37,6 @@ MCU_IMAGES = 100
 """Test images run through the C engine in the emulated board (each is also run in TFLM and compared)."""
 
 
-
-
 def model_spec_from_flags(model: str, data: DataConfig, num_classes: int | None = None,
                           width: float | None = None) -> ModelSpec | None:
     """The model spec the flags and the data describe, without loading the data (None when the classes are unknown).
