@@ -219,3 +219,20 @@ def test_mcu_json_and_table_carry_the_estimate(snippet_runs, tmp_path):
     assert m7["estimated_cycles"] is None and m7["layers"][0]["estimated_cycles"] is None
     assert m7["cycles_note"].startswith("no estimate: Arm publishes no per-instruction cycle table")
     assert "estimated cycles per inference -" in mcu_table(m7, clock_hz=10**8)
+
+
+def test_report_table_shows_estimated_cycles_next_to_instructions():
+    from edgeprune.report import mcu_markdown
+
+    def row(model, instructions, cycles, note=CYCLES_NOTE):
+        return {"model": model, "target": "cortex-m4", "board": "QEMU mps2-an386", "images": 4, "images_run": 4,
+                "sample": None, "instructions_resolution": 40, "equal_to_tflm": 4, "accuracy": 50.0,
+                "instructions": instructions, "estimated_cycles": cycles, "cycles_note": note, "flash_bytes": 1000,
+                "weight_bytes": 600, "index_bytes": 0, "ram_bytes": 900, "layers": []}
+
+    text = mcu_markdown({"mcu": [row("Baseline", 2_000_000, 2_700_000), row("Pruned", 1_000_000, 1_485_000)]})
+    assert f"Cycles are an estimate: {CYCLES_NOTE}." in text
+    assert "| Instructions per inference | vs first row | Estimated cycles | vs first row |" in text
+    assert "| 2,000,000 | 1.00x | 2,700,000 | 1.00x |" in text and "| 1,000,000 | 0.50x | 1,485,000 | 0.55x |" in text
+    old = row("Old", 1_000_000, None, None)  # a target without timing rules, or a result from before the estimate
+    assert "| 1,000,000 | 1.00x | - | – |" in mcu_markdown({"mcu": [old]})
