@@ -154,13 +154,12 @@ def measure_engine(engine_dir: str | os.PathLike, inputs: np.ndarray, expected: 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "inputs.bin").write_bytes(np.ascontiguousarray(inputs).tobytes())
     (run_dir / "outputs.bin").unlink(missing_ok=True)
-    if timeout is None:
-        timeout = _default_timeout(sum(int(layer["macs"]) for layer in layers), count)
     cycles_file, extra = run_dir / "cycles.txt", []
     cycles_file.unlink(missing_ok=True)
-    if cycles_note(tgt) is not None:  # the estimator's per-instruction callbacks make QEMU about 4x slower
+    if cycles_note(tgt) is not None:
         extra = plugin_arguments(build_plugin(tgt), elf, cycles_file)
-        timeout *= 4
+    if timeout is None:  # the estimator's per-instruction callbacks make QEMU a few times slower
+        timeout = _default_timeout(sum(int(layer["macs"]) for layer in layers), count) * (4 if extra else 1)
     guest = run_guest(elf, tgt, run_dir, timeout, extra)
     cycle_run = parse_cycles(cycles_file, len(layers)) if extra else None
 
