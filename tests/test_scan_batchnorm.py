@@ -310,3 +310,43 @@ def test_without_recalibration_batches_nothing_is_reestimated() -> None:
     assert_unchanged(model, before)
     assert_identical(naive, fast)
     assert naive.dense_accuracy == evaluate(model, loader) and "batchnorm_recalibrated_on" not in fast.meta
+
+
+@pytest.mark.parametrize("case", ["residual", "depthwise_separable"])
+def test_reestimated_statistics_are_the_pruned_models_bit_for_bit(case: str) -> None:
+    """Below the accuracies: for every layer and sparsity, the statistics the fast scan re-estimates for the downstream
+    BatchNorms equal, bit for bit, those recalibrate_batchnorm gives the pruned model, and the pruned model's upstream
+    BatchNorms re-estimate to the dense model's re-estimated values, which the scan keeps."""
+    from edgeprune.analyze.fx_scan import _STATISTICS, _last_uses, _masks, _plan_layer, _probe, _recalibrate, trace
+
+    factory, shape = CASES[case]
+    model = prepare(factory())
+    batches = recalibration_batches(shape)
+    graph, _ = trace(model)
+    nodes = list(graph.nodes)
+    uses, changes, faithful = _probe(model, nodes, batches[0][0])
+    assert faithful
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    params = prunable_parameters(model)
+    originals = {name: p.detach().clone() for name, p in params.items()}
+    sparsities = [0.3, 0.6, 0.9]
+    position = {node: i for i, node in enumerate(nodes)}
+    runs = [_plan_layer(model, nodes, position, uses, changes, name, p, norms) for name, p in params.items()]
+    for run in runs:
+        run.masks = _masks(originals[run.name], sparsities)
+    assert _recalibrate(model, nodes, _last_uses(nodes), runs, norms, batches, originals, "cpu", False) == ""
+    names = {id(m): name for name, m in model.named_modules()}
+    assert_unchanged(model, snapshot(recalibrated(model, batches)))  # the dense model's statistics are left in it
+    downstream_counts = []
+    for run in runs:
+        downstream_counts.append(len(run.norms))
+        for i, sparsity in enumerate(sparsities):
+            pruned = copy.deepcopy(model)
+            fine_grained_prune(prunable_parameters(pruned)[run.name], sparsity)
+            recalibrate_batchnorm(pruned, batches)
+            for norm in norms:
+                theirs = pruned.get_submodule(names[id(norm)])
+                ours = run.states[i][norm] if norm in run.norms else tuple(getattr(norm, k) for k in _STATISTICS)
+                for key, tensor in zip(_STATISTICS, ours):
+                    assert torch.equal(getattr(theirs, key), tensor), (run.name, sparsity, names[id(norm)], key)
+    assert downstream_counts[0] == len(norms) and downstream_counts[-1] == 0  # the first layer feeds all, the head none
