@@ -47,7 +47,8 @@ from ..training import batchnorm_layers, recalibrate_batchnorm
 
 __all__ = ["trace", "fast_scan"]
 
-_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # the buffers re-estimation changes
+
 
 @dataclass
 class _LayerRun:
@@ -226,7 +227,8 @@ def fast_scan(model, graph, loader, params, originals, sparsities, device, progr
             return None, {}, {name: why for name in params}
     wanted = _wanted(runs)
     dense_total, count = 0.0, 0
-    for images, labels in tqdm(itertools.chain([first], batches), desc="scan (fast)", disable=not progress):
+    total = len(loader) if hasattr(loader, "__len__") else None
+    for images, labels in tqdm(itertools.chain([first], batches), desc="scan (fast)", total=total, disable=not progress):
         images, labels = images.to(device), labels.to(device)
         with torch.inference_mode():
             dense_output, cached = _graph_pass(model, nodes, free_after, wanted, images)
