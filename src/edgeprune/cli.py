@@ -399,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
         hint = "; continue it with the same flags and --resume" if args.command == "run" else ""
         print(f"{where}: interrupted{hint}", file=sys.stderr)
         return 130
+    except steps.BelowLimit as exc:  # the run finished, but its model lost more than --max-loss
+        print(f"{where}: error: {exc}", file=sys.stderr)
+        return 1
     except steps.EngineMismatch as exc:  # the C engine differs from TFLM: our bug, never a result
         print(f"{where}: error: {exc}", file=sys.stderr)
         return 1

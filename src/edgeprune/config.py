@@ -203,6 +203,11 @@ class RunConfig:
                                        "size (e.g. 32KiB, 32kB = 32000 B, 32768), checked in QEMU (to within 5 percent under it)")
     schedule: str = _option("oneshot", "oneshot: prune, then fine-tune; agp: cubic ramp to the targets while training; "
                             "iterative: rounds of prune + fine-tune", choices=("oneshot", *SCHEDULES))
+    max_loss: float | None = _option(5.0, "no silent collapse: stop before pruning when the scan predicts that one layer "
+                                     "alone, at its planned sparsity, loses more than this (accuracy points; for a "
+                                     "reconstruction the MSE's increase in percent), and fail the run when the final "
+                                     "model does; --force goes ahead", kind="float", low=0.0)
+    force: bool = _option(False, "prune and finish even beyond --max-loss (the report still marks it)", kind="bool")
     max_drop: float | None = _option(None, "plan by tolerance instead: largest sparsity per layer within this drop: accuracy points, or for "
                                      "reconstruction the MSE's increase in percent of the dense model's",
                                      kind="float", low=0.0, high=100.0)
@@ -242,6 +247,12 @@ class RunConfig:
         self.lr = _check_positive(self.lr, "lr")
         if self.width is not None:
             self.width = _check_positive(self.width, "width")
+        if self.max_loss is not None and (isinstance(self.max_loss, bool) or not isinstance(self.max_loss, numbers.Real)
+                                          or not math.isfinite(self.max_loss) or self.max_loss < 0):
+            raise ValueError(f"max_loss must be a non-negative number (accuracy points, or percent of the dense MSE), "
+                             f"got {self.max_loss!r}; e.g. 5")
+        if not isinstance(self.force, bool):
+            raise ValueError(f"force must be true or false, got {self.force!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
         if isinstance(self.distill, bool) or not isinstance(self.distill, numbers.Real) or not 0.0 <= self.distill <= 1.0:

@@ -216,6 +216,12 @@ def run_report(results: Mapping, model: str, scan_split: str, scanned: bool = Tr
         f"Sensitivity scan on the {scan_split} split (chosen sparsity marked):\n\n![sensitivity](sensitivity.png)\n\n"
         if scanned else ""
     )
+    quality = results.get("quality")
+    quality_line = "" if not quality else (
+        f"Final model within `--max-loss {quality['max_loss']:g}`: it loses {quality['loss']:.2f} ({task.drop_unit}) "
+        "against the dense model on the test set.\n" if quality["within"] else
+        f"**<span style=\"color:red\">Below the limit: the final model loses {quality['loss']:.2f} ({task.drop_unit}) "
+        f"against the dense model on the test set, more than `--max-loss {quality['max_loss']:g}`.</span>**\n")
     resumed = results.get("resumed_steps")
     resumed_line = f"Resumed: the steps {', '.join(resumed)} were loaded from an interrupted run of the same config.\n" if resumed else ""
     return f"""# edgeprune report: {model} on {data['name']}
@@ -223,7 +229,7 @@ def run_report(results: Mapping, model: str, scan_split: str, scanned: bool = Tr
 Data: {data['train_images']:,} training images, {data['val_images']:,} held out for validation
 (scan and choice of the fine-tuning epoch), {data['test_images']:,} test images (the table below).
 Dense MACs per image: {results['macs_dense']['total']:,}. Run time: {results['seconds']} s.
-{_task_line(task, data)}{resumed_line}
+{_task_line(task, data)}{quality_line}{resumed_line}
 ## Comparison (test set)
 
 {comparison_markdown(results['comparison'], task)}

@@ -38,7 +38,7 @@ RUN_FILES = (
 """Every file a run writes; ``overwrite`` removes these and nothing else."""
 
 # Keys of the config that may change between an interrupted run and its resumption.
-_MAY_DIFFER = ("out", "device")
+_MAY_DIFFER = ("out", "device", "force", "max_loss")  # the guard may be relaxed to continue a refused plan
 
 
 class RunFolder:

@@ -14,7 +14,10 @@ from torch import nn
 from ..files import atomic_path
 from ..models import prunable_parameters
 
-__all__ = ["plot_weight_distribution", "plot_num_parameters_distribution", "grid_shape", "panel_grid", "pyplot", "save_figure"]
+__all__ = [
+    "plot_weight_distribution", "plot_num_parameters_distribution", "plot_tradeoff", "grid_shape", "panel_grid", "pyplot",
+    "save_figure",
+]
 
 
 def pyplot():
@@ -99,3 +102,17 @@ def plot_num_parameters_distribution(model: nn.Module, path: str | os.PathLike, 
     ax.tick_params(axis="x", rotation=60 if len(names) > 6 else 0, labelsize=8)
     fig.tight_layout()
     save_figure(fig, path, show)
+
+
+def plot_tradeoff(rows: list[dict], dense: float, limit: float, column: str, budget: str, path: str | os.PathLike) -> None:
+    """The collapse guard's trade-off: per removed ``budget`` fraction, the worst layer's predicted metric (``rows`` of
+    ``fraction`` and ``predicted``), with the dense model's value and the limit as lines."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([r["fraction"] for r in rows], [r["predicted"] for r in rows], "o-", label="worst layer alone (scan)")
+    ax.axhline(dense, color="grey", linestyle="--", label="dense")
+    ax.axhline(limit, color="red", linestyle=":", label="--max-loss limit")
+    ax.set_xlabel(f"fraction of {budget} removed")
+    ax.set_ylabel(column)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)

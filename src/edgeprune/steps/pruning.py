@@ -6,6 +6,7 @@ import copy
 import itertools
 import warnings
 from dataclasses import replace
+from pathlib import Path
 from typing import Iterable, Mapping
 
 import torch
@@ -16,21 +17,24 @@ from ..analyze.channel_scan import channel_sensitivity_scan, check_fraction, pru
 from ..analyze.latency import latency_ratio
 from ..analyze.metrics import count_macs
 from ..analyze.plan import make_plan
+from ..analyze.plots import plot_tradeoff
 from ..analyze.scan import ScanResult, sensitivity_scan
 from ..checkpoint import load_checkpoint
 from ..data import DataSplits, make_loaders
+from ..files import write_json_atomic, write_text_atomic
 from ..models import ModelSpec, prunable_parameters
 from ..prune.channels import channel_counts, prune_channels
 from ..prune.global_magnitude import global_magnitude_sparsity
 from ..prune.pruner import FineGrainedPruner
 from ..prune.settings import load_layer_settings
+from ..task import Task, task_named
 from ..training import Teacher, TrainHistory, batchnorm_layers, finetune, prune_gradually, recalibrate_batchnorm, train
 from .common import BATCHNORM_BATCHES, TAYLOR_BATCHES, check_fits, model_for_data
 
 __all__ = [
-    "build_baseline", "channels_summary", "choose_sparsity", "finetune_pruned", "prune_channels_step",
-    "prune_copy", "prune_while_training", "recalibration_batches", "scan_model", "taylor_batches",
-    "train_baseline",
+    "BelowLimit", "build_baseline", "channels_summary", "check_collapse", "choose_sparsity", "final_quality",
+    "finetune_pruned", "prune_channels_step", "prune_copy", "prune_while_training", "recalibration_batches", "scan_model", "taylor_batches",
+    "train_baseline", "worst_layer_loss",
 ]
 
 
@@ -112,6 +116,72 @@ def choose_sparsity(
     planned = make_plan(scan, model, target_sparsity=target, target_bytes=target_bytes, max_drop=max_drop, budget=budget,
                         input_shape=input_shape, bytes_per_nonzero=bytes_per_nonzero)
     return dict(planned.sparsity_dict), planned.to_dict()
+
+
+def worst_layer_loss(scan: ScanResult, plan_info: Mapping) -> tuple[str, float] | None:
+    """(layer, drop) of the planned layer whose scan predicts the largest loss alone at its planned sparsity, in the
+    scan's task's drop (:meth:`~edgeprune.task.Task.drop`); None for a plan without predictions (given, global).
+    Pruning the layers together usually costs more: this is a lower bound on what the plan loses."""
+    predicted = plan_info.get("predicted_accuracy")
+    if not predicted:
+        return None
+    task = task_named(scan.task)
+    name = max(predicted, key=lambda n: task.drop(scan.dense_accuracy, predicted[n]))
+    return name, float(task.drop(scan.dense_accuracy, predicted[name]))
+
+
+def check_collapse(model: nn.Module, scan: ScanResult, plan_info: Mapping, max_loss: float, out: Path,
+                   budget: str = "params", input_shape: tuple[int, ...] | None = None) -> dict | None:
+    """Stop a plan that the scan predicts will collapse the model: when one layer alone, at its planned sparsity, loses
+    more than ``max_loss`` (:func:`worst_layer_loss`), write the trade-off the scan gives (``out/tradeoff.json``,
+    ``.md`` and ``.png``: removed fraction in ``budget`` against the worst layer's predicted metric) and raise a
+    one-line ValueError naming the layer, the loss and the largest target within ``max_loss``. Returns the check
+    (layer, predicted loss, limit) when the plan passes, None for a plan without predictions."""
+    worst = worst_layer_loss(scan, plan_info)
+    if worst is None:
+        return None
+    layer, loss = worst
+    check = {"layer": layer, "predicted_loss": loss, "max_loss": max_loss}
+    if loss <= max_loss:
+        return check
+    task = task_named(scan.task)
+    rows = []
+    for step in range(1, 20):
+        fraction = step / 20
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plan = make_plan(scan, model, target_sparsity=fraction, budget=budget, input_shape=input_shape).to_dict()
+        name, drop = worst_layer_loss(scan, plan)
+        rows.append({"fraction": fraction, "layer": name, "predicted": float(plan["predicted_accuracy"][name]),
+                     "loss": drop})
+    within = [r["fraction"] for r in rows if r["loss"] <= max_loss]
+    write_json_atomic(out / "tradeoff.json", {"budget": budget, "dense": scan.dense_accuracy, "max_loss": max_loss,
+                                              "metric": task.metric, "rows": rows})
+    lines = [f"| {budget} removed | worst layer alone | predicted {task.metric} | loss ({task.drop_unit}) |",
+             "|---|---|---|---|"]
+    lines += [f"| {r['fraction']:.2f} | {r['layer']} | {task.format(r['predicted'])} | {r['loss']:.2f} |" for r in rows]
+    write_text_atomic(out / "tradeoff.md", "\n".join(lines) + "\n")
+    plot_tradeoff(rows, scan.dense_accuracy, task.floor(scan.dense_accuracy, max_loss), task.column, budget,
+                  out / "tradeoff.png")
+    best = f"the largest {budget} fraction within it is {max(within):.2f}" if within else "no fraction is within it"
+    raise ValueError(
+        f"the plan would collapse the model: the scan predicts {layer} alone loses {loss:.2f} "
+        f"({task.drop_unit}; dense {task.format(scan.dense_accuracy)}) at its planned sparsity "
+        f"{plan_info['sparsity_dict'][layer]:.3f}, more than --max-loss {max_loss:g}; {best} "
+        f"(table and plot: {out / 'tradeoff.md'}, tradeoff.png); ask for less, raise --max-loss, or pass --force")
+
+
+class BelowLimit(RuntimeError):
+    """The run finished, but its final model lost more than ``--max-loss`` against the dense one (the report marks it)."""
+
+
+def final_quality(dense: float, final: float, task: Task, max_loss: float | None) -> dict | None:
+    """The final model's loss against the dense model on the test set, in the task's drop, and whether it is within
+    ``max_loss`` (None without a limit)."""
+    if max_loss is None:
+        return None
+    loss = float(task.drop(dense, final))
+    return {"dense": dense, "final": final, "loss": loss, "max_loss": max_loss, "within": loss <= max_loss}
 
 
 def prune_copy(model: nn.Module, sparsity: Mapping[str, object],
