@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from edgeprune.analyze.latency import latency_ratio, measure_latency, time_calls, time_models
+from edgeprune.analyze.latency import (MIN_CALLS, compute_key, equal_compute_groups, latency_ratio, measure_latency, spread,
+                                       time_calls, time_models, timing_copy)
 from edgeprune.steps import compare_models
 from edgeprune.prune.pruner import FineGrainedPruner, is_pruned
 
@@ -29,7 +30,8 @@ class Recorder(nn.Module):
 
     def forward(self, x):
         CALLS.append({"tag": self.tag, "batch": x.shape[0], "inference": torch.is_inference_mode_enabled(),
-                      "training": self.training, "pruned": is_pruned(self), "device": x.device.type})
+                      "training": self.training, "pruned": is_pruned(self), "device": x.device.type,
+                      "rows": None if x.is_meta else x.flatten(1)[:, 0].tolist()})
         return self.fc(x.flatten(1))
 
 
@@ -70,17 +72,21 @@ def test_time_models_structure_and_medians():
     models = [Recorder("a"), Recorder("b")]
     models[0].train()
     before = {k: v.clone() for k, v in models[0].state_dict().items()}
-    results = time_models(models, torch.randn(5, 4), batch_sizes=(1, 3), device="cpu", rounds=3, number=2)
+    example = torch.randn(5, 4)
+    results = time_models(models, example, batch_sizes=(1, 3), device="cpu", rounds=3, number=2)
     assert len(results) == 2
     for result in results:
-        assert set(result) == {"latency_ms", "rounds_ms", "number", "rounds", "threads", "device"}
-        assert result["device"] == "cpu" and result["rounds"] == 3 and result["threads"] == torch.get_num_threads()
+        assert set(result) == {"latency_ms", "rounds_ms", "spread", "number", "rounds", "threads", "device"}
+        assert result["device"] == "cpu" and result["rounds"] == 4 and result["threads"] == torch.get_num_threads()
         assert result["number"] == {1: 2, 3: 2}
         for batch in (1, 3):
             times = result["rounds_ms"][batch]
-            assert len(times) == 3 and all(t > 0 for t in times)
-            assert result["latency_ms"][batch] == sorted(times)[1]  # the median of three
-    assert {c["batch"] for c in CALLS} == {1, 3}  # the first sample repeated to each batch size
+            assert len(times) == 4 and all(t > 0 for t in times)  # 3 rounds rounded up to a multiple of 2 models
+            assert result["latency_ms"][batch] == statistics.median(times)
+            assert result["spread"][batch] == spread(times)
+    assert {c["batch"] for c in CALLS} == {1, 3}
+    timed = [c["rows"] for c in CALLS if c["batch"] == 3]  # the example's samples in turn fill the batch
+    assert timed and all(rows == pytest.approx(example[:3, 0].tolist()) for rows in timed)
     assert models[0].training  # the caller's model is not put in eval mode, moved or changed
     assert all(torch.equal(v, models[0].state_dict()[k]) for k, v in before.items())
 
@@ -89,7 +95,8 @@ def test_models_are_timed_round_robin_in_eval_and_inference_mode():
     models = [Recorder("a"), Recorder("b"), Recorder("c")]
     time_models(models, torch.randn(1, 4), batch_sizes=(2,), device="cpu", rounds=4, number=3)
     runs = _runs(CALLS)
-    assert [tag for tag, _ in runs] == ["a", "b", "c"] * 4  # each round every model once, in turn
+    # each round every model once, the order rotating: 4 rounds become 6, each model first twice
+    assert [tag for tag, _ in runs] == list("abc" "bca" "cab" "abc" "bca" "cab")
     assert len({length for _, length in runs}) == 1  # the same calls per model and round (warm-up + 3 timed)
     assert all(c["inference"] and not c["training"] for c in CALLS)
 
@@ -143,6 +150,11 @@ def test_compare_models_times_the_table_interleaved(tmp_path):
     rows = compare_models(models, loader, device="cpu", input_shape=(1, 2, 2))
     assert [set(r["latency_ms"]) for r in rows] == [{1, 64}] * 3
     assert all(r["latency_threads"] == torch.get_num_threads() for r in rows)
+    assert all(r["latency_rounds"] == 12 and r["latency_calls"][64] >= MIN_CALLS for r in rows)
+    assert all(set(r["latency_spread"]) == {1, 64} for r in rows)
     timed = [c for c in CALLS if c["batch"] == 64]
-    tags = [tag for tag, _ in _runs(timed)]
-    assert tags[:3] == ["x", "y", "z"] and tags == tags[:3] * (len(tags) // 3) and len(tags) > 3  # round-robin
+    tags = [tag for tag, _ in _runs(timed)][3:]  # after the three single calls of each that choose the block size
+    rounds = [tags[i:i + 3] for i in range(0, len(tags), 3)]
+    assert len(tags) == 36 and all(sorted(r) == ["x", "y", "z"] for r in rounds)  # 12 rounds, each model once a round
+    assert [r[0] for r in rounds] == list("xyz" * 4)  # each first equally often, in turn
+    assert all(any(c["rows"]) for c in timed)  # the loader's images, not a zero input
