@@ -68,31 +68,34 @@ def _timer_class() -> type:
 
 def time_calls(
     calls: Sequence[Callable[[], object]], rounds: int = 9, number: int | None = None, threads: int | None = None,
-    rotate: bool = True, block_ms: float = BLOCK_MS, min_calls: int = MIN_CALLS,
+    rotate: bool = True, block_ms: float | None = None, min_calls: int | None = None,
 ) -> tuple[list[list[float]], int]:
     """Milliseconds per call of each of ``calls``, one value per round, timed round-robin.
 
     Each round times one ``Timer.timeit(number)`` block of every callable in turn; the value is the
     block's mean time per call. With ``rotate`` round ``r`` starts at callable ``r % len(calls)`` (each
     callable first equally often: ``rounds`` is rounded up to a multiple of ``len(calls)``); without it
-    every round runs in the order of ``calls``. ``number=None`` picks, from three untimed single calls of
-    each (their fastest), the calls per block that make the slowest callable's block last ``block_ms``,
-    and at least ``min_calls``; every callable gets the same ``number``. PyTorch runs with ``threads``
+    every round runs in the order of ``calls``. ``number=None`` picks, from an untimed block of
+    ``min_calls`` calls of each (also their warm-up), the calls per block that make the slowest callable's
+    block last ``block_ms``, and at least ``min_calls`` (defaults ``BLOCK_MS`` and ``MIN_CALLS``); every
+    callable gets the same ``number``. PyTorch runs with ``threads``
     intra-op threads (default: the current setting, restored afterwards).
     Returns ``(times, number)`` with ``times[i]`` the values of ``calls[i]``, in the order of the rounds.
     """
     if not calls:
         raise ValueError("nothing to time: give at least one model (or callable)")
     rounds = _positive_int(rounds, "rounds")
-    min_calls = _positive_int(min_calls, "min_calls")
+    min_calls = _positive_int(MIN_CALLS if min_calls is None else min_calls, "min_calls")
+    block_ms = BLOCK_MS if block_ms is None else block_ms
     if rotate:
         rounds = math.ceil(rounds / len(calls)) * len(calls)
     threads = torch.get_num_threads() if threads is None else _positive_int(threads, "threads")
     timer = _timer_class()
     timers = [timer("call()", globals={"call": call}, num_threads=threads) for call in calls]
     if number is None:
-        # the fastest of three single calls (a hiccup of the shared machine would inflate one), also the warm-up
-        slowest = max(min(timer.timeit(1).mean for _ in range(3)) for timer in timers)
+        # the mean of a block of min_calls calls: a single call timed in a lucky moment of a loaded machine
+        # made blocks ten times longer than meant (BasicCNN at batch 64 under load: 0.6 ms single, 6 ms in a block)
+        slowest = max(timer.timeit(min_calls).mean for timer in timers)
         number = max(min_calls, math.ceil(block_ms / 1000.0 / slowest))
     number = _positive_int(number, "number")
     times: list[list[float]] = [[] for _ in calls]
