@@ -301,9 +301,15 @@ def test_the_report_never_shows_a_speedup_between_identical_networks(as_json):
     cells = _latency_cells(table)
     assert cells["Baseline"] == cells["Pruned"] == cells["Fine-tuned + pruned"] == "0.30 / 4.75†"
     assert cells["Channel-pruned"] == "0.15 / 2.45"  # a real speedup, shown
-    assert "timed apart by 32.7 %, above the noise of 1.2 %: treat as equal" in table
+    assert "At batch 64 they were timed apart by 32.7 %, above the noise of 1.2 %: treat as equal" in table
     assert "*Baseline*, *Pruned* and *Fine-tuned + pruned* run the same dense network" in table
     assert "Baseline 1.0 % / 1.0 %; Channel-pruned 1.0 % / 2.0 %" in table  # each model's spread in the note
+
+    rows = _report_rows((0.327, 0.012), [1, 64], as_json)
+    rows[0]["latency_equal_compute"]["apart"][1 if not as_json else "1"] = 0.5
+    both = comparison_markdown(rows)
+    assert "At batch 1 and 64 they were timed apart by 50.0 % and 32.7 %, above the noise of 1.0 % and 1.2 %" in both
+    assert _latency_cells(both)["Pruned"] == "0.30† / 4.75†"
 
     quiet = comparison_markdown(_report_rows((0.008, 0.012), [], as_json))  # within the noise: equal, no flag
     cells = _latency_cells(quiet)

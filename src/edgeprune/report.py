@@ -99,10 +99,13 @@ def _latency_notes(rows: list[Mapping]) -> list[str]:
                 f"medians were {_percent(group['apart'])} apart (b1 / b64) against the timer's noise of "
                 f"{_percent(group['noise'])} (the largest spread of their rounds).")
         apart, noise = _by_batch(group["apart"]), _by_batch(group["noise"])
-        for b in sorted(int(b) for b in group["flagged"]):
-            note += (f" **† At batch {b} they were timed apart by {100 * apart[b]:.1f} %, above the noise of "
-                     f"{100 * noise[b]:.1f} %: treat as equal** (the machine or the process made the difference, not "
-                     "the models; each model's own median is in results.json).")
+        flagged = sorted(int(b) for b in group["flagged"])
+        if flagged:
+            both = " and ".join
+            note += (f" **† At batch {both(map(str, flagged))} they were timed apart by "
+                     f"{both(f'{100 * apart[b]:.1f} %' for b in flagged)}, above the noise of "
+                     f"{both(f'{100 * noise[b]:.1f} %' for b in flagged)}: treat as equal** (the machine or the process "
+                     "made the difference, not the models; each model's own median is in results.json).")
         notes.append(note)
     spreads = [f"{r['model']} {_percent(r['latency_spread'])}" for r in rows if r.get("latency_spread")]
     if spreads:
