@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION := /usr/share/datasets/fashion-mnist
-MCU_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
+MCU_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm gcc libc6-dev
 
 .PHONY: setup dataset mcu-tools demo test clean
 
@@ -21,9 +21,10 @@ dataset:
 	@test -d $(FASHION) || $(SUDO) apt-get install -y dataset-fashion-mnist \
 	  || ($(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist)
 
-# the Cortex-M cross compiler, newlib and QEMU, for the engine's emulated-board runs (edgeprune.mcu)
+# the Cortex-M cross compiler, newlib and QEMU, for the engine's emulated-board runs (edgeprune.mcu); the host's C
+# compiler builds the QEMU plugin that estimates cycles, and the engine for the host in the tests
 mcu-tools:
-	@command -v arm-none-eabi-gcc >/dev/null && command -v qemu-system-arm >/dev/null \
+	@command -v arm-none-eabi-gcc >/dev/null && command -v qemu-system-arm >/dev/null && command -v cc >/dev/null \
 	  && test -f /usr/lib/arm-none-eabi/newlib/rdimon.specs \
 	  || $(SUDO) apt-get install -y $(MCU_PACKAGES) \
 	  || ($(SUDO) apt-get update && $(SUDO) apt-get install -y $(MCU_PACKAGES))

@@ -26,11 +26,13 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -213,6 +215,30 @@ def build_cases() -> list[Case]:
              expect=0),
         Case("mcu", "mcu on a missing .tflite", ["mcu", "nowhere.tflite", "--data-dir", "slice", "--out", "m"]),
         Case("mcu", "mcu --images 0", ["mcu", "fx/model.tflite", "--data-dir", "slice", "--images", "0"]),
+        Case("mcu", "mcu --inputs of the wrong dtype", ["mcu", "fx/model.tflite", "--inputs", "fx/float_inputs.npy",
+                                                         "--out", "m"]),
+        Case("mcu", "mcu --inputs holding pickled objects", ["mcu", "fx/model.tflite", "--inputs", "fx/objects.npy",
+                                                              "--out", "m"], check=_absent("PWNED_npy")),
+        Case("mcu", "mcu --labels without --inputs", ["mcu", "fx/model.tflite", "--labels", "fx/labels.npy", "--out", "m"]),
+        Case("mcu", "mcu --inputs for a checkpoint", ["mcu", "fx/baseline.safetensors", "--data-dir", "slice",
+                                                       "--inputs", "fx/int8_inputs.npy", "--out", "m"]),
+        Case("mcu", "mcu on an LSTM .tflite (unsupported op)", ["mcu", "fx/lstm.tflite", "--out", "m"]),
+        Case("mcu", "mcu --inputs, --labels (valid)", ["mcu", "fx/model.tflite", "--inputs", "fx/int8_inputs.npy",
+                                                        "--labels", "fx/labels.npy", "--out", "m"], expect=0),
+        Case("mcu", "run a model too big for --mcu cortex-m0", [*TINY_RUN, "--model", "resnet8", "--channels", "3",
+                                                               "--mcu", "cortex-m0", "--out", "r"]),
+        # ---------------------------------------------------------------- tensors data sets (.npz)
+        Case("tensors", "an .npz without x_test", ["train", "--dataset", "tensors", "--data-dir", "fx/no_test.npz",
+                                                   "--model", "probe_factory:mlp", "--epochs", "1"]),
+        Case("tensors", "an .npz holding a pickled object array", ["train", "--dataset", "tensors", "--data-dir",
+                                                                   "fx/objects.npz", "--epochs", "1"],
+             check=_absent("PWNED_npz")),
+        Case("tensors", "an .npz whose header claims 2**40 floats", ["train", "--dataset", "tensors", "--data-dir",
+                                                                     "fx/huge.npz", "--epochs", "1"]),
+        Case("tensors", "an .npz with a label out of range", ["train", "--dataset", "tensors", "--data-dir",
+                                                              "fx/bad_labels.npz", "--epochs", "1"]),
+        Case("tensors", "an .npz (valid) with a model that cannot take its samples",
+             ["train", "--dataset", "tensors", "--data-dir", "fx/good.npz", "--val-size", "10", "--epochs", "1"]),
         Case("mcu", "plan --budget macs without --checkpoint", ["plan", "fx/run/scan.json", "--budget", "macs",
                                                                 "--target-sparsity", "0.5"], phase=2),
         Case("mcu", "run --target-flash 32 parsecs", [*TINY_RUN, "--target-flash", "32 parsecs", "--out", "r"]),
@@ -338,6 +364,19 @@ def _images(root: Path, train: dict[str, int], test: dict[str, int], corrupt: bo
         (root / "train" / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(rng.integers(0, 255, 300, dtype=np.uint8)))
 
 
+def _forge_npz_shape(path: Path, member: str, old: str, new: str) -> None:
+    """Rewrite the shape in one ``.npy`` header inside an ``.npz`` (the padding absorbs the longer text)."""
+    with zipfile.ZipFile(path) as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    raw = members[member]
+    end = raw.index(b"\n")
+    header = raw[:end].replace(old.encode(), new.encode())
+    members[member] = header[:end] + raw[end:]
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+
+
 def make_fixtures(fx: Path) -> None:
     """Files the cases read: a real checkpoint and export of a seeded BasicCNN, then damaged or forged copies."""
     from edgeprune.checkpoint import save_checkpoint, save_compressed_model
@@ -387,6 +426,32 @@ def make_fixtures(fx: Path) -> None:
     tflite = export_tflite(model, fx / "model.tflite", torch.randn(16, 1, 28, 28)).read_bytes()
     (fx / "truncated.tflite").write_bytes(tflite[: len(tflite) // 3])
     (fx / "flipped.tflite").write_bytes(tflite[:-2000] + bytes([tflite[-2000] ^ 0x01]) + tflite[-1999:])
+    # .npy inputs for mcu, .npz data sets, and a .tflite holding an op the engine lacks (its FULLY_CONNECTED made LSTM)
+    rng = np.random.default_rng(0)
+    np.save(fx / "int8_inputs.npy", rng.integers(-128, 128, size=(3, 28, 28, 1), dtype=np.int8))
+    np.save(fx / "float_inputs.npy", rng.normal(size=(3, 28, 28, 1)).astype(np.float32))
+    np.save(fx / "labels.npy", np.array([0, 1, 2]))
+    np.save(fx / "objects.npy", np.array([_Payload(fx / "PWNED_npy")], dtype=object), allow_pickle=True)
+    x, y = rng.normal(size=(60, 12)).astype(np.float32), rng.integers(0, 3, 60)
+    np.savez(fx / "good.npz", x_train=x, y_train=y, x_test=x[:20], y_test=y[:20])
+    np.savez(fx / "no_test.npz", x_train=x, y_train=y)
+    np.savez(fx / "bad_labels.npz", x_train=x, y_train=y, x_test=x[:20], y_test=y[:20] + 5)
+    np.savez(fx / "objects.npz", x_train=np.array([_Payload(fx / "PWNED_npz")] * 2, dtype=object), x_test=x[:2],
+             allow_pickle=True)
+    np.savez(fx / "huge.npz", x_train=x, x_test=x[:20])
+    _forge_npz_shape(fx / "huge.npz", "x_train.npy", "(60, 12)", "(1099511627776, 1)")
+    with open(fx / "probe_factory.py", "a") as f:
+        f.write("\n\ndef mlp():\n    return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))\n")
+    import tflite as schema
+
+    model_bytes = bytearray(tflite)
+    m = schema.Model.GetRootAs(tflite, 0)
+    for i in range(m.OperatorCodesLength()):
+        code = m.OperatorCodes(i)
+        if code.BuiltinCode() == 9:  # FULLY_CONNECTED -> LSTM (16), both fields
+            for field, fmt in ((10, "<i"), (4, "<b")):
+                struct.pack_into(fmt, model_bytes, code._tab.Pos + code._tab.Offset(field), 16)
+    (fx / "lstm.tflite").write_bytes(bytes(model_bytes))
     # compressed files
     epz = (fx / "model.epz").read_bytes()
     (fx / "truncated.epz").write_bytes(epz[: len(epz) - 100])

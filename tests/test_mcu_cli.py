@@ -48,10 +48,19 @@ def test_export_c_from_a_checkpoint_and_from_its_tflite_compiles_for_cortex_m4(t
 def test_mcu_runs_a_checkpoint_and_a_bare_tflite_equal_to_tflm(trained, tmp_path, capsys):
     folder, data = trained
     out = tmp_path / "m4"
-    assert main(["mcu", *data, str(folder / "pruned.safetensors"), "--images", "6", "--out", str(out)]) == 0
+    assert main(["mcu", *data, str(folder / "pruned.safetensors"), "--images", "6", "--clock", "120MHz", "--out", str(out)]) == 0
     result = json.loads((out / "mcu.json").read_text())
     assert result["equal_to_tflm"] == result["images_run"] == 6 and result["target"] == "cortex-m4"
-    assert "instructions executed in emulation, not cycles" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "instructions executed in emulation, not cycles" in printed
+    # the estimated cycles (Cortex-M4 TRM timings) next to them, and as milliseconds at --clock, marked as estimates
+    assert result["estimated_cycles"] > result["instructions"] and result["clock_hz"] == 120_000_000
+    assert result["estimated_ms"] == round(result["estimated_cycles"] / 120e6 * 1e3, 6)
+    assert f"{result['estimated_ms']:.3f} ms at 120 MHz (estimated)" in printed
+    with pytest.raises(SystemExit) as stop:
+        main(["mcu", str(out / "model.tflite"), "--clock", "fast", "--out", str(tmp_path / "x")])
+    assert stop.value.code == 2
+    assert "cannot read 'fast' as a clock" in capsys.readouterr().err
     # a .tflite alone runs seeded random inputs: data flags are not needed (and not used), there is no accuracy
     bare = tmp_path / "bare"
     assert main(["mcu", "--data-dir", SLICE, "--val-size", "50", str(out / "model.tflite"), "--images", "3", "--target", "cortex-m7",

@@ -193,8 +193,9 @@ def test_run_config_refuses_a_task_the_data_contradicts(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="task 'classification' needs labels but the data has none") as info:
         config(unlabelled, task="classification")
     assert "\n" not in str(info.value)
-    with pytest.raises(ValueError, match="--distill, --device-exports train or score by class labels"):
-        RunConfig(model="x:y", data=DataConfig("tensors", unlabelled), mcu="none", distill=0.5)
+    with pytest.raises(ValueError, match="--distill, --target-flash train or score by class labels"):
+        RunConfig(model="x:y", data=DataConfig("tensors", unlabelled), distill=0.5, target_flash="32KiB")
+    RunConfig(model="x:y", data=DataConfig("tensors", unlabelled))  # the device exports and the engine score by MSE
     with pytest.raises(ValueError, match="unknown task 'regression'"):
         config(unlabelled, task="regression")
 

@@ -452,7 +452,7 @@ def test_evaluate_tflite_errors(tmp_path):
         evaluate_tflite(path, batch, arena_size=256)
     with pytest.raises(FileNotFoundError, match="export_tflite"):
         evaluate_tflite(tmp_path / "none.tflite", batch)
-    with pytest.raises(ValueError, match="no images"):
+    with pytest.raises(ValueError, match="no samples"):
         evaluate_tflite(path, [])
 
 

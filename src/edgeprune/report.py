@@ -188,14 +188,18 @@ def mcu_markdown(results: Mapping, task: Task = CLASSIFICATION) -> str:
              f"run in {first['board']} on {first.get('sample') or str(first['images']) + ' test samples'}; "
              "every output was compared with TensorFlow Lite Micro's on the same inputs (a difference stops the run). "
              "Instructions are instructions executed in emulation "
-             f"(`-icount shift=0`, resolution {first['instructions_resolution']:g}), not cycles.", "",
-             f"| Model | Equal to TFLM | {task.column} | Instructions per inference | vs first row | Flash (bytes) | "
-             "Weights + indices (bytes) | RAM (bytes) |", "|---|---|---|---|---|---|---|---|"]
+             f"(`-icount shift=0`, resolution {first['instructions_resolution']:g}), not cycles. "
+             f"Cycles are an estimate: {first.get('cycles_note') or 'no estimate'}.", "",
+             f"| Model | Equal to TFLM | {task.column} | Instructions per inference | vs first row | Estimated cycles | "
+             "vs first row | Flash (bytes) | Weights + indices (bytes) | RAM (bytes) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = f"{r['instructions'] / first['instructions']:.2f}x" if r["instructions"] and first["instructions"] else "–"
+        cycles, first_cycles = r.get("estimated_cycles"), first.get("estimated_cycles")
+        cycle_ratio = f"{cycles / first_cycles:.2f}x" if cycles and first_cycles else "–"
         accuracy = "–" if r.get(task.metric) is None else _fmt_metric(r[task.metric], task)
         lines.append(f"| {r['model']} | {r['equal_to_tflm']} / {r['images_run']} | {accuracy} | {r['instructions'] or 0:,} | "
-                     f"{ratio} | {r['flash_bytes']:,} | {r['weight_bytes'] + r['index_bytes']:,} | {r['ram_bytes'] or 0:,} |")
+                     f"{ratio} | {'-' if cycles is None else format(cycles, ',')} | {cycle_ratio} | {r['flash_bytes']:,} | "
+                     f"{r['weight_bytes'] + r['index_bytes']:,} | {r['ram_bytes'] or 0:,} |")
     last = rows[-1]
     engines = ", ".join(f"{layer['op']} {layer['engine']}" for layer in last["layers"] if layer["engine"] != "-")
     lines += ["", f"Kernels of the last row: {engines}. Per-layer instructions and the boards each fits are in "

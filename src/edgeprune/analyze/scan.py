@@ -10,6 +10,12 @@ This is the seed's ``sensitivity_scan``. Two methods give exactly the same numbe
   again, reusing the values they read from the rest of the graph. The same operations run on the
   same batches, so every accuracy is bit-for-bit the one the naive loop measures.
 
+With BatchNorm statistics re-estimated after pruning (``recalibration``), the naive loop re-estimates
+every BatchNorm of each pruned model on the recalibration batches; the fast method re-estimates only
+those downstream of the pruned layer, the same way, on the recalibration batches' values the dense
+pass computed (the upstream ones get back their dense values bit for bit): see
+:mod:`~edgeprune.analyze.fx_scan`.
+
 A layer the fast method cannot handle safely (its weight is not reached through the traced
 graph, or in-place operations make cached values unreliable) is scanned with the naive loop.
 """
@@ -170,15 +176,14 @@ def sensitivity_scan(
     batches each pass (no shuffling or random augmentation). With ``recalibration`` (a few training
     batches) and a model with BatchNorm, each pruned model's BatchNorm statistics are re-estimated on
     them before it is evaluated (:func:`~edgeprune.training.recalibrate_batchnorm`), as the pruned model
-    will be, and so are the dense model's for ``dense_accuracy``; that needs the naive loop. The model's weights and BatchNorm buffers are restored bit for bit
-    afterwards; the model is left on ``device`` like :func:`~edgeprune.training.evaluate` does.
+    will be, and so are the dense model's for ``dense_accuracy``; the fast method then re-estimates only
+    the BatchNorms downstream of the pruned layer, with the same numbers. The model's weights and
+    BatchNorm buffers are restored bit for bit afterwards; the model is left on ``device`` like
+    :func:`~edgeprune.training.evaluate` does.
     """
     if method not in METHODS:
         raise ValueError(f"unknown scan method {method!r}; use one of {', '.join(METHODS)}")
     recalibrate = bool(recalibration) and bool(batchnorm_layers(model))
-    if recalibrate and method == "fast":
-        raise ValueError("method='fast' cannot re-estimate BatchNorm statistics after pruning a layer; use method='auto' "
-                         "or 'naive', or give no recalibration batches")
     sparsities = scan_sparsities(scan_start, scan_end, scan_step)
     params = _select_layers(model, layers)
     device = pick_device(device)
@@ -201,7 +206,7 @@ def sensitivity_scan(
         graph = None
         if recalibrate:
             meta["batchnorm_recalibrated_on"] = sum(len(labels) for _, labels in recalibration)
-        elif method != "naive":
+        if method != "naive":
             graph, why = trace(model)
             if graph is None and method == "fast":
                 raise ValueError(f"method='fast': the model cannot be traced by torch.fx ({why}); use method='naive'")
@@ -214,13 +219,15 @@ def sensitivity_scan(
             used = "naive"
         else:
             dense, accuracies, naive_layers = fast_scan(
-                model, graph, dataloader, params, originals, sparsities, device, progress, task
+                model, graph, dataloader, params, originals, sparsities, device, progress, task,
+                recalibration=recalibration if recalibrate else None,
             )
             if naive_layers:
                 warnings.warn("sensitivity_scan: scanning these layers with the naive loop: "
                               + "; ".join(f"{n} ({why})" for n, why in naive_layers.items()), stacklevel=2)
                 rest = {name: params[name] for name in naive_layers}
-                _, slow = _naive_scan(model, dataloader, rest, originals, sparsities, device, progress, task, dense)
+                dense, slow = _naive_scan(model, dataloader, rest, originals, sparsities, device, progress, task,
+                                          dense, after_pruning=after_pruning, restore=restore_buffers)
                 accuracies.update(slow)
                 meta["naive_layers"] = naive_layers
             accuracies = {name: accuracies[name] for name in params}  # the caller's order

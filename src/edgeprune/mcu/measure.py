@@ -29,6 +29,7 @@ from ..export.tflite_read import load_tflite
 from ..export.tflm import run_int8, tflite_layout
 from ..files import writable_folder, write_json_atomic
 from .codegen import export_c
+from .cycles import CycleRun, build_plugin, cycles_note, no_timing_reason, parse_cycles, plugin_arguments
 from .qemu import GuestRun, run_guest
 from .toolchain import (
     Target, board_dir, check_tools, compile_objects, get_target, link_firmware, link_relocatable, section_sizes,
@@ -153,11 +154,16 @@ def measure_engine(engine_dir: str | os.PathLike, inputs: np.ndarray, expected: 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "inputs.bin").write_bytes(np.ascontiguousarray(inputs).tobytes())
     (run_dir / "outputs.bin").unlink(missing_ok=True)
-    if timeout is None:
-        timeout = _default_timeout(sum(int(layer["macs"]) for layer in layers), count)
-    guest = run_guest(elf, tgt, run_dir, timeout)
+    cycles_file, extra = run_dir / "cycles.txt", []
+    cycles_file.unlink(missing_ok=True)
+    if cycles_note(tgt) is not None:
+        extra = plugin_arguments(build_plugin(tgt), elf, cycles_file)
+    if timeout is None:  # the estimator's per-instruction callbacks make QEMU a few times slower
+        timeout = _default_timeout(sum(int(layer["macs"]) for layer in layers), count) * (4 if extra else 1)
+    guest = run_guest(elf, tgt, run_dir, timeout, extra)
+    cycle_run = parse_cycles(cycles_file, len(layers)) if extra else None
 
-    result = _result(guest, tgt, macros, layers, sizes, small, run_dir / "outputs.bin", expected, labels)
+    result = _result(guest, tgt, macros, layers, sizes, small, run_dir / "outputs.bin", expected, labels, cycle_run)
     write_json_atomic(out_dir / RESULT_FILE, result)
     if guest.error is not None:
         raise ValueError(f"{guest.error}; the {result['images_run']} inputs that ran are in {out_dir / RESULT_FILE}")
@@ -184,8 +190,10 @@ def _first_difference(outputs: np.ndarray, expected: np.ndarray) -> dict | None:
 
 
 def _result(guest: GuestRun, target: Target, macros: dict[str, int], layers: list[dict], sizes: dict[str, int],
-            small: dict[str, int], outputs_path: Path, expected: np.ndarray, labels: np.ndarray | None) -> dict:
-    """mcu.json's content from a guest run (complete or not), the sizes, TFLM's outputs and the labels (or None)."""
+            small: dict[str, int], outputs_path: Path, expected: np.ndarray, labels: np.ndarray | None,
+            cycle_run: CycleRun | None = None) -> dict:
+    """mcu.json's content from a guest run (complete or not), the sizes, TFLM's outputs and the labels (or None), and
+    the cycle estimator's counts (None: the target has no timing rules)."""
     per_tick = target.instructions_per_tick
     out_size = macros["EDGEPRUNE_OUTPUT_SIZE"]
     row_bytes = out_size * expected.dtype.itemsize
@@ -197,6 +205,9 @@ def _result(guest: GuestRun, target: Target, macros: dict[str, int], layers: lis
                  if ran else np.zeros((0, len(layers))))
     equal = (outputs.view(np.uint8).reshape(ran, row_bytes) ==
              expected[:ran].view(np.uint8).reshape(ran, row_bytes)).all(axis=1)
+    timed = min(ran, len(cycle_run.cycles)) if cycle_run is not None else 0
+    cycles = np.array(cycle_run.cycles[:timed], dtype=np.float64) if timed else None
+    layer_cycles = np.array(cycle_run.layer_cycles[:timed], dtype=np.float64) if timed else None
     stack = guest.stack_bytes
     static_ram = sizes["data"] + sizes["bss"]
     scored = labels is not None
@@ -219,9 +230,14 @@ def _result(guest: GuestRun, target: Target, macros: dict[str, int], layers: lis
         "instructions": round(float(totals.mean())) if ran else None,
         "instructions_min": round(float(totals.min())) if ran else None,
         "instructions_max": round(float(totals.max())) if ran else None,
+        "estimated_cycles": round(float(cycles.mean())) if timed else None,
+        "cycles_note": cycles_note(target) or no_timing_reason(target),
+        "cycles_per_instruction": (round(float(cycles.sum()) / sum(cycle_run.instructions[:timed]), 4)
+                                   if timed else None),
         "layers": [
             {**{key: layer[key] for key in _LAYER_KEYS},
-             "instructions": round(float(per_layer[:, i].mean())) if ran else None}
+             "instructions": round(float(per_layer[:, i].mean())) if ran else None,
+             "estimated_cycles": round(float(layer_cycles[:, i].mean())) if timed else None}
             for i, layer in enumerate(layers)
         ],
         "accuracy": 100.0 * float(np.mean(outputs.argmax(axis=1) == labels[:ran])) if scored and ran else None,
@@ -365,8 +381,16 @@ def _count(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
-def mcu_table(result: dict) -> str:
-    """``mcu.json``'s content as a printable table: sizes, agreement with TFLM, and instructions per layer."""
+def _clock(hz: float) -> str:
+    return next(f"{hz / scale:g} {unit}" for scale, unit in ((1e9, "GHz"), (1e6, "MHz"), (1e3, "kHz"), (1, "Hz"))
+                if hz >= scale or scale == 1)
+
+
+def mcu_table(result: dict, clock_hz: float | None = None) -> str:
+    """``mcu.json``'s content as a printable table: sizes, agreement with TFLM, instructions and estimated cycles per
+    layer; with ``clock_hz``, the estimated milliseconds per inference at that core clock."""
+    cycles = result.get("estimated_cycles")
+    note = result.get("cycles_note") or "no estimate"
     lines = [
         f"{result['target']} on {result['board']}: {result['images_run']} of {result['images']} inputs"
         + ("" if result["complete"] else f" (stopped: {result['error']})"),
@@ -379,15 +403,19 @@ def mcu_table(result: dict) -> str:
         f"  outputs equal to TFLM         {result['equal_to_tflm']} / {result['images_run']}",
         f"  instructions per inference    {_count(result['instructions'])} ({result['instructions_unit']}; "
         f"resolution {result['instructions_resolution']:g})",
+        f"  estimated cycles per inference {_count(cycles)} ({note})",
+        *([f"  estimated time per inference  " + ("-" if cycles is None else f"{cycles / clock_hz * 1e3:.3f} ms")
+           + f" at {_clock(clock_hz)} (estimated)"] if clock_hz else []),
         "",
         f"  {'layer':>5}  {'op':<20} {'engine':<7} {'MACs':>11} {'non-zero MACs':>14} {'instructions':>13} "
-        f"{'predicted':>11} {'instr/nz MAC':>12}",
+        f"{'est. cycles':>13} {'predicted':>11} {'instr/nz MAC':>12}",
     ]
     for i, layer in enumerate(result["layers"]):
         nonzero, instructions = layer["nonzero_macs"], layer["instructions"]
         ratio = f"{instructions / nonzero:.2f}" if nonzero and instructions is not None else "-"
         lines.append(f"  {i:>5}  {layer['op']:<20} {layer['engine']:<7} {layer['macs']:>11,} {nonzero:>14,} "
-                     f"{_count(instructions):>13} {_count(layer['predicted_instructions']):>11} {ratio:>12}")
+                     f"{_count(instructions):>13} {_count(layer.get('estimated_cycles')):>13} "
+                     f"{_count(layer['predicted_instructions']):>11} {ratio:>12}")
     lines += ["", f"  fits on ({result['fits_on_build']}):"]
     lines += [f"    {'yes' if row['fits'] else 'no ':<4} {row['board']}: flash {row['flash_used']:.0%}, RAM {row['ram_used']:.0%}"
               for row in result["fits_on"]]

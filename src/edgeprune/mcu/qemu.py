@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,8 +67,10 @@ def parse_harness_output(text: str) -> GuestRun:
     return run
 
 
-def run_guest(elf: str | os.PathLike, target: Target, workdir: str | os.PathLike, timeout: float) -> GuestRun:
-    """Run the firmware ``elf`` on the target's QEMU board in ``workdir`` for at most ``timeout`` seconds.
+def run_guest(elf: str | os.PathLike, target: Target, workdir: str | os.PathLike, timeout: float,
+              extra_args: Sequence[str] = ()) -> GuestRun:
+    """Run the firmware ``elf`` on the target's QEMU board in ``workdir`` for at most ``timeout`` seconds;
+    ``extra_args`` go to QEMU as they are (the cycle estimator's ``-plugin``, :mod:`edgeprune.mcu.cycles`).
 
     Never raises for what the guest does: a hang, a fault or a failure status comes back as
     ``GuestRun.error`` (one line), with the images reported until then.
@@ -76,7 +79,7 @@ def run_guest(elf: str | os.PathLike, target: Target, workdir: str | os.PathLike
         raise ValueError(f"target {target.name} is built for its size only and runs on no board")
     command = [find_tool("qemu-system-arm"), "-M", target.machine, "-display", "none", "-monitor", "none",
                "-serial", "none", "-semihosting-config", "enable=on,target=native",
-               "-icount", "shift=0,align=off,sleep=off", "-kernel", str(Path(elf).resolve())]
+               "-icount", "shift=0,align=off,sleep=off", *extra_args, "-kernel", str(Path(elf).resolve())]
     try:
         done = subprocess.run(command, cwd=workdir, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:

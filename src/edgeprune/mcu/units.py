@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["BYTE_UNITS", "check_device_targets", "parse_bytes"]
+__all__ = ["BYTE_UNITS", "HZ_UNITS", "check_device_targets", "parse_bytes", "parse_hz"]
 
 BYTE_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
 """Units of a flash size (case-insensitive): decimal kB/MB, binary KiB/MiB."""
@@ -24,6 +24,22 @@ def parse_bytes(text: str | int | float) -> int:
         raise ValueError(f"cannot read {text!r} as a flash size: give a positive number with B, kB, KiB, MB or MiB "
                          "(kB = 1000 B, KiB = 1024 B), e.g. 32KiB")
     return round(value * BYTE_UNITS[unit])
+
+
+HZ_UNITS = {"": 1, "hz": 1, "khz": 1000, "mhz": 1000**2, "ghz": 1000**3}
+"""Units of a core clock (case-insensitive)."""
+
+
+def parse_hz(text: str | int | float) -> int:
+    """A clock in Hz from ``120000000``, ``"120MHz"``, ``"48000 kHz"`` or ``"1e6Hz"``; one-line ValueError otherwise."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value, unit = float(text), ""
+    else:
+        match = _SIZE.match(str(text))
+        value, unit = (float(match[1]), match[2].lower()) if match else (math.nan, "?")
+    if unit not in HZ_UNITS or not math.isfinite(value) or value <= 0 or round(value * HZ_UNITS[unit]) < 1:
+        raise ValueError(f"cannot read {text!r} as a clock: give a positive number with Hz, kHz, MHz or GHz, e.g. 120MHz")
+    return round(value * HZ_UNITS[unit])
 
 
 def check_device_targets(target_instructions: float | None, target_flash: str | int | None) -> tuple[float | None, int | None]:

@@ -97,8 +97,9 @@ def check_fits(spec: ModelSpec, splits: DataSplits) -> None:
     """Raise ``ValueError`` naming the flags when a built-in model does not fit the data's samples or classes."""
     if ":" in spec.name:
         return  # the user's own model: its input is its own business
-    image = (splits.in_channels, splits.image_size, splits.image_size)
-    if spec.sample_shape != image or splits.input_shape != image:  # not square images both: the whole shape must agree
+    data_image = splits.input_shape == (splits.in_channels, splits.image_size, splits.image_size)
+    model_image = spec.sample_shape == (spec.in_channels, spec.image_size, spec.image_size)
+    if not (data_image and model_image):  # not square images both: the whole shape must agree
         classes = not splits.labeled or spec.num_classes == splits.num_classes
         if spec.sample_shape != splits.input_shape or not classes:
             raise ValueError(
