@@ -84,7 +84,7 @@ def _comparable_results(out: Path) -> dict:
         results.pop(key)
     results["config"].pop("out")
     for row in results["comparison"]:
-        for key in ("checkpoint", "compressed_file", "onnx_file", "tflite_file", "c_source", "latency_ms", "latency_threads"):
+        for key in ("checkpoint", "compressed_file", "onnx_file", "tflite_file", "c_source", *[k for k in row if k.startswith("latency_")]):
             row.pop(key, None)
     return results
 

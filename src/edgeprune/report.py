@@ -36,9 +36,7 @@ def comparison_markdown(rows: Iterable[Mapping], task: Task = CLASSIFICATION) ->
             dec = r.get(f"decoded_{task.metric}")
             cells += [_fmt_bytes(r.get("compressed_bytes")), "–" if dec is None else _fmt_metric(dec, task)]
         if has_speed:
-            ms = {int(k): v for k, v in (r.get("latency_ms") or {}).items()}
-            cells += [f"{r['macs']:,}" if r.get("macs") is not None else "–",
-                      " / ".join(f"{ms[b]:.2f}" if b in ms else "–" for b in (1, 64))]
+            cells += [f"{r['macs']:,}" if r.get("macs") is not None else "–", _latency_cell(r)]
         cells.append(_fmt_metric(r[task.metric], task))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -51,8 +49,10 @@ def comparison_markdown(rows: Iterable[Mapping], task: Task = CLASSIFICATION) ->
         lines.append(
             "*MACs* are dense multiply-accumulates per image (zeros still count: only channel pruning lowers them); "
             f"*latency* is the median forward time at batch 1 and 64, measured in this run ({threads} threads), "
-            "the models timed in turn round by round (masks detached) so that their ratios compare like with like."
+            "the models timed as their saved files load (masks detached), in turn round by round, each first "
+            "equally often, so that their ratios compare like with like."
         )
+        lines += _latency_notes(rows)
     if has_compressed:
         r = next(r for r in rows if r.get("compressed_bytes") is not None)
         bits = f", {r['compressed_bits']} bits" if r.get("compressed_bits") else ""
@@ -61,6 +61,57 @@ def comparison_markdown(rows: Iterable[Mapping], task: Task = CLASSIFICATION) ->
             f"edgeprune export), the bytes a device would store; *{task.metric} decoded* is measured on the weights read back from it."
         )
     return "\n".join(lines) + "\n"
+
+
+def _by_batch(values: Mapping | None) -> dict[int, float]:
+    """A {batch size: value} mapping with int keys (results.json stores them as strings)."""
+    return {int(k): v for k, v in (values or {}).items()}
+
+
+def _latency_cell(row: Mapping) -> str:
+    """The "b1 / b64" latency cell: the row's own medians, or for a model of identical dense compute to others, the
+    one latency of them all; † marks a batch size where those identical models were timed apart beyond the noise."""
+    group = row.get("latency_equal_compute")
+    ms = _by_batch(group["latency_ms"] if group else row.get("latency_ms"))
+    flagged = {int(b) for b in group["flagged"]} if group else set()
+    return " / ".join(f"{ms[b]:.2f}" + ("†" if b in flagged else "") if b in ms else "–" for b in (1, 64))
+
+
+def _percent(values: Mapping, batches: Iterable[int] = (1, 64)) -> str:
+    """Fractions per batch size as "1.2 % / 0.8 %"."""
+    values = _by_batch(values)
+    return " / ".join(f"{100 * values[b]:.1f} %" if b in values else "–" for b in batches)
+
+
+def _latency_notes(rows: list[Mapping]) -> list[str]:
+    """The notes under the latency column: one per group of identical dense compute (one latency shown; flagged when
+    its members were timed apart beyond the noise, never a speedup), and each model's spread over its rounds."""
+    notes, seen = [], set()
+    for r in rows:
+        group = r.get("latency_equal_compute")
+        if not group or tuple(group["members"]) in seen:
+            continue
+        seen.add(tuple(group["members"]))
+        names = [f"*{m}*" for m in group["members"]]
+        names = ", ".join(names[:-1]) + " and " + names[-1]
+        note = (f"{names} run the same dense network (the same layers, shapes and MACs: fine-grained zeros do not "
+                "change PyTorch's dense kernels), so they show one latency, the median of all their rounds; their own "
+                f"medians were {_percent(group['apart'])} apart (b1 / b64) against the timer's noise of "
+                f"{_percent(group['noise'])} (the largest spread of their rounds).")
+        apart, noise = _by_batch(group["apart"]), _by_batch(group["noise"])
+        flagged = sorted(int(b) for b in group["flagged"])
+        if flagged:
+            both = " and ".join
+            note += (f" **† At batch {both(map(str, flagged))} they were timed apart by "
+                     f"{both(f'{100 * apart[b]:.1f} %' for b in flagged)}, above the noise of "
+                     f"{both(f'{100 * noise[b]:.1f} %' for b in flagged)}: treat as equal** (the machine or the process "
+                     "made the difference, not the models; each model's own median is in results.json).")
+        notes.append(note)
+    spreads = [f"{r['model']} {_percent(r['latency_spread'])}" for r in rows if r.get("latency_spread")]
+    if spreads:
+        notes.append("Spread of each model's rounds (interquartile range over the median), b1 / b64: "
+                     + "; ".join(spreads) + ".")
+    return notes
 
 
 def _fmt_metric(value: float, task: Task) -> str:

@@ -12,6 +12,9 @@ settles, so a list of models would be timed one after the other, each through a 
 stretch of the shared machine's load: the sequential timing that made a pruned model look 1.6x
 slower than its baseline in a report. A ``timeit(number)`` block is short and the same for every
 callable of a round, so a slow spell falls on all of them alike, and the median over rounds drops it.
+The order rotates from round to round (each callable first equally often: the rounds are rounded up to
+a multiple of their count), so no model is always the one timed first, and a block lasts at least
+``BLOCK_MS`` and ``MIN_CALLS`` calls, so that at batch 64 one slow spell is not a third of a block.
 ``Timer`` still does the rest: it runs ``max(number // 100, 2)`` untimed warm-up calls before each
 block (so a model's caches are its own again after the previous model ran), sets PyTorch's thread
 count for the block and restores it, and synchronises the accelerator before and after the block.
@@ -24,17 +27,19 @@ import functools
 import logging
 import math
 import statistics
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Hashable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ..device import pick_device
-from ..prune.pruner import remove
+from ..prune.pruner import _keepers, remove
 
-__all__ = ["BLOCK_MS", "latency_ratio", "measure_latency", "time_calls", "time_models", "timing_copy"]
+__all__ = ["BLOCK_MS", "MIN_CALLS", "compute_key", "equal_compute_groups", "latency_ratio", "measure_latency", "spread",
+           "time_calls", "time_models", "timing_copy"]
 
-BLOCK_MS = 20.0  # with number=None a block of the slowest callable lasts about this long
+BLOCK_MS = 50.0  # with number=None a block of the slowest callable lasts at least about this long ...
+MIN_CALLS = 10  # ... and holds at least this many calls (BasicCNN at batch 64: about 5 ms a call)
 
 
 def _positive_int(value: object, name: str) -> int:
@@ -62,42 +67,132 @@ def _timer_class() -> type:
 
 
 def time_calls(
-    calls: Sequence[Callable[[], object]], rounds: int = 9, number: int | None = None, threads: int | None = None
+    calls: Sequence[Callable[[], object]], rounds: int = 9, number: int | None = None, threads: int | None = None,
+    rotate: bool = True, block_ms: float | None = None, min_calls: int | None = None,
 ) -> tuple[list[list[float]], int]:
     """Milliseconds per call of each of ``calls``, one value per round, timed round-robin.
 
-    Each round times one ``Timer.timeit(number)`` block of every callable in turn (the order of
-    ``calls``); the value is the block's mean time per call. ``number=None`` picks, from three
-    untimed single calls of each (their fastest), the calls per block that make the slowest
-    callable's block last about ``BLOCK_MS``; every callable gets the same ``number``. PyTorch runs
-    with ``threads`` intra-op threads (default: the current setting, restored afterwards).
-    Returns ``(times, number)`` with ``times[i]`` the ``rounds`` values of ``calls[i]``.
+    Each round times one ``Timer.timeit(number)`` block of every callable in turn; the value is the
+    block's mean time per call. With ``rotate`` round ``r`` starts at callable ``r % len(calls)`` (each
+    callable first equally often: ``rounds`` is rounded up to a multiple of ``len(calls)``); without it
+    every round runs in the order of ``calls``. ``number=None`` picks, from an untimed block of
+    ``min_calls`` calls of each (also their warm-up), the calls per block that make the slowest callable's
+    block last ``block_ms``, and at least ``min_calls`` (defaults ``BLOCK_MS`` and ``MIN_CALLS``); every
+    callable gets the same ``number``. PyTorch runs with ``threads``
+    intra-op threads (default: the current setting, restored afterwards).
+    Returns ``(times, number)`` with ``times[i]`` the values of ``calls[i]``, in the order of the rounds.
     """
     if not calls:
         raise ValueError("nothing to time: give at least one model (or callable)")
     rounds = _positive_int(rounds, "rounds")
+    min_calls = _positive_int(MIN_CALLS if min_calls is None else min_calls, "min_calls")
+    block_ms = BLOCK_MS if block_ms is None else block_ms
+    if rotate:
+        rounds = math.ceil(rounds / len(calls)) * len(calls)
     threads = torch.get_num_threads() if threads is None else _positive_int(threads, "threads")
     timer = _timer_class()
     timers = [timer("call()", globals={"call": call}, num_threads=threads) for call in calls]
     if number is None:
-        # the fastest of three single calls (a hiccup of the shared machine would inflate one), also the warm-up
-        slowest = max(min(timer.timeit(1).mean for _ in range(3)) for timer in timers)
-        number = max(1, math.ceil(BLOCK_MS / 1000.0 / slowest))
+        # the mean of a block of min_calls calls: a single call timed in a lucky moment of a loaded machine
+        # made blocks ten times longer than meant (BasicCNN at batch 64 under load: 0.6 ms single, 6 ms in a block)
+        slowest = max(timer.timeit(min_calls).mean for timer in timers)
+        number = max(min_calls, math.ceil(block_ms / 1000.0 / slowest))
     number = _positive_int(number, "number")
     times: list[list[float]] = [[] for _ in calls]
-    for _ in range(rounds):
-        for timer, own in zip(timers, times):
-            own.append(1000.0 * timer.timeit(number).mean)
+    for r in range(rounds):
+        first = r % len(calls) if rotate else 0
+        for i in [*range(first, len(calls)), *range(first)]:
+            times[i].append(1000.0 * timers[i].timeit(number).mean)
     return times, number
 
 
+def spread(values: Sequence[float]) -> float:
+    """The relative spread of one model's rounds: their interquartile range over their median (0 for fewer than 2)."""
+    values = list(values)
+    if len(values) < 2:
+        return 0.0
+    low, _, high = statistics.quantiles(values, n=4, method="inclusive")
+    middle = statistics.median(values)
+    return (high - low) / middle if middle > 0 else 0.0
+
+
 def timing_copy(model: nn.Module, device: torch.device) -> nn.Module:
-    """A deep copy of ``model`` on ``device`` in eval mode, with any pruning masks detached (``prune.remove``).
+    """A copy of ``model`` as its saved file would load: on ``device``, in eval mode, masks detached, fresh tensors.
 
     Masks held in the model (buffers, gradient hooks, forward pre-hooks) are training machinery; a
-    deployed model has none, so timing the copy measures the network alone. ``model`` keeps its masks.
+    deployed model has none, so timing the copy measures the network alone. Every parameter and buffer
+    is a new contiguous tensor without a gradient (what ``load_state_dict`` into a new model gives),
+    so nothing that training left on the tensors (strides, ``.grad``) reaches the timing.
+    ``model`` keeps its masks.
     """
-    return remove(copy.deepcopy(model)).to(device).eval()
+    copied = remove(copy.deepcopy(model)).to(device).eval()
+    fresh: dict[int, torch.Tensor] = {}  # by the old tensor's id: a weight tied in two modules stays tied
+    with torch.no_grad():
+        for module in copied.modules():
+            for name, param in module._parameters.items():
+                if param is not None and id(param) not in fresh:
+                    fresh[id(param)] = nn.Parameter(param.detach().clone(memory_format=torch.contiguous_format),
+                                                    requires_grad=param.requires_grad)
+                if param is not None:
+                    module._parameters[name] = fresh[id(param)]
+            for name, buffer in module._buffers.items():
+                if buffer is not None and id(buffer) not in fresh:
+                    fresh[id(buffer)] = buffer.detach().clone(memory_format=torch.contiguous_format)
+                if buffer is not None:
+                    module._buffers[name] = fresh[id(buffer)]
+    return copied
+
+
+def compute_key(model: nn.Module, macs: int | None = None) -> tuple:
+    """What fixes a model's dense compute: its modules (name, type and settings such as stride and padding),
+    its parameters' and buffers' names, shapes and dtypes, and its ``macs`` when known.
+
+    Two models with equal keys run the same dense kernels on the same shapes (fine-grained zeros change
+    nothing); channel pruning changes the shapes and so the key. Attached pruning masks are left out
+    (they are detached for timing).
+    """
+    prefixes = {id(module): f"{name}." if name else "" for name, module in model.named_modules()}
+    masks = {prefixes[id(owner)] + keeper.mask_name for owner, _, keeper in _keepers(model)}
+    return (
+        tuple((name, type(m).__qualname__, m.extra_repr()) for name, m in model.named_modules()),
+        tuple((name, tuple(p.shape), str(p.dtype)) for name, p in model.named_parameters()),
+        tuple((name, tuple(b.shape), str(b.dtype)) for name, b in model.named_buffers() if name not in masks),
+        macs,
+    )
+
+
+def equal_compute_groups(timings: Sequence[Mapping], keys: Sequence[Hashable]) -> list[dict | None]:
+    """For models of identical dense compute (equal ``keys``), one latency, and a flag where they were timed apart.
+
+    ``timings[i]`` is ``time_models``' result for model ``i`` (``latency_ms``, ``rounds_ms``, ``spread`` per
+    batch size). Models whose key no other model shares get ``None``. Each member of a group of two or more
+    gets the same dict: ``members`` (indices, in order), ``latency_ms`` (per batch, the median of all the
+    members' rounds: the one latency shown for all of them), ``apart`` (the fastest member's median to the
+    slowest's, as a fraction), ``noise`` (the largest ``spread`` of a member's rounds) and ``flagged`` (the
+    batch sizes where ``apart`` exceeds ``noise``: identical networks timed apart by more than the timer's
+    own spread, a difference of the machine or the process, never of the model: to treat as equal).
+    """
+    if len(timings) != len(keys):
+        raise ValueError(f"equal_compute_groups: {len(timings)} timings but {len(keys)} keys")
+    groups: dict[Hashable, list[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(key, []).append(index)
+    verdicts: list[dict | None] = [None] * len(keys)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        batches = list(timings[members[0]]["latency_ms"])
+        verdict = {"members": members, "latency_ms": {}, "apart": {}, "noise": {}, "flagged": []}
+        for b in batches:
+            medians = [timings[i]["latency_ms"][b] for i in members]
+            verdict["latency_ms"][b] = statistics.median(t for i in members for t in timings[i]["rounds_ms"][b])
+            verdict["apart"][b] = max(medians) / min(medians) - 1.0
+            verdict["noise"][b] = max(timings[i]["spread"][b] for i in members)
+            if verdict["apart"][b] > verdict["noise"][b]:
+                verdict["flagged"].append(b)
+        for i in members:
+            verdicts[i] = verdict
+    return verdicts
 
 
 def _check_batch_sizes(batch_sizes: Iterable[int]) -> list[int]:
@@ -119,28 +214,33 @@ def time_models(
 ) -> list[dict]:
     """Forward latency of each of ``models``, timed interleaved so that their ratios mean something.
 
-    Per batch size, ``time_calls`` times the models round-robin (each round every model once in
-    turn), on ``timing_copy`` copies (masks detached, eval mode) under ``torch.inference_mode()``.
-    ``example_input`` is one input batch; its first sample is repeated to each batch size.
-    ``device=None`` is CUDA when present, else the CPU. The models are not moved or changed.
+    Per batch size, ``time_calls`` times the models round-robin (each round every model once, the order
+    rotating so that each is first equally often; ``rounds`` rounded up to a multiple of the models'
+    count), on ``timing_copy`` copies (as their saved files would load: masks detached, eval mode, fresh
+    tensors) under ``torch.inference_mode()``. ``example_input`` is an input batch; its samples are
+    repeated in turn to fill each batch size. ``device=None`` is CUDA when present, else the CPU.
+    The models are not moved or changed.
     Returns one dict per model, in order: ``{"latency_ms": {batch: median over rounds},
-    "rounds_ms": {batch: [ms per round]}, "number": {batch: calls per block}, "rounds", "threads", "device"}``.
+    "rounds_ms": {batch: [ms per round]}, "spread": {batch: relative IQR of the rounds (:func:`spread`)},
+    "number": {batch: calls per block}, "rounds", "threads", "device"}``.
     """
     batch_sizes = _check_batch_sizes(batch_sizes)
     dev = pick_device(device)
     threads = torch.get_num_threads() if threads is None else threads
     copies = [timing_copy(model, dev) for model in models]
-    sample = example_input.detach()[:1].to(dev)
-    results = [{"latency_ms": {}, "rounds_ms": {}, "number": {}, "rounds": rounds, "threads": threads, "device": str(dev)}
-               for _ in models]
+    samples = example_input.detach().to(dev)
+    results = [{"latency_ms": {}, "rounds_ms": {}, "spread": {}, "number": {}, "rounds": rounds, "threads": threads,
+                "device": str(dev)} for _ in models]
     for batch in batch_sizes:
-        inputs = sample.expand(batch, *sample.shape[1:]).contiguous()
+        inputs = samples[torch.arange(batch, device=dev) % len(samples)].contiguous()
         with torch.inference_mode():
             times, used = time_calls([functools.partial(m, inputs) for m in copies], rounds, number, threads)
         for result, own in zip(results, times):
             result["latency_ms"][batch] = statistics.median(own)
             result["rounds_ms"][batch] = own
+            result["spread"][batch] = spread(own)
             result["number"][batch] = used
+            result["rounds"] = len(own)
     return results
 
 

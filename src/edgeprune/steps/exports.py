@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..analyze.latency import time_models
+from ..analyze.latency import compute_key, equal_compute_groups, time_models
 from ..analyze.metrics import count_macs, file_size, model_stats
 from ..checkpoint import save_compressed_model
 from ..data import DataSplits, make_loaders
@@ -24,12 +24,15 @@ from ..export.tflite import calibration_images, export_tflite
 from ..export.tflm import evaluate_tflite
 from ..mcu import export_c
 from ..mcu.toolchain import board_memory, get_target
-from ..models import ModelSpec, prunable_parameters
+from ..models import ModelSpec, prunable_parameters, resize_to_state_dict
 from ..task import CLASSIFICATION, Task
 from ..training import evaluate
 from .common import CALIBRATION_IMAGES, CENTROID_LR
 
 __all__ = ["check_device_export", "compare_models", "export_compressed", "export_for_devices", "share_centroids"]
+
+COMPARE_ROUNDS = 12
+"""Rounds of the comparison's latency timing (a multiple of 3 and 4, the models of a run's table: each first as often)."""
 
 
 def share_centroids(
@@ -143,22 +146,22 @@ def compare_models(
     With ``export_dir`` each model is also written as a compressed file there, read
     back, and evaluated as decoded: the accuracy a device running that file would see (with ``specs[i]``, one per
     model, in its header, so that the file loads without model flags).
-    With ``input_shape`` (one image, e.g. ``(1, 28, 28)``) each row also gets its dense ``macs`` and
-    measured ``latency_ms`` ({batch size: median ms} at batch 1 and 64, on ``device``; the models
-    timed interleaved by ``time_models``, so their ratios compare like with like).
+    With ``input_shape`` (one image, e.g. ``(1, 28, 28)``) each row also gets its dense ``macs`` and measured
+    ``latency_ms`` ({batch size: median ms} at batch 1 and 64, on ``device``), timed by :func:`_time_table`: what the
+    saved files hold, interleaved, and with one latency for models of identical dense compute.
     """
     rows = []
     stems = [Path(path).stem for _, _, path in models]
     unique = len(set(stems)) == len(stems)
-    if input_shape is not None:  # all models of the table timed interleaved, round-robin, masks detached
-        timings = time_models([model for _, model, _ in models], torch.zeros(1, *input_shape), (1, 64), pick_device(device))
+    if input_shape is not None:
+        macs = [count_macs(model, input_shape)["total"] for _, model, _ in models]
+        timed = _time_table(models, loader, input_shape, pick_device(device), specs, macs)
     for index, (label, model, path) in enumerate(tqdm(models, desc="compare", leave=False)):
         row = {"model": label, "checkpoint": str(path), **model_stats(model), "file_bytes": file_size(path)}
         row[task.metric] = evaluate(model, loader, device, task)
         if input_shape is not None:
-            row["macs"] = count_macs(model, input_shape)["total"]
-            row["latency_ms"] = timings[index]["latency_ms"]
-            row["latency_threads"] = timings[index]["threads"]
+            row["macs"] = macs[index]
+            row.update(timed[index])
         if export_dir is not None:
             name = stems[index] if unique else f"{index}-{stems[index]}"  # two runs' finetuned.* must not collide
             target = export_compressed(model, Path(export_dir) / f"{name}.epz", export_values, export_bits,
@@ -174,3 +177,55 @@ def compare_models(
             )
         rows.append(row)
     return rows
+
+
+def _as_saved(model: nn.Module, spec: ModelSpec | None) -> nn.Module:
+    """``model`` as its saved checkpoint loads: a new model of ``spec`` (resized to a channel-pruned model's shapes)
+    holding ``model``'s state_dict, so that nothing the training left on the module (hooks, optimizer-touched
+    tensors, attributes) is timed; without ``spec``, or when the spec does not build it, ``model`` itself (the
+    timer's copy then renews its tensors). The global random state is left as it was."""
+    if spec is None:
+        return model
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    try:
+        with torch.random.fork_rng(devices=[]):
+            fresh = spec.build()
+        resize_to_state_dict(fresh, state)
+        fresh.load_state_dict(state)
+    except (RuntimeError, ValueError, TypeError):
+        return model
+    return fresh
+
+
+def _example_batch(loader: Iterable, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """Up to 64 of the loader's first inputs (what a user would run), or one zero input when it has none of that shape."""
+    try:
+        batch = next(iter(loader))
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+    except (StopIteration, TypeError, IndexError):
+        images = None
+    if isinstance(images, torch.Tensor) and tuple(images.shape[1:]) == tuple(input_shape) and len(images):
+        return images[:64].float()
+    return torch.zeros(1, *input_shape)
+
+
+def _time_table(
+    models: list[tuple[str, nn.Module, Path]], loader: Iterable, input_shape: tuple[int, ...], device: torch.device,
+    specs: list[ModelSpec] | None, macs: list[int],
+) -> list[dict]:
+    """The latency fields of each row of the comparison: the models as their files load (:func:`_as_saved`), timed
+    interleaved on the first test inputs at batch 1 and 64 (``time_models``: the order rotating round by round),
+    with the spread of each model's rounds (relative IQR) and, for models of identical dense compute (same modules,
+    shapes and MACs: fine-grained zeros change no dense kernel), one latency and a flag where they were timed apart
+    by more than that spread (``equal_compute_groups``)."""
+    saved = [_as_saved(model, specs[i] if specs else None) for i, (_, model, _) in enumerate(models)]
+    timings = time_models(saved, _example_batch(loader, input_shape), (1, 64), device, rounds=COMPARE_ROUNDS)
+    verdicts = equal_compute_groups(timings, [compute_key(model, m) for model, m in zip(saved, macs)])
+    labels = [label for label, _, _ in models]
+    fields = []
+    for timing, verdict in zip(timings, verdicts):
+        group = None if verdict is None else {**verdict, "members": [labels[i] for i in verdict["members"]]}
+        fields.append({"latency_ms": timing["latency_ms"], "latency_spread": timing["spread"],
+                       "latency_rounds": timing["rounds"], "latency_calls": timing["number"],
+                       "latency_threads": timing["threads"], "latency_equal_compute": group})
+    return fields
