@@ -84,7 +84,7 @@ def test_torchrun_scan_is_shared_out_by_layer_and_equals_the_single_process_scan
 def test_torchrun_run_writes_one_report_from_rank_0(tmp_path, fashion_slice):
     out = tmp_path / "run"
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "edgeprune", "run", "--mcu", "none", "--data-dir", fashion_slice,
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "edgeprune", "run", "--mcu", "none", "--force", "--data-dir", fashion_slice,
            "--val-size", "100", "--limit", "300", "--epochs", "1", "--finetune-epochs", "1", "--plan", "global",
            "--out", str(out)]
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}

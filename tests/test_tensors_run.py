@@ -90,7 +90,7 @@ def test_an_autoencoder_of_unlabelled_data_is_scored_by_mse(tmp_path: Path, caps
     data = unlabelled_npz(tmp_path / "data.npz")
     out = tmp_path / "run"
     assert main([*COMMON, "--data-dir", str(tmp_path / "data.npz"), "--model", f"{__name__}:small_autoencoder",
-                 "--epochs", "8", "--lr", "0.01", "--max-drop", "20", "--out", str(out)]) == 0
+                 "--epochs", "8", "--lr", "0.01", "--max-drop", "20", "--force", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["task"] == {"name": "reconstruction", "metric": "mse", "unit": "", "higher_is_better": False,
                                "drop": "relative MSE increase (%)"}

@@ -203,10 +203,11 @@ class RunConfig:
                                        "size (e.g. 32KiB, 32kB = 32000 B, 32768), checked in QEMU (to within 5 percent under it)")
     schedule: str = _option("oneshot", "oneshot: prune, then fine-tune; agp: cubic ramp to the targets while training; "
                             "iterative: rounds of prune + fine-tune", choices=("oneshot", *SCHEDULES))
-    max_loss: float | None = _option(5.0, "no silent collapse: stop before pruning when the scan predicts that one layer "
-                                     "alone, at its planned sparsity, loses more than this (accuracy points; for a "
-                                     "reconstruction the MSE's increase in percent), and fail the run when the final "
-                                     "model does; --force goes ahead", kind="float", low=0.0)
+    max_loss: float | None = _option(None, "no silent collapse: stop before pruning when the scan predicts that one layer "
+                                     "alone, at its planned sparsity, loses more than this, and fail the run when the "
+                                     "final model does (default: 5 accuracy points; for a reconstruction 50, the MSE's "
+                                     "increase in percent, the seed's 1.5x bound); --force goes ahead",
+                                     kind="float", low=0.0)
     force: bool = _option(False, "prune and finish even beyond --max-loss (the report still marks it)", kind="bool")
     max_drop: float | None = _option(None, "plan by tolerance instead: largest sparsity per layer within this drop: accuracy points, or for "
                                      "reconstruction the MSE's increase in percent of the dense model's",

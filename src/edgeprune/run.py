@@ -65,6 +65,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
         out = folder.path
         device = pick_device(cfg.device)
         task = cfg.resolved_task
+        max_loss = cfg.max_loss if cfg.max_loss is not None else steps.default_max_loss(task)
         splits = steps.load_splits(cfg.data, task=task.name)
         resumed = [step for step in STEPS if step in folder.done]
 
@@ -136,9 +137,9 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
                                                             plan=cfg.plan, budget=cfg.budget, input_shape=shape,
                                                             bytes_per_nonzero=steps.engine_unit_bytes(source, shape)
                                                             if cfg.budget == "flash" and cfg.plan == "scan" else None)
-            if scan is not None and cfg.max_loss is not None and not cfg.force:  # never a silent collapse
+            if scan is not None and not cfg.force:  # never a silent collapse
                 plan_info["collapse_check"] = steps.check_collapse(
-                    source, scan, plan_info, cfg.max_loss, out, cfg.budget if cfg.budget != "flash" else "params",
+                    source, scan, plan_info, max_loss, out, cfg.budget if cfg.budget != "flash" else "params",
                     spec.sample_shape)
             pruned, pruner = steps.prune_copy(source, sparsity, steps.recalibration_batches(source, splits, cfg.seed))
             write_json_atomic(out / "sparsity.json", pruner.sparsity_dict)
@@ -236,7 +237,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             "mcu": on_mcu,
             "layers": [s.to_dict() for s in layer_stats(finetuned)],
             "resumed_steps": resumed,
-            "quality": steps.final_quality(rows[0][task.metric], rows[-1][task.metric], task, cfg.max_loss),
+            "quality": steps.final_quality(rows[0][task.metric], rows[-1][task.metric], task, max_loss),
             "seconds": round(time.time() - start, 1),
         }
         write_json_atomic(out / "results.json", results)
@@ -246,6 +247,6 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
     if quality is not None and not quality["within"] and not cfg.force:
         raise steps.BelowLimit(f"the final model's {task.metric} is {task.format(quality['final'])} against the dense "
                                f"{task.format(quality['dense'])}: {quality['loss']:.2f} {task.drop_unit}, more than "
-                               f"--max-loss {cfg.max_loss:g}; the report in {out} marks it (prune less, fine-tune longer, "
+                               f"--max-loss {max_loss:g}; the report in {out} marks it (prune less, fine-tune longer, "
                                "or pass --force to accept it)")
     return results

@@ -22,8 +22,9 @@ from .common import (
     accuracy_on_test, check_fits, load_model, load_splits, model_for_data, model_spec_from_flags, writable_file,
 )
 from .pruning import (
-    BelowLimit, build_baseline, channels_summary, check_collapse, choose_sparsity, final_quality, finetune_pruned, prune_channels_step, prune_copy,
-    prune_while_training, recalibration_batches, scan_model, taylor_batches, train_baseline, worst_layer_loss,
+    BelowLimit, build_baseline, channels_summary, check_collapse, choose_sparsity, default_max_loss,
+    final_quality, finetune_pruned, prune_channels_step, prune_copy, prune_while_training,
+    recalibration_batches, scan_model, taylor_batches, train_baseline, worst_layer_loss,
 )
 from .device_target import check_device_target, engine_unit_bytes, plan_for_device_target
 from .exports import check_device_export, compare_models, export_compressed, export_for_devices, share_centroids
@@ -34,13 +35,14 @@ from .checkpoints import (
 from .mcu import EngineMismatch, c_engine_checkpoint, check_weight_budget, mcu_checkpoint, mcu_model, sample_indices
 
 __all__ = [
-    "BelowLimit", "EngineMismatch", "BATCHNORM_BATCHES", "CALIBRATION_IMAGES", "CENTROID_LR", "DEVICE_CHECK_IMAGES", "MCU_IMAGES",
-    "TAYLOR_BATCHES", "accuracy_on_test", "build_baseline", "c_engine_checkpoint", "channels_summary", "check_collapse",
-    "check_device_export", "check_device_target", "check_fits", "check_weight_budget", "choose_sparsity",
-    "compare_checkpoints", "compare_models", "engine_unit_bytes", "export_checkpoint", "export_compressed",
-    "export_for_devices", "final_quality", "finetune_checkpoint", "finetune_pruned", "inspect_model", "load_model",
-    "load_splits", "mcu_checkpoint", "mcu_model", "model_for_data", "model_spec_from_flags",
-    "plan_for_device_target", "plan_from_scan", "prune_channels_step", "prune_checkpoint", "prune_copy",
-    "prune_while_training", "recalibration_batches", "sample_indices", "scan_checkpoint", "scan_model",
-    "share_centroids", "taylor_batches", "train_baseline", "train_checkpoint", "worst_layer_loss", "writable_file",
+    "BelowLimit", "EngineMismatch", "BATCHNORM_BATCHES", "CALIBRATION_IMAGES", "CENTROID_LR",
+    "DEVICE_CHECK_IMAGES", "MCU_IMAGES", "TAYLOR_BATCHES", "accuracy_on_test", "build_baseline",
+    "c_engine_checkpoint", "channels_summary", "check_collapse", "check_device_export", "check_device_target",
+    "check_fits", "check_weight_budget", "choose_sparsity", "compare_checkpoints", "compare_models",
+    "default_max_loss", "engine_unit_bytes", "export_checkpoint", "export_compressed", "export_for_devices",
+    "final_quality", "finetune_checkpoint", "finetune_pruned", "inspect_model", "load_model", "load_splits",
+    "mcu_checkpoint", "mcu_model", "model_for_data", "model_spec_from_flags", "plan_for_device_target",
+    "plan_from_scan", "prune_channels_step", "prune_checkpoint", "prune_copy", "prune_while_training",
+    "recalibration_batches", "sample_indices", "scan_checkpoint", "scan_model", "share_centroids",
+    "taylor_batches", "train_baseline", "train_checkpoint", "worst_layer_loss", "writable_file",
 ]

@@ -32,7 +32,7 @@ from ..training import Teacher, TrainHistory, batchnorm_layers, finetune, prune_
 from .common import BATCHNORM_BATCHES, TAYLOR_BATCHES, check_fits, model_for_data
 
 __all__ = [
-    "BelowLimit", "build_baseline", "channels_summary", "check_collapse", "choose_sparsity", "final_quality",
+    "BelowLimit", "build_baseline", "channels_summary", "check_collapse", "choose_sparsity", "default_max_loss", "final_quality",
     "finetune_pruned", "prune_channels_step", "prune_copy", "prune_while_training", "recalibration_batches", "scan_model", "taylor_batches",
     "train_baseline", "worst_layer_loss",
 ]
@@ -173,6 +173,12 @@ def check_collapse(model: nn.Module, scan: ScanResult, plan_info: Mapping, max_l
 
 class BelowLimit(RuntimeError):
     """The run finished, but its final model lost more than ``--max-loss`` against the dense one (the report marks it)."""
+
+
+def default_max_loss(task: Task) -> float:
+    """The collapse guard's default limit: 5 accuracy points (a few points is what separates MLPerf Tiny's quality
+    targets from its reference models), or for a reconstruction an MSE 50 % above the dense one (the seed's 1.5x)."""
+    return 5.0 if task.higher_is_better else 50.0
 
 
 def final_quality(dense: float, final: float, task: Task, max_loss: float | None) -> dict | None:
