@@ -11,7 +11,7 @@ and weights stored as TFLM look-up tables. Each graph is lowered dense, sparse w
 small program (the kernels once per session), and run on a few random inputs; any difference, sanitizer report or
 non-zero status fails with the graph's seed in the message.
 
-``EDGEPRUNE_PROPERTY_GRAPHS`` sets how many graphs (default 64, under a minute), ``EDGEPRUNE_PROPERTY_SEED`` the
+``EDGEPRUNE_PROPERTY_GRAPHS`` sets how many graphs (default 80, about half a minute on two cores), ``EDGEPRUNE_PROPERTY_SEED`` the
 first seed (default 0). To rerun one failing graph: ``EDGEPRUNE_PROPERTY_SEED=<seed> EDGEPRUNE_PROPERTY_GRAPHS=1``.
 """
 
@@ -33,7 +33,7 @@ from edgeprune.export.tflm import run_int8
 from edgeprune.mcu import choice, export_c
 from edgeprune.mcu.codegen import KERNEL_FILES
 
-GRAPHS = int(os.environ.get("EDGEPRUNE_PROPERTY_GRAPHS", "64"))
+GRAPHS = int(os.environ.get("EDGEPRUNE_PROPERTY_GRAPHS", "80"))
 FIRST_SEED = int(os.environ.get("EDGEPRUNE_PROPERTY_SEED", "0"))
 INPUTS_PER_GRAPH = 3
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
@@ -82,6 +82,7 @@ class _Builder:
     g: Int8Graph = field(default_factory=Int8Graph)
     x: int = -1
     lut: bool = False  # weights with at most 16 values per channel, stored as TFLM look-up tables
+    gaps: bool = False  # every row long enough holds the gap boundaries
 
     # tensors -----------------------------------------------------------------------------------
     @property
@@ -106,7 +107,7 @@ class _Builder:
             w = np.moveaxis(rows.reshape(np.moveaxis(w, axis, 0).shape), 0, axis).copy()
         channels = np.moveaxis(w, axis, 0).reshape(shape[axis], -1)  # a view: writes reach w
         kind = rng.choice(["uniform", "zero", "dense", "gaps", "empty channels"], p=[0.5, 0.08, 0.12, 0.15, 0.15])
-        if channels.shape[1] > max(GAPS) + 1 and rng.random() < 0.6:  # rows long enough for every boundary
+        if channels.shape[1] > max(GAPS) + 1 and (self.gaps or rng.random() < 0.6):  # rows long enough for them
             kind = "gaps"
         if kind == "uniform":
             channels[rng.random(channels.shape) < rng.uniform(0, 1)] = 0
@@ -128,12 +129,15 @@ class _Builder:
         rng = self.rng
         channels = shape[axis]
         w_scales = rng.uniform(0.002, 0.02, channels).astype(np.float32)
-        w = self.g.constant(f"w{len(self.g.tensors)}.weight", self.weights(shape, axis), w_scales,
-                            quantized_dimension=axis)
-        spread = 60.0 * 60.0 * np.sqrt(max(fan_in, 1)) * in_scale * float(w_scales.mean())
-        bias = rng.normal(0, spread / (in_scale * w_scales)).astype(np.int64).clip(-2**24, 2**24).astype(np.int32)
+        data = self.weights(shape, axis)
+        w = self.g.constant(f"w{len(self.g.tensors)}.weight", data, w_scales, quantized_dimension=axis)
+        # the accumulators' spread from the weights as pruned (about 74 * |w| for uniform int8 inputs), so that
+        # the outputs spread over the int8 range however sparse the layer is
+        norms = np.sqrt((np.moveaxis(data, axis, 0).reshape(channels, -1).astype(np.float64) ** 2).sum(axis=1))
+        spread = 74.0 * in_scale * w_scales * np.where(norms > 0, norms, 127.0 * np.sqrt(max(fan_in, 1)))
+        bias = rng.normal(0, spread / (in_scale * w_scales) / 2).astype(np.int64).clip(-2**24, 2**24).astype(np.int32)
         b = self.g.constant(f"b{len(self.g.tensors)}.bias", bias, in_scale * w_scales)
-        return w, b, float(spread / 50.0 * rng.uniform(0.4, 2.5))
+        return w, b, float(np.median(spread) / 40.0 * rng.uniform(0.5, 2.0))
 
     def op(self, name: str, inputs: tuple[int, ...], out_shape: tuple[int, ...], options: OpOptions = OpOptions(),
            qparams: tuple[float, int] | None = None) -> None:
@@ -235,6 +239,8 @@ def random_graph(seed: int) -> tuple[Int8Graph, bool]:
     rng = np.random.default_rng(seed)
     b = _Builder(rng, lut=bool(rng.random() < 0.1))
     g = b.g
+    if rng.random() < 0.12:  # one weighted layer whose rows hold every gap boundary, seen directly in the output
+        return _gap_graph(b), b.lut
     float_in, float_out = bool(rng.random() < 0.2), bool(rng.random() < 0.2)
     rank2 = rng.random() < 0.15
     shape = (1, int(rng.integers(8, 300))) if rank2 else (1, int(rng.integers(1, 12)), int(rng.integers(1, 12)),
@@ -274,6 +280,30 @@ def random_graph(seed: int) -> tuple[Int8Graph, bool]:
         b.x = out
     g.inputs, g.outputs = (source,), (b.x,)
     return g, b.lut
+
+
+def _gap_graph(b: _Builder) -> Int8Graph:
+    """A fully connected layer over 260 to 700 inputs, or a convolution whose window is that long, with every row's
+    non-zeros :data:`GAPS` apart, and at most a softmax after it."""
+    rng, g = b.rng, b.g
+    b.gaps = True
+    if rng.random() < 0.5:
+        b.x = source = b.activation((1, int(rng.integers(260, 700))))
+        b.fully_connected()
+        if rng.random() < 0.3:
+            b.softmax()
+    else:
+        c = int(rng.integers(30, 80))
+        b.x = source = b.activation((1, int(rng.integers(3, 7)), int(rng.integers(3, 7)), c))
+        while True:  # a 3x3 window at least: 9 * 30 > 257
+            before = len(g.ops)
+            b.conv(False)
+            if g.tensors[g.ops[before].inputs[1]].shape[1] * g.tensors[g.ops[before].inputs[1]].shape[2] * c > 258:
+                break
+            del g.ops[before:]
+            b.x = source
+    g.inputs, g.outputs = (source,), (b.x,)
+    return g
 
 
 def _inputs(rng: np.random.Generator, graph: Int8Graph) -> np.ndarray:
