@@ -11,8 +11,8 @@ and weights stored as TFLM look-up tables. Each graph is lowered dense, sparse w
 small program (the kernels once per session), and run on a few random inputs; any difference, sanitizer report or
 non-zero status fails with the graph's seed in the message.
 
-``EDGEPRUNE_PROPERTY_GRAPHS`` sets how many graphs (default 80, about half a minute on two cores), ``EDGEPRUNE_PROPERTY_SEED`` the
-first seed (default 0). To rerun one failing graph: ``EDGEPRUNE_PROPERTY_SEED=<seed> EDGEPRUNE_PROPERTY_GRAPHS=1``.
+``EDGEPRUNE_PROPERTY_GRAPHS`` sets how many graphs (default 80, about half a minute on two cores),
+``EDGEPRUNE_PROPERTY_SEED`` the first seed (default 0). To rerun one failing graph: ``EDGEPRUNE_PROPERTY_SEED=<seed> EDGEPRUNE_PROPERTY_GRAPHS=1``.
 """
 
 from __future__ import annotations
