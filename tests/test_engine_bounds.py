@@ -206,3 +206,19 @@ def test_a_plan_over_the_weight_budget_is_refused(monkeypatch):
     monkeypatch.setattr("edgeprune.mcu.lowering.weight_for_budget", lambda options, budget: FLASH_WEIGHT)
     with pytest.raises(ValueError, match=f"take {taken:,} B of weights and index, over the weight budget of 100 B"):
         lower(g, weight_budget=100)
+
+
+def test_add_whose_sum_overflows_int32_is_refused():
+    """ADD of an input of scale 0.05 (zero point 0) to itself: each term is (x << 20) * 0.5, up to 128 * 2**19 + 1,
+    their sum up to 2**27 + 2; an output scale 16 times below 0.1 / 2**20 makes the output multiplier 16 (shift 5),
+    which shifts that sum to 2**32: refused. An output scale of 0.1 passes."""
+    def add(out_scale: float) -> Int8Graph:
+        g = Int8Graph()
+        a = g.activation("a", (1, 2, 2, 3), (0.05, 0))
+        y = g.activation("sum", (1, 2, 2, 3), (out_scale, 0))
+        g.ops, g.inputs, g.outputs = [QOp("ADD", (a, a), (y,))], (a,), (y,)
+        return g
+
+    lower(add(0.1))
+    with pytest.raises(ValueError, match=r"^op 0 \(ADD\): channel 0's value of up to 134,217,730 shifted left by 5"):
+        lower(add(0.1 / 2**20 / 16))

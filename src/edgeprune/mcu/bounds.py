@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["INT32_LIMIT", "SHIFT_MAX", "SHIFT_MIN", "check_accumulators", "check_int32", "check_requantization",
-           "check_shifts", "worst_accumulators"]
+           "check_shifts", "requantized_bound", "worst_accumulators"]
 
 INT32_LIMIT = 2**31
 SHIFT_MIN, SHIFT_MAX = -31, 30  # TFLite's MultiplyByQuantizedMultiplier: shift >= -31 && shift <= 30
@@ -62,6 +62,13 @@ def check_accumulators(label: str, worst: np.ndarray) -> None:
                          "beyond int32; requantize the layer with a larger weight or bias scale")
 
 
+def requantized_bound(worst: int, multiplier: int, shift: int) -> int:
+    """The largest ``|MultiplyByQuantizedMultiplier(x, multiplier, shift)|`` for ``|x| <= worst``: ``worst``
+    shifted left by a positive shift, times ``multiplier / 2**31``, shifted right by a negative one, plus 1 for the
+    roundings."""
+    return ((int(worst) << max(int(shift), 0)) * int(multiplier) >> (31 + max(-int(shift), 0))) + 1
+
+
 def check_requantization(label: str, worst: np.ndarray, multipliers: np.ndarray, shifts: np.ndarray,
                          zero_point: int) -> None:
     """One-line ValueError when a value of magnitude up to ``worst`` (per channel, or one for all) overflows int32
@@ -74,7 +81,7 @@ def check_requantization(label: str, worst: np.ndarray, multipliers: np.ndarray,
         if shifted >= INT32_LIMIT:
             raise ValueError(f"{label}: channel {k}'s value of up to {w:,} shifted left by {s} leaves int32 (TFLite's "
                              "arithmetic overflows too); requantize the layer with a larger output scale")
-        requantized = (shifted * m >> (31 + max(-s, 0))) + 1  # rounding adds at most 1
+        requantized = requantized_bound(w, m, s)
         if requantized + abs(int(zero_point)) >= INT32_LIMIT:
             raise ValueError(f"{label}: channel {k} requantizes to up to {requantized:,}, which with zero point "
                              f"{zero_point} leaves int32; requantize the layer with a larger output scale")

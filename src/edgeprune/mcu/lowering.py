@@ -36,7 +36,7 @@ from ..export.int8_graph import (
     INT8_MAX, INT8_MIN, ITEMSIZE, Int8Graph, QOp, output_shape, quantize_multiplier, same_padding,
 )
 from .bounds import (
-    check_accumulators, check_int32, check_requantization, check_shifts, worst_accumulators,
+    check_accumulators, check_int32, check_requantization, check_shifts, requantized_bound, worst_accumulators,
 )
 from .cost import FLASH_WEIGHT, conv_cost, depthwise_cost, fc_cost
 from .kernel_sizes import kernel_size
@@ -409,7 +409,7 @@ class _Lowering:
         for z, m, s in ((za, m1, s1), (zb, m2, s2)):
             centred = max(abs(INT8_MIN - z), abs(INT8_MAX - z)) << left_shift
             check_requantization(label, centred, [m], [s], 0)
-            terms.append(((centred << max(int(s), 0)) * int(m) >> (31 + max(-int(s), 0))) + 1)
+            terms.append(requantized_bound(centred, m, s))
         check_requantization(label, sum(terms), [mo], [so_], zo)
         lo, hi = activation_range(op.options.activation, so, zo)
         params = {"input1_offset": -za, "input2_offset": -zb, "output_offset": zo, "left_shift": left_shift,

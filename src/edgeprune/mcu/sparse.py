@@ -46,7 +46,7 @@ import numpy as np
 
 from ..export.bitpack import escape_gaps, pack_bits
 
-__all__ = ["CODE_BITS", "ENTRY_BITS", "SparseWeights", "encode_conv", "encode_depthwise", "encode_fc", "gap_entries",
+__all__ = ["CODE_BITS", "ENTRY_BITS", "ESCAPE_4BIT", "SparseWeights", "encode_conv", "encode_depthwise", "encode_fc", "gap_entries",
            "pack_entries"]
 
 ENTRY_BITS = (4, 8)
