@@ -222,3 +222,31 @@ def test_add_whose_sum_overflows_int32_is_refused():
     lower(add(0.1))
     with pytest.raises(ValueError, match=r"^op 0 \(ADD\): channel 0's value of up to 134,217,730 shifted left by 5"):
         lower(add(0.1 / 2**20 / 16))
+
+
+def test_a_one_channel_depthwise_filter_stays_plain_int8_with_look_up_tables(tmp_path):
+    """TFLM's DECODE refuses look-up tables along the last axis of a filter of one channel (found by the property
+    test, seed 2757): graph_to_tflite leaves such a filter plain int8, compresses the rest, and both runtimes agree."""
+    rng = np.random.default_rng(0)
+    g = Int8Graph()
+    x = g.activation("in", (1, 5, 5, 1), (0.05, 0))
+    w1 = g.constant("dw.weight", rng.integers(-3, 4, size=(1, 3, 3, 1)).astype(np.int8), np.full(1, 0.01),
+                    quantized_dimension=3)
+    y1 = g.activation("dw_out", (1, 3, 3, 1), (0.05, 0))
+    w2 = g.constant("fc.weight", rng.integers(-3, 4, size=(4, 9)).astype(np.int8), np.full(4, 0.01))
+    flat = g.activation("flat", (1, 9), (0.05, 0))
+    shape = g.constant("shape", np.array([1, 9], np.int32))
+    y = g.activation("out", (1, 4), (0.05, 0))
+    g.ops = [QOp("DEPTHWISE_CONV_2D", (x, w1, -1), (y1,)), QOp("RESHAPE", (y1, shape), (flat,), OpOptions(new_shape=(1, 9))),
+             QOp("FULLY_CONNECTED", (flat, w2, -1), (y,))]
+    g.inputs, g.outputs = (x,), (y,)
+    data = graph_to_tflite(g, lut_bits=4)
+    assert b"TFLM_DECODE" in data
+    inputs = rng.integers(-128, 128, size=(3, 5, 5, 1), dtype=np.int8)
+    expected = run_int8(data, inputs)
+    export_c(data, tmp_path / "c", sparse="always")
+    lib = _build(tmp_path / "c")
+    for x_, e in zip(inputs, expected):
+        out = np.zeros(e.size, np.int8)
+        assert lib.edgeprune_invoke(x_.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p)) == 0
+        np.testing.assert_array_equal(out, e.reshape(-1))

@@ -278,8 +278,9 @@ def random_graph(seed: int) -> tuple[Int8Graph, bool]:
         g.ops.append(QOp("DEQUANTIZE", (b.x,), (out,)))
         b.x = out
     g.inputs, g.outputs = (source,), (b.x,)
-    weighted = any(op.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") for op in g.ops)
-    return g, b.lut and weighted  # TFLM's compressor needs a weight tensor to store as look-up tables
+    weighted = any(op.op in ("CONV_2D", "FULLY_CONNECTED") or (op.op == "DEPTHWISE_CONV_2D" and g.tensors[op.inputs[1]].shape[3] > 1)
+                   for op in g.ops)  # the weights graph_to_tflite can store as look-up tables
+    return g, b.lut and weighted
 
 
 def _gap_graph(b: _Builder) -> Int8Graph:
