@@ -237,8 +237,10 @@ def test_a_one_channel_depthwise_filter_stays_plain_int8_with_look_up_tables(tmp
     flat = g.activation("flat", (1, 9), (0.05, 0))
     shape = g.constant("shape", np.array([1, 9], np.int32))
     y = g.activation("out", (1, 4), (0.05, 0))
-    g.ops = [QOp("DEPTHWISE_CONV_2D", (x, w1, -1), (y1,)), QOp("RESHAPE", (y1, shape), (flat,), OpOptions(new_shape=(1, 9))),
-             QOp("FULLY_CONNECTED", (flat, w2, -1), (y,))]
+    b1 = g.constant("dw.bias", np.array([40], np.int32), np.full(1, 0.0005))
+    b2 = g.constant("fc.bias", rng.integers(-50, 50, size=4).astype(np.int32), np.full(4, 0.0005))
+    g.ops = [QOp("DEPTHWISE_CONV_2D", (x, w1, b1), (y1,)), QOp("RESHAPE", (y1, shape), (flat,), OpOptions(new_shape=(1, 9))),
+             QOp("FULLY_CONNECTED", (flat, w2, b2), (y,))]
     g.inputs, g.outputs = (x,), (y,)
     data = graph_to_tflite(g, lut_bits=4)
     assert b"TFLM_DECODE" in data
