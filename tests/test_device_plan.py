@@ -14,8 +14,8 @@ from conftest import FASHION_SLICE
 from edgeprune.config import RunConfig
 from edgeprune.data import DataConfig, load_data
 from edgeprune.export.tflite import export_tflite
+from edgeprune.mcu.choice import weight_for_budget
 from edgeprune.mcu.cost import FLASH_WEIGHT
-from edgeprune.mcu.lowering import weight_for_budget
 from edgeprune.mcu.measure import measure_on_mcu
 from edgeprune.mcu.predict import DeviceBaseline, meet_target, predict_model, unit_costs
 from edgeprune.mcu.units import parse_bytes

@@ -181,7 +181,7 @@ def test_escapes_fillers_and_both_count_widths_match_tflm(tmp_path, monkeypatch,
         for row in range(1, 5):
             keep[row, torch.randperm(w.shape[1])[:4]] = True
         w.copy_(torch.where(keep, torch.sign(torch.randn_like(w)) * (0.5 + torch.rand_like(w)), torch.zeros_like(w)))
-    monkeypatch.setattr("edgeprune.mcu.lowering.ENTRY_BITS", (bits,))
+    monkeypatch.setattr("edgeprune.mcu.choice.ENTRY_BITS", (bits,))
     data, report = _export(model, (4, 15, 15), tmp_path, "always")
     assert [layer["format"] for layer in report["layers"] if layer["engine"] != "-"] == [f"{bits}-bit"] * 2
     fc = encode_fc(model.fc.weight.detach().ne(0).numpy().astype(np.int8), bits)
@@ -199,10 +199,10 @@ def test_requantization_equals_tflite_formula(tmp_path):
     rounding ties, signs, every right shift 0..31 and left shifts."""
     (tmp_path / "c").mkdir()
     kernels = Path(__file__).parent.parent / "src" / "edgeprune" / "mcu" / "c"
-    for name in ("ep_ops.c", "ep_kernels.h", "ep_requant.h"):
-        shutil.copy(kernels / name, tmp_path / "c" / name)
+    shutil.copy(kernels / "ep_requant.h", tmp_path / "c" / "ep_requant.h")
+    shutil.copy(Path(__file__).parent / "c" / "ep_requant_probe.c", tmp_path / "c" / "ep_requant_probe.c")
     lib = _build(tmp_path / "c")
-    mbqm = lib.ep_multiply_by_quantized_multiplier
+    mbqm = lib.ep_probe_multiply_by_quantized_multiplier
     mbqm.argtypes, mbqm.restype = [ctypes.c_int32] * 3, ctypes.c_int32
     rng = np.random.default_rng(4)
     cases = 0

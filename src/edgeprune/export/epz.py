@@ -51,6 +51,7 @@ import torch
 import zstandard
 
 from ..files import atomic_path
+from .bitpack import escape_gaps, pack_bits, unpack_bits
 from .quantize import MODES, QuantConfig, QuantizedValues, dequantize_values, quantize_values
 
 __all__ = [
@@ -146,15 +147,11 @@ def relative_length_bound(numel: int, count: int) -> int:
 def encode_relative(mask: np.ndarray) -> bytes:
     """Relative indices of a boolean ``mask``: per True element, the zeros skipped since the previous one.
 
-    A gap ``g`` becomes ``g // 255`` escape bytes (255) then the byte ``g % 255``. Zeros after
-    the last True element are not written.
+    A gap ``g`` becomes ``g // 255`` escape bytes (255) then the byte ``g % 255``
+    (:func:`edgeprune.export.bitpack.escape_gaps`). Zeros after the last True element are not written.
     """
     positions = np.flatnonzero(np.asarray(mask, dtype=bool).ravel())
-    gaps = np.diff(positions, prepend=-1) - 1
-    lengths = gaps // ESCAPE + 1
-    stream = np.full(int(lengths.sum()), ESCAPE, dtype=np.uint8)
-    stream[np.cumsum(lengths) - 1] = gaps % ESCAPE
-    return stream.tobytes()
+    return escape_gaps(positions, ESCAPE).astype(np.uint8).tobytes()
 
 
 def decode_relative(data: bytes, numel: int, count: int) -> np.ndarray:
@@ -178,9 +175,7 @@ def decode_relative(data: bytes, numel: int, count: int) -> np.ndarray:
 
 def pack_codes(codes: np.ndarray, bits: int) -> bytes:
     """Pack integer codes in ``[0, 2**bits)`` at ``bits`` bits each, most significant bit first."""
-    shifts = np.arange(bits - 1, -1, -1, dtype=np.uint8)
-    planes = (np.asarray(codes, dtype=np.uint8)[:, None] >> shifts) & 1
-    return np.packbits(planes.ravel()).tobytes()
+    return pack_bits(codes, bits, "big").tobytes()
 
 
 def unpack_codes(data: bytes, count: int, bits: int) -> np.ndarray:
@@ -188,11 +183,7 @@ def unpack_codes(data: bytes, count: int, bits: int) -> np.ndarray:
     if len(data) != (count * bits + 7) // 8:
         expected = (count * bits + 7) // 8
         raise _fail("codes", f"{len(data)} bytes for {count} codes of {bits} bits, expected {expected}")
-    planes = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=count * bits).reshape(count, bits)
-    codes = np.zeros(count, dtype=np.int64)
-    for plane in range(bits):
-        codes = (codes << 1) | planes[:, plane]
-    return codes
+    return unpack_bits(data, count, bits, "big")
 
 
 def choose_layout(numel: int, count: int, relative_bytes: int, value_bits: int, allow_all: bool = True) -> str:

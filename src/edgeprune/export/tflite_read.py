@@ -39,6 +39,7 @@ from tflite.BuiltinOperator import BuiltinOperator
 from tflite.Padding import Padding
 from tflite.TensorType import TensorType
 
+from .bitpack import unpack_bits
 from .int8_graph import (
     ACTIVATIONS, DTYPES, INT8_MAX, INT8_MIN, ITEMSIZE, OPS, OPTIONS_TABLE, PADDINGS, Int8Graph, LutValues, OpOptions, QOp,
     QTensor, output_shape,
@@ -440,8 +441,7 @@ def _lut_tensor(t: QTensor, encoded: bytes, ancillary: bytes, where: str) -> QTe
         raise _Refused(f"{where} has {len(encoded):,} encoded and {len(ancillary):,} ancillary bytes; shape "
                        f"{list(shape)} with {bits}-bit indices and {tables} tables of {stride} values needs "
                        f"{-(-n * bits // 8):,} and {_DCM_BYTES + tables * stride:,}")
-    index_bits = np.unpackbits(np.frombuffer(encoded, np.uint8))[:n * bits].reshape(n, bits)
-    indices = (index_bits.astype(np.uint8) << np.arange(bits - 1, -1, -1, dtype=np.uint8)).sum(axis=1, dtype=np.uint8)
+    indices = unpack_bits(encoded, n, bits, "big").astype(np.uint8)
     if n and int(indices.max()) >= stride:
         raise _Refused(f"{where} has index {int(indices.max())} into tables of {stride} values")
     table = np.frombuffer(ancillary, np.int8, offset=_DCM_BYTES).reshape(tables, stride)

@@ -171,6 +171,8 @@ def _lut_compress(data: bytes, g: Int8Graph, bits: int) -> bytes:
         if t.data is None or t.dtype != "int8" or not t.name.endswith(".weight"):
             continue
         axis = t.quantized_dimension
+        if axis != 0 and t.shape[axis] == 1:  # TFLM's DECODE refuses tables along a last axis of one channel
+            continue
         values = np.moveaxis(t.data, axis, 0).reshape(t.shape[axis], -1)
         if max(len(np.unique(row)) for row in values) <= 2**bits:
             builder.add_tensor(0, index).with_lut(index_bitwidth=bits, mode=spec.PerChannel(axis=axis))

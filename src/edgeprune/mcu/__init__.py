@@ -1,8 +1,9 @@
 """On the microcontroller: the C engine generated from an int8 .tflite, built for Cortex-M and run in QEMU.
 
-The engine: lowering to kernel steps (lowering), sparse weight formats (sparse), the cost model that
-picks dense or sparse per layer (cost), the static arena plan (arena) and the C writer (codegen);
-the kernels are package data under ``c/``. On the board: the cross compiler, QEMU and the targets
+The engine: lowering to kernel steps (lowering), the int32 bounds it proves for every layer (bounds), sparse
+weight formats (sparse), the cost model (cost) and the choice of dense or sparse per layer and of a weight
+budget's exchange rate (choice), the kernels' scratch sizes read from their C header (kernel_sizes), the static
+arena plan (arena) and the C writer (codegen); the kernels are package data under ``c/``, one op per file. On the board: the cross compiler, QEMU and the targets
 (toolchain), running a harness firmware and reading its report (qemu), and measuring a generated
 engine on an emulated board against TFLite Micro (measure); the startup code, linker script and
 harness are package data under ``board/``. Planning for the device: the engine's instructions and flash

@@ -27,7 +27,10 @@ from .lowering import Arg, Plan, check_sparse_mode, lower
 
 __all__ = ["KERNEL_FILES", "export_c", "render"]
 
-KERNEL_FILES = ("ep_kernels.h", "ep_requant.h", "ep_conv.c", "ep_ops.c", "ep_quantize.c")
+#: The kernels' files, as CMSIS-NN lays them out: the public header, private helper headers, one op per source file.
+KERNEL_FILES = ("ep_kernels.h", "ep_requant.h", "ep_conv_group.h", "ep_sparse_runs.h", "ep_conv_dense.c",
+                "ep_conv_sparse.c", "ep_depthwise.c", "ep_fc.c", "ep_add.c", "ep_pool.c", "ep_pad.c", "ep_softmax.c",
+                "ep_misc.c", "ep_quantize.c")
 _CTYPE = {np.dtype(np.int8): "int8_t", np.dtype(np.uint8): "uint8_t", np.dtype(np.uint16): "uint16_t",
           np.dtype(np.int32): "int32_t"}
 
@@ -153,7 +156,8 @@ def render(plan: Plan) -> dict[str, str]:
         '#include "edgeprune_model.h"\n#include "ep_kernels.h"\n\n'
         "#ifdef EDGEPRUNE_LAYER_DONE\nvoid EDGEPRUNE_LAYER_DONE(int layer);\n#else\n"
         "#define EDGEPRUNE_LAYER_DONE(layer) ((void)0)\n#endif\n\n"
-        f"static int32_t ep_arena_words[{max(arena // 4, 1)}];\n#define ep_arena ((int8_t *)ep_arena_words)\n\n"
+        + (f"static int32_t ep_arena_words[{-(-arena // 4)}];\n#define ep_arena ((int8_t *)ep_arena_words)\n\n"
+           if arena else "/* no arena: every step reads the input and writes the output */\n\n")
         + "".join(writer.consts)
         + "\nint edgeprune_invoke(const EDGEPRUNE_INPUT_TYPE *input, EDGEPRUNE_OUTPUT_TYPE *output) {\n    int status;\n"
         + "".join(calls) + "    return EP_OK;\n}\n")

@@ -29,7 +29,7 @@ window, or four of a row):
 The exporter (``sparse="auto"``) runs each layer in the variant of lowest cost, its predicted
 instructions plus ``FLASH_WEIGHT`` per byte of weights and index, so a variant may cost up to
 ``FLASH_WEIGHT`` instructions per inference for each byte of flash it saves (a weight budget raises
-that rate, :func:`edgeprune.mcu.lowering.weight_for_budget`). This keeps the compact
+that rate, :func:`edgeprune.mcu.choice.weight_for_budget`). This keeps the compact
 4-bit entries for large fully connected layers (where bytes are many and MACs few) and the faster
 8-bit entries for convolutions (where each weight is used once per group of pixels). Issue 16 plans
 sparsity from the same functions.

@@ -15,10 +15,13 @@ arithmetic, so the C code only runs kernels:
   keeps the largest accumulator of each window and requantizes it once (requantization never
   decreases, so this equals pooling the requantized outputs), and the full-size output never exists;
 * each convolution, depthwise convolution and fully connected layer runs dense or sparse
-  (see :mod:`edgeprune.mcu.sparse`), whichever :mod:`edgeprune.mcu.cost` predicts is cheaper,
+  (see :mod:`edgeprune.mcu.sparse`), whichever :mod:`edgeprune.mcu.cost` predicts is cheaper
+  (:mod:`edgeprune.mcu.choice` chooses, and solves a weight budget),
   unless ``sparse`` is ``"always"`` or ``"never"``; a layer whose weights the .tflite stores as TFLM
   look-up tables (``export_tflite(..., lut_bits=N)``) keeps them as 4-bit codes into per-channel
-  tables when it runs sparse and each channel has at most 16 distinct non-zeros.
+  tables when it runs sparse and each channel has at most 16 distinct non-zeros;
+* every int32 value the kernels form is proved in range here, from the layer's constants and shapes
+  (:mod:`edgeprune.mcu.bounds`), or the layer is refused with one line naming it.
 """
 
 from __future__ import annotations
@@ -32,13 +35,18 @@ import numpy as np
 from ..export.int8_graph import (
     INT8_MAX, INT8_MIN, ITEMSIZE, Int8Graph, QOp, output_shape, quantize_multiplier, same_padding,
 )
+from .bounds import (
+    check_accumulators, check_int32, check_requantization, check_shifts, requantized_bound, worst_accumulators,
+)
 from .cost import FLASH_WEIGHT, conv_cost, depthwise_cost, fc_cost
-from .sparse import CODE_BITS, ENTRY_BITS, SparseWeights, encode_conv, encode_depthwise, encode_fc
+from .kernel_sizes import kernel_size
+from . import choice
+from .choice import SPARSE_MODES, chosen_bytes, weight_for_budget
+from .sparse import SparseWeights, encode_conv, encode_depthwise, encode_fc
 
 __all__ = ["SPARSE_MODES", "Arg", "Plan", "Step", "check_sparse_mode", "lower", "weight_for_budget"]
 
-SPARSE_MODES = ("auto", "always", "never")
-ADD_TABLE_WORDS = 512  # ep_add's scratch: two tables of 256 int32 terms (EP_ADD_TABLE_WORDS)
+SOFTMAX_DEPTH_LIMIT = 4096  # int8 softmax's sum of exponentials, up to 2**19 each in Q12.19, stays below 2**31
 
 
 @dataclass(frozen=True)
@@ -117,28 +125,34 @@ def activation_range(activation: str, scale: float, zero_point: int) -> tuple[in
     return lo, hi
 
 
-def _multipliers(reals: list[float]) -> tuple[np.ndarray, np.ndarray]:
+def _multipliers(reals: list[float], label: str, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``QuantizeMultiplier`` of each real: (multipliers, shifts) as int32, the shifts checked to TFLite's range."""
     pairs = [quantize_multiplier(r) for r in reals]
-    return np.array([m for m, _ in pairs], np.int32), np.array([s for _, s in pairs], np.int32)
+    mult, shift = np.array([m for m, _ in pairs], np.int64), np.array([s for _, s in pairs], np.int64)
+    check_shifts(label, what, mult, shift)
+    return mult.astype(np.int32), shift.astype(np.int32)
 
 
-def _requant(in_scale: float, w_scales: np.ndarray, channels: int, out_qp: tuple[float, int], activation: str) -> Arg:
+def _requant(in_scale: float, w_scales: np.ndarray, channels: int, out_qp: tuple[float, int], activation: str,
+             label: str, worst: np.ndarray) -> Arg:
     """The ``ep_requant`` of a weighted layer: per-channel multipliers of ``in * w[c] / out`` in double precision
-    (a per-tensor weight scale repeated for each of the ``channels``)."""
+    (a per-tensor weight scale repeated for each of the ``channels``), checked to requantize accumulators of up
+    to ``worst`` (per channel) within int32."""
     out_scale, out_zp = out_qp
     scales = np.broadcast_to(w_scales, (channels,)) if len(w_scales) == 1 else w_scales
     reals = [float(np.float64(np.float32(in_scale)) * np.float64(s) / np.float64(np.float32(out_scale))) for s in scales]
-    mult, shift = _multipliers(reals)
+    mult, shift = _multipliers(reals, label, "output")
+    check_requantization(label, worst, mult, shift, out_zp)
     lo, hi = activation_range(activation, out_scale, out_zp)
     return Arg("struct", ("ep_requant", {"multiplier": mult, "shift": shift, "output_zero_point": out_zp,
                                          "act_min": lo, "act_max": hi}))
 
 
 def _padded_windows(weight: np.ndarray) -> np.ndarray:
-    """A dense convolution's weights as the kernel reads them: each output channel's window (ky, kx, ci)
-    zero-padded to a multiple of 4 bytes (``EP_DENSE_PADDED``)."""
+    """A dense convolution's weights ``[O, kh, kw, I]`` as the kernel reads them: each output channel's window
+    (ky, kx, ci) zero-padded to ``EP_DENSE_PADDED`` bytes (a multiple of 4)."""
     out_c, window = len(weight), weight[0].size
-    padded = np.zeros((out_c, -(-window // 4) * 4), np.int8)
+    padded = np.zeros((out_c, kernel_size("EP_DENSE_PADDED", *weight.shape[1:])), np.int8)
     padded[:, :window] = weight.reshape(out_c, window)
     return padded
 
@@ -218,50 +232,17 @@ class _Lowering:
     def choose(self, dense_instructions: float, dense_bytes: int,
                encodings: list[tuple[str, Callable[[], SparseWeights]]],
                sparse_instructions: Callable[[SparseWeights], float]) -> tuple[str, SparseWeights | None, str, float]:
-        """The engine of a weighted layer: (name, sparse weights or None for dense, why, predicted instructions).
-        The variants are named "dense" and "sparse <format>" (see :meth:`sparse_variants`).
-
-        ``encodings`` are (name, function making the sparse weights); ``sparse_instructions`` predicts a
-        sparse variant's instructions. ``auto`` takes the variant of lowest cost, its instructions plus
-        ``flash_weight`` per byte of weights and index (:mod:`edgeprune.mcu.cost`), ``always`` the
-        lowest sparse one, ``never`` dense. A layer the .tflite stores as look-up tables (it has ``+ lut``
-        variants) takes the variant of fewest bytes instead (sparse with ``always``): the file asks for flash.
-        """
-        options = [("dense", None, dense_instructions, dense_bytes)]
-        refused = []
-        for name, encode in encodings if self.sparse != "never" else []:
-            try:
-                weights = encode()
-            except ValueError as exc:
-                refused.append(f"{name}: {exc}")
-                continue
-            options.append((name, weights, sparse_instructions(weights), weights.value_bytes + weights.index_bytes))
-        pool = options[1:] if self.sparse == "always" and len(options) > 1 else options
-        best = min(pool, key=lambda o: o[2] + self.flash_weight * o[3])
-        reason = f" (sparse='{self.sparse}')" if self.sparse != "auto" else (
-            " (lowest cost)" if self.flash_weight == FLASH_WEIGHT else
-            f" (lowest cost at {self.flash_weight:,.0f} instructions a byte, to meet the weight budget)")
-        if any(o[1] is not None and o[1].table is not None for o in options):
-            best = min(pool, key=lambda o: (o[3], o[2]))
-            reason = " (fewest bytes: the .tflite stores these weights as look-up tables)"
-            pool = [best]
-        self.options.append([(o[2], o[3]) for o in pool])
-        others = "; ".join(f"{n} {i:,.0f} + {b:,} B" for n, _, i, b in options if n != best[0])
-        why = (f"{best[0]}: {best[2]:,.0f} instructions + {best[3]:,} B of weights and index" + reason
-               + (f"; {others}" if others else "") + (f"; {', '.join(refused)}" if refused else ""))
-        return best[0].split()[0], best[1], why, best[2]
+        """The engine of a weighted layer (:func:`edgeprune.mcu.choice.choose` in this lowering's mode and exchange
+        rate): (name, sparse weights or None for dense, why, predicted instructions); records what it chose among."""
+        chosen = choice.choose(self.sparse, self.flash_weight, dense_instructions, dense_bytes, encodings,
+                               sparse_instructions)
+        self.options.append(chosen.options)
+        return chosen.engine, chosen.weights, chosen.why, chosen.instructions
 
     def sparse_variants(self, op: QOp, weight: np.ndarray,
                         encode: Callable[..., SparseWeights]) -> list[tuple[str, Callable[[], SparseWeights]]]:
-        """The sparse encodings of a layer's ``weight``: 4- and 8-bit entries, and when the .tflite stores the weights
-        as look-up tables and every channel has at most 16 distinct non-zeros, each also with look-up-table values
-        (which take more bytes than int8 values in short runs: a run's table row is as long as its most
-        distinct values)."""
-        rows = weight.reshape(len(weight), -1)
-        lut = self.g.tensors[op.inputs[1]].lut is not None and max(
-            (len(np.unique(row[row != 0])) for row in rows), default=0) <= 1 << CODE_BITS
-        variants = [(f"sparse {b}-bit", lambda b=b: encode(weight, b, False)) for b in ENTRY_BITS]
-        return variants + [(f"sparse {b}-bit + lut", lambda b=b: encode(weight, b, True)) for b in ENTRY_BITS if lut]
+        """The sparse encodings of ``op``'s ``weight`` (:func:`edgeprune.mcu.choice.sparse_variants`)."""
+        return choice.sparse_variants(weight, encode, self.g.tensors[op.inputs[1]].lut is not None)
 
     def pad_input(self, label: str, x: int, pads: tuple[tuple[int, int], tuple[int, int]], value: int) -> tuple[int, int, int, int]:
         """A pad step filling with ``value`` when ``pads`` are not all zero; (tensor, padded h, w, c)."""
@@ -270,6 +251,7 @@ class _Lowering:
         if top == bottom == left == right == 0:
             return x, h, w, c
         ph, pw = h + top + bottom, w + left + right
+        check_int32(label, padded_input_bytes=ph * pw * c)
         out = self.new_tensor(ph * pw * c)
         dims = {"in_h": h, "in_w": w, "c": c, "top": top, "left": left, "bottom": bottom, "right": right}
         self.add("PAD", -1, "ep_pad", [Arg("struct", ("ep_pad_dims", dims)), Arg("tensor", x), Arg("int", value),
@@ -285,13 +267,18 @@ class _Lowering:
         bias = self.g.tensors[op.inputs[2]].data.astype(np.int64) if has_bias else None
         return weight, bias
 
-    def folded_bias(self, bias: np.ndarray | None, sums: np.ndarray, in_zp: int, label: str) -> Arg:
+    def folded_bias(self, bias: np.ndarray | None, rows: np.ndarray, in_zp: int, label: str) -> tuple[Arg, np.ndarray]:
+        """The bias the kernels start from, ``bias - input_zero_point * sum(w)`` per output channel (``rows``: one
+        row of weights per channel), and per channel the largest accumulator it can reach, checked within int32."""
+        sums = rows.astype(np.int64).sum(axis=1)
+        if bias is not None and bias.size != len(sums):
+            raise ValueError(f"{label}: the bias has {bias.size} entries for {len(sums)} output channels")
         total = (np.zeros(len(sums), np.int64) if bias is None else bias.reshape(-1)) - in_zp * sums
-        if len(total) != len(sums):
-            raise ValueError(f"{label}: the bias has {len(total)} entries for {len(sums)} output channels")
         if np.abs(total).max(initial=0) >= 2**31:
             raise ValueError(f"{label}: bias - input zero point * sum(weights) leaves the int32 range")
-        return Arg("array", total.astype(np.int32))
+        worst = worst_accumulators(total, np.abs(rows.astype(np.int64)).sum(axis=1))
+        check_accumulators(label, worst)
+        return Arg("array", total.astype(np.int32)), worst
 
     def fusable_pool(self, y: int) -> int | None:
         """The index of the 2x2 stride-2 max pool that alone reads tensor ``y`` (and keeps its quantization), or None."""
@@ -299,9 +286,11 @@ class _Lowering:
         if len(readers) != 1 or y in self.g.outputs:
             return None
         pool = self.g.ops[readers[0]]
+        if pool.op != "MAX_POOL_2D":  # before reading its quantization: a DEQUANTIZE's output has none
+            return None
         o = pool.options
         same_q = self.g.tensors[pool.outputs[0]].qparams == self.g.tensors[y].qparams
-        if pool.op != "MAX_POOL_2D" or o.filter != (2, 2) or o.stride != (2, 2) or o.activation != "NONE" or not same_q:
+        if o.filter != (2, 2) or o.stride != (2, 2) or o.activation != "NONE" or not same_q:
             return None
         h, w, c = self.shape(y)[1:]
         if self.shape(pool.outputs[0]) != (1, h // 2, w // 2, c) or (o.padding == "SAME" and (h % 2 or w % 2)):
@@ -347,18 +336,21 @@ class _Lowering:
                 "pool": int(pool is not None)}
         if len(w_scales) not in (1, out_c):
             raise ValueError(f"{label}: the filter has {len(w_scales)} scales for {out_c} output channels")
-        requant = _requant(in_qp[0], w_scales, out_c, out_qp, opt.activation)
+        check_int32(label, window_reach_in_height=(out_h - 1) * sh + (k_h - 1) * dh,
+                    window_reach_in_width=(out_w - 1) * sw + (k_w - 1) * dw,
+                    weight_bytes=out_c * kernel_size("EP_DENSE_PADDED", k_h, k_w, in_c))
+        rows = weight.reshape(-1, out_c).T if depthwise else weight.reshape(out_c, -1)
+        folded, worst = self.folded_bias(bias, rows, in_qp[1], label)
+        requant = _requant(in_qp[0], w_scales, out_c, out_qp, opt.activation, label, worst)
         nonzeros = int(np.count_nonzero(weight))
         pixels = out_h * out_w
         if depthwise:
-            sums = weight.reshape(-1, out_c).astype(np.int64).sum(axis=0)
             engine, chosen, why, cost = self.choose(
                 depthwise_cost(out_h, out_w, out_c, k_h, k_w), weight.size,
                 [("sparse taps", lambda: encode_depthwise(weight))],
                 lambda s: depthwise_cost(out_h, out_w, out_c, k_h, k_w, nonzeros))
             kernel = f"ep_depthwise_{engine}"
         else:
-            sums = weight.reshape(out_c, -1).astype(np.int64).sum(axis=1)
             groups = (out_h // 2) * (out_w // 2) if pool is not None else out_h * -(-out_w // 4)
             engine, chosen, why, cost = self.choose(
                 conv_cost(groups, out_c, k_h, k_w, in_c, pool is not None, dw), weight.size,
@@ -371,13 +363,14 @@ class _Lowering:
         if pool is not None:
             self.fused.add(pool)
             y, name = self.g.ops[pool].outputs[0], f"{op.op}+MAX_POOL_2D"
-        args = [Arg("struct", ("ep_conv_dims", dims)), Arg("tensor", xp), w_arg,
-                self.folded_bias(bias, sums, in_qp[1], label), requant, Arg("tensor", self.act(y))]
+        args = [Arg("struct", ("ep_conv_dims", dims)), Arg("tensor", xp), w_arg, folded, requant,
+                Arg("tensor", self.act(y))]
         reads = (xp,)
-        if not depthwise:  # scratch for four pixels' windows: EP_PATCH_WORDS sparse, EP_DENSE_SCRATCH_WORDS dense
-            words = k_h * k_w * in_c if engine == "sparse" else 3 * -(-(k_h * k_w * in_c) // 4) * 4
+        if not depthwise:  # scratch for four pixels' windows, its size in words given to the kernel to check
+            words = kernel_size("EP_PATCH_WORDS" if engine == "sparse" else "EP_DENSE_SCRATCH_WORDS", k_h, k_w, in_c)
+            check_int32(label, scratch_bytes=4 * words)
             scratch = self.new_tensor(4 * words)
-            args.insert(5, Arg("words", scratch))
+            args[5:5] = [Arg("words", scratch), Arg("int", words)]
             reads = (xp, scratch)
         self.add(name, k, kernel, args, reads, y, engine=engine, format=_format(chosen), why=why,
                  macs=pixels * weight.size, nonzero_macs=pixels * nonzeros, predicted_instructions=cost, **info)
@@ -390,32 +383,41 @@ class _Lowering:
         if math.prod(self.shape(x)) != in_n:
             raise ValueError(f"{label}: input {list(self.shape(x))} is a batch of several; the engine runs batch 1")
         in_qp, out_qp = self.g.tensors[x].qparams, self.g.tensors[y].qparams
+        check_int32(label, weight_bytes=in_n * out_n)
+        folded, worst = self.folded_bias(bias, weight, in_qp[1], label)
+        requant = _requant(in_qp[0], self.g.tensors[op.inputs[1]].scale, out_n, out_qp, op.options.activation, label,
+                           worst)
         nonzeros = int(np.count_nonzero(weight))
         engine, chosen, why, cost = self.choose(
             fc_cost(in_n, out_n), weight.size, self.sparse_variants(op, weight, encode_fc),
             lambda s: fc_cost(in_n, out_n, s.multiplies, s.entries, s.bits, s.table is not None))
         w_arg, info = _weight_arg(weight, chosen)
-        sums = weight.astype(np.int64).sum(axis=1)
-        args = [Arg("int", in_n), Arg("int", out_n), Arg("tensor", self.act(x)), w_arg,
-                self.folded_bias(bias, sums, in_qp[1], label),
-                _requant(in_qp[0], self.g.tensors[op.inputs[1]].scale, out_n, out_qp, op.options.activation),
+        args = [Arg("int", in_n), Arg("int", out_n), Arg("tensor", self.act(x)), w_arg, folded, requant,
                 Arg("tensor", self.act(y))]
         self.add(op.op, k, _kernel("ep_fc", engine, chosen), args, (x,), y, engine=engine, format=_format(chosen),
                  why=why, macs=weight.size, nonzero_macs=nonzeros, predicted_instructions=cost, **info)
 
     def add_op(self, k: int, op: QOp) -> None:
+        label = f"op {k} ({op.op})"
         a, b, y = op.inputs[0], op.inputs[1], op.outputs[0]
         (sa, za), (sb, zb), (so, zo) = (self.g.tensors[t].qparams for t in (a, b, y))
         left_shift = 20
         twice_max = 2 * float(max(np.float32(sa), np.float32(sb)))
         (m1, m2, mo), (s1, s2, so_) = _multipliers([float(np.float32(sa)) / twice_max, float(np.float32(sb)) / twice_max,
-                                                     twice_max / ((1 << left_shift) * float(np.float32(so)))])
+                                                     twice_max / ((1 << left_shift) * float(np.float32(so)))], label, "ADD")
+        terms = []  # each input's largest |term|: (x - zero point) << left_shift, requantized (at most 1 more rounded)
+        for z, m, s in ((za, m1, s1), (zb, m2, s2)):
+            centred = max(abs(INT8_MIN - z), abs(INT8_MAX - z)) << left_shift
+            check_requantization(label, centred, [m], [s], 0)
+            terms.append(requantized_bound(centred, m, s))
+        check_requantization(label, sum(terms), [mo], [so_], zo)
         lo, hi = activation_range(op.options.activation, so, zo)
         params = {"input1_offset": -za, "input2_offset": -zb, "output_offset": zo, "left_shift": left_shift,
                   "input1_multiplier": int(m1), "input1_shift": int(s1), "input2_multiplier": int(m2),
                   "input2_shift": int(s2), "output_multiplier": int(mo), "output_shift": int(so_), "act_min": lo,
                   "act_max": hi}
-        tables = self.new_tensor(4 * ADD_TABLE_WORDS)
+        words = kernel_size("EP_ADD_TABLE_WORDS")
+        tables = self.new_tensor(4 * words)
         for t in (a, b, y):
             self.act(t)
         dying = [t for t in (a, b) if self.dies_at(t, k)]
@@ -423,7 +425,7 @@ class _Lowering:
             self.plan.alias[y] = dying[0]
         self.add(op.op, k, "ep_add", [Arg("int", math.prod(self.shape(y))), Arg("tensor", a), Arg("tensor", b),
                                       Arg("struct", ("ep_add_params", params)), Arg("words", tables),
-                                      Arg("tensor", y)], (a, b, tables), y)
+                                      Arg("int", words), Arg("tensor", y)], (a, b, tables), y)
 
     def pool(self, k: int, op: QOp) -> None:
         label = f"op {k} ({op.op})"
@@ -435,6 +437,8 @@ class _Lowering:
         if opt.padding == "SAME":
             pads = (same_padding(in_h, kh, sh, 1)[0], same_padding(in_w, kw, sw, 1)[0])
         lo, hi = activation_range(opt.activation, *self.g.tensors[y].qparams)
+        check_int32(label, window_reach_in_height=(out_h - 1) * sh + kh, window_reach_in_width=(out_w - 1) * sw + kw,
+                    window_sum=kh * kw * -INT8_MIN)
         dims = {"in_h": in_h, "in_w": in_w, "c": c, "out_h": out_h, "out_w": out_w, "k_h": kh, "k_w": kw,
                 "stride_h": sh, "stride_w": sw, "pad_h": pads[0], "pad_w": pads[1], "act_min": lo, "act_max": hi}
         kernel = "ep_max_pool" if op.op == "MAX_POOL_2D" else "ep_avg_pool"
@@ -478,12 +482,14 @@ class _Lowering:
         x, y = op.inputs[0], op.outputs[0]
         n = math.prod(self.shape(x))
         (si, zi), (so, zo) = self.g.tensors[x].qparams, self.g.tensors[y].qparams
+        label = f"op {k} ({op.op})"
         if op.op == "RELU6":  # TFLM clamps the input codes to [zero, six] of the input's own scale
             six = min(INT8_MAX, max(INT8_MIN, _round_away(float(np.float32(6.0) / np.float32(si))) + zi))
             self.add(op.op, k, "ep_clamp", [Arg("int", n), Arg("tensor", self.act(x)), Arg("int", zi), Arg("int", six),
                                             Arg("tensor", self.act(y))], (x,), y)
             return
-        (mult,), (shift,) = _multipliers([float(np.float32(si) / np.float32(so))])
+        (mult,), (shift,) = _multipliers([float(np.float32(si) / np.float32(so))], label, "RELU")
+        check_requantization(label, max(abs(INT8_MIN - zi), abs(INT8_MAX - zi)), [mult], [shift], zo)
         self.add(op.op, k, "ep_relu", [Arg("int", n), Arg("tensor", self.act(x)), Arg("int", zi), Arg("int", zo),
                                        Arg("int", int(mult)), Arg("int", int(shift)), Arg("int", max(INT8_MIN, zo)),
                                        Arg("int", INT8_MAX), Arg("tensor", self.act(y))], (x,), y)
@@ -500,6 +506,9 @@ class _Lowering:
             raise ValueError(f"{label}: input scale {self.g.tensors[x].qparams[0]} is too small for int8 softmax")
         diff_min = -math.floor(31.0 * (1 << 26) / (1 << shift))
         shape = self.shape(x)
+        if shape[-1] >= SOFTMAX_DEPTH_LIMIT:
+            raise ValueError(f"{label}: a softmax over {shape[-1]:,} values; int8 softmax sums its exponentials in "
+                             f"TFLite's Q12.19, which overflows from {SOFTMAX_DEPTH_LIMIT:,}: split the last axis")
         params = {"input_multiplier": mult, "input_left_shift": shift, "diff_min": diff_min}
         self.add(op.op, k, "ep_softmax", [Arg("int", math.prod(shape[:-1])), Arg("int", shape[-1]),
                                           Arg("tensor", self.act(x)), Arg("struct", ("ep_softmax_params", params)),
@@ -531,6 +540,10 @@ class _Lowering:
         for k, op in enumerate(g.ops):
             if op.op not in handlers:
                 raise ValueError(f"op {k} ({op.op}) writing tensor {op.outputs[0]} is not supported by the C engine")
+            for t in (*op.inputs, *op.outputs):
+                if t != -1:
+                    check_int32(f"op {k} ({op.op})", **{f"tensor_{t}_bytes": math.prod(self.shape(t))
+                                                        * ITEMSIZE[g.tensors[t].dtype]})
             try:
                 shape = output_shape(op, g.tensors)
             except ValueError as exc:
@@ -564,29 +577,6 @@ def check_sparse_mode(sparse: str) -> None:
         raise ValueError(f"sparse must be one of {', '.join(SPARSE_MODES)}, got {sparse!r}")
 
 
-def _chosen_bytes(options: list[list[tuple[float, int]]], flash_weight: float) -> int:
-    """Weight and index bytes of the layers' variants of lowest ``instructions + flash_weight * bytes``."""
-    return sum(min(layer, key=lambda o: (o[0] + flash_weight * o[1], o[1]))[1] for layer in options)
-
-
-def weight_for_budget(options: list[list[tuple[float, int]]], budget: int) -> float:
-    """The smallest instructions-per-byte weight (at least :data:`~edgeprune.mcu.cost.FLASH_WEIGHT`) at which the
-    layers' variants (per layer its (instructions, bytes) options) hold at most ``budget`` bytes of weights
-    and index: each layer then trades instructions for bytes at the same rate, the fastest such choice on the
-    lower hull of instructions against bytes. One-line ValueError when even the fewest bytes exceed ``budget``."""
-    fewest = sum(min(b for _, b in layer) for layer in options)
-    if fewest > budget:
-        raise ValueError(f"a weight budget of {budget:,} B is below the {fewest:,} B of weights and index that the "
-                         "most compact formats take; give at least that, or prune more")
-    low, high = FLASH_WEIGHT, FLASH_WEIGHT
-    while _chosen_bytes(options, high) > budget:
-        low, high = high, high * 2
-    for _ in range(40):
-        middle = (low + high) / 2
-        low, high = (low, middle) if _chosen_bytes(options, middle) <= budget else (middle, high)
-    return high
-
-
 def lower(graph: Int8Graph, sparse: str = "auto", weight_budget: int | None = None) -> Plan:
     """The engine's plan for ``graph``: ``sparse`` is ``"auto"`` (per layer the variant of lowest cost by
     :mod:`edgeprune.mcu.cost`), ``"always"`` (the cheapest sparse variant wherever the format holds the
@@ -597,6 +587,11 @@ def lower(graph: Int8Graph, sparse: str = "auto", weight_budget: int | None = No
         raise ValueError(f"a weight budget chooses each layer's format itself: use it with sparse 'auto', not '{sparse}'")
     lowering = _Lowering(graph, sparse)
     plan = lowering.run()
-    if weight_budget is None or _chosen_bytes(lowering.options, FLASH_WEIGHT) <= weight_budget:
+    if weight_budget is None or chosen_bytes(lowering.options, FLASH_WEIGHT) <= weight_budget:
         return plan
-    return _Lowering(graph, sparse, weight_for_budget(lowering.options, weight_budget)).run()
+    plan = _Lowering(graph, sparse, weight_for_budget(lowering.options, weight_budget)).run()
+    taken = sum(step.weight_bytes + step.index_bytes for step in plan.steps)
+    if taken > weight_budget:  # the solver and the lowering disagree: never hand back a plan over the budget
+        raise ValueError(f"the layers' formats take {taken:,} B of weights and index, over the weight budget of "
+                         f"{weight_budget:,} B; give a larger budget, or prune more")
+    return plan

@@ -44,10 +44,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CODE_BITS", "ENTRY_BITS", "SparseWeights", "encode_conv", "encode_depthwise", "encode_fc", "gap_entries",
+from ..export.bitpack import escape_gaps, pack_bits
+
+__all__ = ["CODE_BITS", "ENTRY_BITS", "ESCAPE_4BIT", "SparseWeights", "encode_conv", "encode_depthwise", "encode_fc", "gap_entries",
            "pack_entries"]
 
 ENTRY_BITS = (4, 8)
+ESCAPE_4BIT = 15  # a 4-bit entry 15 moves the cursor 15 places and multiplies nothing
 CODE_BITS = 4  # look-up-table codes: 16 values a run
 
 
@@ -91,19 +94,16 @@ class SparseWeights:
 def gap_entries(positions: np.ndarray, bits: int = 4) -> tuple[list[int], list[int]]:
     """The entries of ``bits`` bits that reach the sorted ``positions`` of a run, and the positions the kernel
     multiplies at (``positions`` plus the 8-bit fillers'; see the module docstring)."""
+    if bits == 4:  # the escape 15 (edgeprune.export.bitpack's escape-gap code)
+        return escape_gaps(positions, ESCAPE_4BIT).tolist(), np.asarray(positions).tolist()
     entries, touched, cursor = [], [], 0
     for p in positions.tolist():
         skip = p - cursor
-        if bits == 4:
-            entries += [15] * (skip // 15)
-            skip %= 15
-        else:
-            for _ in range(skip // 256):
-                entries.append(255)
-                cursor += 256
-                touched.append(cursor - 1)
-            skip %= 256
-        entries.append(skip)
+        for _ in range(skip // 256):  # a filler: 255 places, then a multiplication by a stored 0
+            entries.append(255)
+            cursor += 256
+            touched.append(cursor - 1)
+        entries.append(skip % 256)
         touched.append(p)
         cursor = p + 1
     return entries, touched
@@ -112,8 +112,7 @@ def gap_entries(positions: np.ndarray, bits: int = 4) -> tuple[list[int], list[i
 def pack_entries(entries: list[int], bits: int = 4) -> np.ndarray:
     """Entries as uint8: 8-bit ones as they are, 4-bit ones two to a byte, low nibble first (an odd last
     entry in a low nibble, the high one 0)."""
-    e = np.asarray(entries + [0] * (len(entries) % 2 if bits == 4 else 0), np.uint8)
-    return e if bits == 8 else (e[0::2] | (e[1::2] << 4)).astype(np.uint8)
+    return pack_bits(entries, bits, "little")
 
 
 def _lut_codes(runs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

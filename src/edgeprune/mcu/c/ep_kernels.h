@@ -10,7 +10,12 @@
  * (a fused 2x2 max pool's window, or four of a row) from a scratch copy of the four input windows:
  * 16-bit pairs for the dense kernel (SMLAD on four weights), one word of four int8 pixels per
  * window position for the sparse one (SXTB16, then SMLABB/SMLATB per non-zero weight). The DSP
- * instructions are used behind __ARM_FEATURE_DSP; elsewhere portable C computes the same.
+ * instructions are used behind __ARM_FEATURE_DSP; elsewhere portable C computes the same, with no
+ * signed overflow for any input when the exporter's bounds hold (it checks every layer's worst-case
+ * accumulator, shifts and sizes before it writes the model).
+ *
+ * This is the public header. The kernels live one op per file (ep_<op>.c); ep_requant.h, ep_conv_group.h
+ * and ep_sparse_runs.h are their private helpers.
  */
 #ifndef EP_KERNELS_H
 #define EP_KERNELS_H
@@ -97,42 +102,56 @@ typedef struct {
     int32_t input_multiplier, input_left_shift, diff_min;
 } ep_softmax_params;
 
-int32_t ep_multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int32_t shift);
+/* Scratch sizes, in 32-bit words: the one definition of each. The exporter reads these lines
+ * (edgeprune/mcu/kernel_sizes.py evaluates a body with the arguments it allocates for) and every
+ * kernel that takes scratch is given its size and checks it against the same macro, returning
+ * EP_ERROR_DIMS when it is too small. Keep each on one line: integer arguments, + - * / and parentheses. */
+#define EP_DENSE_PADDED(k_h, k_w, in_c) (((k_h) * (k_w) * (in_c) + 3) / 4 * 4)
+#define EP_DENSE_SCRATCH_WORDS(k_h, k_w, in_c) (3 * EP_DENSE_PADDED(k_h, k_w, in_c))
+#define EP_PATCH_WORDS(k_h, k_w, in_c) ((k_h) * (k_w) * (in_c))
+#define EP_ADD_TABLE_WORDS 512
 
-/* Dense convolution weights: per output channel its window (ky, kx, ci) zero-padded to
- * EP_DENSE_PADDED(d) bytes; scratch: EP_DENSE_SCRATCH_WORDS(d) words. */
-#define EP_DENSE_PADDED(d) (((d)->k_h * (d)->k_w * (d)->in_c + 3) / 4 * 4)
-#define EP_DENSE_SCRATCH_WORDS(d) (3 * EP_DENSE_PADDED(d))
+/* Convolution (ep_conv_dense.c, ep_conv_sparse.c). Dense weights: per output channel its window (ky, kx, ci)
+ * zero-padded to EP_DENSE_PADDED bytes; scratch: EP_DENSE_SCRATCH_WORDS words for four pixels' windows. */
 int ep_conv_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, const int32_t *bias,
-                  const ep_requant *q, uint32_t *scratch, int8_t *out);
-/* patch: EP_PATCH_WORDS(d) words of scratch for the four input windows of a group of pixels */
-#define EP_PATCH_WORDS(d) ((d)->k_h * (d)->k_w * (d)->in_c)
+                  const ep_requant *q, uint32_t *scratch, int32_t scratch_words, int8_t *out);
+/* patch: EP_PATCH_WORDS words of scratch for the four input windows of a group of pixels */
 int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
-                   const ep_requant *q, uint32_t *patch, int8_t *out);
+                   const ep_requant *q, uint32_t *patch, int32_t patch_words, int8_t *out);
 /* the same with look-up-table values (w->table set) */
 int ep_conv_sparse_lut(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
-                       const ep_requant *q, uint32_t *patch, int8_t *out);
+                       const ep_requant *q, uint32_t *patch, int32_t patch_words, int8_t *out);
+
+/* Depthwise convolution (ep_depthwise.c). */
 int ep_depthwise_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, const int32_t *bias,
                        const ep_requant *q, int8_t *out);
 int ep_depthwise_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse_dw *w, const int32_t *bias,
                         const ep_requant *q, int8_t *out);
+
+/* Fully connected (ep_fc.c). */
 int ep_fc_dense(int32_t in_n, int32_t out_n, const int8_t *in, const int8_t *w, const int32_t *bias,
                 const ep_requant *q, int8_t *out);
 int ep_fc_sparse(int32_t in_n, int32_t out_n, const int8_t *in, const ep_sparse *w, const int32_t *bias,
                  const ep_requant *q, int8_t *out);
 int ep_fc_sparse_lut(int32_t in_n, int32_t out_n, const int8_t *in, const ep_sparse *w, const int32_t *bias,
                      const ep_requant *q, int8_t *out);
-/* tables: EP_ADD_TABLE_WORDS words of scratch; out may be a or b (each element is read before it is written) */
-#define EP_ADD_TABLE_WORDS 512
-int ep_add(int32_t n, const int8_t *a, const int8_t *b, const ep_add_params *p, uint32_t *tables, int8_t *out);
+
+/* Add (ep_add.c). tables: EP_ADD_TABLE_WORDS words of scratch; out may be a or b (each element is read before
+ * it is written). */
+int ep_add(int32_t n, const int8_t *a, const int8_t *b, const ep_add_params *p, uint32_t *tables,
+           int32_t table_words, int8_t *out);
+
+/* Pooling (ep_pool.c), pad (ep_pad.c), softmax (ep_softmax.c). */
 int ep_max_pool(const ep_pool_dims *d, const int8_t *in, int8_t *out);
 int ep_avg_pool(const ep_pool_dims *d, const int8_t *in, int8_t *out);
 int ep_pad(const ep_pad_dims *d, const int8_t *in, int8_t value, int8_t *out);
+int ep_softmax(int32_t rows, int32_t depth, const int8_t *in, const ep_softmax_params *p, int8_t *out);
+
+/* Element moves and activations (ep_misc.c). */
 int ep_transpose(const int32_t in_shape[4], const int32_t perm[4], const int8_t *in, int8_t *out);
 int ep_relu(int32_t n, const int8_t *in, int32_t input_zero_point, int32_t output_zero_point,
             int32_t multiplier, int32_t shift, int32_t act_min, int32_t act_max, int8_t *out);
 int ep_clamp(int32_t n, const int8_t *in, int32_t lo, int32_t hi, int8_t *out);
-int ep_softmax(int32_t rows, int32_t depth, const int8_t *in, const ep_softmax_params *p, int8_t *out);
 
 /* The graph's float ends (ep_quantize.c): float32 -> int8 with TFLite's AffineQuantize, int8 -> float32 with its
  * Dequantize; n elements. */

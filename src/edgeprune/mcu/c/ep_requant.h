@@ -1,5 +1,6 @@
-/* Fixed-point helpers shared by the edgeprune kernels: TFLite's double-rounding requantization
- * (gemmlowp's SaturatingRoundingDoublingHighMul and RoundingDivideByPOT). */
+/* Fixed-point helpers shared by the edgeprune kernels (private): TFLite's double-rounding requantization
+ * (gemmlowp's SaturatingRoundingDoublingHighMul and RoundingDivideByPOT). A shift is in [-31, 30], as TFLite's
+ * MultiplyByQuantizedMultiplier requires and the exporter checks, so no shift below reaches 32. */
 #ifndef EP_REQUANT_H
 #define EP_REQUANT_H
 
@@ -78,6 +79,16 @@ static inline int8_t ep_requantize(int32_t acc, int32_t multiplier, int32_t shif
                                    int32_t lo, int32_t hi) {
     return ep_requantize_mq(acc, ep_mq_make(multiplier, shift), zero_point, lo, hi);
 }
+
+/* v clamped to [lo, hi]. */
+static inline int32_t ep_clamp32(int32_t v, int32_t lo, int32_t hi) {
+    return v < lo ? lo : (v > hi ? hi : v);
+}
+
+/* Output channel c's accumulator requantized; `q` is a kernel's local copy of its ep_requant (kernels copy it
+ * so that the compiler need not reload it after every int8 store). */
+#define EP_STORE(q, c, acc) \
+    ep_requantize((acc), (q).multiplier[c], (q).shift[c], (q).output_zero_point, (q).act_min, (q).act_max)
 
 /* Four bytes from any address (the Cortex-M4 loads unaligned words). */
 static inline uint32_t ep_read32(const int8_t *p) {

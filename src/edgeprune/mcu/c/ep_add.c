@@ -1,0 +1,40 @@
+/* The int8 ADD of two tensors of one shape (TFLite's reference arithmetic, bit for bit). */
+#include "ep_kernels.h"
+#include "ep_requant.h"
+
+/* Each input's term of the sum depends on its int8 value alone: a table of the 256 terms per input,
+ * computed once per call into `tables` (EP_ADD_TABLE_WORDS words), leaves two loads, one
+ * requantization and the clamp per element. The terms are stored shifted by the output multiplier's
+ * left shift (a sum of shifted terms is the shifted sum, modulo 2^32 as TFLite's int32 shift). */
+#define EP_ADD_LOOP(n, a, b, ta, tb, mo, zo, lo, hi, out)                                                  \
+    do {                                                                                                   \
+        int32_t ep_i;                                                                                      \
+        for (ep_i = 0; ep_i < (n); ep_i++) {                                                               \
+            (out)[ep_i] = ep_requantize_mq((int32_t)((ta)[(a)[ep_i]] + (tb)[(b)[ep_i]]), (mo), (zo), (lo), (hi)); \
+        }                                                                                                  \
+    } while (0)
+
+/* out may be a or b: each element is read before it is written, so a, b and out are not restrict. */
+int ep_add(int32_t n, const int8_t *a, const int8_t *b, const ep_add_params *p, uint32_t *restrict tables,
+           int32_t table_words, int8_t *out) {
+    uint32_t *ta = tables + 128, *tb = ta + 256;
+    const ep_mq m1 = ep_mq_make(p->input1_multiplier, p->input1_shift);
+    const ep_mq m2 = ep_mq_make(p->input2_multiplier, p->input2_shift);
+    ep_mq mo = ep_mq_make(p->output_multiplier, p->output_shift);
+    const int32_t zo = p->output_offset, lo = p->act_min, hi = p->act_max;
+    int32_t i;
+    if (table_words < EP_ADD_TABLE_WORDS) {
+        return EP_ERROR_DIMS;
+    }
+    for (i = -128; i < 128; i++) {
+        ta[i] = (uint32_t)ep_mq_apply((int32_t)((uint32_t)(p->input1_offset + i) << p->left_shift), m1) << mo.left;
+        tb[i] = (uint32_t)ep_mq_apply((int32_t)((uint32_t)(p->input2_offset + i) << p->left_shift), m2) << mo.left;
+    }
+    mo.left = 0;
+    if (mo.right) {  /* the same loop twice, so that each knows which rounding ep_mq_apply takes */
+        EP_ADD_LOOP(n, a, b, ta, tb, mo, zo, lo, hi, out);
+    } else {
+        EP_ADD_LOOP(n, a, b, ta, tb, mo, zo, lo, hi, out);
+    }
+    return EP_OK;
+}

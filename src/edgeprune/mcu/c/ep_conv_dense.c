@@ -1,0 +1,92 @@
+/* The dense int8 convolution (VALID on an input padded already, bias folded; see ep_kernels.h): four output
+ * pixels at a time from a scratch copy of their windows as 16-bit pairs, two SMLADs per four weights and pixel. */
+#include "ep_conv_group.h"
+
+#if defined(__ARM_FEATURE_DSP)
+#include <arm_acle.h>
+#endif
+
+/* SXTB16 and SMLAD: bytes 0 and 2 of x sign-extended into 16-bit halves; acc + the products of the
+ * halves of a and b. The portable versions compute the same. */
+#if defined(__ARM_FEATURE_DSP)
+#define EP_SXTB16(x) ((uint32_t)__sxtb16(x))
+#define EP_SMLAD(a, b, acc) __smlad((int32_t)(a), (int32_t)(b), (acc))
+#else
+#define EP_SXTB16(x) ep_sxtb16_portable(x)
+#define EP_SMLAD(a, b, acc) ep_smlad_portable((a), (b), (acc))
+static inline uint32_t ep_sxtb16_portable(uint32_t x) {
+    return (uint16_t)(int16_t)(int8_t)(uint8_t)x | (uint32_t)(uint16_t)(int16_t)(int8_t)(uint8_t)(x >> 16) << 16;
+}
+/* Each product is at most 2^14 in size; the exporter bounds every partial sum of a channel below 2^31. */
+static inline int32_t ep_smlad_portable(uint32_t a, uint32_t b, int32_t acc) {
+    return acc + (int16_t)(uint16_t)a * (int16_t)(uint16_t)b + (int16_t)(uint16_t)(a >> 16) * (int16_t)(uint16_t)(b >> 16);
+}
+#endif
+
+/* Copy a group's four input windows for the dense kernel: each pixel's window in the filter's order
+ * (ky, kx, ci), zero-padded to `padded` bytes, then per four positions and pixel two words: positions
+ * 0 and 2, then 1 and 3, as 16-bit halves (the layout SMLAD pairs with SXTB16 of four weights).
+ * `scratch` holds EP_DENSE_SCRATCH_WORDS: 2 * padded words of pairs, then padded words of bytes. */
+static void ep_fill_pairs(const ep_conv_dims *d, const ep_group *grp, int32_t padded, uint32_t *restrict scratch) {
+    int8_t *bytes = (int8_t *)(void *)(scratch + 2 * padded);  /* 4 pixels x padded bytes, after the pairs */
+    const int32_t span = d->dil_w == 1 ? d->k_w * d->in_c : d->in_c;
+    const int32_t pieces = d->dil_w == 1 ? 1 : d->k_w;
+    int32_t j, ky, kx, b;
+    for (j = 0; j < 4; j++) {
+        int8_t *to = bytes + j * padded;
+        for (ky = 0; ky < d->k_h; ky++) {
+            for (kx = 0; kx < pieces; kx++, to += span) {
+                memcpy(to, grp->base + grp->off[j] + (ky * d->dil_h * d->in_w + kx * d->dil_w) * d->in_c, (uint32_t)span);
+            }
+        }
+        memset(to, 0, (uint32_t)(bytes + (j + 1) * padded - to));
+    }
+    for (b = 0; b < padded; b += 4) {
+        for (j = 0; j < 4; j++) {
+            const uint32_t x = ep_read32(bytes + j * padded + b);
+            *scratch++ = EP_SXTB16(x);
+            *scratch++ = EP_SXTB16((x >> 8) | (x << 24));
+        }
+    }
+}
+
+int ep_conv_dense(const ep_conv_dims *d, const int8_t *restrict in, const int8_t *restrict w,
+                  const int32_t *restrict bias, const ep_requant *q, uint32_t *restrict scratch, int32_t scratch_words,
+                  int8_t *restrict out) {
+    const ep_requant rq = *q;
+    const int32_t padded = EP_DENSE_PADDED(d->k_h, d->k_w, d->in_c);
+    const int32_t groups = ep_group_count(d);
+    int32_t g, co, b;
+    if (!ep_conv_dims_ok(d) || scratch_words < EP_DENSE_SCRATCH_WORDS(d->k_h, d->k_w, d->in_c)) {
+        return EP_ERROR_DIMS;
+    }
+    for (g = 0; g < groups; g++) {
+        ep_group grp;
+        ep_group_at(d, in, out, g, &grp);
+        ep_fill_pairs(d, &grp, padded, scratch);
+        for (co = 0; co < d->out_c; co++) {
+            const int8_t *wp = w + co * padded;
+            const uint32_t *p = scratch;
+            ep_acc4 acc;
+            int32_t a0 = bias[co], a1 = a0, a2 = a0, a3 = a0;
+            for (b = 0; b < padded; b += 4, wp += 4, p += 8) {
+                const uint32_t wv = ep_read32(wp);
+                const uint32_t even = EP_SXTB16(wv), odd = EP_SXTB16((wv >> 8) | (wv << 24));
+                a0 = EP_SMLAD(p[0], even, a0);
+                a0 = EP_SMLAD(p[1], odd, a0);
+                a1 = EP_SMLAD(p[2], even, a1);
+                a1 = EP_SMLAD(p[3], odd, a1);
+                a2 = EP_SMLAD(p[4], even, a2);
+                a2 = EP_SMLAD(p[5], odd, a2);
+                a3 = EP_SMLAD(p[6], even, a3);
+                a3 = EP_SMLAD(p[7], odd, a3);
+            }
+            acc.a0 = a0;
+            acc.a1 = a1;
+            acc.a2 = a2;
+            acc.a3 = a3;
+            ep_group_store(&grp, &rq, co, acc);
+        }
+    }
+    return EP_OK;
+}

@@ -1,0 +1,106 @@
+/* Private helpers of the convolution kernels (ep_conv_dense.c, ep_conv_sparse.c, ep_depthwise.c): the geometry
+ * check and the groups of four output pixels that the dense and sparse convolutions compute together. */
+#ifndef EP_CONV_GROUP_H
+#define EP_CONV_GROUP_H
+
+#include "ep_kernels.h"
+#include "ep_requant.h"
+
+/* Out of line, as they were when one file held all the convolutions: inlined into each kernel they change
+ * the register allocation of its channel loop and cost instructions per output (measured in QEMU). */
+#if defined(__GNUC__)
+#define EP_OUT_OF_LINE __attribute__((noinline, unused))
+#else
+#define EP_OUT_OF_LINE
+#endif
+
+/* Whether the windows of every output pixel lie inside the (padded) input. */
+EP_OUT_OF_LINE static int ep_conv_dims_ok(const ep_conv_dims *d) {
+    return d->out_h > 0 && d->out_w > 0 && d->stride_h > 0 && d->stride_w > 0 && d->dil_h > 0 && d->dil_w > 0 &&
+           (d->out_h - 1) * d->stride_h + (d->k_h - 1) * d->dil_h < d->in_h &&
+           (d->out_w - 1) * d->stride_w + (d->k_w - 1) * d->dil_w < d->in_w &&
+           (!d->pool || (d->out_h >= 2 && d->out_w >= 2));
+}
+
+/* The output pixels computed together: with a fused 2x2 max pool a group is one pooling window (its
+ * four pixels' largest accumulator is requantized once, which equals pooling the requantized outputs
+ * since requantization never decreases), else four consecutive pixels of a row (fewer at its end). */
+typedef struct {
+    const int8_t *base;  /* the input window of the group's first pixel */
+    int32_t off[4];      /* input offsets of the group's pixels from `base` */
+    int32_t pixels;      /* 4, or fewer at the end of a row */
+    int8_t *out;         /* where the group's first output channel goes */
+    int32_t out_step;    /* output bytes from one pixel to the next (0 when pooled: one output) */
+} ep_group;
+
+static inline int32_t ep_group_count(const ep_conv_dims *d) {
+    if (d->pool) {
+        return (d->out_h / 2) * (d->out_w / 2);
+    }
+    return d->out_h * ((d->out_w + 3) / 4);
+}
+
+/* Group g's pixels: where their windows start in `in` and where their outputs go in `out`. */
+EP_OUT_OF_LINE static void ep_group_at(const ep_conv_dims *d, const int8_t *in, int8_t *out, int32_t g, ep_group *grp) {
+    const int32_t pix = d->stride_w * d->in_c, row = d->stride_h * d->in_w * d->in_c;
+    int32_t oy, ox, j;
+    if (d->pool) {
+        const int32_t pw = d->out_w / 2;
+        oy = 2 * (g / pw);
+        ox = 2 * (g % pw);
+        grp->off[0] = 0;
+        grp->off[1] = pix;
+        grp->off[2] = row;
+        grp->off[3] = row + pix;
+        grp->pixels = 4;
+        grp->out = out + g * d->out_c;
+        grp->out_step = 0;
+    } else {
+        const int32_t per_row = (d->out_w + 3) / 4;
+        oy = g / per_row;
+        ox = 4 * (g % per_row);
+        grp->pixels = d->out_w - ox < 4 ? d->out_w - ox : 4;
+        for (j = 0; j < 4; j++) {  /* a short group repeats its first pixel, computed but not stored */
+            grp->off[j] = j < grp->pixels ? j * pix : 0;
+        }
+        grp->out = out + (oy * d->out_w + ox) * d->out_c;
+        grp->out_step = d->out_c;
+    }
+    grp->base = in + (oy * d->stride_h * d->in_w + ox * d->stride_w) * d->in_c;
+}
+
+/* Four pixels' accumulators. */
+typedef struct {
+    int32_t a0, a1, a2, a3;
+} ep_acc4;
+
+/* Requantize output channel `co` of a group from its pixels' accumulators (the channel's multiplier
+ * prepared once for the four). Inlined into each channel loop, so the accumulators stay in registers. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void ep_group_store(const ep_group *grp, const ep_requant *q, int32_t co, const ep_acc4 a) {
+    const ep_mq m = ep_mq_make(q->multiplier[co], q->shift[co]);
+    const int32_t zp = q->output_zero_point, lo = q->act_min, hi = q->act_max, step = grp->out_step;
+    int8_t *o = grp->out + co;
+    if (step == 0) {
+        const int32_t m01 = a.a0 > a.a1 ? a.a0 : a.a1, m23 = a.a2 > a.a3 ? a.a2 : a.a3;
+        o[0] = ep_requantize_mq(m01 > m23 ? m01 : m23, m, zp, lo, hi);
+        return;
+    }
+    o[0] = ep_requantize_mq(a.a0, m, zp, lo, hi);
+    if (grp->pixels == 4) {
+        o[step] = ep_requantize_mq(a.a1, m, zp, lo, hi);
+        o[2 * step] = ep_requantize_mq(a.a2, m, zp, lo, hi);
+        o[3 * step] = ep_requantize_mq(a.a3, m, zp, lo, hi);
+        return;
+    }
+    if (grp->pixels > 1) {
+        o[step] = ep_requantize_mq(a.a1, m, zp, lo, hi);
+    }
+    if (grp->pixels > 2) {
+        o[2 * step] = ep_requantize_mq(a.a2, m, zp, lo, hi);
+    }
+}
+
+#endif
