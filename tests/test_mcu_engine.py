@@ -9,6 +9,8 @@ to 80 % first); BasicCNN runs on Fashion-MNIST images. The sparse format is chec
 from __future__ import annotations
 
 import ctypes
+import math
+from fractions import Fraction
 import json
 import shutil
 import subprocess
@@ -412,3 +414,35 @@ def test_bad_input_gets_one_line(tmp_path):
     with pytest.raises(ValueError, match=r"^op \d+ \(SOFTMAX\): output scale .* zero point 0; int8 softmax needs") as info:
         export_c(graph, tmp_path / "x")
     assert "\n" not in str(info.value) and not (tmp_path / "x").exists()
+
+
+def _tflite_requantize(x: int, multiplier: int, shift: int) -> int:
+    """TFLite's MultiplyByQuantizedMultiplier from gemmlowp's definitions, in exact rationals (not the numpy port's
+    bit operations): SaturatingRoundingDoublingHighMul is floor(a * m / 2^31 + 1/2) (its nudge rounds halves up),
+    RoundingDivideByPOT rounds halves away from zero."""
+    high = math.floor(Fraction(x * (1 << max(shift, 0)) * multiplier, 1 << 31) + Fraction(1, 2))
+    q = Fraction(high, 1 << max(-shift, 0))
+    return int(math.copysign(math.floor(abs(q) + Fraction(1, 2)), q))
+
+
+def test_requantization_by_hand_and_at_large_shifts(tmp_path):
+    """Values worked by hand, then every shift from -31 to 30 (large left shifts included) against exact rationals."""
+    (tmp_path / "c").mkdir()
+    kernels = Path(__file__).parent.parent / "src" / "edgeprune" / "mcu" / "c"
+    shutil.copy(kernels / "ep_requant.h", tmp_path / "c" / "ep_requant.h")
+    shutil.copy(Path(__file__).parent / "c" / "ep_requant_probe.c", tmp_path / "c" / "ep_requant_probe.c")
+    mbqm = _build(tmp_path / "c").ep_probe_multiply_by_quantized_multiplier
+    mbqm.argtypes, mbqm.restype = [ctypes.c_int32] * 3, ctypes.c_int32
+    half = 1 << 30  # the multiplier 0.5
+    # 3 * 0.5 = 1.5 -> 2, then / 4 = 0.5 -> 1; -3: -1.5 -> -1 (halves up), / 4 = -0.25 -> 0; -5 * 0.5 = -2.5 -> -2, / 2 -> -1
+    # 7 << 20 times 0.5 = 7 * 2^19 exactly; 1 << 30 times 0.5 = 2^29
+    for x, m, shift, expected in [(3, half, -2, 1), (-3, half, -2, 0), (-5, half, -1, -1), (7, half, 20, 7 << 19),
+                                  (1, half, 30, 1 << 29), (-1, half, 30, -(1 << 29)), (1000, half, -31, 0)]:
+        assert _tflite_requantize(x, m, shift) == expected
+        assert mbqm(x, m, shift) == expected, (x, m, shift)
+    rng = np.random.default_rng(5)
+    for shift in range(-31, 31):
+        for multiplier in (half, (1 << 31) - 1, 1518500250, 1 << 30 | 12345):
+            limit = (2**31 - 1) >> max(shift, 0)  # the left-shifted accumulator must fit int32, as TFLite requires
+            for x in [*rng.integers(-limit, limit + 1, 40).tolist(), limit, -limit, 0, 1, -1]:
+                assert mbqm(int(x), multiplier, shift) == _tflite_requantize(int(x), multiplier, shift), (x, multiplier, shift)
