@@ -70,6 +70,8 @@ LAYERS = {
     "export.tflite": IO, "export.tflm": IO, "export.c_source": IO, "mcu": IO,
     # the C engine's arithmetic (the rest of mcu/ builds, runs and measures it)
     "mcu.lowering": PURE, "mcu.sparse": PURE, "mcu.cost": PURE, "mcu.arena": PURE, "mcu.units": PURE,
+    "mcu.choice": PURE, "mcu.bounds": PURE, "export.bitpack": PURE,
+    "mcu.kernel_sizes": PURE,  # parses the size macros of ep_kernels.h, a file of the package itself
     # the pipeline: its config, its steps, the run
     "pipeline": PIPELINE, "config": PIPELINE, "steps": PIPELINE, "run": PIPELINE,
     # the command line

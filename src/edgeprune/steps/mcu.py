@@ -13,7 +13,7 @@ from ..export.tflite import calibration_images, export_tflite
 from ..files import writable_folder, write_json_atomic
 from ..mcu import export_c
 from ..mcu.measure import EngineMismatch, engine_outputs, load_inputs, measure_on_mcu, measure_tflite, random_inputs
-from ..mcu.units import parse_bytes
+from ..mcu.units import parse_bytes, parse_hz
 from ..models import ModelSpec
 from ..task import CLASSIFICATION
 from .common import CALIBRATION_IMAGES, MCU_IMAGES, load_model, load_splits
@@ -137,11 +137,14 @@ def _measure_test_samples(tflite: Path, splits: DataSplits, folder: Path, target
 def mcu_checkpoint(source: str | Path, spec: ModelSpec | None, data: DataConfig, out: str | Path,
                    target: str = "cortex-m4", images: int = MCU_IMAGES, sparse: str = "auto",
                    device: str | None = None, weight_budget: str | int | None = None,
-                   inputs: str | Path | None = None, labels: str | Path | None = None, seed: int = 0) -> dict:
-    """:func:`mcu_model` for a checkpoint (its first ``images`` test samples), or an int8 ``.tflite`` as it is: with
+                   inputs: str | Path | None = None, labels: str | Path | None = None, seed: int = 0,
+                   clock: str | int | None = None) -> dict:
+    """:func:`mcu_model` for a checkpoint (``images`` test samples), or an int8 ``.tflite`` as it is: with
     ``inputs`` (a ``.npy`` in the model's input dtype and shape, ``labels`` optional) those, else ``images`` seeded
-    random inputs (no accuracy; ``seed``). ``weight_budget`` caps the engine's bytes of weights and index."""
+    random inputs (no accuracy; ``seed``). ``weight_budget`` caps the engine's bytes of weights and index; ``clock``
+    (``"120MHz"``) adds the estimated milliseconds per inference where the target has cycle estimates."""
     budget = check_weight_budget(weight_budget, sparse)
+    clock_hz = None if clock is None else parse_hz(clock)
     is_tflite = Path(source).suffix == ".tflite"
     if not is_tflite and (inputs is not None or labels is not None):
         raise ValueError("--inputs and --labels give a .tflite its inputs; a checkpoint runs its test set: drop them, "
@@ -151,9 +154,12 @@ def mcu_checkpoint(source: str | Path, spec: ModelSpec | None, data: DataConfig,
     folder = writable_folder(out, "--out")
     tflite, _, splits = _engine_source(source, spec, data, folder, device)
     if splits is not None:
-        return _measure_test_samples(tflite, splits, folder, target, images, sparse, budget, seed)
-    if inputs is not None:
-        x, y = load_inputs(tflite, inputs, labels)
+        result = _measure_test_samples(tflite, splits, folder, target, images, sparse, budget, seed)
     else:
-        x, y = random_inputs(tflite, images, seed), None
-    return measure_tflite(tflite, x, y, folder, target, sparse, weight_budget=budget)
+        x, y = load_inputs(tflite, inputs, labels) if inputs is not None else (random_inputs(tflite, images, seed), None)
+        result = measure_tflite(tflite, x, y, folder, target, sparse, weight_budget=budget)
+    if clock_hz is not None and result.get("estimated_cycles") is not None:
+        result.update(clock_hz=clock_hz, estimated_ms=round(result["estimated_cycles"] / clock_hz * 1e3, 6),
+                      estimated_ms_note=f"estimated: {result['cycles_note']}, at {clock_hz:,} Hz")
+        write_json_atomic(folder / "mcu.json", result)
+    return result
