@@ -238,13 +238,22 @@ def test_look_up_table_values_match_tflm_decoding_them(tmp_path, monkeypatch, na
     def weighted(report: dict) -> list[dict]:
         return [layer for layer in report["layers"] if layer["op"].split("+")[0] in ("CONV_2D", "FULLY_CONNECTED")]
 
+    def size(layer: dict) -> int:
+        return layer["weight_bytes"] + layer["index_bytes"]
+
     fewest = weighted(export_c(data, tmp_path / "fewest", sparse="always"))
     variants = _Lowering.sparse_variants
+    alone = {}  # each encoding forced alone, in every layer
+    for name in ("sparse 4-bit", "sparse 8-bit", "sparse 4-bit + lut", "sparse 8-bit + lut"):
+        monkeypatch.setattr(_Lowering, "sparse_variants",
+                            lambda self, *args, name=name: [v for v in variants(self, *args) if v[0] == name])
+        alone[name] = weighted(export_c(data, tmp_path / name.replace(" ", "_"), sparse="always"))
+    # the unforced choice is, layer by layer, the fewest bytes of the four encodings made separately
+    assert [size(a) for a in fewest] == [min(size(v[i]) for v in alone.values()) for i in range(len(fewest))]
     monkeypatch.setattr(_Lowering, "sparse_variants",
                         lambda self, *args: [v for v in variants(self, *args) if v[0].endswith("+ lut")])
     runs = weighted(export_c(data, tmp_path / "c", sparse="always"))
     assert runs and all(layer["format"].endswith("+ lut") and layer["kernel"].endswith("_sparse_lut") for layer in runs)
-    assert all(a["weight_bytes"] + a["index_bytes"] <= b["weight_bytes"] + b["index_bytes"] for a, b in zip(fewest, runs))
     lib = _build(tmp_path / "c")
     inputs = np.random.default_rng(0).integers(-128, 128, size=(6, *shape[1:], shape[0]), dtype=np.int8)
     for x, expected in zip(inputs, run_int8(data, inputs)):
