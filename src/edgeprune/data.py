@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets, transforms
 
-from .files import atomic_path, remove_stale_temporaries
+from .files import atomic_path, npy_header, remove_stale_temporaries
 from .task import CLASSIFICATION, RECONSTRUCTION, Task
 
 __all__ = [
@@ -437,14 +437,7 @@ def _npy_header(path: Path, key: str, archive: zipfile.ZipFile, member: zipfile.
                                     f"more than deflate gives or than {MAX_TENSOR_BYTES:,}; {fix}")
     try:
         with archive.open(member) as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                raise ValueError(f"npy format version {version[0]}.{version[1]} is not 1.0 or 2.0")
-            header_bytes = f.tell()
+            shape, dtype, header_bytes = npy_header(f)
     except Exception as exc:  # zip, zlib and numpy's header parser raise many kinds
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise _npz_error(path, key, f"is not a readable .npy array ({reason}); {fix}") from None

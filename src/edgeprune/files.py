@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
@@ -18,7 +19,7 @@ from safetensors.torch import load_file, save_file
 __all__ = [
     "atomic_path", "remove_stale_temporaries", "write_text_atomic", "write_json_atomic", "save_tensors",
     "load_safetensors", "load_pth", "load_state_dict_file", "safetensors_header", "check_is_file", "pid_alive",
-    "writable_folder",
+    "writable_folder", "npy_header",
 ]
 
 
@@ -181,3 +182,17 @@ def load_state_dict_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
     if Path(path).suffix == ".safetensors":
         return load_safetensors(path)
     return load_pth(path), {}
+
+
+def npy_header(stream) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, header bytes) of the ``.npy`` array that ``stream`` is at the start of, read without its data
+    and without pickle; ValueError for a format version other than 1.0 and 2.0. The dtype (object arrays need pickle)
+    and the bytes the shape claims, ``prod(shape) * dtype.itemsize``, are the caller's to check against the file."""
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    else:
+        raise ValueError(f"npy format version {version[0]}.{version[1]} is not 1.0 or 2.0")
+    return tuple(int(d) for d in shape), dtype, stream.tell()

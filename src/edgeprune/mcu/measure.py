@@ -27,7 +27,7 @@ from ..export.c_source import fits_on
 from ..export.int8_graph import INT8_MAX, INT8_MIN, Int8Graph, QTensor, quantize_activation
 from ..export.tflite_read import load_tflite
 from ..export.tflm import run_int8, tflite_layout
-from ..files import writable_folder, write_json_atomic
+from ..files import npy_header, writable_folder, write_json_atomic
 from .codegen import export_c
 from .cycles import CycleRun, build_plugin, cycles_note, no_timing_reason, parse_cycles, plugin_arguments
 from .qemu import GuestRun, run_guest
@@ -276,12 +276,10 @@ def _npy(path: Path, what: str, max_bytes: int) -> np.ndarray:
         raise ValueError(f"{what} {path}: no such file; give a .npy written with numpy.save")
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(f)
+            shape, dtype, _ = npy_header(f)
     except (ValueError, OSError, SyntaxError) as exc:
         raise ValueError(f"{what} {path}: not a .npy file ({exc}); write it with numpy.save") from None
-    if dtype.hasobject or dtype.kind not in "iuf":
+    if dtype.kind not in "iuf":
         raise ValueError(f"{what} {path}: holds {dtype} values; give a numeric array (numpy.save of int8, float32 or ints)")
     nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if nbytes > max_bytes or nbytes > path.stat().st_size:
