@@ -154,3 +154,25 @@ def test_the_engine_sample_is_seeded_and_stratified_by_class() -> None:
     assert sample_indices(labels, 5, seed=0) == chosen
     assert {tuple(sample_indices(labels, 5, seed=s)) for s in range(10)} != {tuple(chosen)}  # the seed draws
     assert sample_indices([-1] * 10, 4, seed=3) == sorted(torch.randperm(10, generator=torch.Generator().manual_seed(3))[:4].tolist())
+
+
+def test_the_sample_reads_labels_where_the_data_sets_keep_them() -> None:
+    """A Subset of a TensorDataset, and a data set with ``targets``: the labels the samples themselves carry."""
+    from torch.utils.data import Subset, TensorDataset
+
+    from edgeprune.steps.mcu import _labels_of
+
+    data = TensorDataset(torch.zeros(7, 2), torch.tensor([3, 1, 4, 1, 5, 9, 2]))
+    subset = Subset(Subset(data, [6, 5, 4, 3, 2]), [4, 0, 2])
+    assert _labels_of(subset) == [int(subset[i][1]) for i in range(len(subset))] == [4, 2, 5]
+
+    class Targets(torch.utils.data.Dataset):
+        targets = [2, 0, 1]
+
+        def __len__(self) -> int:
+            return 3
+
+        def __getitem__(self, i: int):
+            raise AssertionError("a sample was decoded to read its label")
+
+    assert _labels_of(Targets()) == [2, 0, 1]

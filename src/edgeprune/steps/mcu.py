@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from ..data import DataConfig, DataSplits
 from ..export.tflite import calibration_images, export_tflite
@@ -81,8 +82,17 @@ def test_samples(splits: DataSplits, count: int, seed: int = 0) -> tuple[torch.T
     return torch.stack(images), torch.tensor(labels)
 
 
-def _labels_of(dataset) -> list[int]:
-    """Every label of ``dataset`` (one pass; -1 for unlabelled samples)."""
+def _labels_of(dataset: Dataset) -> list[int]:
+    """Every label of ``dataset`` (-1 for unlabelled samples), read where the data sets keep them (a ``Subset``'s
+    indices into its data set, a ``TensorDataset``'s label tensor, ``targets``) without decoding a sample; other data
+    sets are iterated."""
+    if isinstance(dataset, Subset):
+        inner = _labels_of(dataset.dataset)
+        return [inner[i] for i in dataset.indices]
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) > 1:
+        return dataset.tensors[1].tolist()
+    if getattr(dataset, "targets", None) is not None:
+        return [int(label) for label in dataset.targets]
     return [int(label) for _, label in (dataset[i] for i in range(len(dataset)))]
 
 
