@@ -176,13 +176,16 @@ def measure_engine(engine_dir: str | os.PathLike, inputs: np.ndarray, expected: 
     return result
 
 
-def _first_difference(outputs: np.ndarray, expected: np.ndarray) -> dict | None:
-    """Where the first output differs from TFLM's (bytes compared, so a float NaN equals the same NaN), or None."""
-    if not len(outputs):  # no input ran (the guest failed before its first output)
-        return None
-    differs = outputs.view(np.uint8).reshape(len(outputs), outputs.shape[1], -1) != \
-        expected.view(np.uint8).reshape(len(expected), expected.shape[1], -1)
-    where = np.argwhere(differs.any(axis=2))
+def _differences(outputs: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Per input and output value, whether the engine's differs from TFLM's (bytes compared, so a float NaN equals the
+    same NaN): a (inputs run) x (output values) boolean array."""
+    shape = (*outputs.shape, outputs.dtype.itemsize)  # explicit: an empty run has no -1 to infer
+    return (outputs.view(np.uint8).reshape(shape) != expected.view(np.uint8).reshape(shape)).any(axis=2)
+
+
+def _first_difference(differs: np.ndarray, outputs: np.ndarray, expected: np.ndarray) -> dict | None:
+    """Where the first output differs from TFLM's (:func:`_differences`), with both values, or None."""
+    where = np.argwhere(differs)
     if not len(where):
         return None
     i, j = (int(v) for v in where[0])
@@ -203,8 +206,7 @@ def _result(guest: GuestRun, target: Target, macros: dict[str, int], layers: lis
     totals = np.array(guest.totals[:ran], dtype=np.float64) * per_tick
     per_layer = (np.array(guest.layer_ticks[:ran], dtype=np.float64).reshape(ran, len(layers)) * per_tick
                  if ran else np.zeros((0, len(layers))))
-    equal = (outputs.view(np.uint8).reshape(ran, row_bytes) ==
-             expected[:ran].view(np.uint8).reshape(ran, row_bytes)).all(axis=1)
+    differs = _differences(outputs, expected[:ran])
     timed = min(ran, len(cycle_run.cycles)) if cycle_run is not None else 0
     cycles = np.array(cycle_run.cycles[:timed], dtype=np.float64) if timed else None
     layer_cycles = np.array(cycle_run.layer_cycles[:timed], dtype=np.float64) if timed else None
@@ -242,8 +244,8 @@ def _result(guest: GuestRun, target: Target, macros: dict[str, int], layers: lis
         ],
         "accuracy": 100.0 * float(np.mean(outputs.argmax(axis=1) == labels[:ran])) if scored and ran else None,
         "tflm_accuracy": 100.0 * float(np.mean(expected.argmax(axis=1) == labels)) if scored else None,
-        "equal_to_tflm": int(equal.sum()),
-        "first_difference": _first_difference(outputs, expected[:ran]),
+        "equal_to_tflm": int((~differs.any(axis=1)).sum()),
+        "first_difference": _first_difference(differs, outputs, expected[:ran]),
         "fits_on": fits_on(small["text"] + small["data"], small["data"] + small["bss"] + (stack or 0)),
         "fits_on_build": f"{_SIZE_TARGET} (-mcpu={_SIZE_TARGET}, soft float; the build that runs on QEMU's microbit): "
                          "flash text + data, "
