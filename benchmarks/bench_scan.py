@@ -51,20 +51,25 @@ def trained(name: str, splits: DataSplits, device: torch.device, seed: int) -> n
     return model
 
 
-def time_both(title: str, model: nn.Module, splits: DataSplits, device: torch.device, start: float, step: float) -> None:
-    """Run the naive then the fast scan of the test split; print wall and CPU times, their ratios, and whether all numbers are identical."""
+def time_both(title: str, model: nn.Module, splits: DataSplits, device: torch.device, start: float, step: float,
+              split: str = "test") -> None:
+    """Run the naive then the fast scan of ``split``; print wall and CPU times, their ratios, and whether all numbers
+    are identical (and, for a model with BatchNorm, the images that re-estimated it)."""
     results: dict[str, ScanResult] = {}
     seconds: dict[str, float] = {}
     cpu: dict[str, float] = {}
     for method in ("naive", "fast"):
         began, began_cpu = time.perf_counter(), time.process_time()
-        results[method] = scan_model(model, splits, "test", start, step, 1.0, method, device)
+        results[method] = scan_model(model, splits, split, start, step, 1.0, method, device)
         seconds[method], cpu[method] = time.perf_counter() - began, time.process_time() - began_cpu
     naive, fast = results["naive"], results["fast"]
     identical = (naive.dense_accuracy == fast.dense_accuracy and naive.accuracies == fast.accuracies
                  and naive.sparsities == fast.sparsities)
     print(f"\n== {title}")
-    print(f"layers {len(naive.accuracies)}, sparsities {naive.sparsities}, dense accuracy {naive.dense_accuracy:.2f} %")
+    recalibrated = fast.meta.get("batchnorm_recalibrated_on")
+    print(f"layers {len(naive.accuracies)}, sparsities {naive.sparsities}, {split} images {naive.meta['images']}"
+          + (f", BatchNorm re-estimated on {recalibrated} training images" if recalibrated else "")
+          + f"; methods {naive.method}, {fast.method}; dense accuracy {naive.dense_accuracy:.2f} %")
     print(f"naive {seconds['naive']:.1f} s, fast {seconds['fast']:.1f} s, "
           f"naive/fast {seconds['naive'] / seconds['fast']:.2f}x, all numbers identical: {identical}")
     print(f"process CPU time (all threads): naive {cpu['naive']:.1f} s, fast {cpu['fast']:.1f} s, "

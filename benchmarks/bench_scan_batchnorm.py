@@ -19,19 +19,16 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from edgeprune.analyze.scan import ScanResult
-from edgeprune.data import DataConfig, DataSplits, load_data
+from edgeprune.data import DataConfig, load_data
 from edgeprune.device import pick_device
-from edgeprune.steps import build_baseline, scan_model, train_baseline
+from bench_scan import time_both, trained  # the benchmarks run as scripts from this folder
 
 __all__: list[str] = []
 
@@ -56,40 +53,6 @@ def keyword_npz(folder: Path, train: int, val: int, test: int, seed: int) -> Pat
     return path
 
 
-def trained(name: str, splits: DataSplits, device: torch.device, seed: int) -> nn.Module:
-    """The pipeline's baseline step: model ``name`` fitted to the data, seeded, trained 1 epoch."""
-    model, _ = build_baseline(name, splits, seed=seed)
-    train_baseline(model, splits, 1, 1e-3, device, seed)
-    return model
-
-
-def time_both(title: str, model: nn.Module, splits: DataSplits, device: torch.device, start: float, step: float) -> None:
-    """Run the naive then the fast scan of the validation split; print wall and CPU times, their ratios, and whether
-    all numbers are identical."""
-    results: dict[str, ScanResult] = {}
-    seconds: dict[str, float] = {}
-    cpu: dict[str, float] = {}
-    for method in ("naive", "fast"):
-        began, began_cpu = time.perf_counter(), time.process_time()
-        results[method] = scan_model(model, splits, "val", start, step, 1.0, method, device)
-        seconds[method], cpu[method] = time.perf_counter() - began, time.process_time() - began_cpu
-    naive, fast = results["naive"], results["fast"]
-    identical = (naive.dense_accuracy == fast.dense_accuracy and naive.accuracies == fast.accuracies
-                 and naive.sparsities == fast.sparsities)
-    print(f"\n== {title}")
-    print(f"layers {len(naive.accuracies)}, sparsities {naive.sparsities}, validation images {naive.meta['images']}, "
-          f"BatchNorm re-estimated on {fast.meta['batchnorm_recalibrated_on']} training images; "
-          f"methods {naive.method}, {fast.method}; dense accuracy {naive.dense_accuracy:.2f} %")
-    print(f"naive {seconds['naive']:.1f} s, fast {seconds['fast']:.1f} s, "
-          f"naive/fast {seconds['naive'] / seconds['fast']:.2f}x, all numbers identical (==): {identical}")
-    print(f"process CPU time: naive {cpu['naive']:.1f} s, fast {cpu['fast']:.1f} s, "
-          f"naive/fast {cpu['naive'] / cpu['fast']:.2f}x", flush=True)
-    if "naive_layers" in fast.meta:
-        print(f"layers the fast method scanned naively: {fast.meta['naive_layers']}")
-    for name, accs in naive.accuracies.items():
-        print(f"  {name:28s} " + " ".join(f"{a:6.2f}" for a in accs))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=1000, help="validation images each model is scanned on")
@@ -111,7 +74,7 @@ def main() -> None:
         splits = replace(splits, val=in_memory(splits.val))
         model = trained("resnet8", splits, device, args.seed)
         time_both(f"ResNet-8, Fashion-MNIST as 3x32x32 (no CIFAR-10 here), trained 1 epoch on {len(splits.train)} images",
-                  model, splits, device, args.start, args.step)
+                  model, splits, device, args.start, args.step, split="val")
 
     if args.skip != "dscnn":
         with tempfile.TemporaryDirectory() as folder:
@@ -119,7 +82,7 @@ def main() -> None:
             splits = load_data(DataConfig(name="tensors", data_dir=str(path), seed=args.seed))
             model = trained("dscnn", splits, device, args.seed)
             time_both(f"DS-CNN, synthetic 1x49x10 keyword-like samples (12 classes), trained 1 epoch on "
-                      f"{len(splits.train)}", model, splits, device, args.start, args.step)
+                      f"{len(splits.train)}", model, splits, device, args.start, args.step, split="val")
 
 
 if __name__ == "__main__":
