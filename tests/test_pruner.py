@@ -63,6 +63,9 @@ def test_dict_from_json_toml_yaml_and_inline(tmp_path):
         load_layer_settings(str(tmp_path / "missing.json"))
     with pytest.raises(ValueError, match="not valid JSON"):
         load_layer_settings("{fc.weight: 0.5}")
+    assert load_layer_settings(" 0.9") == {"_default": 0.9}  # one number: every layer
+    with pytest.raises(ValueError, match="no such file"):
+        load_layer_settings("nan")
 
 
 def test_pruner_exact_counts_and_apply(tiny_net):

@@ -7,6 +7,7 @@ setting; it is read from inline JSON or a JSON / TOML / YAML file.
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
 import warnings
@@ -41,7 +42,8 @@ def read_document(path: Path) -> object:
 
 
 def load_layer_settings(source: str | Path | Mapping) -> dict:
-    """A settings dict from a mapping, inline JSON (``'{"fc1.weight": 0.8}'``) or a .json/.toml/.yaml file."""
+    """A settings dict from a mapping, inline JSON (``'{"fc1.weight": 0.8}'``), a .json/.toml/.yaml file, or one
+    number for every layer (``'0.9'`` is ``{"_default": 0.9}``)."""
     if isinstance(source, Mapping):
         return dict(source)
     text = str(source).strip()
@@ -50,6 +52,8 @@ def load_layer_settings(source: str | Path | Mapping) -> dict:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"inline sparsity dict is not valid JSON ({exc}); write e.g. '{{\"fc1.weight\": 0.8}}'") from exc
+    elif not Path(text).is_file() and _is_number(text):
+        data = {DEFAULT_KEY: float(text)}
     else:
         path = Path(text)
         if not path.is_file():
@@ -58,6 +62,14 @@ def load_layer_settings(source: str | Path | Mapping) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"a per-layer dict must map parameter names to values, got {type(data).__name__}")
     return _flatten(data)
+
+
+def _is_number(text: str) -> bool:
+    """Whether ``text`` is one finite number, such as ``0.9``."""
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _flatten(data: Mapping, prefix: str = "") -> dict:
