@@ -21,8 +21,9 @@ from .data import DATASETS, DataConfig, native_geometry, tensors_labeled
 from .device import pick_device
 from .export.quantize import MODES, QuantConfig
 from .mcu.lowering import SPARSE_MODES
+from .mcu.cycles import cycles_note, no_timing_reason
 from .mcu.units import check_device_targets
-from .mcu.toolchain import TARGETS, check_tools
+from .mcu.toolchain import TARGETS, check_tools, get_target
 from .prune.importance import CRITERIA
 from .prune.masks import check_sparsity
 from .prune.schedule import SCHEDULES
@@ -201,6 +202,9 @@ class RunConfig:
                                                 kind="float", low=0.0, high=1.0)
     target_flash: str | None = _option(None, "plan until the C engine's flash (code + weights + indices) is at most this "
                                        "size (e.g. 32KiB, 32kB = 32000 B, 32768), checked in QEMU (to within 5 percent under it)")
+    target_cycles: float | None = _option(None, "plan until the C engine runs at most this fraction of the dense "
+                                          "engine's estimated cycles (Cortex-M4/M7 timings, zero wait states; e.g. 0.3), "
+                                          "checked in QEMU (to within 5 percent under it)", kind="float", low=0.0, high=1.0)
     schedule: str = _option("oneshot", "oneshot: prune, then fine-tune; agp: cubic ramp to the targets while training; "
                             "iterative: rounds of prune + fine-tune", choices=("oneshot", *SCHEDULES))
     max_loss: float | None = _option(None, "no silent collapse: stop before pruning when the scan predicts that one layer "
@@ -291,11 +295,10 @@ class RunConfig:
         if self.budget != "params" and (self.plan != "scan" or self.max_drop is not None or self.sparsity is not None):
             raise ValueError(f"--budget {self.budget} sets what the scan planner's target counts: use it with --plan scan "
                              "and --target-sparsity, without --max-drop or --sparsity")
-        check_device_targets(self.target_instructions, self.target_flash)
-        if (self.target_instructions is not None or self.target_flash is not None) and (
-                self.sparsity is not None or self.plan != "scan" or self.max_drop is not None):
-            raise ValueError("--target-instructions and --target-flash plan from the scan: drop --sparsity, --max-drop "
-                             "and --plan global")
+        check_device_targets(self.target_instructions, self.target_flash, self.target_cycles)
+        if self.device_target is not None and (self.sparsity is not None or self.plan != "scan" or self.max_drop is not None):
+            raise ValueError("--target-instructions, --target-cycles and --target-flash plan from the scan: drop "
+                             "--sparsity, --max-drop and --plan global")
         if self.schedule not in ("oneshot", *SCHEDULES):
             raise ValueError(f"unknown schedule {self.schedule!r}; use one of oneshot, {', '.join(SCHEDULES)}")
         if self.schedule != "oneshot" and self.finetune_epochs < 1:
@@ -326,15 +329,25 @@ class RunConfig:
                 check_tools()
             except ValueError as exc:
                 raise ValueError(f"{exc}; or pass --mcu none to skip the microcontroller") from None
-        if (self.target_instructions is not None or self.target_flash is not None) and self.mcu == "none":
-            raise ValueError("--target-instructions and --target-flash are checked in QEMU on --mcu's board: "
-                             "give one (e.g. --mcu cortex-m4), not none")
+        if self.device_target is not None and self.mcu == "none":
+            raise ValueError("--target-instructions, --target-cycles and --target-flash are checked in QEMU on --mcu's "
+                             "board: give one (e.g. --mcu cortex-m4), not none")
+        if self.target_cycles is not None and self.mcu != "none" and cycles_note(get_target(self.mcu)) is None:
+            raise ValueError(f"--target-cycles needs a cycle estimate, but --mcu {self.mcu} has "
+                             f"{no_timing_reason(get_target(self.mcu))}; use --target-instructions, or --mcu cortex-m4")
         if self.centroid_epochs and self.export_values != "kmeans":
             raise ValueError("centroid_epochs fine-tunes k-means centroids: use it with export_values='kmeans'")
         self._task = resolve_task(self.task, self.model, self.data.name != "tensors" or tensors_labeled(self.data.data_dir))
         if self._task.name != "classification":
             _check_reconstruction(self)
         pick_device(self.device)
+
+    @property
+    def device_target(self) -> str | None:
+        """The device target's flag (``--target-instructions``, ``--target-cycles``, ``--target-flash``), None without."""
+        return next((flag for flag, value in (("--target-instructions", self.target_instructions),
+                                              ("--target-cycles", self.target_cycles),
+                                              ("--target-flash", self.target_flash)) if value is not None), None)
 
     @property
     def resolved_task(self) -> Task:
@@ -362,7 +375,7 @@ def _check_reconstruction(cfg: RunConfig) -> None:
         ("--distill", cfg.distill), ("--channel-ratios", cfg.channel_ratios is not None),
         ("--target-macs", cfg.target_macs is not None), ("--target-latency", cfg.target_latency is not None),
         ("--centroid-epochs", cfg.centroid_epochs), ("--target-instructions", cfg.target_instructions is not None),
-        ("--target-flash", cfg.target_flash is not None)) if on]
+        ("--target-flash", cfg.target_flash is not None), ("--target-cycles", cfg.target_cycles is not None)) if on]
     if given:
         raise ValueError(f"task 'reconstruction' is scored by MSE, but {', '.join(given)} train or score by class labels; "
                          "leave them out")

@@ -229,8 +229,8 @@ def device_target_line(device: Mapping | None) -> str:
     model ('' without one)."""
     if not device:
         return ""
-    unit = "instructions" if device["quantity"] == "instructions" else "B of flash"
-    asked = (f"{device['target_fraction']:g} of the dense engine's {device['dense']['instructions']:,} instructions"
+    unit = {"instructions": "instructions", "estimated_cycles": "estimated cycles"}.get(device["quantity"], "B of flash")
+    asked = (f"{device['target_fraction']:g} of the dense engine's {device['dense'][device['quantity']]:,} {unit}"
              if device["target_fraction"] is not None else f"{device['target']:,.0f} B of flash")
     error = "" if device["prediction_error"] is None else f", prediction {device['prediction_error']:+.1%}"
     return (f"; device target {asked}: QEMU measured {device['measured']:,.0f} {unit} (predicted {device['predicted']:,.0f}"

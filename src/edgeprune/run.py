@@ -128,9 +128,10 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
 
         # 3. Sparsity dict (given or planned), then prune a copy.
         def prune() -> tuple:
-            if cfg.target_instructions is not None or cfg.target_flash is not None:
+            if cfg.device_target is not None:
                 sparsity, plan_info = steps.plan_for_device_target(source, scan, splits, out / "device_target", cfg.budget,
-                                                                   cfg.target_instructions, cfg.target_flash, cfg.mcu)
+                                                                   cfg.target_instructions, cfg.target_flash, cfg.mcu,
+                                                                   target_cycles=cfg.target_cycles)
             else:
                 shape = spec.sample_shape
                 sparsity, plan_info = steps.choose_sparsity(source, scan, cfg.sparsity, cfg.target_sparsity, cfg.max_drop,

@@ -1,4 +1,4 @@
-"""Device targets: the sparsity plan whose engine meets an instruction or flash target, checked in QEMU.
+"""Device targets: the sparsity plan whose engine meets an instruction, estimated-cycle or flash target, checked in QEMU.
 
 :func:`plan_for_device` measures the dense engine once (and, for a flash target, the sparsest
 plan's), then :func:`~edgeprune.mcu.predict.meet_target` bisects the planner's target fraction on the
@@ -35,23 +35,27 @@ def plan_for_device(
     model: nn.Module, plan_at: Callable[[float], Mapping[str, float]], calibration_images: torch.Tensor,
     images: torch.Tensor, labels: torch.Tensor, out_dir: str | os.PathLike, target_instructions: float | None = None,
     target_flash: str | int | None = None, tolerance: float = DEVICE_TOLERANCE, checks: int = 4, target: str = "cortex-m4",
+    target_cycles: float | None = None,
 ) -> dict:
     """The sparsity plan whose engine meets one device target, and what was predicted and measured for it.
 
     ``plan_at(f)`` is the planner at target fraction ``f`` (e.g. ``plan_by_budget(..., target_sparsity=f)``'s
     sparsity dict). ``target_instructions`` is a fraction of the dense engine's instructions per inference,
-    ``target_flash`` a flash size (``"32KiB"``, ``32768``); give one. The engines are measured in QEMU
+    ``target_cycles`` of its estimated cycles (QEMU's Cortex-M4 timing plugin; the cost model's instructions are
+    priced at the dense engine's measured cycles per instruction), ``target_flash`` a flash size (``"32KiB"``,
+    ``32768``); give one. The engines are measured in QEMU
     (``target``) on ``images`` (a few; the counts hardly depend on the input) under ``out_dir``
     (``dense``, ``sparsest``, ``check-N``). Returns ``sparsity`` (the plan), ``met``, ``target``,
-    ``predicted`` and ``measured`` (instructions or flash bytes), ``checks`` (each QEMU check) and
+    ``predicted`` and ``measured`` (instructions, estimated cycles or flash bytes), ``checks`` (each QEMU check) and
     ``mcu`` (the last check's mcu.json). One-line ValueError for a target no plan reaches, naming the
     reachable range.
     """
-    fraction, flash = check_device_targets(target_instructions, target_flash)
-    if fraction is None and flash is None:
-        raise ValueError("give a device target: --target-instructions (e.g. 0.3) or --target-flash (e.g. 32KiB)")
+    fraction, flash, cycles = check_device_targets(target_instructions, target_flash, target_cycles)
+    if fraction is None and flash is None and cycles is None:
+        raise ValueError("give a device target: --target-instructions (e.g. 0.3), --target-cycles (e.g. 0.3) or "
+                         "--target-flash (e.g. 32KiB)")
     out_dir = writable_folder(out_dir, f"out_dir {out_dir}")
-    key = "instructions" if flash is None else "flash_bytes"
+    key = "flash_bytes" if flash is not None else "estimated_cycles" if cycles is not None else "instructions"
     results: dict[str, dict] = {}
 
     def measure(sparsity: Mapping[str, float], name: str) -> dict:
@@ -60,8 +64,14 @@ def plan_for_device(
         return results[name]
 
     dense = measure({}, "dense")
+    per_instruction = 1.0  # the price of a predicted instruction in the target's quantity
+    if cycles is not None:
+        if dense.get("estimated_cycles") is None:
+            raise ValueError(f"--target-cycles needs a cycle estimate, but {target} has {dense['cycles_note']}; "
+                             "use --target-instructions")
+        fraction, per_instruction = cycles, dense["estimated_cycles"] / dense["instructions"]
     if flash is None:
-        goal, baseline = fraction * dense["instructions"], DeviceBaseline.from_measurement(dense)
+        goal, baseline = fraction * dense[key], DeviceBaseline.from_measurement(dense)
     else:
         sparsest = measure(plan_at(SPARSEST), "sparsest")
         if not sparsest["flash_bytes"] <= flash < dense["flash_bytes"]:
@@ -71,20 +81,20 @@ def plan_for_device(
 
     def predicted(f: float) -> float:
         prediction = predict_model(model, plan_at(f), calibration_images, baseline=baseline)
-        return prediction.instructions if flash is None else prediction.flash_bytes
+        return prediction.instructions * per_instruction if flash is None else prediction.flash_bytes
 
     def measured(f: float) -> float:
         return measure(plan_at(f), f"check-{sum(name.startswith('check') for name in results) + 1}")[key]
 
-    search = meet_target(predicted, measured, goal, "instructions" if flash is None else "flash bytes",
-                         high=SPARSEST, tolerance=tolerance, checks=checks,
-                         dense=dense["instructions"] if flash is None else None)
+    search = meet_target(predicted, measured, goal, key.replace("_", " "), high=SPARSEST, tolerance=tolerance,
+                         checks=checks, dense=dense[key] if flash is None else None)
     last = results[max((n for n in results if n.startswith("check")), key=lambda n: int(n.split("-")[1]))]
     return {
         "sparsity": dict(plan_at(search.fraction)), "met": search.met, "quantity": key, "target": goal,
         "target_fraction": fraction, "planner_fraction": search.fraction, "predicted": search.predicted,
         "measured": search.measured, "prediction_error": (search.predicted - search.measured) / search.measured
         if search.measured and not math.isnan(search.measured) else None,
-        "dense": {"instructions": dense["instructions"], "flash_bytes": dense["flash_bytes"]},
+        "dense": {"instructions": dense["instructions"], "estimated_cycles": dense.get("estimated_cycles"),
+                  "flash_bytes": dense["flash_bytes"]},
         "checks": search.checks, "mcu": last, "folder": str(Path(out_dir)),
     }

@@ -42,14 +42,16 @@ def parse_hz(text: str | int | float) -> int:
     return round(value * HZ_UNITS[unit])
 
 
-def check_device_targets(target_instructions: float | None, target_flash: str | int | None) -> tuple[float | None, int | None]:
-    """(instructions fraction, flash bytes), checked: at most one given, the fraction in (0, 1], the flash a size
-    :func:`parse_bytes` reads. One-line ValueError otherwise."""
-    if target_instructions is not None and target_flash is not None:
-        raise ValueError("give one device target: --target-instructions or --target-flash, not both")
-    if target_instructions is not None and not (isinstance(target_instructions, (int, float))
-                                                and not isinstance(target_instructions, bool)
-                                                and 0 < target_instructions <= 1):
-        raise ValueError(f"--target-instructions is a fraction of the dense engine's instructions in (0, 1], e.g. 0.3; "
-                         f"got {target_instructions!r}")
-    return target_instructions, None if target_flash is None else parse_bytes(target_flash)
+def check_device_targets(target_instructions: float | None, target_flash: str | int | None,
+                         target_cycles: float | None = None) -> tuple[float | None, int | None, float | None]:
+    """(instructions fraction, flash bytes, estimated-cycles fraction), checked: at most one given, a fraction in
+    (0, 1], the flash a size :func:`parse_bytes` reads. One-line ValueError otherwise."""
+    given = [flag for flag, value in (("--target-instructions", target_instructions), ("--target-flash", target_flash),
+                                      ("--target-cycles", target_cycles)) if value is not None]
+    if len(given) > 1:
+        raise ValueError(f"give one device target: {' and '.join(given)} were both given")
+    for flag, value, what in (("--target-instructions", target_instructions, "instructions"),
+                              ("--target-cycles", target_cycles, "estimated cycles")):
+        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1):
+            raise ValueError(f"{flag} is a fraction of the dense engine's {what} in (0, 1], e.g. 0.3; got {value!r}")
+    return target_instructions, None if target_flash is None else parse_bytes(target_flash), target_cycles

@@ -1,4 +1,4 @@
-"""Sparsity planned to a device target (instructions or flash of the C engine), checked in QEMU."""
+"""Sparsity planned to a device target (instructions, estimated cycles or flash of the C engine), checked in QEMU."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def engine_unit_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[st
 def plan_for_device_target(
     model: nn.Module, scan: ScanResult, splits: DataSplits, out: str | Path, budget: str = "params",
     target_instructions: float | None = None, target_flash: str | int | None = None, target: str = "cortex-m4",
-    images: int = DEVICE_CHECK_IMAGES,
+    images: int = DEVICE_CHECK_IMAGES, target_cycles: float | None = None,
 ) -> tuple[dict, dict]:
     """The planner's sparsity dict (in ``budget``) whose C engine meets a device target in QEMU, and its plan info.
 
@@ -55,7 +55,8 @@ def plan_for_device_target(
         return plans[fraction]["sparsity_dict"]
 
     device = plan_for_device(model, plan_at, calibration_images(splits.train, CALIBRATION_IMAGES),
-                             *test_samples(splits, images), out, target_instructions, target_flash, target=target)
+                             *test_samples(splits, images), out, target_instructions, target_flash, target=target,
+                             target_cycles=target_cycles)
     info = dict(plans[device["planner_fraction"]])
     info["device"] = {key: value for key, value in device.items() if key not in ("mcu", "sparsity")}
     info["device"]["layers"] = device["mcu"]["layers"]
@@ -64,9 +65,10 @@ def plan_for_device_target(
 
 def check_device_target(device: Mapping, final: Mapping) -> dict:
     """The device target's record (``device`` from :func:`plan_for_device_target`'s plan info, without its layers) with
-    the final model's measurement (``final``, its :func:`mcu_model` result): its instructions and flash bytes, and
-    whether it still meets the target within 5 %."""
+    the final model's measurement (``final``, its :func:`mcu_model` result): its instructions, estimated cycles and
+    flash bytes, and whether it still meets the target within 5 %."""
     value = final[device["quantity"]]
     return {**{key: v for key, v in device.items() if key != "layers"},
-            "final": {"instructions": final["instructions"], "flash_bytes": final["flash_bytes"],
-                      "met": (1 - DEVICE_TOLERANCE) * device["target"] <= value <= device["target"]}}
+            "final": {"instructions": final["instructions"], "estimated_cycles": final.get("estimated_cycles"),
+                      "flash_bytes": final["flash_bytes"],
+                      "met": value is not None and (1 - DEVICE_TOLERANCE) * device["target"] <= value <= device["target"]}}
