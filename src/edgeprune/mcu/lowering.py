@@ -366,8 +366,14 @@ class _Lowering:
         args = [Arg("struct", ("ep_conv_dims", dims)), Arg("tensor", xp), w_arg, folded, requant,
                 Arg("tensor", self.act(y))]
         reads = (xp,)
-        if not depthwise:  # scratch for four pixels' windows, its size in words given to the kernel to check
-            words = kernel_size("EP_PATCH_WORDS" if engine == "sparse" else "EP_DENSE_SCRATCH_WORDS", k_h, k_w, in_c)
+        if not depthwise or engine == "dense":
+            # scratch for four pixels' windows (the dense depthwise: for its split taps), its size in words given to
+            # the kernel to check
+            if depthwise:
+                words = kernel_size("EP_DW_SCRATCH_WORDS", k_h, k_w)
+            else:
+                words = kernel_size("EP_PATCH_WORDS" if engine == "sparse" else "EP_DENSE_SCRATCH_WORDS", k_h, k_w,
+                                    in_c)
             check_int32(label, scratch_bytes=4 * words)
             scratch = self.new_tensor(4 * words)
             args[5:5] = [Arg("words", scratch), Arg("int", words)]
