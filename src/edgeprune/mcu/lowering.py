@@ -346,9 +346,9 @@ class _Lowering:
         pixels = out_h * out_w
         if depthwise:
             engine, chosen, why, cost = self.choose(
-                depthwise_cost(out_h, out_w, out_c, k_h, k_w), weight.size,
+                depthwise_cost(out_h, out_w, out_c, k_h, k_w, multiplier=mult), weight.size,
                 [("sparse taps", lambda: encode_depthwise(weight))],
-                lambda s: depthwise_cost(out_h, out_w, out_c, k_h, k_w, nonzeros))
+                lambda s: depthwise_cost(out_h, out_w, out_c, k_h, k_w, nonzeros, mult))
             kernel = f"ep_depthwise_{engine}"
         else:
             groups = (out_h // 2) * (out_w // 2) if pool is not None else out_h * -(-out_w // 4)
