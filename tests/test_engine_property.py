@@ -376,12 +376,19 @@ def engines_for(seed: int, graph: Int8Graph) -> tuple[str, ...]:
 def check_graph(seed: int, folder: Path, kernel_objects: list[Path], monkeypatch: pytest.MonkeyPatch) -> str:
     """Build, lower and run graph ``seed``; '' when the engine equals TFLM on every input, else what differs."""
     graph, lut = random_graph(seed)
+    return compare_graph(graph, lut, seed, engines_for(seed, graph), folder, kernel_objects, monkeypatch)
+
+
+def compare_graph(graph: Int8Graph, lut: bool, seed: int, engines: tuple[str, ...], folder: Path,
+                  kernel_objects: list[Path], monkeypatch: pytest.MonkeyPatch) -> str:
+    """Lower ``graph`` on each of ``engines`` and run it on inputs seeded by ``seed``; '' when the engine equals TFLM
+    on every input, else what differs."""
     data = graph_to_tflite(graph, lut_bits=4 if lut else None)
     rng = np.random.default_rng(seed + 1_000_003)
     inputs = _inputs(rng, graph)
     expected = run_int8(data, inputs).reshape(len(inputs), -1)
     ops = " ".join(op.op for op in graph.ops)
-    for engine in engines_for(seed, graph):
+    for engine in engines:
         with monkeypatch.context() as patch:
             if engine != "dense":  # one entry width only, so that each is exercised
                 patch.setattr(choice, "ENTRY_BITS", (int(engine.split()[1].split("-")[0]),))
@@ -426,3 +433,46 @@ def test_random_graphs_cover_every_op_and_sparse_boundary():
     assert ops >= {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MAX_POOL_2D", "AVERAGE_POOL_2D", "PAD",
                    "PADV2", "RESHAPE", "TRANSPOSE", "RELU", "RELU6", "SOFTMAX", "QUANTIZE", "DEQUANTIZE"}, ops
     assert gaps == set(GAPS), gaps
+
+
+def depthwise_graph(seed: int, c: int, kernel: tuple[int, int], stride: int, padding: str,
+                    sparsity: float) -> Int8Graph:
+    """One depth-multiplier-1 depthwise layer over ``c`` channels (the dense kernel's four-channel words and its
+    in_c % 4 tail) with ``kernel``, ``stride`` both ways, ``padding`` and a fraction ``sparsity`` of zero weights
+    (1.0: all zero), on an input of odd width."""
+    rng = np.random.default_rng(seed)
+    b = _Builder(rng)
+    kh, kw = kernel
+    h, w = kh + 2 * stride + 1, kw + 3 * stride + 2
+    source = b.activation((1, h, w, c))
+    b.x = source
+    data = rng.integers(-127, 128, size=(1, kh, kw, c)).astype(np.int8)
+    data[rng.random(data.shape) < sparsity] = 0
+    b.weights = lambda shape, axis: data  # the weights above instead of the builder's random kinds
+    scale = b.g.tensors[source].qparams[0]
+    wt, bias, out_scale = b.weighted(data.shape, 3, scale, kh * kw)
+    oh, ow = (window_output_size(n, k, stride, 1, padding) for n, k in ((h, kh), (w, kw)))
+    options = OpOptions(padding=padding, stride=(stride, stride), dilation=(1, 1), depth_multiplier=1,
+                        activation=str(rng.choice(["NONE", "RELU", "RELU6"])))
+    b.op("DEPTHWISE_CONV_2D", (source, wt, bias), (1, oh, ow, c), options, (out_scale, int(rng.integers(-30, 31))))
+    b.g.inputs, b.g.outputs = (source,), (b.x,)
+    return b.g
+
+
+DEPTHWISE_CASES = [(c, kernel, stride) for c in (1, 3, 5, 7, 8, 9) for kernel in ((3, 3), (5, 5), (10, 4))
+                   for stride in (1, 2)]
+
+
+def test_depthwise_multiplier_one_equals_tflm_under_sanitizers(tmp_path, kernel_objects, monkeypatch):
+    """The dense depthwise kernel's depth multiplier 1 path (four channels a word, SXTB16 halves, the channel tail
+    one at a time) equals TFLM for odd channel counts, strides 1 and 2, 3x3, 5x5 and 10x4 filters, SAME and VALID
+    padding and 0 to 100 % zero weights; the sparse kernel runs the sparse cases too."""
+    failures = []
+    for i, (c, kernel, stride) in enumerate(DEPTHWISE_CASES):
+        padding, sparsity = ("SAME", "VALID")[i % 2], (0.0, 0.3, 0.7, 1.0)[i % 4]
+        graph = depthwise_graph(5000 + i, c, kernel, stride, padding, sparsity)
+        engines = ("dense", "sparse 8-bit") if sparsity > 0 else ("dense",)
+        message = compare_graph(graph, False, 5000 + i, engines, tmp_path / f"dw{i}", kernel_objects, monkeypatch)
+        if message:
+            failures.append(f"c {c}, kernel {kernel}, stride {stride}, {padding}, sparsity {sparsity}: {message}")
+    assert not failures, "\n".join(failures)

@@ -346,9 +346,9 @@ class _Lowering:
         pixels = out_h * out_w
         if depthwise:
             engine, chosen, why, cost = self.choose(
-                depthwise_cost(out_h, out_w, out_c, k_h, k_w), weight.size,
+                depthwise_cost(out_h, out_w, out_c, k_h, k_w, multiplier=mult), weight.size,
                 [("sparse taps", lambda: encode_depthwise(weight))],
-                lambda s: depthwise_cost(out_h, out_w, out_c, k_h, k_w, nonzeros))
+                lambda s: depthwise_cost(out_h, out_w, out_c, k_h, k_w, nonzeros, mult))
             kernel = f"ep_depthwise_{engine}"
         else:
             groups = (out_h // 2) * (out_w // 2) if pool is not None else out_h * -(-out_w // 4)
@@ -366,8 +366,14 @@ class _Lowering:
         args = [Arg("struct", ("ep_conv_dims", dims)), Arg("tensor", xp), w_arg, folded, requant,
                 Arg("tensor", self.act(y))]
         reads = (xp,)
-        if not depthwise:  # scratch for four pixels' windows, its size in words given to the kernel to check
-            words = kernel_size("EP_PATCH_WORDS" if engine == "sparse" else "EP_DENSE_SCRATCH_WORDS", k_h, k_w, in_c)
+        if not depthwise or engine == "dense":
+            # scratch for four pixels' windows (the dense depthwise: for its split taps), its size in words given to
+            # the kernel to check
+            if depthwise:
+                words = kernel_size("EP_DW_SCRATCH_WORDS", k_h, k_w)
+            else:
+                words = kernel_size("EP_PATCH_WORDS" if engine == "sparse" else "EP_DENSE_SCRATCH_WORDS", k_h, k_w,
+                                    in_c)
             check_int32(label, scratch_bytes=4 * words)
             scratch = self.new_tensor(4 * words)
             args[5:5] = [Arg("words", scratch), Arg("int", words)]

@@ -2,27 +2,6 @@
  * pixels at a time from a scratch copy of their windows as 16-bit pairs, two SMLADs per four weights and pixel. */
 #include "ep_conv_group.h"
 
-#if defined(__ARM_FEATURE_DSP)
-#include <arm_acle.h>
-#endif
-
-/* SXTB16 and SMLAD: bytes 0 and 2 of x sign-extended into 16-bit halves; acc + the products of the
- * halves of a and b. The portable versions compute the same. */
-#if defined(__ARM_FEATURE_DSP)
-#define EP_SXTB16(x) ((uint32_t)__sxtb16(x))
-#define EP_SMLAD(a, b, acc) __smlad((int32_t)(a), (int32_t)(b), (acc))
-#else
-#define EP_SXTB16(x) ep_sxtb16_portable(x)
-#define EP_SMLAD(a, b, acc) ep_smlad_portable((a), (b), (acc))
-static inline uint32_t ep_sxtb16_portable(uint32_t x) {
-    return (uint16_t)(int16_t)(int8_t)(uint8_t)x | (uint32_t)(uint16_t)(int16_t)(int8_t)(uint8_t)(x >> 16) << 16;
-}
-/* Each product is at most 2^14 in size; the exporter bounds every partial sum of a channel below 2^31. */
-static inline int32_t ep_smlad_portable(uint32_t a, uint32_t b, int32_t acc) {
-    return acc + (int16_t)(uint16_t)a * (int16_t)(uint16_t)b + (int16_t)(uint16_t)(a >> 16) * (int16_t)(uint16_t)(b >> 16);
-}
-#endif
-
 /* Copy a group's four input windows for the dense kernel: each pixel's window in the filter's order
  * (ky, kx, ci), zero-padded to `padded` bytes, then per four positions and pixel two words: positions
  * 0 and 2, then 1 and 3, as 16-bit halves (the layout SMLAD pairs with SXTB16 of four weights).

@@ -6,6 +6,44 @@
 #include "ep_kernels.h"
 #include "ep_requant.h"
 
+#if defined(__ARM_FEATURE_DSP)
+#include <arm_acle.h>
+#endif
+
+/* SXTB16, SMLAD, SMLABB and SMLATT: bytes 0 and 2 of x sign-extended into 16-bit halves; acc + the products of
+ * the halves of a and b; acc + the product of their bottom halves; of their top halves. The portable versions
+ * compute the same. */
+#if defined(__ARM_FEATURE_DSP)
+#define EP_SXTB16(x) ((uint32_t)__sxtb16(x))
+#define EP_SMLAD(a, b, acc) __smlad((int32_t)(a), (int32_t)(b), (acc))
+#define EP_SMLABB(a, b, acc) __smlabb((int32_t)(a), (int32_t)(b), (acc))
+#define EP_SMLATT(a, b, acc) __smlatt((int32_t)(a), (int32_t)(b), (acc))
+#else
+#define EP_SXTB16(x) ep_sxtb16_portable(x)
+#define EP_SMLAD(a, b, acc) ep_smlad_portable((a), (b), (acc))
+#define EP_SMLABB(a, b, acc) ((acc) + (int16_t)(uint16_t)(a) * (int16_t)(uint16_t)(b))
+#define EP_SMLATT(a, b, acc) ((acc) + (int16_t)(uint16_t)((a) >> 16) * (int16_t)(uint16_t)((b) >> 16))
+static inline uint32_t ep_sxtb16_portable(uint32_t x) {
+    return (uint16_t)(int16_t)(int8_t)(uint8_t)x | (uint32_t)(uint16_t)(int16_t)(int8_t)(uint8_t)(x >> 16) << 16;
+}
+/* Each product is at most 2^14 in size; the exporter bounds every partial sum of a channel below 2^31. */
+static inline int32_t ep_smlad_portable(uint32_t a, uint32_t b, int32_t acc) {
+    return acc + (int16_t)(uint16_t)a * (int16_t)(uint16_t)b + (int16_t)(uint16_t)(a >> 16) * (int16_t)(uint16_t)(b >> 16);
+}
+#endif
+/* SXTB16 of x rotated right by 8: bytes 1 and 3. On the DSP cores one instruction: GCC 12 does not fold the
+ * rotation into SXTB16 by itself (a MOV more per word). */
+#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__)
+static inline uint32_t ep_sxtb16_odd(uint32_t x) {
+    uint32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+}
+#define EP_SXTB16_ODD(x) ep_sxtb16_odd(x)
+#else
+#define EP_SXTB16_ODD(x) EP_SXTB16(((x) >> 8) | ((x) << 24))
+#endif
+
 /* Out of line, as they were when one file held all the convolutions: inlined into each kernel they change
  * the register allocation of its channel loop and cost instructions per output (measured in QEMU). */
 #if defined(__GNUC__)

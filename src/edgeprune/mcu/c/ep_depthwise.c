@@ -3,28 +3,130 @@
  * register allocation of the channel loops and costs instructions per output (measured). */
 #include "ep_conv_group.h"
 
-int ep_depthwise_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w,
-                       const int32_t *bias, const ep_requant *q, int8_t *out) {
-    const ep_requant rq = *q;
-    int32_t oy, ox, ic, m, ky, kx;
-    if (!ep_conv_dims_ok(d) || d->depth_multiplier < 1 || d->out_c != d->in_c * d->depth_multiplier) {
-        return EP_ERROR_DIMS;
+/* ep_mq_apply arranged for the depthwise quads (the same sum, so the same result): the 2^31 taken off for a negative
+ * shifted accumulator is added to the nudge as sign:(sign << 31) (ADDS, ADC), the product accumulated onto that
+ * (SMLAL), then the high word shifted by right1 = right - 1 (right1 < 0: no right shift, the product rounded as
+ * SaturatingRoundingDoublingHighMul alone). */
+typedef struct {
+    int32_t left, multiplier, right1;
+    uint32_t nudge_low;
+    int32_t nudge_high;
+} ep_dw_mq;
+
+static inline ep_dw_mq ep_dw_mq_make(int32_t multiplier, int32_t shift) {
+    const ep_mq m = ep_mq_make(multiplier, shift);
+    ep_dw_mq r;
+    r.left = m.left;
+    r.multiplier = m.multiplier;
+    r.right1 = m.right - 1;
+    r.nudge_low = m.nudge_low;
+    r.nudge_high = m.nudge_high;
+    return r;
+}
+
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline int8_t ep_dw_requantize(int32_t acc, const ep_dw_mq *m, int32_t zp, int32_t lo, int32_t hi) {
+    const int32_t shifted = (int32_t)((uint32_t)acc << m->left);
+    int32_t v;
+    if (m->right1 < 0) {
+        v = (int32_t)(((int64_t)shifted * m->multiplier + ((int64_t)1 << 30)) >> 31);
+    } else {
+        const uint64_t nudge = ((uint64_t)(uint32_t)m->nudge_high << 32) | m->nudge_low;
+        const uint32_t sign = (uint32_t)(shifted >> 31);  /* all ones when negative: -2^31 is sign:sign << 31 */
+        const uint64_t less = ((uint64_t)sign << 32) | (uint32_t)(sign << 31);
+        const int64_t t = (int64_t)(nudge + less) + (int64_t)shifted * m->multiplier;
+        v = (int32_t)(t >> 32) >> m->right1;
+    }
+    v += zp;
+    v = v < lo ? lo : v;
+    v = v > hi ? hi : v;
+    return (int8_t)v;
+}
+
+/* Depth multiplier 1, channels ch to ch + 3 of every output pixel. A tap's four channels are one word of input and
+ * one of weights; SXTB16 splits a word into its even channels (0 and 2, as 16-bit halves) and, rotated by 8, its
+ * odd ones (1 and 3), and SMLABB / SMLATT accumulate the products of the bottom / top halves: four channels of a
+ * pixel in four instructions. The weights are split once per four channels into `table`, three words per tap
+ * (the tap's input offset, then its even and odd weight halves), and the four channels' requantization is
+ * prepared once too. */
+EP_OUT_OF_LINE static void ep_dw_m1_quad(const ep_conv_dims *d, const int8_t *in, const int8_t *w,
+                                         const int32_t *bias, const ep_requant *q, uint32_t *table, int8_t *out,
+                                         int32_t ch) {
+    const int32_t c = d->in_c, taps = d->k_h * d->k_w, pix = d->stride_w * c;
+    const int32_t zp = q->output_zero_point, lo = q->act_min, hi = q->act_max;
+    ep_dw_mq m[4];
+    const int32_t bias0 = bias[ch], bias1 = bias[ch + 1], bias2 = bias[ch + 2], bias3 = bias[ch + 3];
+    const uint32_t *end = table + 3 * taps;
+    int32_t oy, ox, t;
+    for (t = 0; t < 4; t++) {
+        m[t] = ep_dw_mq_make(q->multiplier[ch + t], q->shift[ch + t]);
+    }
+    for (t = 0; t < taps; t++) {
+        const uint32_t wv = ep_read32(w + t * c + ch);
+        table[3 * t] = (uint32_t)(((t / d->k_w) * d->dil_h * d->in_w + (t % d->k_w) * d->dil_w) * c);
+        table[3 * t + 1] = EP_SXTB16(wv);
+        table[3 * t + 2] = EP_SXTB16_ODD(wv);
     }
     for (oy = 0; oy < d->out_h; oy++) {
-        for (ox = 0; ox < d->out_w; ox++) {
-            const int8_t *base = in + (oy * d->stride_h * d->in_w + ox * d->stride_w) * d->in_c;
-            int8_t *o = out + (oy * d->out_w + ox) * d->out_c;
-            for (ic = 0; ic < d->in_c; ic++) {
-                for (m = 0; m < d->depth_multiplier; m++) {
-                    const int32_t oc = ic * d->depth_multiplier + m;
-                    int32_t acc = bias[oc];
-                    for (ky = 0; ky < d->k_h; ky++) {
-                        for (kx = 0; kx < d->k_w; kx++) {
-                            acc += base[(ky * d->dil_h * d->in_w + kx * d->dil_w) * d->in_c + ic] *
-                                   w[(ky * d->k_w + kx) * d->out_c + oc];
-                        }
-                    }
-                    o[oc] = EP_STORE(rq, oc, acc);
+        const int8_t *x = in + oy * d->stride_h * d->in_w * c + ch;
+        int8_t *o = out + oy * d->out_w * c + ch;
+        for (ox = d->out_w; ox > 0; ox--, x += pix, o += c) {
+            const uint32_t *tp = table;
+            int32_t a0 = bias0, a1 = bias1, a2 = bias2, a3 = bias3;
+            do {
+                const uint32_t xv = ep_read32(x + (int32_t)tp[0]);
+                const uint32_t xe = EP_SXTB16(xv), xo = EP_SXTB16_ODD(xv);
+                a0 = EP_SMLABB(xe, tp[1], a0);
+                a2 = EP_SMLATT(xe, tp[1], a2);
+                a1 = EP_SMLABB(xo, tp[2], a1);
+                a3 = EP_SMLATT(xo, tp[2], a3);
+                tp += 3;
+            } while (tp != end);
+            o[0] = ep_dw_requantize(a0, &m[0], zp, lo, hi);
+            o[1] = ep_dw_requantize(a1, &m[1], zp, lo, hi);
+            o[2] = ep_dw_requantize(a2, &m[2], zp, lo, hi);
+            o[3] = ep_dw_requantize(a3, &m[3], zp, lo, hi);
+        }
+    }
+}
+
+/* Any depth multiplier, output channels [from, out_c) of the pixel whose window starts at `base`. */
+EP_OUT_OF_LINE static void ep_dw_channels(const ep_conv_dims *d, const int8_t *base, const int8_t *w,
+                                          const int32_t *bias, const ep_requant *q, int8_t *o, int32_t from) {
+    const ep_requant rq = *q;
+    int32_t oc, ky, kx;
+    for (oc = from; oc < d->out_c; oc++) {
+        const int8_t *b = base + oc / d->depth_multiplier;
+        int32_t acc = bias[oc];
+        for (ky = 0; ky < d->k_h; ky++) {
+            for (kx = 0; kx < d->k_w; kx++) {
+                acc += b[(ky * d->dil_h * d->in_w + kx * d->dil_w) * d->in_c] * w[(ky * d->k_w + kx) * d->out_c + oc];
+            }
+        }
+        o[oc] = EP_STORE(rq, oc, acc);
+    }
+}
+
+int ep_depthwise_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, const int32_t *bias,
+                       const ep_requant *q, uint32_t *scratch, int32_t scratch_words, int8_t *out) {
+    int32_t oy, ox, ch;
+    if (!ep_conv_dims_ok(d) || d->depth_multiplier < 1 || d->out_c != d->in_c * d->depth_multiplier ||
+        scratch_words < EP_DW_SCRATCH_WORDS(d->k_h, d->k_w)) {
+        return EP_ERROR_DIMS;
+    }
+    {
+        /* depth multiplier 1: four channels at a time, the rest (in_c % 4) one at a time; else one at a time */
+        const int32_t c4 = d->depth_multiplier == 1 ? d->in_c / 4 * 4 : 0;
+        for (ch = 0; ch < c4; ch += 4) {
+            ep_dw_m1_quad(d, in, w, bias, q, scratch, out, ch);
+        }
+        if (c4 < d->out_c) {
+            for (oy = 0; oy < d->out_h; oy++) {
+                for (ox = 0; ox < d->out_w; ox++) {
+                    ep_dw_channels(d, in + (oy * d->stride_h * d->in_w + ox * d->stride_w) * d->in_c, w, bias, q,
+                                   out + (oy * d->out_w + ox) * d->out_c, c4);
                 }
             }
         }

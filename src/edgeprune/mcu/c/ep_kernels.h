@@ -110,6 +110,7 @@ typedef struct {
 #define EP_DENSE_SCRATCH_WORDS(k_h, k_w, in_c) (3 * EP_DENSE_PADDED(k_h, k_w, in_c))
 #define EP_PATCH_WORDS(k_h, k_w, in_c) ((k_h) * (k_w) * (in_c))
 #define EP_ADD_TABLE_WORDS 512
+#define EP_DW_SCRATCH_WORDS(k_h, k_w) (3 * (k_h) * (k_w))
 
 /* Convolution (ep_conv_dense.c, ep_conv_sparse.c). Dense weights: per output channel its window (ky, kx, ci)
  * zero-padded to EP_DENSE_PADDED bytes; scratch: EP_DENSE_SCRATCH_WORDS words for four pixels' windows. */
@@ -122,9 +123,10 @@ int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, 
 int ep_conv_sparse_lut(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
                        const ep_requant *q, uint32_t *patch, int32_t patch_words, int8_t *out);
 
-/* Depthwise convolution (ep_depthwise.c). */
+/* Depthwise convolution (ep_depthwise.c). Dense weights [ky][kx][out_c]; scratch: EP_DW_SCRATCH_WORDS words (the
+ * filter's taps split for the depth multiplier 1 path). */
 int ep_depthwise_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, const int32_t *bias,
-                       const ep_requant *q, int8_t *out);
+                       const ep_requant *q, uint32_t *scratch, int32_t scratch_words, int8_t *out);
 int ep_depthwise_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse_dw *w, const int32_t *bias,
                         const ep_requant *q, int8_t *out);
 
