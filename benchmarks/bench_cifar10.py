@@ -74,10 +74,14 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=20000, help="images of train/ used (the rest is not read)")
     parser.add_argument("--val-size", type=int, default=2000)
     parser.add_argument("--target", type=float, default=0.5, help="--target-instructions of the schedule comparison")
-    parser.add_argument("--mcu-images", type=int, default=50)
+    parser.add_argument("--mcu-images", type=int, default=20)
+    parser.add_argument("--part", choices=("main", "wide"), default="main",
+                        help="main: the collapse, recovery and schedule runs; wide: ResNet-8 against ResNet-8 x2 at equal "
+                             "engine instructions (both trained anew with these settings, in --out/wide)")
+    parser.add_argument("--scan-step", default=None, help="the scan's sparsity step (default: the run's, 0.05)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    out = Path(args.out)
+    out = Path(args.out) / ("wide" if args.part == "wide" else "")
     out.mkdir(parents=True, exist_ok=True)
     data = ["--dataset", "imagefolder", "--data-dir", args.data_dir, "--limit", str(args.limit),
             "--val-size", str(args.val_size), "--seed", "0"]
@@ -90,47 +94,54 @@ def main() -> None:
         return run(argv + ["--out", str(folder), "--overwrite"], out / f"{name}.log",
                    [folder / "results.json", folder / "tradeoff.json"], commands)
 
-    def train(name: str, width: str) -> None:
+    def train(name: str, width: str) -> str:
         ckpt = out / f"{name}.safetensors"
         run(["train", "--model", "resnet8", "--width", width, *data, "--epochs", str(args.epochs), "--out", str(ckpt)],
             out / f"{name}.log", [ckpt], commands)
+        return str(ckpt)
 
-    # the baseline, E epochs; the dense reference: F more epochs (a 0 % mask holds nothing)
-    train("resnet8", "1")
-    base = str(out / "resnet8.safetensors")
-    run(["prune", base, "--model", "resnet8", "--sparsity", "0", *data, "--out", str(out / "dense0.safetensors")],
-        out / "dense0.log", [out / "dense0.safetensors"], commands)
-    run(["finetune", str(out / "dense0.safetensors"), "--model", "resnet8", *data, "--epochs", str(args.finetune_epochs),
-         "--out", str(out / "dense_more.safetensors")], out / "dense_more.log", [out / "dense_more.safetensors"], commands)
+    def pruned(width: str, weights: str) -> list[str]:
+        return ["run", "--model", "resnet8", "--width", width, "--weights", weights, *data, "--finetune-epochs",
+                str(args.finetune_epochs), *(["--scan-step", args.scan_step] if args.scan_step else [])]
 
-    pruned = ["run", "--model", "resnet8", "--weights", base, *data, "--finetune-epochs", str(args.finetune_epochs)]
-    results["collapse_status"] = step("collapse", pruned + ["--target-instructions", "0.3", "--budget", "macs", *mcu])
-    step("uniform90", pruned + ["--sparsity", "0.9", *mcu])
-    target = ["--target-instructions", str(args.target), "--budget", "macs", *mcu]
-    for name, extra in (("target-oneshot", []), ("target-agp", ["--schedule", "agp"]),
-                        ("target-oneshot-distill", ["--distill", "0.5"]),
-                        ("target-agp-distill", ["--schedule", "agp", "--distill", "0.5"])):
-        step(name, pruned + target + extra)
+    if args.part == "main":
+        # the baseline, E epochs; the dense reference: F more epochs (a 0 % mask holds nothing)
+        base = train("resnet8", "1")
+        run(["prune", base, "--model", "resnet8", "--sparsity", "0", *data, "--out", str(out / "dense0.safetensors")],
+            out / "dense0.log", [out / "dense0.safetensors"], commands)
+        run(["finetune", str(out / "dense0.safetensors"), "--model", "resnet8", *data, "--epochs",
+             str(args.finetune_epochs), "--out", str(out / "dense_more.safetensors")], out / "dense_more.log",
+            [out / "dense_more.safetensors"], commands)
+        results["collapse_status"] = step("collapse", pruned("1", base) + ["--target-instructions", "0.3", "--budget",
+                                                                           "macs", *mcu])
+        step("uniform90", pruned("1", base) + ["--sparsity", "0.9", "--mcu", "none"])  # accuracy only
+        step("target-oneshot", pruned("1", base) + ["--target-instructions", str(args.target), "--budget", "macs", *mcu])
+        # the same planned target (its sparsity dict: no second scan) pruned gradually and/or distilled
+        plan = str(out / "target-oneshot" / "sparsity.json")
+        for name, extra in (("target-agp", ["--schedule", "agp"]), ("target-oneshot-distill", ["--distill", "0.5"]),
+                            ("target-agp-distill", ["--schedule", "agp", "--distill", "0.5"])):
+            step(name, pruned("1", base) + ["--sparsity", plan, *mcu, *extra])
+        names = ("collapse", "uniform90", "target-oneshot", "target-agp", "target-oneshot-distill", "target-agp-distill")
+        trained = ("resnet8", "dense_more")
+    else:
+        # both widths trained alike; the narrow one pruned to the target, the wide one to the narrow one's instructions
+        narrow, wide = train("resnet8", "1"), train("resnet8x2", "2")
+        step("narrow", pruned("1", narrow) + ["--target-instructions", str(args.target), "--budget", "macs", *mcu])
+        probe = out / "resnet8x2-dense-mcu"
+        run(["mcu", wide, "--model", "resnet8", "--width", "2", *data, "--images", "2", "--out", str(probe)],
+            out / "resnet8x2-mcu.log", [probe / "mcu.json"], commands)
+        if (out / "narrow" / "results.json").exists() and (probe / "mcu.json").exists():
+            goal = engine_instructions(out / "narrow", "Fine-tuned + pruned")
+            dense_wide = json.loads((probe / "mcu.json").read_text())["instructions"]
+            results["wide_fraction"] = fraction = round(goal / dense_wide, 4)
+            step("wide", pruned("2", wide) + ["--target-instructions", str(fraction), "--budget", "macs", *mcu])
+        names, trained = ("narrow", "wide"), ("resnet8", "resnet8x2")
 
-    # the wide model (E epochs too) at the engine instructions of the narrow pruned one: its own dense count first
-    train("resnet8x2", "2")
-    wide = str(out / "resnet8x2.safetensors")
-    probe = out / "resnet8x2-dense-mcu"
-    run(["mcu", wide, "--model", "resnet8", "--width", "2", *data, "--images", "5", "--out", str(probe)],
-        out / "resnet8x2-mcu.log", [probe / "mcu.json"], commands)
-    if (out / "target-oneshot" / "results.json").exists() and (probe / "mcu.json").exists():
-        narrow = engine_instructions(out / "target-oneshot", "Fine-tuned + pruned")
-        dense_wide = json.loads((probe / "mcu.json").read_text())["instructions"]
-        results["wide_fraction"] = fraction = round(narrow / dense_wide, 4)
-        step("wide", ["run", "--model", "resnet8", "--width", "2", "--weights", wide, *data, "--finetune-epochs",
-                      str(args.finetune_epochs), "--target-instructions", str(fraction), "--budget", "macs", *mcu])
-
-    for name in ("resnet8", "resnet8x2", "dense_more"):  # the test accuracy each training printed last
+    for name in trained:  # the test accuracy each training printed last
         log = out / f"{name}.log"
         lines = [ln for ln in log.read_text().splitlines() if ln.startswith("test accuracy")] if log.exists() else []
         results[f"{name}_accuracy"] = float(lines[-1].split()[2]) if lines else None
-    for name in ("collapse", "uniform90", "target-oneshot", "target-agp", "target-oneshot-distill", "target-agp-distill",
-                 "wide"):
+    for name in names:
         if (out / name / "results.json").exists():
             results[name] = rows(out / name)
         elif (out / name / "tradeoff.json").exists():
