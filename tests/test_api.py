@@ -58,7 +58,7 @@ PURE, STATE, LOOPS, IO, PIPELINE, CLI = range(len(LAYER_NAMES))
 LAYERS = {
     # pure functions: numbers and tensors in, numbers and tensors out (settings parses a dict or a settings file)
     "prune.masks": PURE, "prune.global_magnitude": PURE, "prune.importance": PURE, "prune.settings": PURE,
-    "export.quantize": PURE, "export.int8_graph": PURE, "analyze.metrics": PURE, "device": PURE, "task": PURE,
+    "export.quantize": PURE, "export.bit_choice": PURE, "export.int8_graph": PURE, "analyze.metrics": PURE, "device": PURE, "task": PURE,
     # objects that hold state: models and their specs, the pruner and its masks, the process group
     "models": STATE, "prune.pruner": STATE, "prune.schedule": STATE, "distributed": STATE,
     # loops over data: training, evaluation, the forward/backward passes that rank or time

@@ -24,13 +24,19 @@ def test_bits_default_to_what_the_export_mode_needs():
     assert RunConfig(export_values="fp32").export_bits is None
     assert RunConfig(export_values="fp16").export_bits is None
     assert RunConfig(export_values="int8").export_bits == 8
-    assert RunConfig(export_values="kmeans").export_bits == 4
+    assert RunConfig(export_values="kmeans").export_bits == "auto"  # per layer, within --export-tolerance (issue 24)
     assert RunConfig(export_values="kmeans", export_bits=3).export_bits == 3
+    assert RunConfig(export_values="kmeans", export_bits="3").export_bits == 3  # as the flag gives it
+    assert RunConfig(export_bits='{"_default": 4, "fc1.weight": 3}').export_bits == {"_default": 4, "fc1.weight": 3}
 
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"export_values": "fp16", "export_bits": 4}, "bits"),
     ({"export_values": "int8", "export_bits": 4}, "bits"),
+    ({"export_values": "int8", "export_bits": "auto"}, "auto"),
+    ({"export_bits": 9}, "bits"),
+    ({"export_tolerance": -1.0}, "export_tolerance"),
+    ({"data": {"val_size": 0}, "scan_split": "test"}, "val-size"),
     ({"export_values": "zip"}, "export values"),
     ({"epochs": 0}, "weights"),
     ({"epochs": -1}, "epochs"),

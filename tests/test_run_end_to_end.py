@@ -110,7 +110,7 @@ def test_centroid_fine_tuning_resumes_after_its_step_and_matches_export(tmp_path
     # the CLI's export takes the same seeded centroid step: the same weights as the run's
     epz = tmp_path / "shared.epz"
     assert main(["export", str(whole / "finetuned.safetensors"), "--data-dir", SLICE, "--val-size", "50", "--limit", "150",
-                 "--values", "kmeans", "--centroid-epochs", "1", "--out", str(epz)]) == 0
+                 "--values", "kmeans", "--bits", "4", "--centroid-epochs", "1", "--out", str(epz)]) == 0
     exported, ran = load_compressed(epz), load_compressed(whole / "shared.epz")
     assert exported.keys() == ran.keys() and all(torch.equal(exported[k], ran[k]) for k in ran)
 
@@ -163,17 +163,67 @@ def test_a_latency_target_chooses_a_model_that_met_it_when_timed(tmp_path):
     assert "measured batch-64 latency" in (out / "report.md").read_text()
 
 
-def test_export_and_compare_default_kmeans_to_4_bits_as_the_run_does(tmp_path, plain, capsys):
+def test_export_and_compare_default_kmeans_to_auto_bits_as_the_run_does(tmp_path, plain, capsys):
     tuned = str(plain / "finetuned.safetensors")
     data = ["--data-dir", SLICE, "--val-size", "50", "--limit", "150"]
-    for name, bits in (("default.epz", []), ("four.epz", ["--bits", "4"])):
+    capsys.readouterr()
+    for name, bits in (("default.epz", []), ("auto.epz", ["--bits", "auto"]), ("four.epz", ["--bits", "4"])):
         assert main(["export", tuned, *data, "--values", "kmeans", *bits, "--out", str(tmp_path / name)]) == 0
-    default, four = load_compressed(tmp_path / "default.epz"), load_compressed(tmp_path / "four.epz")
-    assert default.keys() == four.keys() and all(torch.equal(default[k], four[k]) for k in four)
+    printed = capsys.readouterr().out
+    assert printed.count("bits per layer") == 2 and printed.count("decoded on the validation split") == 2
+    default, auto, four = (load_compressed(tmp_path / f"{n}.epz") for n in ("default", "auto", "four"))
+    assert default.keys() == auto.keys() and all(torch.equal(default[k], auto[k]) for k in auto)
     assert read_header(tmp_path / "default.epz") == read_header(tmp_path / "four.epz")
-    assert len(torch.unique(default["fc1.weight"])) <= 2**4 + 1  # 16 centroids and the zeros
+    assert len(torch.unique(four["fc1.weight"])) <= 2**4 + 1  # 16 centroids and the zeros: given bits as before
     capsys.readouterr()
     assert main(["compare", tuned, *data, "--export-values", "kmeans", "--out", str(tmp_path / "cmp")]) == 0
     row = json.loads((tmp_path / "cmp" / "comparison.json").read_text())[0]
-    assert row["compressed_bits"] == RunConfig().export_bits == 4
+    assert RunConfig().export_bits == "auto" and isinstance(row["compressed_bits"], dict)
+    for name, bits in row["compressed_bits"].items():  # the compare's own choice: the export's file has its widths
+        assert len(torch.unique(default[name][default[name] != 0])) <= 2**bits, name
+    assert row["export_check"]["within"] and row["export_check"]["searched"]
     assert capsys.readouterr().out.startswith((tmp_path / "cmp" / "comparison.md").read_text())  # the table it printed
+
+
+def test_the_run_chooses_bits_per_row_on_the_validation_split_and_flags_a_file_that_loses_more(
+        tmp_path, monkeypatch, capsys):
+    """Every row's .epz gets its own bits, chosen on the 50 validation images (never the 150 test images); a row whose
+    files all lose too much (the scorer of the second row is made to see that) is one printed line, a red line in the
+    report, and ``within: false`` with 8 bits everywhere in results.json."""
+    import edgeprune.steps.exports as exports
+
+    real, sizes = exports.state_scorer, []
+
+    def scorer(model, loader, device=None, task=None):
+        sizes.append(len(loader.dataset))
+        score, row = real(model, loader, device, task), len(sizes)
+
+        def seen(state):
+            own = all(torch.equal(state[k], v.cpu()) for k, v in model.state_dict().items())
+            return score(state) - (0.0 if own or row != 2 else 50.0)
+
+        return seen
+
+    monkeypatch.setattr(exports, "state_scorer", scorer)
+    out = tmp_path / "run"
+    argv = [a if a != "fp16" else "kmeans" for a in BASE]
+    capsys.readouterr()
+    assert main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert sizes == [50, 50, 50]  # three rows, each scored on the validation split
+    results = json.loads((out / "results.json").read_text())
+    rows = results["comparison"]
+    assert [r["model"] for r in rows] == ["Baseline", "Pruned", "Fine-tuned + pruned"]
+    assert results["export_tolerance"] == 1.0
+    for index, row in enumerate(rows):
+        check, bits = row["export_check"], row["compressed_bits"]
+        assert isinstance(bits, dict) and set(bits) == {"conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"}
+        assert check["bits"] == bits and check["within"] == (index != 1)
+        file = load_compressed(row["compressed_file"])
+        for name, width in bits.items():
+            assert len(torch.unique(file[name][file[name] != 0])) <= 2**width, name
+    assert set(rows[1]["compressed_bits"].values()) == {8} and rows[1]["export_check"]["loss"] > 1.0
+    report = (out / "report.md").read_text()
+    assert report.count('color:red">Pruned: its compressed .epz') == 1 and "even 8 bits everywhere" in report
+    assert "| Weight tensor | Baseline | Pruned | Fine-tuned + pruned |" in report
+    assert sum("Pruned: its compressed .epz" in line for line in printed.splitlines()) == 2  # the run's line, and the printed table's note

@@ -18,7 +18,7 @@ from pathlib import Path
 from . import __version__, distributed, steps
 from .config import CRITERIA, EXPORT_VALUES, MCU_TARGETS, METHODS, SCAN_SPLITS, SPARSE_MODES, TASKS, Flag, RunConfig, data_config, flags, \
     read_config_file, run_config
-from .report import comparison_markdown, engine_markdown, layers_markdown, mcu_table
+from .report import comparison_markdown, engine_markdown, export_check_line, layers_markdown, mcu_table
 from .run import run_experiment
 from .task import task_named
 
@@ -170,13 +170,15 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     values = None if args.export_values == "none" else args.export_values
     steps.compare_checkpoints(args.checkpoints, args.labels.split(",") if args.labels else None, _spec(args),
-                              _data(args), args.device, args.out, values, args.export_bits)
+                              _data(args), args.device, args.out, values, args.export_bits, args.export_tolerance)
     print((Path(args.out) / "comparison.md").read_text(encoding="utf-8"))  # headed by the data's task's metric
     print(f"wrote {args.out}/comparison.md and comparison.json")
 
 
 WEIGHT_BUDGET_HELP = ("c: at most this many bytes of weights and index, e.g. 15KB or 15KiB: layers take slower, more "
                       "compact sparse formats (4-bit entries) where that costs the fewest instructions per byte saved")
+EXPORT_TOLERANCE_HELP = ("epz: how much the file may lose against the checkpoint on the validation split, what --bits "
+                         "auto chooses by (default: 1 accuracy point; for a reconstruction 5, the MSE's increase in percent)")
 EXPORT_FORMATS = {"epz": "model.epz", "onnx": "model.onnx", "tflite": "model.tflite", "c": "model_c"}  # format -> default --out
 
 
@@ -193,9 +195,19 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.checkpoint} is already a .tflite: it exports only to the C engine (--format c)")
     row = steps.export_checkpoint(args.checkpoint, _spec(args), _data(args), out, args.format, args.values, args.bits,
                                   args.centroid_epochs, args.centroid_lr, args.calibration, args.softmax, args.c_source,
-                                  args.device, args.seed)
+                                  args.device, args.seed, args.tolerance)
     if args.format == "epz":
-        print(f"wrote {out} ({row['bytes']:,} bytes; the dense checkpoint is {row['checkpoint_bytes']:,})")
+        bits = row["bits"]
+        per_layer = (", bits per layer " + ", ".join(f"{name} {b}" for name, b in bits.items())) if isinstance(bits, dict) else ""
+        print(f"wrote {out} ({row['bytes']:,} bytes; the dense checkpoint is {row['checkpoint_bytes']:,}){per_layer}")
+        check = row["check"]
+        if check is not None:
+            task = task_named(row["task"])
+            if check["within"]:
+                print(f"decoded on the validation split: {_metric(task.metric, check['decoded'])} against "
+                      f"{task.format(check['reference'])}, within the tolerance {check['tolerance']:g}")
+            else:
+                print(f"warning: {export_check_line(Path(out).name, check, task)}")
         return
     task = task_named(row["task"])
     m = task.metric
@@ -324,7 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="comma-separated names for the rows")
     p.add_argument("--export-values", default="fp32", choices=(*EXPORT_VALUES, "none"),
                    help="export each model compressed this way and evaluate it decoded ('none' to skip)")
-    p.add_argument("--export-bits", type=_whole(2, 8), help="bits of the k-means codebook (default: 4 for kmeans, 8 for int8)")
+    p.add_argument("--export-bits", help="bits of the k-means codebooks: auto (the default for kmeans: each model's "
+                   "fewest per layer within --export-tolerance on the validation split), a number from 2 to 8, or per "
+                   "layer as inline JSON / a file; 8 for int8")
+    p.add_argument("--export-tolerance", type=_real(0.0), help=EXPORT_TOLERANCE_HELP)
     p.add_argument("--out", default="compare")
     p.set_defaults(func=cmd_compare)
 
@@ -332,8 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("checkpoint")
     p.add_argument("--values", default="fp32", choices=EXPORT_VALUES)
-    p.add_argument("--bits", help="k-means bits: a number, or per layer as inline JSON / a file like the sparsity dict "
-                   "(default: 4 for kmeans, 8 for int8)")
+    p.add_argument("--bits", help="k-means bits: auto (the default for kmeans: per layer, the fewest from 2 to 8 whose "
+                   "decoded file stays within --tolerance on the validation split), a number, or per layer as inline JSON "
+                   "/ a file like the sparsity dict; 8 for int8")
+    p.add_argument("--tolerance", type=_real(0.0), help=EXPORT_TOLERANCE_HELP)
     p.add_argument("--centroid-epochs", type=_whole(0, 10_000), default=0, help="fine-tune the k-means centroids for this many epochs first")
     p.add_argument("--centroid-lr", type=_real(positive=True), default=steps.CENTROID_LR)
     p.add_argument("--format", default="epz", choices=tuple(EXPORT_FORMATS),

@@ -19,6 +19,7 @@ from .analyze.plan import BUDGETS
 from .analyze.scan import METHODS, scan_sparsities
 from .data import DATASETS, DataConfig, native_geometry, tensors_labeled
 from .device import pick_device
+from .export.bit_choice import AUTO
 from .export.quantize import MODES, QuantConfig
 from .mcu.lowering import SPARSE_MODES
 from .mcu.cycles import cycles_note, no_timing_reason
@@ -34,7 +35,7 @@ from .training import LR_SCHEDULES
 __all__ = [
     "CRITERIA", "DATASETS", "DATA_FLAGS", "DEVICE_EXPORTS", "EXPORT_VALUES", "LR_SCHEDULES", "MAX_SEED", "MCU_TARGETS", "METHODS",
     "PLANS", "SPARSE_MODES", "TASK_CHOICES", "TASKS",
-    "RENAMED_KEYS", "SCAN_SPLITS", "Flag", "RunConfig", "data_config", "default_bits", "fit_data_to_model", "flags",
+    "RENAMED_KEYS", "SCAN_SPLITS", "Flag", "RunConfig", "check_export_bits", "data_config", "default_bits", "fit_data_to_model", "flags",
     "is_torchvision", "parse_bits",
     "read_config_file", "run_config", "upgrade_saved",
 ]
@@ -125,18 +126,34 @@ def fit_data_to_model(model: str, data: DataConfig) -> DataConfig:
     return replace(data, channels=channels, image_size=size)
 
 
-def default_bits(values: str) -> int | None:
-    """The bit width a value mode needs when none is given: 4 for k-means, 8 for int8, none for floats."""
-    return {"kmeans": 4, "int8": 8}.get(values)
+def default_bits(values: str) -> int | str | None:
+    """The bits a value mode gets when none are given: ``"auto"`` for k-means (the fewest per layer within the export
+    tolerance on the validation split), 8 for int8, none for floats."""
+    return {"kmeans": AUTO, "int8": 8}.get(values)
 
 
-def parse_bits(text: str | int | None, values: str) -> int | dict | None:
-    """k-means bits as given (a number, or per layer as inline JSON / a file), else :func:`default_bits` of ``values``."""
+def parse_bits(text: str | int | Mapping | None, values: str) -> int | str | dict | None:
+    """k-means bits as given (a number, ``auto``, or per layer as inline JSON / a file or a dict), else
+    :func:`default_bits` of ``values``."""
     if text is None:
         return default_bits(values)
-    if isinstance(text, int) or text.isdigit():
+    if isinstance(text, bool):
+        return text  # refused by the bits check, naming the fix
+    if isinstance(text, int) or text == AUTO:
+        return text
+    if isinstance(text, str) and text.strip().isdigit():
         return int(text)
     return load_layer_settings(text)
+
+
+def check_export_bits(values: str, bits: object) -> None:
+    """Refuse bits that ``values`` cannot use, or ``auto`` with a mode other than k-means, as one line."""
+    if bits == AUTO:
+        if values != "kmeans":
+            raise ValueError(f"export bits 'auto' choose k-means codebooks per layer: use them with --export-values kmeans, "
+                             f"not {values!r}")
+        return
+    QuantConfig(values, bits)
 
 
 def _check_int(value: object, name: str, low: int, high: int | None = None) -> int:
@@ -157,7 +174,8 @@ class RunConfig:
     """Everything ``edgeprune run`` needs, checked as a whole on construction; saved beside the report as ``config.json``.
 
     ``epochs=None`` means 5, or 0 when ``weights`` gives a trained baseline. ``export_bits=None``
-    means what ``export_values`` needs (:func:`default_bits`). ``sparsity`` (inline JSON, a file or a
+    means what ``export_values`` needs (:func:`default_bits`: ``"auto"`` for k-means, chosen per layer within
+    ``export_tolerance``, whose None means :func:`~edgeprune.steps.exports.default_export_tolerance`). ``sparsity`` (inline JSON, a file or a
     dict) is read and its values checked here; its names are checked against the model before training.
     """
 
@@ -223,8 +241,14 @@ class RunConfig:
     scan_method: str = _option("auto", "how the scan evaluates a layer: auto, fast (the layers after it from cached "
                                "activations) or naive", choices=METHODS)
     export_values: str = _option("kmeans", "how the compressed .epz stores the weights", choices=EXPORT_VALUES)
-    export_bits: int | None = _option(None, "bits of the k-means codebook (default: 4 for kmeans, 8 for int8)",
-                                      kind="int", low=2, high=8)
+    export_bits: int | str | dict | None = _option(
+        None, "bits of the k-means codebooks: auto (the default for kmeans: per layer, the fewest from 2 to 8 whose "
+        "decoded file loses at most --export-tolerance on the validation split), a number from 2 to 8 for every layer, "
+        "or per layer as inline JSON / a file like --sparsity; 8 for int8")
+    export_tolerance: float | None = _option(
+        None, "how much each compressed .epz may lose against its own model on the validation split: what --export-bits "
+        "auto chooses by, and beyond which the run flags a file (default: 1 accuracy point; for a reconstruction 5, the "
+        "MSE's increase in percent)", kind="float", low=0.0)
     centroid_epochs: int = _option(0, "with kmeans: fine-tune the shared centroids this many epochs", kind="int",
                                    low=0, high=10_000)
     device_exports: str = _option("final", "ONNX and int8 TFLite files (+ model_data.cc/.h) scored in onnxruntime and "
@@ -316,9 +340,15 @@ class RunConfig:
             scan_sparsities(self.scan_start, self.scan_end, self.scan_step)
         if self.export_values not in EXPORT_VALUES:
             raise ValueError(f"unknown export values {self.export_values!r}; use one of {', '.join(EXPORT_VALUES)}")
-        if self.export_bits is None:
-            self.export_bits = default_bits(self.export_values)
-        QuantConfig(self.export_values, self.export_bits)  # a mode with bits it cannot use is an error now, not after training
+        self.export_bits = parse_bits(self.export_bits, self.export_values)
+        check_export_bits(self.export_values, self.export_bits)  # bits a mode cannot use are an error now, not after training
+        if self.export_tolerance is not None and (isinstance(self.export_tolerance, bool) or not isinstance(
+                self.export_tolerance, numbers.Real) or not math.isfinite(self.export_tolerance) or self.export_tolerance < 0):
+            raise ValueError(f"export_tolerance must be a non-negative number (accuracy points, or percent of the MSE), "
+                             f"got {self.export_tolerance!r}; e.g. 1")
+        if self.export_bits == AUTO and self.data.val_size == 0 and self.data.name != "tensors":
+            raise ValueError("--export-bits auto chooses the bits on the validation split: give --val-size > 0, or a bit "
+                             "width (e.g. --export-bits 4)")
         if self.device_exports not in DEVICE_EXPORTS:
             raise ValueError(f"unknown device_exports {self.device_exports!r}; use one of {', '.join(DEVICE_EXPORTS)}")
         if self.mcu not in (*MCU_TARGETS, "none"):

@@ -4,17 +4,48 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
+from .export.bit_choice import bits_label
 from .mcu.measure import mcu_table
 from .task import CLASSIFICATION, Task, task_named
 
-__all__ = ["comparison_markdown", "device_markdown", "device_target_line", "engine_markdown", "layers_markdown",
-           "mcu_markdown", "mcu_table", "run_report", "sparsity_markdown"]
+__all__ = ["bits_markdown", "comparison_markdown", "device_markdown", "device_target_line", "engine_markdown",
+           "export_check_line", "layers_markdown", "mcu_markdown", "mcu_table", "run_report", "sparsity_markdown"]
 
 
 def _fmt_bytes(n: int | float | None) -> str:
     if n is None:
         return "–"
     return f"{int(n):,} ({n / 2**20:.3f} MiB)"
+
+
+def _bits_text(bits: int | Mapping | None) -> str:
+    """Bits as a short text: ``4``, or the range of per-layer widths ``2-6 per layer``."""
+    return bits_label(bits) + (" per layer" if isinstance(bits, Mapping) else "")
+
+
+def export_check_line(model: str, check: Mapping, task: Task = CLASSIFICATION) -> str:
+    """One line saying that a row's compressed file loses more than the tolerance on the validation split."""
+    values = check["values"] + (f", {_bits_text(check['bits'])} bits" if check.get("bits") is not None else "")
+    top = check["searched"] and isinstance(check["bits"], Mapping) and all(b == 8 for b in check["bits"].values())
+    return (f"{model}: its compressed .epz ({values}{', even 8 bits everywhere' if top else ''}) loses "
+            f"{check['loss']:.2f} ({task.drop_unit}) on the validation split ({task.format(check['decoded'])} decoded against "
+            f"{task.format(check['reference'])}), more than the tolerance {check['tolerance']:g}")
+
+
+def bits_markdown(rows: Iterable[Mapping], task: Task = CLASSIFICATION) -> str:
+    """The k-means bits each row's compressed file chose per weight tensor, and its decoded score on the validation
+    split with what it lost there ('' when no row chose per layer)."""
+    rows = [r for r in rows if isinstance(r.get("compressed_bits"), Mapping)]
+    if not rows:
+        return ""
+    names = list(dict.fromkeys(name for r in rows for name in r["compressed_bits"]))
+    lines = ["| Weight tensor | " + " | ".join(str(r["model"]) for r in rows) + " |", "|---" * (len(rows) + 1) + "|"]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(str(r["compressed_bits"].get(name, "–")) for r in rows) + " |")
+    checks = [r.get("export_check") or {} for r in rows]
+    lines.append("| *decoded on validation (lost)* | " + " | ".join(
+        f"{_fmt_metric(c['decoded'], task)} ({c['loss']:.2f})" if c else "–" for c in checks) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def comparison_markdown(rows: Iterable[Mapping], task: Task = CLASSIFICATION) -> str:
@@ -34,7 +65,10 @@ def comparison_markdown(rows: Iterable[Mapping], task: Task = CLASSIFICATION) ->
         cells = [str(r["model"]), f"{r['theoretical_mib']:.2f}", f"{100 * r['sparsity']:.1f}", _fmt_bytes(r.get("file_bytes"))]
         if has_compressed:
             dec = r.get(f"decoded_{task.metric}")
-            cells += [_fmt_bytes(r.get("compressed_bytes")), "–" if dec is None else _fmt_metric(dec, task)]
+            cell = "–" if dec is None else _fmt_metric(dec, task)
+            if dec is not None and r.get("export_check") and not r["export_check"]["within"]:
+                cell = f"**<span style=\"color:red\">{cell} (loses more than {r['export_check']['tolerance']:g})</span>**"
+            cells += [_fmt_bytes(r.get("compressed_bytes")), cell]
         if has_speed:
             cells += [f"{r['macs']:,}" if r.get("macs") is not None else "–", _latency_cell(r)]
         cells.append(_fmt_metric(r[task.metric], task))
@@ -55,11 +89,26 @@ def comparison_markdown(rows: Iterable[Mapping], task: Task = CLASSIFICATION) ->
         lines += _latency_notes(rows)
     if has_compressed:
         r = next(r for r in rows if r.get("compressed_bytes") is not None)
-        bits = f", {r['compressed_bits']} bits" if r.get("compressed_bits") else ""
+        chosen = [x for x in rows if isinstance(x.get("compressed_bits"), Mapping)]
+        checked = next((x["export_check"] for x in rows if x.get("export_check")), None)
+        if chosen:
+            bits = (f", k-means bits chosen per layer for each row: the fewest whose file loses at most "
+                    f"{chosen[0]['export_check']['tolerance']:g} ({task.drop_unit}) against the row's own model on the "
+                    "validation split, listed below")
+        else:
+            bits = f", {r['compressed_bits']} bits" if r.get("compressed_bits") else ""
         lines.append(
             f"*Compressed file* is the sparse, entropy-coded export (values: {r['compressed_values']}{bits}; "
             f"edgeprune export), the bytes a device would store; *{task.metric} decoded* is measured on the weights read back from it."
         )
+        if checked and not chosen:
+            lines.append(f"Each file was also scored on the validation split against its own model, with a tolerance of "
+                         f"{checked['tolerance']:g} ({task.drop_unit}).")
+        for x in rows:
+            if x.get("export_check") and not x["export_check"]["within"]:
+                lines += ["", f"**<span style=\"color:red\">{export_check_line(x['model'], x['export_check'], task)}.</span>**"]
+        if chosen:
+            lines += ["", bits_markdown(rows, task).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

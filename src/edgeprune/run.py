@@ -21,7 +21,9 @@ from .checkpoint import save_checkpoint
 from .config import RunConfig, upgrade_saved
 from .data import make_loaders
 from .device import pick_device
+from .export.bit_choice import AUTO, bits_label
 from .export.c_source import fits_on
+from .export.quantize import QuantConfig
 from .files import write_json_atomic, write_text_atomic
 from .models import prunable_parameters
 from .prune.pruner import FineGrainedPruner
@@ -67,6 +69,11 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
         task = cfg.resolved_task
         max_loss = cfg.max_loss if cfg.max_loss is not None else steps.default_max_loss(task)
         splits = steps.load_splits(cfg.data, task=task.name)
+        export_tolerance = cfg.export_tolerance if cfg.export_tolerance is not None else steps.default_export_tolerance(task)
+        val_loader = make_loaders(splits, cfg.data.batch_size, cfg.seed)[1]
+        if cfg.export_bits == AUTO and val_loader is None:
+            raise ValueError("--export-bits auto chooses the bits on the validation split, but the data has none: give "
+                             "x_val / y_val or --val-size > 0, or a bit width (e.g. --export-bits 4)")
         resumed = [step for step in STEPS if step in folder.done]
 
         def load(name: str, spec=None) -> tuple:
@@ -81,6 +88,8 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
                                           target=None if cfg.mcu == "none" else cfg.mcu)
             if cfg.sparsity is not None:  # wrong layer names are an error now, not after training
                 resolve_sparsity_dict(cfg.sparsity, prunable_parameters(model), (n for n, _ in model.named_parameters()))
+            if isinstance(cfg.export_bits, dict):  # so are wrong names in per-layer export bits
+                QuantConfig(cfg.export_values, cfg.export_bits).check_names(model.state_dict())
             if cfg.channel_ratios is not None:  # the channel step itself, on the untrained model: names, output layer, ratios
                 steps.prune_channels_step(model, spec, cfg.channel_ratios)  # taylor's batches come after training
             if cfg.epochs:
@@ -185,20 +194,25 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
         compared += [("Pruned", pruned, out / "pruned.safetensors"), ("Fine-tuned + pruned", finetuned, out / "finetuned.safetensors")]
 
         # 5. Optionally: share weights (k-means) and fine-tune the centroids, as Deep Compression does.
+        #    With --export-bits auto the codebooks get the fine-tuned model's bits chosen on the validation split.
         def shared() -> tuple:
-            model_shared = steps.share_centroids(copy.deepcopy(finetuned), cfg.export_bits, splits, cfg.centroid_epochs, cfg.seed)
+            bits, choice = cfg.export_bits, None
+            if bits == AUTO:
+                bits, choice = steps.export_bits_for(finetuned, "kmeans", bits, val_loader, device, task, export_tolerance)
+            model_shared = steps.share_centroids(copy.deepcopy(finetuned), bits, splits, cfg.centroid_epochs, cfg.seed)
             save_checkpoint(out / "shared.safetensors", model_shared, spec, masks, {"stage": "shared"})
-            return model_shared, {}
+            return (model_shared, bits), {"bits": bits, "choice": None if choice is None else choice.to_dict()}
 
         if cfg.centroid_epochs:
-            model_shared = _resumable(folder, "shared", shared, lambda info: load("shared", spec)[0])
-            compared.append((f"+ {cfg.export_bits}-bit centroids fine-tuned", model_shared, out / "shared.safetensors"))
+            model_shared, shared_bits = _resumable(folder, "shared", shared, lambda info: (
+                load("shared", spec)[0], info.get("bits", cfg.export_bits)))
+            compared.append((f"+ {bits_label(shared_bits)}-bit centroids fine-tuned", model_shared, out / "shared.safetensors"))
 
         # 6. Compare on the test set, with the real compressed files; then the report.
         test_loader = make_loaders(splits, cfg.data.batch_size, cfg.seed)[2]
         shape = spec.sample_shape
         rows = steps.compare_models(compared, test_loader, device, out, cfg.export_values, cfg.export_bits, shape,
-                                    [spec] * len(compared), task)
+                                    [spec] * len(compared), task, val_loader, export_tolerance)
         # 7. The files devices load: ONNX and int8 TFLite, each scored in its own runtime; does the final model fit a board?
         fits = None
         if cfg.device_exports != "none":
@@ -234,6 +248,7 @@ def run_experiment(cfg: RunConfig, overwrite: bool = False, resume: bool = False
             "baseline_training": asdict(history),
             "finetune": asdict(ft_history),
             "comparison": rows,
+            "export_tolerance": export_tolerance,
             "fits_on": fits,
             "mcu": on_mcu,
             "layers": [s.to_dict() for s in layer_stats(finetuned)],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -24,7 +25,7 @@ __all__ = ["calibration_images", "export_tflite"]
 
 def export_tflite(
     model: nn.Module, path: str | os.PathLike, calibration_images: torch.Tensor, softmax: bool = False,
-    lut_bits: int | None = None,
+    lut_bits: int | Mapping[str, int] | None = None,
 ) -> Path:
     """Write ``model`` as a fully int8 .tflite file (int8 input, output int8 logits or softmax); return the path.
 
@@ -33,7 +34,7 @@ def export_tflite(
     preprocessed exactly as the model sees them; activation ranges are their [min, max].
     With ``lut_bits``, weight tensors whose channels hold at most ``2**lut_bits`` distinct int8 values
     (after k-means weight sharing) are stored as TFLM look-up tables (``lut_bits``-bit indices, DECODE ops),
-    which TFLM expands at run time.
+    which TFLM expands at run time; per weight tensor, ``lut_bits`` may be the k-means bits chosen per layer.
     """
     graph = convert_model(model, calibration_images, softmax)
     data = graph_to_tflite(graph, f"edgeprune int8 {type(model).__name__}", lut_bits)

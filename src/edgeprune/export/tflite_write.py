@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import importlib
 import warnings
+from typing import Mapping
 
 import flatbuffers
 import numpy as np
 
+from ..prune.settings import setting_for
 from .int8_graph import ACTIVATIONS, DTYPES, OPS, OPTIONS_TABLE, PADDINGS, Int8Graph, OpOptions
 
 __all__ = ["graph_to_tflite"]
@@ -161,38 +163,52 @@ def _serialize(g: Int8Graph, description: str) -> bytes:
     return bytes(b.Output())
 
 
-def _lut_compress(data: bytes, g: Int8Graph, bits: int) -> bytes:
-    """Store every int8 weight tensor with at most 2**bits values per channel as TFLM look-up-table tensors."""
+def _lut_width(bits: int | Mapping[str, int], name: str) -> int | None:
+    """The look-up-table index width of weight tensor ``name``: ``bits`` itself, or from a per-tensor dict (exact
+    name, ``re:`` key, ``_default``; None: the tensor stays as it is)."""
+    return setting_for(bits, name) if isinstance(bits, Mapping) else bits
+
+
+def _lut_compress(data: bytes, g: Int8Graph, bits: int | Mapping[str, int]) -> bytes:
+    """Store every int8 weight tensor with at most 2**bits values per channel (its own bits, with a per-tensor dict)
+    as TFLM look-up-table tensors."""
     from tflite_micro.tensorflow.lite.micro.compression import spec, spec_builder
     from tflite_micro.tensorflow.lite.micro.compression.compress import compress
 
     builder, chosen = spec_builder.SpecBuilder(), 0
     for index, t in enumerate(g.tensors):  # the flatbuffer's tensors are g.tensors, in order
-        if t.data is None or t.dtype != "int8" or not t.name.endswith(".weight"):
+        width = None if t.data is None or t.dtype != "int8" or not t.name.endswith(".weight") else _lut_width(bits, t.name)
+        if width is None:
             continue
         axis = t.quantized_dimension
         if axis != 0 and t.shape[axis] == 1:  # TFLM's DECODE refuses tables along a last axis of one channel
             continue
         values = np.moveaxis(t.data, axis, 0).reshape(t.shape[axis], -1)
-        if max(len(np.unique(row)) for row in values) <= 2**bits:
-            builder.add_tensor(0, index).with_lut(index_bitwidth=bits, mode=spec.PerChannel(axis=axis))
+        if max(len(np.unique(row)) for row in values) <= 2**width:
+            builder.add_tensor(0, index).with_lut(index_bitwidth=width, mode=spec.PerChannel(axis=axis))
             chosen += 1
     if not chosen:
-        raise ValueError(f"lut_bits={bits}: no weight tensor has at most {2**bits} distinct values per channel; "
-                         f"share the weights first (k-means with {bits} bits) or leave lut_bits out")
+        at_most = f"at most {2**bits}" if not isinstance(bits, Mapping) else "at most 2**bits"
+        bits = f"{bits}" if not isinstance(bits, Mapping) else f"{dict(bits)}"
+        raise ValueError(f"lut_bits={bits}: no weight tensor has {at_most} distinct values per channel; "
+                         f"share the weights first (k-means with those bits) or leave lut_bits out")
     with warnings.catch_warnings():  # a tiny tensor can grow by its table; the file still shrinks overall
         warnings.simplefilter("ignore")
         return bytes(compress(data, builder.build()))
 
 
-def graph_to_tflite(graph: Int8Graph, description: str = "edgeprune int8", lut_bits: int | None = None) -> bytes:
+def graph_to_tflite(graph: Int8Graph, description: str = "edgeprune int8",
+                    lut_bits: int | Mapping[str, int] | None = None) -> bytes:
     """The .tflite flatbuffer of ``graph`` (one subgraph, 16-byte aligned constant buffers).
 
     With ``lut_bits`` (1 to 7), weight tensors whose channels hold at most ``2**lut_bits`` distinct int8
     values (after k-means weight sharing) are stored as TFLM look-up tables (``lut_bits``-bit indices,
-    DECODE ops), which TFLM expands at run time.
+    DECODE ops), which TFLM expands at run time. ``lut_bits`` may be per weight tensor, like the k-means bits
+    chosen per layer (exact name, ``re:`` key, ``_default``): TFLM's DECODE takes each tensor's own index width,
+    so a layer shared at 2 bits keeps 2-bit indices beside one at 4 (a tensor no key matches stays as it is).
     """
-    if lut_bits is not None and not 1 <= lut_bits <= 7:
-        raise ValueError(f"lut_bits must be from 1 to 7 (TFLM's look-up-table index widths), got {lut_bits}")
+    for width in (lut_bits.values() if isinstance(lut_bits, Mapping) else [lut_bits]):
+        if width is not None and (isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 7):
+            raise ValueError(f"lut_bits must be from 1 to 7 (TFLM's look-up-table index widths), got {width!r}")
     data = _serialize(graph, description)
     return data if lut_bits is None else _lut_compress(data, graph, lut_bits)

@@ -27,7 +27,10 @@ from .pruning import (
     recalibration_batches, scan_model, taylor_batches, train_baseline, worst_layer_loss,
 )
 from .device_target import check_device_target, engine_unit_bytes, plan_for_device_target
-from .exports import check_device_export, compare_models, export_compressed, export_for_devices, share_centroids
+from .exports import (
+    check_device_export, compare_models, default_export_tolerance, export_bits_for, export_compressed, export_for_devices,
+    share_centroids, state_scorer,
+)
 from .checkpoints import (
     compare_checkpoints, export_checkpoint, finetune_checkpoint, inspect_model, plan_from_scan,
     prune_checkpoint, scan_checkpoint, train_checkpoint,
@@ -39,10 +42,10 @@ __all__ = [
     "DEVICE_CHECK_IMAGES", "MCU_IMAGES", "TAYLOR_BATCHES", "accuracy_on_test", "build_baseline",
     "c_engine_checkpoint", "channels_summary", "check_collapse", "check_device_export", "check_device_target",
     "check_fits", "check_weight_budget", "choose_sparsity", "compare_checkpoints", "compare_models",
-    "default_max_loss", "engine_unit_bytes", "export_checkpoint", "export_compressed", "export_for_devices",
+    "default_export_tolerance", "default_max_loss", "engine_unit_bytes", "export_bits_for", "export_checkpoint", "export_compressed", "export_for_devices",
     "final_quality", "finetune_checkpoint", "finetune_pruned", "inspect_model", "load_model", "load_splits",
     "mcu_checkpoint", "mcu_model", "model_for_data", "model_spec_from_flags", "plan_for_device_target",
     "plan_from_scan", "prune_channels_step", "prune_checkpoint", "prune_copy", "prune_while_training",
     "recalibration_batches", "sample_indices", "scan_checkpoint", "scan_model", "share_centroids",
-    "taylor_batches", "train_baseline", "train_checkpoint", "worst_layer_loss", "writable_file",
+    "state_scorer", "taylor_batches", "train_baseline", "train_checkpoint", "worst_layer_loss", "writable_file",
 ]

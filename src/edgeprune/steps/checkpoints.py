@@ -13,8 +13,9 @@ from ..analyze.metrics import count_macs, file_size, layer_stats, model_stats
 from ..analyze.plots import plot_num_parameters_distribution, plot_weight_distribution
 from ..analyze.scan import ScanResult
 from ..checkpoint import save_checkpoint
-from ..config import parse_bits
+from ..config import check_export_bits, parse_bits
 from ..data import DataConfig, make_loaders
+from ..export.bit_choice import AUTO
 from ..export.c_source import fits_on
 from ..files import writable_folder, write_json_atomic, write_text_atomic
 from ..models import ModelSpec
@@ -22,15 +23,15 @@ from ..prune.channels import channel_counts
 from ..prune.pruner import FineGrainedPruner
 from ..prune.settings import load_layer_settings
 from ..report import comparison_markdown
-from ..task import resolve_task
-from ..training import TrainHistory, batchnorm_layers
+from ..task import CLASSIFICATION, resolve_task
+from ..training import TrainHistory, batchnorm_layers, evaluate
 from .common import CALIBRATION_IMAGES, CENTROID_LR, accuracy_on_test, load_model, load_splits, writable_file
 from .pruning import (
     build_baseline, choose_sparsity, finetune_pruned, prune_channels_step, prune_copy, recalibration_batches,
     scan_model, taylor_batches, train_baseline,
 )
 from .device_target import engine_unit_bytes
-from .exports import compare_models, export_compressed, export_for_devices, share_centroids
+from .exports import compare_models, export_bits_for, export_compressed, export_for_devices, share_centroids
 
 __all__ = [
     "compare_checkpoints", "export_checkpoint", "finetune_checkpoint", "inspect_model", "plan_from_scan",
@@ -175,11 +176,13 @@ def finetune_checkpoint(
 
 def compare_checkpoints(
     paths: list[str], labels: list[str] | None, spec: ModelSpec | None, data: DataConfig, device: str | None,
-    out: str | Path, export_values: str | None = "fp32", export_bits: int | None = None,
+    out: str | Path, export_values: str | None = "fp32", export_bits: int | str | None = None,
+    tolerance: float | None = None,
 ) -> list[dict]:
     """The comparison table of checkpoints (:func:`compare_models`), written to ``out/comparison.md`` and ``.json``; each model
     also exported compressed (``export_values``, ``None`` to skip; ``export_bits`` by default what the mode needs, as in
-    :class:`~edgeprune.config.RunConfig`) and scored decoded. Returns the rows."""
+    :class:`~edgeprune.config.RunConfig`: ``auto`` for k-means, each row's own within ``tolerance`` on the validation
+    split) and scored decoded. Returns the rows."""
     out = writable_folder(out)
     labels = labels or [Path(p).stem for p in paths]
     if len(labels) != len(paths):
@@ -187,11 +190,13 @@ def compare_checkpoints(
     loaded = [load_model(path, spec, device) for path in paths]
     models = [(label, model, Path(path)) for label, (model, _, _, _), path in zip(labels, loaded, paths)]
     splits = load_splits(data, loaded[0][1])
-    test_loader = make_loaders(splits, data.batch_size)[2]
+    _, val_loader, test_loader = make_loaders(splits, data.batch_size)
     export_dir = None if export_values is None else out
     values = export_values or "fp32"
-    rows = compare_models(models, test_loader, device, export_dir, values, parse_bits(export_bits, values),
-                          specs=[spec for _, spec, _, _ in loaded], task=splits.task)
+    bits = parse_bits(export_bits, values)
+    check_export_bits(values, bits)
+    rows = compare_models(models, test_loader, device, export_dir, values, bits, specs=[spec for _, spec, _, _ in loaded],
+                          task=splits.task, val_loader=val_loader, tolerance=tolerance)
     write_text_atomic(out / "comparison.md", comparison_markdown(rows, splits.task))
     write_json_atomic(out / "comparison.json", rows)
     return rows
@@ -201,12 +206,18 @@ def export_checkpoint(
     path: str | Path, spec: ModelSpec | None, data: DataConfig, out: str | Path, fmt: str = "epz", values: str = "fp32",
     bits: int | Mapping | None = None, centroid_epochs: int = 0, centroid_lr: float = CENTROID_LR,
     calibration: int = CALIBRATION_IMAGES, softmax: bool = False, c_source: str | Path | None = None,
-    device: str | None = None, seed: int = 0,
+    device: str | None = None, seed: int = 0, tolerance: float | None = None,
 ) -> dict:
     """Export a checkpoint to ``out``: a compressed ``.epz`` (``fmt="epz"``, after the seeded centroid step when
     ``centroid_epochs``), or an ONNX / int8 TFLite file scored in its own runtime (:func:`export_for_devices`).
 
-    Returns ``{"path", "bytes", "checkpoint_bytes"}`` for ``.epz``; for a device format, the PyTorch test
+    The ``.epz``'s bits are :func:`export_bits_for`'s, on the data's validation split: ``bits="auto"`` (the default for
+    k-means) the fewest per layer within ``tolerance`` of the checkpoint's own metric there (with the centroid step,
+    chosen before it, and the shared model's file checked against the checkpoint's metric). Given bits need no data,
+    as before; with the centroid step (which loads it) their file is checked too.
+
+    Returns ``{"path", "bytes", "checkpoint_bytes", "bits", "check"}`` for ``.epz`` (``check``: what the file loses on
+    the validation split, None without one); for a device format, the PyTorch test
     accuracy as ``"accuracy"``, :func:`export_for_devices`'s fields and, for TFLite, the boards it fits as ``"fits_on"``.
     """
     out = writable_file(out)
@@ -214,8 +225,9 @@ def export_checkpoint(
         raise ValueError(f"unknown export format {fmt!r}; use epz, onnx or tflite")
     model, spec, _, _ = load_model(path, spec, device)
     if fmt != "epz":
-        if values != "fp32" or bits is not None or centroid_epochs:
-            raise ValueError(f"--values, --bits and --centroid-epochs shape the compressed .epz file; drop them with --format {fmt}")
+        if values != "fp32" or bits is not None or centroid_epochs or tolerance is not None:
+            raise ValueError(f"--values, --bits, --tolerance and --centroid-epochs shape the compressed .epz file; drop them "
+                             f"with --format {fmt}")
         splits = load_splits(data, spec)
         model = model.cpu().eval()
         row = {"task": splits.task.name, splits.task.metric: accuracy_on_test(model, splits, "cpu")}
@@ -228,9 +240,18 @@ def export_checkpoint(
             row["fits_on"] = fits_on(row["tflite_bytes"], row["tflite_arena_bytes"])
         return row
     bits = parse_bits(bits, values)
-    if centroid_epochs:
-        if values != "kmeans":
-            raise ValueError("--centroid-epochs fine-tunes k-means centroids: use it with --values kmeans")
-        share_centroids(model, bits, load_splits(data, spec), centroid_epochs, seed, centroid_lr)
+    check_export_bits(values, bits)
+    if centroid_epochs and values != "kmeans":
+        raise ValueError("--centroid-epochs fine-tunes k-means centroids: use it with --values kmeans")
+    splits = load_splits(data, spec) if centroid_epochs or bits == AUTO else None  # given bits need no data
+    val_loader = None if splits is None else make_loaders(splits, data.batch_size)[1]
+    task = CLASSIFICATION if splits is None else splits.task
+    reference = None
+    if centroid_epochs:  # the bits chosen on the checkpoint, its file checked against the checkpoint's own metric
+        reference = None if val_loader is None else evaluate(model, val_loader, device, task)
+        bits = export_bits_for(model, values, bits, val_loader, device, task, tolerance)[0]
+        share_centroids(model, bits, splits, centroid_epochs, seed, centroid_lr)
+    bits, check = export_bits_for(model, values, bits, val_loader, device, task, tolerance, reference)
     export_compressed(model, out, values, bits, spec)
-    return {"path": out, "bytes": file_size(out), "checkpoint_bytes": file_size(path)}
+    return {"path": out, "bytes": file_size(out), "checkpoint_bytes": file_size(path), "bits": bits,
+            "check": None if check is None else check.to_dict(), "task": None if task is None else task.name}

@@ -16,6 +16,7 @@ from ..analyze.metrics import count_macs, file_size, model_stats
 from ..checkpoint import save_compressed_model
 from ..data import DataSplits, make_loaders
 from ..device import pick_device
+from ..export.bit_choice import AUTO, BitChoice, Score, check_bits_choice, choose_bits
 from ..export.c_source import write_c_source
 from ..export.centroids import share_weights
 from ..export.epz import load_compressed
@@ -25,14 +26,66 @@ from ..export.tflm import evaluate_tflite
 from ..mcu import export_c
 from ..mcu.toolchain import board_memory, get_target
 from ..models import ModelSpec, prunable_parameters, resize_to_state_dict
+from ..report import export_check_line
 from ..task import CLASSIFICATION, Task
 from ..training import evaluate
 from .common import CALIBRATION_IMAGES, CENTROID_LR
 
-__all__ = ["check_device_export", "compare_models", "export_compressed", "export_for_devices", "share_centroids"]
+__all__ = ["check_device_export", "compare_models", "default_export_tolerance", "export_bits_for", "export_compressed",
+           "export_for_devices", "share_centroids", "state_scorer"]
 
 COMPARE_ROUNDS = 12
 """Rounds of the comparison's latency timing (a multiple of 3 and 4, the models of a run's table: each first as often)."""
+
+
+def default_export_tolerance(task: Task) -> float:
+    """How much a compressed file may lose against its model on the validation split, by default: 1 accuracy point
+    (what a user reading a table of accuracies sees as "the same"), or for a reconstruction an MSE 5 % above the
+    model's own (the MSE's scale is the data's, so the tolerance is relative, as every reconstruction drop is)."""
+    return 1.0 if task.higher_is_better else 5.0
+
+
+def state_scorer(model: nn.Module, loader: Iterable, device: torch.device | str | None = None,
+                 task: Task = CLASSIFICATION) -> Score:
+    """A function scoring a state dict by ``task`` on ``loader``: loaded into one copy of ``model`` (``model`` itself
+    is left as it is), then evaluated."""
+    probe = copy.deepcopy(model)
+
+    def score(state: Mapping[str, torch.Tensor]) -> float:
+        probe.load_state_dict(state)
+        return evaluate(probe, loader, device, task)
+
+    return score
+
+
+def export_bits_for(
+    model: nn.Module, values: str, bits: int | str | Mapping | None, val_loader: Iterable | None,
+    device: torch.device | str | None = None, task: Task = CLASSIFICATION, tolerance: float | None = None,
+    reference: float | None = None,
+) -> tuple[int | dict | None, BitChoice | None]:
+    """The k-means bits of ``model``'s ``.epz`` and what they were measured to lose on the validation split
+    (``val_loader``) against ``reference`` (default: the model's own metric there), within ``tolerance`` (default
+    :func:`default_export_tolerance`).
+
+    ``bits="auto"`` chooses the fewest bits per weight tensor within the tolerance
+    (:func:`~edgeprune.export.bit_choice.choose_bits`; it needs the validation split, never the test split). Any other
+    ``bits`` is kept as given and checked on the validation split when there is one (not for lossless fp32), so a file
+    that loses more than the tolerance is flagged either way; without one the check is None.
+    """
+    tolerance = default_export_tolerance(task) if tolerance is None else tolerance
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    if bits == AUTO:
+        if values != "kmeans":
+            raise ValueError(f"bits 'auto' choose k-means codebooks: use them with values 'kmeans', not {values!r}")
+        if val_loader is None:
+            raise ValueError("bits 'auto' are chosen on the validation split, but the data has none; give --val-size > 0, "
+                             "or a bit width (e.g. 4)")
+        choice = choose_bits(state, state_scorer(model, val_loader, device, task), task.drop, tolerance)
+        return choice.bits, choice
+    if val_loader is None or values == "fp32":
+        return bits, None
+    return bits, check_bits_choice(state, values, bits, state_scorer(model, val_loader, device, task), task.drop,
+                                   tolerance, reference)
 
 
 def share_centroids(
@@ -55,7 +108,7 @@ def export_compressed(
 
 def export_for_devices(
     model: nn.Module, splits: DataSplits, onnx_path: str | Path | None = None, tflite_path: str | Path | None = None,
-    calibration: int = CALIBRATION_IMAGES, softmax: bool = False, lut_bits: int | None = None,
+    calibration: int = CALIBRATION_IMAGES, softmax: bool = False, lut_bits: int | Mapping | None = None,
     c_source: str | Path | None = None, latency_batches: Iterable[int] = (),
 ) -> dict:
     """Export ``model`` as ONNX (to ``onnx_path``) and/or fully int8 TFLite (to ``tflite_path``, calibrated on the first
@@ -139,6 +192,8 @@ def compare_models(
     input_shape: tuple[int, ...] | None = None,
     specs: list[ModelSpec] | None = None,
     task: Task = CLASSIFICATION,
+    val_loader: Iterable | None = None,
+    tolerance: float | None = None,
 ) -> list[dict]:
     """One row per (label, model, checkpoint path): sizes, sparsity and the ``task``'s metric on the test set, under the
     metric's name (``accuracy``, ``decoded_accuracy``; ``mse``, ``decoded_mse``).
@@ -164,7 +219,10 @@ def compare_models(
             row.update(timed[index])
         if export_dir is not None:
             name = stems[index] if unique else f"{index}-{stems[index]}"  # two runs' finetuned.* must not collide
-            target = export_compressed(model, Path(export_dir) / f"{name}.epz", export_values, export_bits,
+            bits, check = export_bits_for(model, export_values, export_bits, val_loader, device, task, tolerance)
+            if check is not None and not check.within:
+                tqdm.write(export_check_line(label, check.to_dict(), task))
+            target = export_compressed(model, Path(export_dir) / f"{name}.epz", export_values, bits,
                                        specs[index] if specs else None)
             decoded = copy.deepcopy(model)
             decoded.load_state_dict(load_compressed(target))
@@ -172,7 +230,8 @@ def compare_models(
                 compressed_file=str(target),
                 compressed_bytes=file_size(target),
                 compressed_values=export_values,
-                compressed_bits=export_bits,
+                compressed_bits=bits,
+                export_check=None if check is None else check.to_dict(),
                 **{f"decoded_{task.metric}": evaluate(decoded, loader, device, task)},
             )
         rows.append(row)
