@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from edgeprune.config import RunConfig
 from edgeprune.files import write_json_atomic
 
 EDGEPRUNE = [sys.executable, "-m", "edgeprune"]
@@ -58,6 +60,27 @@ def rows(folder: Path) -> dict:
                            "estimated_cycles": m.get("estimated_cycles"), "mcu_accuracy": m.get("accuracy"),
                            "mcu_images": m.get("images_run")}
     return {"rows": out, "quality": results.get("quality"), "plan_met": (results.get("plan") or {}).get("met")}
+
+
+def reuse_scan(source: Path, folder: Path, target: float) -> bool:
+    """Start ``folder`` as ``source``'s run resumed after its scan, with ``--target-instructions target``: the scan
+    depends only on the baseline, the data and the scan settings, which are the same (it takes 20 minutes here).
+    The saved config is ``source``'s with the target, the folder and today's export defaults; False when
+    ``folder`` exists already or ``source`` has no finished scan."""
+    progress = source / "progress.json"
+    if folder.exists() or not progress.exists() or "scan" not in json.loads(progress.read_text())["done"]:
+        return False
+    saved = json.loads((source / "config.json").read_text())
+    fresh = {k: v for k, v in saved.items() if k not in ("export_bits", "export_tolerance")}
+    config = RunConfig.from_dict({**fresh, "target_instructions": target, "out": str(folder)}).to_dict()
+    folder.mkdir(parents=True)
+    for name in ("baseline.safetensors", "scan.json", "weight_distribution.png"):
+        shutil.copy2(source / name, folder / name)
+    done = json.loads(progress.read_text())["done"]
+    write_json_atomic(folder / "progress.json", {"format": "edgeprune.progress/1",
+                                                 "done": {"baseline": done["baseline"], "scan": done["scan"]}})
+    write_json_atomic(folder / "config.json", config)
+    return True
 
 
 def engine_instructions(folder: Path, row: str) -> int:
@@ -115,7 +138,11 @@ def main() -> None:
         results["collapse_status"] = step("collapse", pruned("1", base) + ["--target-instructions", "0.3", "--budget",
                                                                            "macs", *mcu])
         step("uniform90", pruned("1", base) + ["--sparsity", "0.9", "--mcu", "none"])  # accuracy only
-        step("target-oneshot", pruned("1", base) + ["--target-instructions", str(args.target), "--budget", "macs", *mcu])
+        oneshot = pruned("1", base) + ["--target-instructions", str(args.target), "--budget", "macs", *mcu]
+        if reuse_scan(out / "collapse", out / "target-oneshot", args.target):  # the same baseline, data and scan
+            run(oneshot + ["--out", str(out / "target-oneshot"), "--resume"], out / "target-oneshot.log",
+                [out / "target-oneshot" / "results.json"], commands)
+        step("target-oneshot", oneshot)
         # the same planned target (its sparsity dict: no second scan) pruned gradually and/or distilled
         plan = str(out / "target-oneshot" / "sparsity.json")
         for name, extra in (("target-agp", ["--schedule", "agp"]), ("target-oneshot-distill", ["--distill", "0.5"]),
