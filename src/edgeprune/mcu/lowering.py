@@ -351,7 +351,7 @@ class _Lowering:
                 lambda s: depthwise_cost(out_h, out_w, out_c, k_h, k_w, nonzeros, mult))
             kernel = f"ep_depthwise_{engine}"
         else:
-            groups = (out_h // 2) * (out_w // 2) if pool is not None else out_h * -(-out_w // 4)
+            groups = (out_h // 2) * (out_w // 2) if pool is not None else -(-out_h * out_w // 4)
             engine, chosen, why, cost = self.choose(
                 conv_cost(groups, out_c, k_h, k_w, in_c, pool is not None, dw), weight.size,
                 self.sparse_variants(op, weight, encode_conv),
