@@ -17,9 +17,9 @@ window, or four of a row):
   ``NONZERO`` per multiplication (a non-zero weight, or an 8-bit filler's zero: four pixels'
   multiply-accumulates) and ``CHECKED_ENTRY`` per index entry where the kernel tests for escapes
   (4-bit entries; 8-bit ones have none, :mod:`edgeprune.mcu.sparse`); ``NONZERO`` and ``CHANNEL`` refitted
-  (issue 22) when the 8-bit run came to walk to an end pointer and SXTB16 to take the rotation: within 9 % on
-  each of ResNet-8's nine convolutions at uniform 90 % (3.2 % on the 3x3 ones; 8.7 % and 7.9 % over on the 1x1
-  shortcuts, 13 % before), SmallNet's within 6 % (tests/test_device_plan.py);
+  (issue 22) when the 8-bit run came to walk to an end pointer and SXTB16 to take the rotation: within 11 % on
+  each of ResNet-8's nine convolutions at uniform 90 % (3.1 % on the 3x3 ones; 10.1 % and 8.5 % over on the 1x1
+  shortcuts, 15 % and 13 % before), SmallNet's within 6 % (tests/test_device_plan.py);
 * fully connected: dense, four rows at a time (issue 22: their weights interleaved, each input word split once for
   the four), ``FC_QUAD4`` per (row, four weights) (the inner loop's 26 instructions per four rows) and
   ``FC_DENSE_ROW`` per output, fitted on the autoencoder's ten layers (within 1 % on each); the ``out_n % 4`` rows

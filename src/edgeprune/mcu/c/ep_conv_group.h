@@ -101,13 +101,20 @@ EP_OUT_OF_LINE static void ep_group_at(const ep_conv_dims *d, const int8_t *in, 
         oy = first / d->out_w;
         ox = first % d->out_w;
         grp->pixels = total - first < 4 ? total - first : 4;
-        y = oy;
-        x = ox;
-        for (j = 0; j < 4; j++) {  /* a short group repeats its first pixel, computed but not stored */
-            grp->off[j] = j < grp->pixels ? (y - oy) * row + (x - ox) * pix : 0;
-            if (++x == d->out_w) {
-                x = 0;
-                y++;
+        if (ox + 4 <= d->out_w) {  /* within one row: the common case, kept as cheap as before */
+            grp->off[0] = 0;
+            grp->off[1] = pix;
+            grp->off[2] = 2 * pix;
+            grp->off[3] = 3 * pix;
+        } else {
+            y = oy;
+            x = ox;
+            for (j = 0; j < 4; j++) {  /* a short group repeats its first pixel, computed but not stored */
+                grp->off[j] = j < grp->pixels ? (y - oy) * row + (x - ox) * pix : 0;
+                if (++x == d->out_w) {
+                    x = 0;
+                    y++;
+                }
             }
         }
         grp->out = out + first * d->out_c;
