@@ -476,3 +476,82 @@ def test_depthwise_multiplier_one_equals_tflm_under_sanitizers(tmp_path, kernel_
         if message:
             failures.append(f"c {c}, kernel {kernel}, stride {stride}, {padding}, sparsity {sparsity}: {message}")
     assert not failures, "\n".join(failures)
+
+
+def conv_graph(seed: int, c: int, out_c: int, kernel: tuple[int, int], stride: int, padding: str, width: int,
+               sparsity: float) -> Int8Graph:
+    """One CONV_2D layer over ``c`` input channels into ``out_c`` with ``kernel``, ``stride`` both ways, ``padding``,
+    an input ``width`` wide (output rows of 1 to 7 pixels: groups of four pixels that run on into the next row)
+    and a fraction ``sparsity`` of zero weights."""
+    rng = np.random.default_rng(seed)
+    b = _Builder(rng)
+    kh, kw = kernel
+    h = kh + 2 * stride + 1
+    source = b.activation((1, h, width, c))
+    b.x = source
+    data = rng.integers(-127, 128, size=(out_c, kh, kw, c)).astype(np.int8)
+    data[rng.random(data.shape) < sparsity] = 0
+    b.weights = lambda shape, axis: data
+    wt, bias, out_scale = b.weighted(data.shape, 0, b.g.tensors[source].qparams[0], kh * kw * c)
+    oh, ow = (window_output_size(n, k, stride, 1, padding) for n, k in ((h, kh), (width, kw)))
+    options = OpOptions(padding=padding, stride=(stride, stride), dilation=(1, 1),
+                        activation=str(rng.choice(["NONE", "RELU", "RELU6"])))
+    b.op("CONV_2D", (source, wt, bias), (1, oh, ow, out_c), options, (out_scale, int(rng.integers(-30, 31))))
+    b.g.inputs, b.g.outputs = (source,), (b.x,)
+    return b.g
+
+
+CONV_CASES = [(c, out_c, kernel, stride, width) for c, out_c in ((1, 5), (3, 8), (4, 3), (7, 9))
+              for kernel, stride, width in (((1, 1), 1, 5), ((3, 3), 1, 7), ((10, 4), 2, 10), ((3, 3), 2, 6),
+                                            ((1, 1), 2, 3), ((2, 2), 1, 2))]
+
+
+def test_conv_groups_across_rows_equal_tflm_under_sanitizers(tmp_path, kernel_objects, monkeypatch):
+    """The dense and sparse convolutions' groups of four pixels in row-major order (a group running on into the
+    next output row, the last group short) equal TFLM for output rows of 1 to 7 pixels, 1x1, 2x2, 3x3 and 10x4
+    filters, strides 1 and 2, SAME and VALID, 1 to 9 channels and 0 to 100 % zero weights."""
+    failures = []
+    for i, (c, out_c, kernel, stride, width) in enumerate(CONV_CASES):
+        padding, sparsity = ("SAME", "VALID")[i % 2], (0.0, 0.3, 0.7, 1.0)[i % 4]
+        graph = conv_graph(6000 + i, c, out_c, kernel, stride, padding, width, sparsity)
+        engines = ("dense", "sparse 8-bit") if sparsity > 0 else ("dense",)
+        message = compare_graph(graph, False, 6000 + i, engines, tmp_path / f"cv{i}", kernel_objects, monkeypatch)
+        if message:
+            failures.append(f"c {c}, out_c {out_c}, kernel {kernel}, stride {stride}, width {width}, {padding}, "
+                            f"sparsity {sparsity}: {message}")
+    assert not failures, "\n".join(failures)
+
+
+def fc_graph(seed: int, in_n: int, out_n: int, sparsity: float) -> Int8Graph:
+    """One FULLY_CONNECTED layer of ``in_n`` inputs and ``out_n`` outputs with a fraction ``sparsity`` of zero
+    weights."""
+    rng = np.random.default_rng(seed)
+    b = _Builder(rng)
+    source = b.activation((1, in_n))
+    b.x = source
+    data = rng.integers(-127, 128, size=(out_n, in_n)).astype(np.int8)
+    data[rng.random(data.shape) < sparsity] = 0
+    b.weights = lambda shape, axis: data
+    wt, bias, out_scale = b.weighted(data.shape, 0, b.g.tensors[source].qparams[0], in_n)
+    b.op("FULLY_CONNECTED", (source, wt, bias), (1, out_n), OpOptions(activation=str(rng.choice(["NONE", "RELU"]))),
+         (out_scale, int(rng.integers(-30, 31))))
+    b.g.inputs, b.g.outputs = (source,), (b.x,)
+    return b.g
+
+
+FC_CASES = [(in_n, out_n) for in_n in (1, 3, 4, 7, 16, 67) for out_n in (1, 3, 4, 5, 8, 11)]
+
+
+def test_fc_four_rows_equal_tflm_under_sanitizers(tmp_path, kernel_objects, monkeypatch):
+    """The dense fully connected kernel's blocks of four interleaved rows (and their in_n % 4 tails, and the
+    out_n % 4 rows left over) equal TFLM for 1 to 67 inputs, 1 to 11 outputs and 0 to 100 % zero weights; the
+    sparse kernel runs the sparse cases too."""
+    failures = []
+    for i, (in_n, out_n) in enumerate(FC_CASES):
+        sparsity = (0.0, 0.3, 0.7, 1.0)[i % 4]
+        graph = fc_graph(7000 + i, in_n, out_n, sparsity)
+        engines = ("dense", "sparse 8-bit") if sparsity > 0 else ("dense",)
+        message = compare_graph(graph, False, 7000 + i, engines, tmp_path / f"fc{i}", kernel_objects, monkeypatch)
+        if message:
+            failures.append(f"in_n {in_n}, out_n {out_n}, sparsity {sparsity}: {message}")
+    assert not failures, "\n".join(failures)

@@ -157,6 +157,18 @@ def _padded_windows(weight: np.ndarray) -> np.ndarray:
     return padded
 
 
+def _fc_quads(weight: np.ndarray) -> np.ndarray:
+    """A dense fully connected layer's weights ``[O, I]`` as ``ep_fc_dense`` reads them (see ``ep_kernels.h``):
+    blocks of four rows interleaved per four inputs, then each row's ``I % 4`` last weights; the ``O % 4`` last
+    rows plain."""
+    out_n, in_n = weight.shape
+    blocks, quads = out_n // 4, in_n // 4
+    head = weight[:4 * blocks].reshape(blocks, 4, in_n)
+    inter = head[:, :, :4 * quads].reshape(blocks, 4, quads, 4).transpose(0, 2, 1, 3).reshape(blocks, 16 * quads)
+    tails = head[:, :, 4 * quads:].reshape(blocks, 4 * (in_n - 4 * quads))
+    return np.concatenate([np.concatenate([inter, tails], axis=1).reshape(-1), weight[4 * blocks:].reshape(-1)])
+
+
 def _weight_arg(dense: np.ndarray, chosen: SparseWeights | None) -> tuple[Arg, dict]:
     """The kernel argument holding a layer's weights (``dense`` as stored when ``chosen`` is None) and the
     layer's ``weight_bytes`` and ``index_bytes``."""
@@ -351,7 +363,7 @@ class _Lowering:
                 lambda s: depthwise_cost(out_h, out_w, out_c, k_h, k_w, nonzeros, mult))
             kernel = f"ep_depthwise_{engine}"
         else:
-            groups = (out_h // 2) * (out_w // 2) if pool is not None else out_h * -(-out_w // 4)
+            groups = (out_h // 2) * (out_w // 2) if pool is not None else -(-out_h * out_w // 4)
             engine, chosen, why, cost = self.choose(
                 conv_cost(groups, out_c, k_h, k_w, in_c, pool is not None, dw), weight.size,
                 self.sparse_variants(op, weight, encode_conv),
@@ -397,7 +409,7 @@ class _Lowering:
         engine, chosen, why, cost = self.choose(
             fc_cost(in_n, out_n), weight.size, self.sparse_variants(op, weight, encode_fc),
             lambda s: fc_cost(in_n, out_n, s.multiplies, s.entries, s.bits, s.table is not None))
-        w_arg, info = _weight_arg(weight, chosen)
+        w_arg, info = _weight_arg(_fc_quads(weight) if chosen is None else weight, chosen)
         args = [Arg("int", in_n), Arg("int", out_n), Arg("tensor", self.act(x)), w_arg, folded, requant,
                 Arg("tensor", self.act(y))]
         self.add(op.op, k, _kernel("ep_fc", engine, chosen), args, (x,), y, engine=engine, format=_format(chosen),

@@ -62,11 +62,13 @@ EP_OUT_OF_LINE static int ep_conv_dims_ok(const ep_conv_dims *d) {
 
 /* The output pixels computed together: with a fused 2x2 max pool a group is one pooling window (its
  * four pixels' largest accumulator is requantized once, which equals pooling the requantized outputs
- * since requantization never decreases), else four consecutive pixels of a row (fewer at its end). */
+ * since requantization never decreases), else four consecutive output pixels in row-major order, a group
+ * running on into the next row when a row's width is not a multiple of four (fewer pixels only in the last
+ * group: KWS's 25x5 outputs take 32 groups, not 50 of which 25 hold one pixel). */
 typedef struct {
     const int8_t *base;  /* the input window of the group's first pixel */
-    int32_t off[4];      /* input offsets of the group's pixels from `base` */
-    int32_t pixels;      /* 4, or fewer at the end of a row */
+    int32_t off[4];      /* input offsets of the group's pixels from `base` (>= 0: later pixels start later) */
+    int32_t pixels;      /* 4, or fewer in the last group */
     int8_t *out;         /* where the group's first output channel goes */
     int32_t out_step;    /* output bytes from one pixel to the next (0 when pooled: one output) */
 } ep_group;
@@ -75,7 +77,7 @@ static inline int32_t ep_group_count(const ep_conv_dims *d) {
     if (d->pool) {
         return (d->out_h / 2) * (d->out_w / 2);
     }
-    return d->out_h * ((d->out_w + 3) / 4);
+    return (d->out_h * d->out_w + 3) / 4;
 }
 
 /* Group g's pixels: where their windows start in `in` and where their outputs go in `out`. */
@@ -94,14 +96,28 @@ EP_OUT_OF_LINE static void ep_group_at(const ep_conv_dims *d, const int8_t *in, 
         grp->out = out + g * d->out_c;
         grp->out_step = 0;
     } else {
-        const int32_t per_row = (d->out_w + 3) / 4;
-        oy = g / per_row;
-        ox = 4 * (g % per_row);
-        grp->pixels = d->out_w - ox < 4 ? d->out_w - ox : 4;
-        for (j = 0; j < 4; j++) {  /* a short group repeats its first pixel, computed but not stored */
-            grp->off[j] = j < grp->pixels ? j * pix : 0;
+        const int32_t first = 4 * g, total = d->out_h * d->out_w;
+        int32_t y, x;
+        oy = first / d->out_w;
+        ox = first % d->out_w;
+        grp->pixels = total - first < 4 ? total - first : 4;
+        if (ox + 4 <= d->out_w) {  /* within one row: the common case, kept as cheap as before */
+            grp->off[0] = 0;
+            grp->off[1] = pix;
+            grp->off[2] = 2 * pix;
+            grp->off[3] = 3 * pix;
+        } else {
+            y = oy;
+            x = ox;
+            for (j = 0; j < 4; j++) {  /* a short group repeats its first pixel, computed but not stored */
+                grp->off[j] = j < grp->pixels ? (y - oy) * row + (x - ox) * pix : 0;
+                if (++x == d->out_w) {
+                    x = 0;
+                    y++;
+                }
+            }
         }
-        grp->out = out + (oy * d->out_w + ox) * d->out_c;
+        grp->out = out + first * d->out_c;
         grp->out_step = d->out_c;
     }
     grp->base = in + (oy * d->stride_h * d->in_w + ox * d->stride_w) * d->in_c;

@@ -13,7 +13,7 @@
 #if defined(__ARM_FEATURE_DSP)
 #define EP_MAC_PATCH(x, wv, a0, a1, a2, a3)                                          \
     do {                                                                             \
-        const int32_t ep_even = __sxtb16(x), ep_odd = __sxtb16(((x) >> 8) | ((x) << 24)); \
+        const int32_t ep_even = (int32_t)EP_SXTB16(x), ep_odd = (int32_t)EP_SXTB16_ODD(x);      \
         (a0) = __smlabb(ep_even, (wv), (a0));                                        \
         (a2) = __smlatb(ep_even, (wv), (a2));                                        \
         (a1) = __smlabb(ep_odd, (wv), (a1));                                         \

@@ -1,7 +1,6 @@
 /* The fully connected int8 layer, dense and sparse (bias folded; see ep_kernels.h for the ep_sparse format).
  * No restrict here: it changes nothing that matters and costs instructions in the sparse loops (measured). */
-#include "ep_kernels.h"
-#include "ep_requant.h"
+#include "ep_conv_group.h"
 #include "ep_sparse_runs.h"
 
 #if defined(__ARM_FEATURE_DSP)
@@ -50,11 +49,78 @@ static inline int32_t ep_dot1(const int8_t *x, const int8_t *w, int32_t n, int32
     return acc;
 }
 
+/* a[r] += x . w_r over n int8 values for four rows stored interleaved (EP_FC_QUADS in ep_kernels.h): per four
+ * inputs the four rows' four weights one after the other, then each row's n % 4 last weights. Each input word
+ * is loaded and split into its even and odd 16-bit halves once for the four rows; one weight pointer walks
+ * all four (fewer live registers than four row pointers: no spill in the loop). */
+static inline void ep_dot4(const int8_t *x, const int8_t *w, int32_t n, int32_t a[4]) {
+    int32_t s0 = a[0], s1 = a[1], s2 = a[2], s3 = a[3];
+    const int8_t *end = x + (n & ~3);
+    const int32_t tail = n & 3;
+    int32_t t;
+#if defined(__ARM_FEATURE_DSP)
+    while (x != end) {
+        const uint32_t xv = ep_read32(x), xe = EP_SXTB16(xv), xo = EP_SXTB16_ODD(xv);
+        uint32_t v;
+        v = ep_read32(w);
+        s0 = EP_SMLAD(xe, EP_SXTB16(v), s0);
+        s0 = EP_SMLAD(xo, EP_SXTB16_ODD(v), s0);
+        v = ep_read32(w + 4);
+        s1 = EP_SMLAD(xe, EP_SXTB16(v), s1);
+        s1 = EP_SMLAD(xo, EP_SXTB16_ODD(v), s1);
+        v = ep_read32(w + 8);
+        s2 = EP_SMLAD(xe, EP_SXTB16(v), s2);
+        s2 = EP_SMLAD(xo, EP_SXTB16_ODD(v), s2);
+        v = ep_read32(w + 12);
+        s3 = EP_SMLAD(xe, EP_SXTB16(v), s3);
+        s3 = EP_SMLAD(xo, EP_SXTB16_ODD(v), s3);
+        x += 4;
+        w += 16;
+    }
+#else
+    while (x != end) {
+        for (t = 0; t < 4; t++) {
+            const int32_t xv = x[t];
+            s0 += xv * w[t];
+            s1 += xv * w[4 + t];
+            s2 += xv * w[8 + t];
+            s3 += xv * w[12 + t];
+        }
+        x += 4;
+        w += 16;
+    }
+#endif
+    for (t = 0; t < tail; t++) {
+        const int32_t xv = x[t];
+        s0 += xv * w[t];
+        s1 += xv * w[tail + t];
+        s2 += xv * w[2 * tail + t];
+        s3 += xv * w[3 * tail + t];
+    }
+    a[0] = s0;
+    a[1] = s1;
+    a[2] = s2;
+    a[3] = s3;
+}
+
+/* Four output rows at a time (ep_dot4), then the last one to three rows two and one at a time. */
 int ep_fc_dense(int32_t in_n, int32_t out_n, const int8_t *in, const int8_t *w,
                 const int32_t *bias, const ep_requant *q, int8_t *out) {
     const ep_requant rq = *q;
     int32_t o;
-    for (o = 0; o + 1 < out_n; o += 2) {
+    for (o = 0; o + 3 < out_n; o += 4) {
+        int32_t a[4];
+        a[0] = bias[o];
+        a[1] = bias[o + 1];
+        a[2] = bias[o + 2];
+        a[3] = bias[o + 3];
+        ep_dot4(in, w + o * in_n, in_n, a);
+        out[o] = EP_STORE(rq, o, a[0]);
+        out[o + 1] = EP_STORE(rq, o + 1, a[1]);
+        out[o + 2] = EP_STORE(rq, o + 2, a[2]);
+        out[o + 3] = EP_STORE(rq, o + 3, a[3]);
+    }
+    for (; o + 1 < out_n; o += 2) {
         int32_t a0 = bias[o], a1 = bias[o + 1];
         ep_dot2(in, w + o * in_n, w + (o + 1) * in_n, in_n, &a0, &a1);
         out[o] = EP_STORE(rq, o, a0);

@@ -131,6 +131,9 @@ int ep_depthwise_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse
                         const ep_requant *q, int8_t *out);
 
 /* Fully connected (ep_fc.c). */
+/* The dense layer's weights: the first 4 * (out_n / 4) rows in blocks of four rows, each block per four inputs
+ * the four rows' four weights (row 0's first), then each row's in_n % 4 last weights; the out_n % 4 rows left
+ * after them one after the other. */
 int ep_fc_dense(int32_t in_n, int32_t out_n, const int8_t *in, const int8_t *w, const int32_t *bias,
                 const ep_requant *q, int8_t *out);
 int ep_fc_sparse(int32_t in_n, int32_t out_n, const int8_t *in, const ep_sparse *w, const int32_t *bias,

@@ -21,11 +21,13 @@
                 const uint32_t ep_last = *(nib)++ & 15u;    \
                 ENTRY(ep_last, 15u, __VA_ARGS__);           \
             }                                               \
-        } else {                                            \
-            for (; (n) > 0; (n)--) {                        \
+        } else { /* to an end pointer: one compare a step */ \
+            const uint8_t *const ep_end = (nib) + (n);      \
+            while ((nib) != ep_end) {                       \
                 const uint32_t ep_entry = *(nib)++;         \
                 ENTRY(ep_entry, 256u, __VA_ARGS__);         \
             }                                               \
+            (n) = 0;                                        \
         }                                                   \
     } while (0)
 
