@@ -62,17 +62,17 @@ def rows(folder: Path) -> dict:
     return {"rows": out, "quality": results.get("quality"), "plan_met": (results.get("plan") or {}).get("met")}
 
 
-def reuse_scan(source: Path, folder: Path, target: float) -> bool:
+def reuse_scan(source: Path, folder: Path, target: float, bits: int) -> bool:
     """Start ``folder`` as ``source``'s run resumed after its scan, with ``--target-instructions target``: the scan
     depends only on the baseline, the data and the scan settings, which are the same (it takes 20 minutes here).
-    The saved config is ``source``'s with the target, the folder and today's export defaults; False when
+    The saved config is ``source``'s with the target, the folder and ``--export-bits bits``; False when
     ``folder`` exists already or ``source`` has no finished scan."""
     progress = source / "progress.json"
     if folder.exists() or not progress.exists() or "scan" not in json.loads(progress.read_text())["done"]:
         return False
     saved = json.loads((source / "config.json").read_text())
     fresh = {k: v for k, v in saved.items() if k not in ("export_bits", "export_tolerance")}
-    config = RunConfig.from_dict({**fresh, "target_instructions": target, "out": str(folder)}).to_dict()
+    config = RunConfig.from_dict({**fresh, "target_instructions": target, "out": str(folder), "export_bits": bits}).to_dict()
     folder.mkdir(parents=True)
     for name in ("baseline.safetensors", "scan.json", "weight_distribution.png"):
         shutil.copy2(source / name, folder / name)
@@ -112,8 +112,8 @@ def main() -> None:
     commands: list = []
     results: dict = {"settings": vars(args), "commands": commands}
 
-    # the runs whose files are compared by bits chosen per layer (--export-bits auto, the default: 15-20 validation
-    # passes per row) are the recovery and target runs; the others keep 4 bits, checked on validation all the same
+    # the recovery run's files get bits chosen per layer (--export-bits auto, the default: 15-20 validation passes
+    # per row, 6 minutes a row here); the others keep 4 bits, checked on validation all the same
     fixed_bits = ["--export-bits", "4"]
 
     def step(name: str, argv: list[str]) -> int:
@@ -142,15 +142,15 @@ def main() -> None:
         results["collapse_status"] = step("collapse", pruned("1", base) + ["--target-instructions", "0.3", "--budget",
                                                                            "macs", *mcu])
         step("uniform90", pruned("1", base) + ["--sparsity", "0.9", "--mcu", "none"])  # accuracy only
-        oneshot = pruned("1", base) + ["--target-instructions", str(args.target), "--budget", "macs", *mcu]
-        if reuse_scan(out / "collapse", out / "target-oneshot", args.target):  # the same baseline, data and scan
+        oneshot = pruned("1", base) + ["--target-instructions", str(args.target), "--budget", "macs", *mcu, *fixed_bits]
+        if reuse_scan(out / "collapse", out / "target-oneshot", args.target, 4):  # the same baseline, data and scan
             run(oneshot + ["--out", str(out / "target-oneshot"), "--resume"], out / "target-oneshot.log",
                 [out / "target-oneshot" / "results.json"], commands)
         step("target-oneshot", oneshot)
         # the same planned target (its sparsity dict: no second scan) pruned gradually and/or distilled
         plan = str(out / "target-oneshot" / "sparsity.json")
         for name, extra in (("target-agp", ["--schedule", "agp"]), ("target-oneshot-distill", ["--distill", "0.5"]),
-                            ("target-agp-distill", ["--schedule", "agp", "--distill", "0.5"])):
+                            ("target-agp-distill", ["--schedule", "agp", "--distill", "0.5"])):  # in order of interest
             step(name, pruned("1", base) + ["--sparsity", plan, *mcu, *fixed_bits, *extra])
         names = ("collapse", "uniform90", "target-oneshot", "target-agp", "target-oneshot-distill", "target-agp-distill")
         trained = ("resnet8", "dense_more")
