@@ -199,3 +199,23 @@ def test_look_up_tables_take_each_layers_own_bits(tmp_path):
     assert sorted(widths.values()) == [2, 3], widths
     with pytest.raises(ValueError, match="1 to 7"):
         export_tflite(net, tmp_path / "bad.tflite", torch.randn(64, 8), lut_bits={"0.weight": 8})
+
+
+def test_a_file_held_on_validation_but_not_on_the_test_set_is_said():
+    """The bits are chosen on the validation split; a row whose decoded file loses more than the tolerance on the test
+    set (55.98 % -> 53.81 %: 2.17 points, by hand) gets a red cell and a line; 55.98 % -> 55.10 % (0.88) does not."""
+    from edgeprune.report import comparison_markdown, test_loss_line
+
+    check = {"values": "kmeans", "bits": {"fc.weight": 4}, "reference": 60.0, "decoded": 59.5, "loss": 0.5,
+             "tolerance": 1.0, "within": True, "searched": True}
+    row = {"model": "Fine-tuned + pruned", "theoretical_mib": 0.03, "sparsity": 0.9, "file_bytes": 1000,
+           "accuracy": 55.98, "compressed_bytes": 500, "compressed_values": "kmeans", "compressed_bits": {"fc.weight": 4},
+           "export_check": check, "decoded_accuracy": 53.81}
+    line = test_loss_line(row)
+    assert line.startswith("Fine-tuned + pruned: its compressed .epz loses 2.17 (accuracy points lost) on the test set "
+                           "(53.81 % decoded against 55.98 %), more than the tolerance 1")
+    table = comparison_markdown([row])
+    assert line in table and "color:red\">53.81 (loses more than 1)" in table
+    fine = {**row, "decoded_accuracy": 55.10}
+    assert test_loss_line(fine) == "" and "color:red" not in comparison_markdown([fine])
+    assert test_loss_line({**row, "export_check": {**check, "within": False}}) == ""  # said by the validation line

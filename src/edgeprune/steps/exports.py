@@ -26,7 +26,7 @@ from ..export.tflm import evaluate_tflite
 from ..mcu import export_c
 from ..mcu.toolchain import board_memory, get_target
 from ..models import ModelSpec, prunable_parameters, resize_to_state_dict
-from ..report import export_check_line
+from ..report import export_check_line, test_loss_line
 from ..task import CLASSIFICATION, Task
 from ..training import evaluate
 from .common import CALIBRATION_IMAGES, CENTROID_LR
@@ -234,6 +234,8 @@ def compare_models(
                 export_check=None if check is None else check.to_dict(),
                 **{f"decoded_{task.metric}": evaluate(decoded, loader, device, task)},
             )
+            if test_loss_line(row, task):  # held on validation, not on the test set: said, never silent
+                tqdm.write(test_loss_line(row, task))
         rows.append(row)
     return rows
 
