@@ -64,7 +64,7 @@ int ep_conv_dense(const ep_conv_dims *d, const int8_t *restrict in, const int8_t
             acc.a1 = a1;
             acc.a2 = a2;
             acc.a3 = a3;
-            ep_group_store(&grp, &rq, co, acc);
+            ep_group_store(&grp, &rq, co, acc, 0);
         }
     }
     return EP_OK;
