@@ -533,8 +533,8 @@ FULL_RANGE_CASES = [(c, out_c, kernel, stride, width, padding, activation, zp)
                          ("NONE", 0), ("RELU", -128), ("RELU", 17), ("RELU", -128), ("RELU6", -128), ("NONE", 127)])]
 
 
-def test_sparse_conv_full_range_clamp_equals_tflm_under_sanitizers(tmp_path, kernel_objects, monkeypatch):
-    """The sparse convolution's full-range variant (a layer whose clamp is all of int8: no activation, or a ReLU onto
+def test_conv_full_range_clamp_equals_tflm_under_sanitizers(tmp_path, kernel_objects, monkeypatch):
+    """The dense and sparse convolutions' full-range variant (a layer whose clamp is all of int8: no activation, or a ReLU onto
     zero point -128, clamped with constants, SSAT on the DSP cores) and its bounded variant (ReLU onto another zero
     point, ReLU6) equal TFLM, with 8- and 4-bit entries, odd channel counts, 1x1, 2x2 and 3x3 filters, strides 1 and
     2, SAME and VALID, 0 to 100 % zero weights; the output scale is shrunk so that outputs saturate at both ends."""
@@ -544,7 +544,7 @@ def test_sparse_conv_full_range_clamp_equals_tflm_under_sanitizers(tmp_path, ker
         graph = conv_graph(8000 + i, c, out_c, kernel, stride, padding, width, sparsity, activation, zp)
         out = graph.tensors[graph.outputs[0]]
         out.scale = (out.scale / 8).astype(np.float32)  # saturates at -128 and at 127
-        message = compare_graph(graph, False, 8000 + i, ("sparse 8-bit", "sparse 4-bit"), tmp_path / f"fr{i}",
+        message = compare_graph(graph, False, 8000 + i, ("dense", "sparse 8-bit", "sparse 4-bit"), tmp_path / f"fr{i}",
                                 kernel_objects, monkeypatch)
         if message:
             failures.append(f"c {c}, out_c {out_c}, kernel {kernel}, stride {stride}, width {width}, {padding}, "
