@@ -128,12 +128,8 @@ static inline int ep_conv_sparse_values(const ep_conv_dims *d, const int8_t *res
         if (lut) {
             EP_SPARSE_CHANNELS(co, d->out_c, grp, rq, patch, w, bias, nib, v, w->bits, w->table + co * w->table_size,
                                0);
-        } else if (w->bits == 4) {
-            if (full) {
-                EP_SPARSE_CHANNELS(co, d->out_c, grp, rq, patch, w, bias, nib, v, 4, EP_NO_TABLE, 1);
-            } else {
-                EP_SPARSE_CHANNELS(co, d->out_c, grp, rq, patch, w, bias, nib, v, 4, EP_NO_TABLE, 0);
-            }
+        } else if (w->bits == 4) {  /* compact entries: one variant, to keep the code small */
+            EP_SPARSE_CHANNELS(co, d->out_c, grp, rq, patch, w, bias, nib, v, 4, EP_NO_TABLE, 0);
         } else if (full) {
             EP_SPARSE_CHANNELS(co, d->out_c, grp, rq, patch, w, bias, nib, v, 8, EP_NO_TABLE, 1);
         } else {
