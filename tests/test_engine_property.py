@@ -479,10 +479,11 @@ def test_depthwise_multiplier_one_equals_tflm_under_sanitizers(tmp_path, kernel_
 
 
 def conv_graph(seed: int, c: int, out_c: int, kernel: tuple[int, int], stride: int, padding: str, width: int,
-               sparsity: float) -> Int8Graph:
+               sparsity: float, activation: str | None = None, zero_point: int | None = None) -> Int8Graph:
     """One CONV_2D layer over ``c`` input channels into ``out_c`` with ``kernel``, ``stride`` both ways, ``padding``,
     an input ``width`` wide (output rows of 1 to 7 pixels: groups of four pixels that run on into the next row)
-    and a fraction ``sparsity`` of zero weights."""
+    and a fraction ``sparsity`` of zero weights; ``activation`` and the output ``zero_point`` random unless
+    given."""
     rng = np.random.default_rng(seed)
     b = _Builder(rng)
     kh, kw = kernel
@@ -494,9 +495,11 @@ def conv_graph(seed: int, c: int, out_c: int, kernel: tuple[int, int], stride: i
     b.weights = lambda shape, axis: data
     wt, bias, out_scale = b.weighted(data.shape, 0, b.g.tensors[source].qparams[0], kh * kw * c)
     oh, ow = (window_output_size(n, k, stride, 1, padding) for n, k in ((h, kh), (width, kw)))
+    drawn = str(rng.choice(["NONE", "RELU", "RELU6"]))
     options = OpOptions(padding=padding, stride=(stride, stride), dilation=(1, 1),
-                        activation=str(rng.choice(["NONE", "RELU", "RELU6"])))
-    b.op("CONV_2D", (source, wt, bias), (1, oh, ow, out_c), options, (out_scale, int(rng.integers(-30, 31))))
+                        activation=drawn if activation is None else activation)
+    zp = int(rng.integers(-30, 31))
+    b.op("CONV_2D", (source, wt, bias), (1, oh, ow, out_c), options, (out_scale, zp if zero_point is None else zero_point))
     b.g.inputs, b.g.outputs = (source,), (b.x,)
     return b.g
 
@@ -519,6 +522,33 @@ def test_conv_groups_across_rows_equal_tflm_under_sanitizers(tmp_path, kernel_ob
         if message:
             failures.append(f"c {c}, out_c {out_c}, kernel {kernel}, stride {stride}, width {width}, {padding}, "
                             f"sparsity {sparsity}: {message}")
+    assert not failures, "\n".join(failures)
+
+
+FULL_RANGE_CASES = [(c, out_c, kernel, stride, width, padding, activation, zp)
+                    for (c, out_c, kernel, stride, width, padding), (activation, zp) in zip(
+                        [(3, 5, (3, 3), 2, 7, "SAME"), (1, 7, (3, 3), 1, 6, "VALID"), (5, 3, (1, 1), 2, 5, "SAME"),
+                         (7, 9, (1, 1), 1, 4, "VALID"), (16, 11, (1, 1), 1, 3, "SAME"), (9, 4, (2, 2), 1, 5, "SAME")] * 2,
+                        [("RELU", -128), ("NONE", 5), ("RELU", -128), ("RELU6", -128), ("NONE", -128), ("RELU", 3),
+                         ("NONE", 0), ("RELU", -128), ("RELU", 17), ("RELU", -128), ("RELU6", -128), ("NONE", 127)])]
+
+
+def test_conv_full_range_clamp_equals_tflm_under_sanitizers(tmp_path, kernel_objects, monkeypatch):
+    """The dense and sparse convolutions' full-range variant (a layer whose clamp is all of int8: no activation, or a ReLU onto
+    zero point -128, clamped with constants, SSAT on the DSP cores) and its bounded variant (ReLU onto another zero
+    point, ReLU6) equal TFLM, with 8- and 4-bit entries, odd channel counts, 1x1, 2x2 and 3x3 filters, strides 1 and
+    2, SAME and VALID, 0 to 100 % zero weights; the output scale is shrunk so that outputs saturate at both ends."""
+    failures = []
+    for i, (c, out_c, kernel, stride, width, padding, activation, zp) in enumerate(FULL_RANGE_CASES):
+        sparsity = (0.0, 0.5, 0.8, 0.95, 1.0, 0.3)[i % 6]
+        graph = conv_graph(8000 + i, c, out_c, kernel, stride, padding, width, sparsity, activation, zp)
+        out = graph.tensors[graph.outputs[0]]
+        out.scale = (out.scale / 8).astype(np.float32)  # saturates at -128 and at 127
+        message = compare_graph(graph, False, 8000 + i, ("dense", "sparse 8-bit", "sparse 4-bit"), tmp_path / f"fr{i}",
+                                kernel_objects, monkeypatch)
+        if message:
+            failures.append(f"c {c}, out_c {out_c}, kernel {kernel}, stride {stride}, width {width}, {padding}, "
+                            f"{activation}, zero point {zp}, sparsity {sparsity}: {message}")
     assert not failures, "\n".join(failures)
 
 

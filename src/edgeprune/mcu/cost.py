@@ -11,7 +11,8 @@ window, or four of a row):
 * dense convolution (the four pixels' windows as 16-bit pairs, ``SMLAD`` with four weights at a
   time), per group: ``DENSE_FILL_BLOCK`` per four window bytes and ``DENSE_FILL_ROW`` per kernel row
   copied, ``DENSE_BLOCK`` per (output channel, four window bytes) and ``DENSE_CHANNEL`` per output
-  channel (fitted separately on six layers, within 2 %);
+  channel (fitted separately on six layers, within 2 %), and ``FULL_RANGE_OUTPUT`` less per output as below
+  (ResNet-8's reference file: 35 less per group and channel measured, 31.9-36 per layer);
 * sparse convolution, per group: ``FILL_QUAD`` per four contiguous window bytes copied into the patch,
   ``FILL_BYTE`` per byte left over, ``FILL_ROW`` per kernel row, ``CHANNEL`` per output channel,
   ``NONZERO`` per multiplication (a non-zero weight, or an 8-bit filler's zero: four pixels'
@@ -19,7 +20,12 @@ window, or four of a row):
   (4-bit entries; 8-bit ones have none, :mod:`edgeprune.mcu.sparse`); ``NONZERO`` and ``CHANNEL`` refitted
   (issue 22) when the 8-bit run came to walk to an end pointer and SXTB16 to take the rotation: within 11 % on
   each of ResNet-8's nine convolutions at uniform 90 % (3.1 % on the 3x3 ones; 10.1 % and 8.5 % over on the 1x1
-  shortcuts, 15 % and 13 % before), SmallNet's within 6 % (tests/test_device_plan.py);
+  shortcuts, 15 % and 13 % before), SmallNet's within 6 % (tests/test_device_plan.py); ``FULL_RANGE_OUTPUT``
+  less per output (8-bit entries, no look-up table) when the layer's clamp is all of int8 (no activation, or a ReLU onto zero point -128: one
+  SSAT, the bounds off the spilled registers; issue 22, third session), fitted on the same nine layers (measured
+  30 per group and channel less; with 35 they are within 8.3 %: the 1x1 shortcuts 8.3 % and 6.8 % over, the
+  others within 3.8 %); a group with a fused 2x2 max pool stores one output, ``FULL_RANGE_POOLED_DENSE`` and
+  ``FULL_RANGE_POOLED_SPARSE`` less per group and channel (SmallNet's two pooled layers: 16.9 and 4.7 measured);
 * fully connected: dense, four rows at a time (issue 22: their weights interleaved, each input word split once for
   the four), ``FC_QUAD4`` per (row, four weights) (the inner loop's 26 instructions per four rows) and
   ``FC_DENSE_ROW`` per output, fitted on the autoencoder's ten layers (within 1 % on each); the ``out_n % 4`` rows
@@ -57,6 +63,7 @@ FLASH_WEIGHT = 24.0
 DENSE_FILL_BLOCK, DENSE_FILL_ROW, DENSE_BLOCK, DENSE_CHANNEL = 68.0, 300.0, 22.5, 80.0
 FILL_QUAD, FILL_BYTE, FILL_ROW, CHANNEL = 36.0, 20.0, 30.0, 95.0
 NONZERO, CHECKED_ENTRY = 11.2, 6.0
+FULL_RANGE_OUTPUT, FULL_RANGE_POOLED_DENSE, FULL_RANGE_POOLED_SPARSE = 8.75, 17.0, 5.0
 LUT_NONZERO = 4.0
 FC_QUAD, FC_ROW, FC_NONZERO = 9.0, 50.0, 6.0
 FC_QUAD4, FC_DENSE_ROW = 6.5, 42.0
@@ -72,14 +79,20 @@ def _checked(entries: int, bits: int) -> int:
 
 
 def conv_cost(groups: int, out_c: int, k_h: int, k_w: int, in_c: int, pooled: bool, dil_w: int = 1,
-              multiplies: int | None = None, entries: int = 0, bits: int = 8, lut: bool = False) -> float:
+              multiplies: int | None = None, entries: int = 0, bits: int = 8, lut: bool = False,
+              full_range: bool = False) -> float:
     """Predicted instructions of a convolution over ``groups`` groups of four output pixels (a fused 2x2
     max pool's windows when ``pooled``): dense when ``multiplies`` is None, else sparse with that many
     stored values (non-zeros, and 8-bit fillers) and ``entries`` index entries of ``bits`` bits, the values
-    as look-up-table codes when ``lut``."""
+    as look-up-table codes when ``lut``; ``full_range`` when the layer's clamp is all of int8 (the dense kernel
+    and the sparse one with 8-bit entries and no look-up table then clamp with SSAT, ``FULL_RANGE_OUTPUT`` less per
+    output)."""
     span, rows = (k_w * in_c, k_h) if dil_w == 1 else (in_c, k_h * k_w)
     quads, left = divmod(span, 4)
     extra = 0 if pooled else groups * out_c * 3 * REQUANT
+    if full_range and not lut and (multiplies is None or bits == 8):
+        pooled_saving = FULL_RANGE_POOLED_DENSE if multiplies is None else FULL_RANGE_POOLED_SPARSE
+        extra -= groups * out_c * (pooled_saving if pooled else 4 * FULL_RANGE_OUTPUT)
     if multiplies is None:
         blocks = -(-k_h * k_w * in_c // 4)
         return groups * (blocks * DENSE_FILL_BLOCK + rows * DENSE_FILL_ROW + out_c * (blocks * DENSE_BLOCK + DENSE_CHANNEL)) + extra

@@ -364,11 +364,12 @@ class _Lowering:
             kernel = f"ep_depthwise_{engine}"
         else:
             groups = (out_h // 2) * (out_w // 2) if pool is not None else -(-out_h * out_w // 4)
+            full = activation_range(opt.activation, *out_qp) == (-128, 127)  # the SSAT clamp (cost.py)
             engine, chosen, why, cost = self.choose(
-                conv_cost(groups, out_c, k_h, k_w, in_c, pool is not None, dw), weight.size,
+                conv_cost(groups, out_c, k_h, k_w, in_c, pool is not None, dw, full_range=full), weight.size,
                 self.sparse_variants(op, weight, encode_conv),
                 lambda s: conv_cost(groups, out_c, k_h, k_w, in_c, pool is not None, dw, s.multiplies, s.entries,
-                                    s.bits, s.table is not None))
+                                    s.bits, s.table is not None, full))
             kernel = _kernel("ep_conv", engine, chosen)
         w_arg, info = _weight_arg(weight if depthwise else _padded_windows(weight), chosen)
         name = op.op

@@ -29,16 +29,18 @@ static void ep_fill_pairs(const ep_conv_dims *d, const ep_group *grp, int32_t pa
     }
 }
 
-int ep_conv_dense(const ep_conv_dims *d, const int8_t *restrict in, const int8_t *restrict w,
-                  const int32_t *restrict bias, const ep_requant *q, uint32_t *restrict scratch, int32_t scratch_words,
-                  int8_t *restrict out) {
+/* The groups of the dense convolution; `full` (a constant in each expansion) says whether the clamp is the whole
+ * int8 range (ep_group_store). */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void ep_conv_dense_groups(const ep_conv_dims *d, const int8_t *restrict in, const int8_t *restrict w,
+                                        const int32_t *restrict bias, const ep_requant *q, uint32_t *restrict scratch,
+                                        int8_t *restrict out, const int32_t full) {
     const ep_requant rq = *q;
     const int32_t padded = EP_DENSE_PADDED(d->k_h, d->k_w, d->in_c);
     const int32_t groups = ep_group_count(d);
     int32_t g, co, b;
-    if (!ep_conv_dims_ok(d) || scratch_words < EP_DENSE_SCRATCH_WORDS(d->k_h, d->k_w, d->in_c)) {
-        return EP_ERROR_DIMS;
-    }
     for (g = 0; g < groups; g++) {
         ep_group grp;
         ep_group_at(d, in, out, g, &grp);
@@ -64,8 +66,21 @@ int ep_conv_dense(const ep_conv_dims *d, const int8_t *restrict in, const int8_t
             acc.a1 = a1;
             acc.a2 = a2;
             acc.a3 = a3;
-            ep_group_store(&grp, &rq, co, acc);
+            ep_group_store(&grp, &rq, co, acc, full);
         }
+    }
+}
+
+int ep_conv_dense(const ep_conv_dims *d, const int8_t *restrict in, const int8_t *restrict w,
+                  const int32_t *restrict bias, const ep_requant *q, uint32_t *restrict scratch, int32_t scratch_words,
+                  int8_t *restrict out) {
+    if (!ep_conv_dims_ok(d) || scratch_words < EP_DENSE_SCRATCH_WORDS(d->k_h, d->k_w, d->in_c)) {
+        return EP_ERROR_DIMS;
+    }
+    if (ep_requant_full_range(q)) {
+        ep_conv_dense_groups(d, in, w, bias, q, scratch, out, 1);
+    } else {
+        ep_conv_dense_groups(d, in, w, bias, q, scratch, out, 0);
     }
     return EP_OK;
 }

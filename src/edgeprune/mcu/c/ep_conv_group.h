@@ -128,33 +128,46 @@ typedef struct {
     int32_t a0, a1, a2, a3;
 } ep_acc4;
 
+/* Whether a layer's activation clamp is the whole int8 range (no activation, or a ReLU whose output zero point
+ * is -128): then ep_group_store's `full` variant clamps with constants, one SSAT on the DSP cores, and keeps
+ * the two bounds out of the registers that its channel loop spills. */
+static inline int ep_requant_full_range(const ep_requant *q) {
+    return q->act_min <= -128 && q->act_max >= 127;
+}
+
 /* Requantize output channel `co` of a group from its pixels' accumulators (the channel's multiplier
- * prepared once for the four). Inlined into each channel loop, so the accumulators stay in registers. */
+ * prepared once for the four). Inlined into each channel loop, so the accumulators stay in registers.
+ * `full` (a constant in each expansion) is ep_requant_full_range(q): the clamp is then to [-128, 127], which
+ * is the same as the layer's own bounds. */
+#define EP_GROUP_RQ(acc) (full ? ep_requantize_mq_int8((acc), m, zp) : ep_requantize_mq((acc), m, zp, lo, hi))
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
-static inline void ep_group_store(const ep_group *grp, const ep_requant *q, int32_t co, const ep_acc4 a) {
+static inline void ep_group_store(const ep_group *grp, const ep_requant *q, int32_t co, const ep_acc4 a,
+                                  const int32_t full) {
     const ep_mq m = ep_mq_make(q->multiplier[co], q->shift[co]);
-    const int32_t zp = q->output_zero_point, lo = q->act_min, hi = q->act_max, step = grp->out_step;
+    const int32_t zp = q->output_zero_point, step = grp->out_step;
+    const int32_t lo = q->act_min, hi = q->act_max;
     int8_t *o = grp->out + co;
     if (step == 0) {
         const int32_t m01 = a.a0 > a.a1 ? a.a0 : a.a1, m23 = a.a2 > a.a3 ? a.a2 : a.a3;
-        o[0] = ep_requantize_mq(m01 > m23 ? m01 : m23, m, zp, lo, hi);
+        o[0] = EP_GROUP_RQ(m01 > m23 ? m01 : m23);
         return;
     }
-    o[0] = ep_requantize_mq(a.a0, m, zp, lo, hi);
+    o[0] = EP_GROUP_RQ(a.a0);
     if (grp->pixels == 4) {
-        o[step] = ep_requantize_mq(a.a1, m, zp, lo, hi);
-        o[2 * step] = ep_requantize_mq(a.a2, m, zp, lo, hi);
-        o[3 * step] = ep_requantize_mq(a.a3, m, zp, lo, hi);
+        o[step] = EP_GROUP_RQ(a.a1);
+        o[2 * step] = EP_GROUP_RQ(a.a2);
+        o[3 * step] = EP_GROUP_RQ(a.a3);
         return;
     }
     if (grp->pixels > 1) {
-        o[step] = ep_requantize_mq(a.a1, m, zp, lo, hi);
+        o[step] = EP_GROUP_RQ(a.a1);
     }
     if (grp->pixels > 2) {
-        o[2 * step] = ep_requantize_mq(a.a2, m, zp, lo, hi);
+        o[2 * step] = EP_GROUP_RQ(a.a2);
     }
 }
+#undef EP_GROUP_RQ
 
 #endif

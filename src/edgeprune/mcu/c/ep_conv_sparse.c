@@ -93,13 +93,14 @@ static inline ep_acc4 ep_patch_run(const uint32_t *r, const uint8_t **nib, const
 /* Every output channel of one group (group `grp` with its `patch`, requantized by `rq`): channel `co` (the
  * loop's variable) walks its run from `nib` and `v` (advanced past it) with entries of `bits` bits (a constant
  * in each expansion) and look-up-table row TABLE, an expression of `co` (or EP_NO_TABLE, so that the compiler
- * drops the codes' path); a pooled group keeps the largest of its four accumulators. */
-#define EP_SPARSE_CHANNELS(co, out_c, grp, rq, patch, w, bias, nib, v, bits, TABLE)                    \
+ * drops the codes' path) and FULL, a constant: whether the clamp is the whole int8 range (ep_group_store); a
+ * pooled group keeps the largest of its four accumulators. */
+#define EP_SPARSE_CHANNELS(co, out_c, grp, rq, patch, w, bias, nib, v, bits, TABLE, FULL)              \
     do {                                                                                               \
         for ((co) = 0; (co) < (out_c); (co)++) {                                                       \
             const ep_acc4 ep_a = ep_patch_run((patch), &(nib), &(v), (TABLE), EP_RUN_LENGTH(w, co), (bits), \
                                               (bias)[co]);                                             \
-            ep_group_store(&(grp), &(rq), (co), ep_a);                                                  \
+            ep_group_store(&(grp), &(rq), (co), ep_a, (FULL));                                               \
         }                                                                                              \
     } while (0)
 
@@ -112,7 +113,7 @@ static inline int ep_conv_sparse_values(const ep_conv_dims *d, const int8_t *res
                                         const int32_t *restrict bias, const ep_requant *q, uint32_t *restrict patch,
                                         int32_t patch_words, int8_t *restrict out, int32_t lut) {
     const ep_requant rq = *q;
-    const int32_t groups = ep_group_count(d);
+    const int32_t groups = ep_group_count(d), full = ep_requant_full_range(q);
     int32_t g, co;
     if (!ep_conv_dims_ok(d) || (lut && !w->table) ||
         patch_words < EP_PATCH_WORDS(d->k_h, d->k_w, d->in_c)) {
@@ -125,11 +126,14 @@ static inline int ep_conv_sparse_values(const ep_conv_dims *d, const int8_t *res
         ep_group_at(d, in, out, g, &grp);
         ep_fill_patch(d, &grp, patch);
         if (lut) {
-            EP_SPARSE_CHANNELS(co, d->out_c, grp, rq, patch, w, bias, nib, v, w->bits, w->table + co * w->table_size);
-        } else if (w->bits == 4) {
-            EP_SPARSE_CHANNELS(co, d->out_c, grp, rq, patch, w, bias, nib, v, 4, EP_NO_TABLE);
+            EP_SPARSE_CHANNELS(co, d->out_c, grp, rq, patch, w, bias, nib, v, w->bits, w->table + co * w->table_size,
+                               0);
+        } else if (w->bits == 4) {  /* compact entries: one variant, to keep the code small */
+            EP_SPARSE_CHANNELS(co, d->out_c, grp, rq, patch, w, bias, nib, v, 4, EP_NO_TABLE, 0);
+        } else if (full) {
+            EP_SPARSE_CHANNELS(co, d->out_c, grp, rq, patch, w, bias, nib, v, 8, EP_NO_TABLE, 1);
         } else {
-            EP_SPARSE_CHANNELS(co, d->out_c, grp, rq, patch, w, bias, nib, v, 8, EP_NO_TABLE);
+            EP_SPARSE_CHANNELS(co, d->out_c, grp, rq, patch, w, bias, nib, v, 8, EP_NO_TABLE, 0);
         }
     }
     return EP_OK;

@@ -75,6 +75,19 @@ static inline int8_t ep_requantize_mq(int32_t acc, const ep_mq q, int32_t zero_p
     return (int8_t)v;
 }
 
+/* The same with the clamp [-128, 127]: one SSAT where the core has it (GCC 12 does not find it by itself). */
+#if defined(__ARM_FEATURE_SAT)
+#include <arm_acle.h>
+#endif
+static inline int8_t ep_requantize_mq_int8(int32_t acc, const ep_mq q, int32_t zero_point) {
+    const int32_t v = ep_mq_apply(acc, q) + zero_point;
+#if defined(__ARM_FEATURE_SAT)
+    return (int8_t)__ssat(v, 8);
+#else
+    return (int8_t)(v < -128 ? -128 : (v > 127 ? 127 : v));
+#endif
+}
+
 static inline int8_t ep_requantize(int32_t acc, int32_t multiplier, int32_t shift, int32_t zero_point,
                                    int32_t lo, int32_t hi) {
     return ep_requantize_mq(acc, ep_mq_make(multiplier, shift), zero_point, lo, hi);
