@@ -57,7 +57,8 @@ def load_layer_settings(source: str | Path | Mapping) -> dict:
     else:
         path = Path(text)
         if not path.is_file():
-            raise ValueError(f"{path}: no such file; give a .json, .toml or .yaml file, or inline JSON such as '{{\"_default\": 0.5}}'")
+            raise ValueError(f"{path}: no such file; give a .json, .toml or .yaml file, inline JSON such as "
+                             f"'{{\"_default\": 0.5}}', or one number for every layer such as 0.5")
         data = read_document(path)
     if not isinstance(data, dict):
         raise ValueError(f"a per-layer dict must map parameter names to values, got {type(data).__name__}")
