@@ -362,9 +362,10 @@ class RunConfig:
         if self.device_target is not None and self.mcu == "none":
             raise ValueError("--target-instructions, --target-cycles and --target-flash are checked in QEMU on --mcu's "
                              "board: give one (e.g. --mcu cortex-m4), not none")
-        if self.target_cycles is not None and self.mcu != "none" and cycles_note(get_target(self.mcu)) is None:
+        board = None if self.mcu == "none" else get_target(self.mcu)
+        if self.target_cycles is not None and board is not None and cycles_note(board) is None:
             raise ValueError(f"--target-cycles needs a cycle estimate, but --mcu {self.mcu} has "
-                             f"{no_timing_reason(get_target(self.mcu))}; use --target-instructions, or --mcu cortex-m4")
+                             f"{no_timing_reason(board)}; use --target-instructions, or --mcu cortex-m4")
         if self.centroid_epochs and self.export_values != "kmeans":
             raise ValueError("centroid_epochs fine-tunes k-means centroids: use it with export_values='kmeans'")
         self._task = resolve_task(self.task, self.model, self.data.name != "tensors" or tensors_labeled(self.data.data_dir))

@@ -123,8 +123,8 @@ def comparison_markdown(rows: Iterable[Mapping], task: Task = CLASSIFICATION) ->
         for x in rows:
             if x.get("export_check") and not x["export_check"]["within"]:
                 lines += ["", f"**<span style=\"color:red\">{export_check_line(x['model'], x['export_check'], task)}.</span>**"]
-            elif test_loss_line(x, task):
-                lines += ["", f"**<span style=\"color:red\">{test_loss_line(x, task)}.</span>**"]
+            elif line := test_loss_line(x, task):
+                lines += ["", f"**<span style=\"color:red\">{line}.</span>**"]
         if chosen:
             lines += ["", bits_markdown(rows, task).rstrip("\n")]
     return "\n".join(lines) + "\n"

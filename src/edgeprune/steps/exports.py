@@ -234,8 +234,9 @@ def compare_models(
                 export_check=None if check is None else check.to_dict(),
                 **{f"decoded_{task.metric}": evaluate(decoded, loader, device, task)},
             )
-            if test_loss_line(row, task):  # held on validation, not on the test set: said, never silent
-                tqdm.write(test_loss_line(row, task))
+            line = test_loss_line(row, task)
+            if line:  # held on validation, not on the test set: said, never silent
+                tqdm.write(line)
         rows.append(row)
     return rows
 
