@@ -15,7 +15,7 @@ from edgeprune.config import RunConfig
 from edgeprune.data import DataConfig, load_data
 from edgeprune.export.tflite import export_tflite
 from edgeprune.mcu.choice import weight_for_budget
-from edgeprune.mcu.cost import FLASH_WEIGHT, NONZERO
+from edgeprune.mcu.cost import COSTS, FLASH_WEIGHT
 from edgeprune.mcu.measure import measure_on_mcu
 from edgeprune.mcu.predict import DeviceBaseline, meet_target, predict_model, unit_costs
 from edgeprune.mcu.units import parse_bytes
@@ -81,17 +81,17 @@ def test_cost_model_predicts_qemu_counts_per_layer(toolchain, small, tmp_path):
 
 
 def test_unit_costs_are_the_kernels_prices(small):
-    """conv2 (4 -> 8 channels, 3x3, output 14x14 pooled to 7x7 = 49 groups of four pixels) saves 49 x NONZERO (11.2)
-    instructions per weight pruned; its 288 weights at 80 and 95 % keep 58 and 14 non-zeros, stored as 8-bit entries (a value and an
+    """conv2 (4 -> 8 channels, 3x3, output 14x14 pooled to 7x7 = 49 groups of four pixels) saves 49 x the price of
+    an 8-bit entry's multiplication (COSTS["nonzero8"]) instructions per weight pruned; its 288 weights at 80 and 95 % keep 58 and 14 non-zeros, stored as 8-bit entries (a value and an
     entry each) plus 8 counts, uint8 as no run has more than 255 entries: (2 x 58 + 8 + 2 x 14 + 8) / (58 + 14) bytes per
     non-zero. fc's 4-bit entries
     take a value, half a byte, the escapes of long gaps and its counts: between 1.5 and 2 bytes."""
     model, calibration, _, _ = small
     costs = unit_costs(model, calibration)
     assert set(costs) == set(LAYERS)
-    assert costs["conv2.weight"]["instructions"] == pytest.approx(49 * NONZERO, rel=0.02)
+    assert costs["conv2.weight"]["instructions"] == pytest.approx(49 * COSTS["nonzero8"], rel=0.02)
     assert costs["conv2.weight"]["bytes"] == pytest.approx((2 * 58 + 8 + 2 * 14 + 8) / (58 + 14))
-    assert costs["conv1.weight"]["instructions"] == pytest.approx(14 * 14 * NONZERO, rel=0.02)  # 28x28 pooled: 196 groups
+    assert costs["conv1.weight"]["instructions"] == pytest.approx(14 * 14 * COSTS["nonzero8"], rel=0.02)  # 196 groups
     assert 1.5 < costs["fc.weight"]["bytes"] < 2.0
     assert costs["fc.weight"]["instructions"] >= 6.0  # FC_NONZERO, plus the escape test of 4-bit entries
 

@@ -33,21 +33,24 @@ def test_size_macros_evaluate_as_the_c_compiler_does(tmp_path):
     """kernel_size reads each macro of ep_kernels.h; a C program including the header prints the same values."""
     header = resources.files("edgeprune.mcu") / "c" / "ep_kernels.h"
     (tmp_path / "ep_kernels.h").write_text(header.read_text(encoding="utf-8"))
-    shapes = [(1, 1, 1), (3, 3, 3), (3, 3, 16), (5, 1, 7), (1, 9, 2), (7, 7, 13)]
-    lines = [f'printf("%d %d %d\\n", EP_PATCH_WORDS({a}, {b}, {c}), EP_DENSE_SCRATCH_WORDS({a}, {b}, {c}), '
-             f'EP_DENSE_PADDED({a}, {b}, {c}));' for a, b, c in shapes]
+    shapes = [(1, 1, 1, 1), (3, 3, 3, 8), (3, 3, 16, 16), (5, 1, 7, 3), (1, 9, 2, 1), (7, 7, 13, 64)]
+    lines = [f'printf("%d %d %d %d\\n", EP_PATCH_WORDS({a}, {b}, {c}), EP_DENSE_SCRATCH_WORDS({a}, {b}, {c}, {o}), '
+             f'EP_DENSE_PADDED({a}, {b}, {c}), EP_SPARSE_SCRATCH_WORDS({a}, {b}, {c}, {o}));' for a, b, c, o in shapes]
     (tmp_path / "sizes.c").write_text('#include <stdio.h>\n#include "ep_kernels.h"\nint main(void) {\n'
                                       + "\n".join(lines) + '\nprintf("%d\\n", EP_ADD_TABLE_WORDS);\nreturn 0;\n}\n')
     subprocess.run(["cc", "-std=c99", "-Wall", "-Werror", "-o", str(tmp_path / "sizes"), str(tmp_path / "sizes.c")],
                    check=True)
     printed = subprocess.run([str(tmp_path / "sizes")], check=True, capture_output=True, text=True).stdout.split("\n")
-    for (a, b, c), line in zip(shapes, printed):
-        ours = [kernel_sizes.kernel_size(name, a, b, c)
-                for name in ("EP_PATCH_WORDS", "EP_DENSE_SCRATCH_WORDS", "EP_DENSE_PADDED")]
-        assert ours == [int(v) for v in line.split()], (a, b, c)
+    for (a, b, c, o), line in zip(shapes, printed):
+        size = kernel_sizes.kernel_size
+        ours = [size("EP_PATCH_WORDS", a, b, c), size("EP_DENSE_SCRATCH_WORDS", a, b, c, o),
+                size("EP_DENSE_PADDED", a, b, c), size("EP_SPARSE_SCRATCH_WORDS", a, b, c, o)]
+        assert ours == [int(v) for v in line.split()], (a, b, c, o)
     assert kernel_sizes.kernel_size("EP_ADD_TABLE_WORDS") == int(printed[len(shapes)]) == 512
     assert kernel_sizes.kernel_size("EP_PATCH_WORDS", 3, 3, 16) == 144  # by hand: one word per window position
-    assert kernel_sizes.kernel_size("EP_DENSE_SCRATCH_WORDS", 3, 3, 3) == 84  # 27 bytes padded to 28, three times
+    # by hand: 27 bytes padded to 28, three times, then 5 words for each of 8 channels' prepared requantization
+    assert kernel_sizes.kernel_size("EP_DENSE_SCRATCH_WORDS", 3, 3, 3, 8) == 84 + 40
+    assert kernel_sizes.kernel_size("EP_SPARSE_SCRATCH_WORDS", 3, 3, 16, 16) == 144 + 80
     with pytest.raises(ValueError, match="defines no size macro EP_NOPE"):
         kernel_sizes.kernel_size("EP_NOPE")
 
@@ -83,7 +86,7 @@ def test_kernels_refuse_scratch_one_word_short(tmp_path, monkeypatch, sparse):
     np.testing.assert_array_equal(out, expected)
 
     real = kernel_sizes.kernel_size
-    for short in ("EP_ADD_TABLE_WORDS", "EP_PATCH_WORDS" if sparse == "always" else "EP_DENSE_SCRATCH_WORDS"):
+    for short in ("EP_ADD_TABLE_WORDS", "EP_SPARSE_SCRATCH_WORDS" if sparse == "always" else "EP_DENSE_SCRATCH_WORDS"):
         with monkeypatch.context() as patch:
             patch.setattr("edgeprune.mcu.lowering.kernel_size",
                           lambda name, *args, short=short: real(name, *args) - (name == short))

@@ -57,20 +57,42 @@ sparsity from the same functions.
 
 from __future__ import annotations
 
-__all__ = ["FLASH_WEIGHT", "LUT_NONZERO", "conv_cost", "depthwise_cost", "fc_cost"]
+from collections.abc import Sequence
+
+__all__ = ["COSTS", "FLASH_WEIGHT", "LUT_NONZERO", "conv_cost", "conv_features", "cost", "depthwise_cost",
+           "depthwise_features", "fast_channel", "fc_cost", "fc_features"]
 
 FLASH_WEIGHT = 24.0
-DENSE_FILL_BLOCK, DENSE_FILL_ROW, DENSE_BLOCK, DENSE_CHANNEL = 68.0, 300.0, 22.5, 80.0
-FILL_QUAD, FILL_BYTE, FILL_ROW, CHANNEL = 36.0, 20.0, 30.0, 95.0
-NONZERO, CHECKED_ENTRY = 11.2, 6.0
-FULL_RANGE_OUTPUT, FULL_RANGE_POOLED_DENSE, FULL_RANGE_POOLED_SPARSE = 8.75, 17.0, 5.0
 LUT_NONZERO = 4.0
-FC_QUAD, FC_ROW, FC_NONZERO = 9.0, 50.0, 6.0
-FC_QUAD4, FC_DENSE_ROW = 6.5, 42.0
-REQUANT = 20.0
-DW_TAP, DW_QUAD_PIXEL, DW_QUAD_ROW, DW_QUAD = 12.0, 100.0, 44.0, 394.0
-DW_SLOW_MAC = 21.5
-DW_SPARSE_MAC, DW_SPARSE_OUTPUT = 11.0, 30.0
+
+# Instructions per counted item, by kernel (see the module docstring); :func:`conv_features` and the others give
+# the counts, so that a fit (benchmarks/fit_cost.py) and the prediction use the same ones.
+COSTS: dict[str, float] = {
+    # dense convolution
+    "dense_fill_word": 5.0, "dense_fill_block": 68.0, "dense_fill_row": 300.0, "dense_block": 17.5,
+    "dense_channel_fast": 48.0, "dense_channel": 95.0,
+    # sparse convolution
+    "fill_quad": 22.0, "fill_byte": 20.0, "fill_row": 30.0, "sparse_channel_fast": 45.0, "sparse_channel": 95.0,
+    "nonzero8": 10.5, "nonzero": 11.2, "checked_entry": 6.0, "lut_nonzero": LUT_NONZERO,
+    # a generic channel's outputs after its first (groups of four pixels not pooled)
+    "requant": 20.0,
+    # fully connected
+    "fc_quad4": 6.5, "fc_dense_row": 42.0, "fc_quad": 9.0, "fc_row": 50.0, "fc_nonzero": 6.0,
+    # depthwise
+    "dw_tap": 12.0, "dw_quad_pixel_fast": 46.0, "dw_quad_pixel": 100.0, "dw_quad_row": 44.0, "dw_quad": 394.0,
+    "dw_slow_mac": 21.5, "dw_slow_output": 20.0, "dw_sparse_mac": 11.0, "dw_sparse_output": 30.0,
+}
+
+
+def fast_channel(shift: int) -> bool:
+    """Whether a channel of this shift requantizes on the fast path (``ep_channel.fast`` in ep_conv_group.h: a
+    right shift from 2 to 23)."""
+    return -23 <= shift <= -2
+
+
+def cost(features: dict[str, float]) -> float:
+    """Predicted instructions of counted items: the sum of each count times its :data:`COSTS` entry."""
+    return float(sum(COSTS[name] * count for name, count in features.items()))
 
 
 def _checked(entries: int, bits: int) -> int:
@@ -78,47 +100,82 @@ def _checked(entries: int, bits: int) -> int:
     return entries if bits == 4 else 0
 
 
-def conv_cost(groups: int, out_c: int, k_h: int, k_w: int, in_c: int, pooled: bool, dil_w: int = 1,
-              multiplies: int | None = None, entries: int = 0, bits: int = 8, lut: bool = False,
-              full_range: bool = False) -> float:
-    """Predicted instructions of a convolution over ``groups`` groups of four output pixels (a fused 2x2
-    max pool's windows when ``pooled``): dense when ``multiplies`` is None, else sparse with that many
-    stored values (non-zeros, and 8-bit fillers) and ``entries`` index entries of ``bits`` bits, the values
-    as look-up-table codes when ``lut``; ``full_range`` when the layer's clamp is all of int8 (the dense kernel
-    and the sparse one with 8-bit entries and no look-up table then clamp with SSAT, ``FULL_RANGE_OUTPUT`` less per
-    output)."""
+def conv_features(groups: int, out_c: int, k_h: int, k_w: int, in_c: int, pooled: bool, dil_w: int = 1,
+                  multiplies: int | None = None, entries: int = 0, bits: int = 8, lut: bool = False,
+                  full_range: bool = False, shifts: Sequence[int] | None = None, short: int = 0,
+                  long_runs: bool = False) -> dict[str, float]:
+    """The counted items of a convolution over ``groups`` groups of four output pixels (a fused 2x2 max pool's
+    windows when ``pooled``; ``short`` > 0: the last group holds that many pixels, fewer than four): dense when ``multiplies`` is None,
+    else sparse with that many stored values (non-zeros, and 8-bit fillers) and ``entries`` index entries of
+    ``bits`` bits, the values as look-up-table codes when ``lut``, some run longer than 255 entries when
+    ``long_runs``. ``full_range``: the layer's clamp is all of int8; ``shifts``: the channels' requantization
+    shifts (default: every channel fast). A (group, channel) takes the fast path when the layer is clamped to all
+    of int8, the group holds four pixels not pooled, the channel is fast and, sparse, the entries are 8-bit
+    values and counts."""
     span, rows = (k_w * in_c, k_h) if dil_w == 1 else (in_c, k_h * k_w)
     quads, left = divmod(span, 4)
-    extra = 0 if pooled else groups * out_c * 3 * REQUANT
-    if full_range and not lut and (multiplies is None or bits == 8):
-        pooled_saving = FULL_RANGE_POOLED_DENSE if multiplies is None else FULL_RANGE_POOLED_SPARSE
-        extra -= groups * out_c * (pooled_saving if pooled else 4 * FULL_RANGE_OUTPUT)
+    fast_c = out_c if shifts is None else sum(fast_channel(int(v)) for v in shifts)
+    eligible = full_range and not pooled and (multiplies is None or (bits == 8 and not lut and not long_runs))
+    full_groups = groups - (short > 0)
+    fast_gc = full_groups * fast_c if eligible else 0
+    slow_gc = groups * out_c - fast_gc
+    # a slow (group, channel)'s outputs after its first: three in a group of four pixels, short - 1 in the short one
+    tail = {"requant": 0 if pooled else 3 * (full_groups * out_c - fast_gc) + out_c * max(short - 1, 0)}
     if multiplies is None:
         blocks = -(-k_h * k_w * in_c // 4)
-        return groups * (blocks * DENSE_FILL_BLOCK + rows * DENSE_FILL_ROW + out_c * (blocks * DENSE_BLOCK + DENSE_CHANNEL)) + extra
-    fill = rows * (quads * FILL_QUAD + left * FILL_BYTE + FILL_ROW)
-    run = multiplies * (NONZERO + LUT_NONZERO * lut) + _checked(entries, bits) * CHECKED_ENTRY
-    return groups * (fill + out_c * CHANNEL + run) + extra
+        if dil_w == 1 and span % 4 == 0:
+            fill = {"dense_fill_word": groups * 4 * blocks}
+        else:
+            fill = {"dense_fill_block": groups * blocks, "dense_fill_row": groups * rows}
+        return {**fill, "dense_block": groups * out_c * blocks, "dense_channel_fast": fast_gc,
+                "dense_channel": slow_gc, **tail}
+    asm_run = bits == 8 and not lut
+    return {"fill_quad": groups * rows * quads, "fill_byte": groups * rows * left, "fill_row": groups * rows,
+            "sparse_channel_fast": fast_gc, "sparse_channel": slow_gc,
+            "nonzero8" if asm_run else "nonzero": groups * multiplies, "lut_nonzero": groups * multiplies * lut,
+            "checked_entry": groups * _checked(entries, bits), **tail}
 
 
-def fc_cost(in_n: int, out_n: int, multiplies: int | None = None, entries: int = 0, bits: int = 8,
-            lut: bool = False) -> float:
-    """Predicted instructions of a fully connected layer: dense when ``multiplies`` is None, else sparse with
-    that many stored values (with look-up-table codes when ``lut``)."""
+def conv_cost(*args, **kwargs) -> float:
+    """Predicted instructions of a convolution: :func:`conv_features`' counts priced by :data:`COSTS`."""
+    return cost(conv_features(*args, **kwargs))
+
+
+def fc_features(in_n: int, out_n: int, multiplies: int | None = None, entries: int = 0, bits: int = 8,
+                lut: bool = False) -> dict[str, float]:
+    """The counted items of a fully connected layer: dense when ``multiplies`` is None, else sparse with that many
+    stored values (with look-up-table codes when ``lut``)."""
     if multiplies is None:
         quads, four = in_n // 4, out_n - out_n % 4
-        return four * (quads * FC_QUAD4 + FC_DENSE_ROW) + (out_n - four) * (quads * FC_QUAD + FC_ROW)
-    return multiplies * (FC_NONZERO + LUT_NONZERO * lut) + _checked(entries, bits) * CHECKED_ENTRY + out_n * FC_ROW
+        return {"fc_quad4": four * quads, "fc_dense_row": four, "fc_quad": (out_n - four) * quads,
+                "fc_row": out_n - four}
+    return {"fc_nonzero": multiplies, "lut_nonzero": multiplies * lut, "checked_entry": _checked(entries, bits),
+            "fc_row": out_n}
 
 
-def depthwise_cost(out_h: int, out_w: int, out_c: int, k_h: int, k_w: int, nonzeros: int | None = None,
-                   multiplier: int = 1) -> float:
-    """Predicted instructions of a depthwise convolution: dense when ``nonzeros`` is None, else sparse (``nonzeros``
-    the filter's non-zero weights); ``multiplier`` its depth multiplier."""
+def fc_cost(*args, **kwargs) -> float:
+    """Predicted instructions of a fully connected layer (:func:`fc_features`)."""
+    return cost(fc_features(*args, **kwargs))
+
+
+def depthwise_features(out_h: int, out_w: int, out_c: int, k_h: int, k_w: int, nonzeros: int | None = None,
+                       multiplier: int = 1, full_range: bool = False,
+                       shifts: Sequence[int] | None = None) -> dict[str, float]:
+    """The counted items of a depthwise convolution: dense when ``nonzeros`` is None, else sparse (``nonzeros``
+    the filter's non-zero weights); ``multiplier`` its depth multiplier; a group of four channels stores on the
+    fast path when the clamp is all of int8 (``full_range``) and its four ``shifts`` are fast."""
     pixels, taps = out_h * out_w, k_h * k_w
     if nonzeros is not None:
-        return pixels * (nonzeros * DW_SPARSE_MAC + out_c * DW_SPARSE_OUTPUT)
+        return {"dw_sparse_mac": pixels * nonzeros, "dw_sparse_output": pixels * out_c}
     quads = out_c // 4 if multiplier == 1 else 0
+    fast = [full_range and (shifts is None or all(fast_channel(int(v)) for v in shifts[4 * q:4 * q + 4]))
+            for q in range(quads)]
     slow = out_c - 4 * quads
-    return (quads * (pixels * (taps * DW_TAP + DW_QUAD_PIXEL) + out_h * DW_QUAD_ROW + DW_QUAD)
-            + pixels * slow * (taps * DW_SLOW_MAC + REQUANT))
+    return {"dw_tap": quads * pixels * taps, "dw_quad_pixel_fast": sum(fast) * pixels,
+            "dw_quad_pixel": (quads - sum(fast)) * pixels, "dw_quad_row": quads * out_h, "dw_quad": quads,
+            "dw_slow_mac": pixels * slow * taps, "dw_slow_output": pixels * slow}
+
+
+def depthwise_cost(*args, **kwargs) -> float:
+    """Predicted instructions of a depthwise convolution (:func:`depthwise_features`)."""
+    return cost(depthwise_features(*args, **kwargs))

@@ -50,6 +50,8 @@ def _evaluate(node: ast.expr, values: dict[str, int]) -> int:
         return node.value
     if isinstance(node, ast.Name) and node.id in values:
         return values[node.id]
+    if isinstance(node, ast.Name) and node.id in macros() and not macros()[node.id][0]:
+        return kernel_size(node.id)  # a size macro without arguments
     if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
         return _OPERATORS[type(node.op)](_evaluate(node.left, values), _evaluate(node.right, values))
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:

@@ -356,20 +356,22 @@ class _Lowering:
         requant = _requant(in_qp[0], w_scales, out_c, out_qp, opt.activation, label, worst)
         nonzeros = int(np.count_nonzero(weight))
         pixels = out_h * out_w
+        full = activation_range(opt.activation, *out_qp) == (-128, 127)  # the SSAT clamp (cost.py)
+        shifts = requant.value[1]["shift"]
         if depthwise:
             engine, chosen, why, cost = self.choose(
-                depthwise_cost(out_h, out_w, out_c, k_h, k_w, multiplier=mult), weight.size,
-                [("sparse taps", lambda: encode_depthwise(weight))],
+                depthwise_cost(out_h, out_w, out_c, k_h, k_w, multiplier=mult, full_range=full, shifts=shifts),
+                weight.size, [("sparse taps", lambda: encode_depthwise(weight))],
                 lambda s: depthwise_cost(out_h, out_w, out_c, k_h, k_w, nonzeros, mult))
             kernel = f"ep_depthwise_{engine}"
         else:
             groups = (out_h // 2) * (out_w // 2) if pool is not None else -(-out_h * out_w // 4)
-            full = activation_range(opt.activation, *out_qp) == (-128, 127)  # the SSAT clamp (cost.py)
+            geometry = dict(groups=groups, out_c=out_c, k_h=k_h, k_w=k_w, in_c=in_c, pooled=pool is not None,
+                            dil_w=dw, full_range=full, shifts=shifts, short=0 if pool is not None else pixels % 4)
             engine, chosen, why, cost = self.choose(
-                conv_cost(groups, out_c, k_h, k_w, in_c, pool is not None, dw, full_range=full), weight.size,
-                self.sparse_variants(op, weight, encode_conv),
-                lambda s: conv_cost(groups, out_c, k_h, k_w, in_c, pool is not None, dw, s.multiplies, s.entries,
-                                    s.bits, s.table is not None, full))
+                conv_cost(**geometry), weight.size, self.sparse_variants(op, weight, encode_conv),
+                lambda s: conv_cost(**geometry, multiplies=s.multiplies, entries=s.entries, bits=s.bits,
+                                    lut=s.table is not None, long_runs=bool(s.counts.max(initial=0) > 255)))
             kernel = _kernel("ep_conv", engine, chosen)
         w_arg, info = _weight_arg(weight if depthwise else _padded_windows(weight), chosen)
         name = op.op
@@ -385,8 +387,8 @@ class _Lowering:
             if depthwise:
                 words = kernel_size("EP_DW_SCRATCH_WORDS", k_h, k_w)
             else:
-                words = kernel_size("EP_PATCH_WORDS" if engine == "sparse" else "EP_DENSE_SCRATCH_WORDS", k_h, k_w,
-                                    in_c)
+                words = kernel_size("EP_SPARSE_SCRATCH_WORDS" if engine == "sparse" else "EP_DENSE_SCRATCH_WORDS",
+                                    k_h, k_w, in_c, out_c)
             check_int32(label, scratch_bytes=4 * words)
             scratch = self.new_tensor(4 * words)
             args[5:5] = [Arg("words", scratch), Arg("int", words)]

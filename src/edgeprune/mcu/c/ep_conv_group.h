@@ -129,45 +129,157 @@ typedef struct {
 } ep_acc4;
 
 /* Whether a layer's activation clamp is the whole int8 range (no activation, or a ReLU whose output zero point
- * is -128): then ep_group_store's `full` variant clamps with constants, one SSAT on the DSP cores, and keeps
+ * is -128): then ep_channel_store's `full` variant clamps with constants, one SSAT on the DSP cores, and keeps
  * the two bounds out of the registers that its channel loop spills. */
 static inline int ep_requant_full_range(const ep_requant *q) {
     return q->act_min <= -128 && q->act_max >= 127;
 }
 
-/* Requantize output channel `co` of a group from its pixels' accumulators (the channel's multiplier
- * prepared once for the four). Inlined into each channel loop, so the accumulators stay in registers.
- * `full` (a constant in each expansion) is ep_requant_full_range(q): the clamp is then to [-128, 127], which
- * is the same as the layer's own bounds. */
-#define EP_GROUP_RQ(acc) (full ? ep_requantize_mq_int8((acc), m, zp) : ep_requantize_mq((acc), m, zp, lo, hi))
+/* An output channel's bias and requantization, prepared once per layer (ep_channels_prepare) into the last
+ * EP_CHANNEL_WORDS * out_c words of a convolution's scratch, so that a group's channel loop loads them instead
+ * of making the multiplier again for every group.
+ *
+ * For a right shift r from 2 to 23 (`fast` = r - 1; the common case: no left shift then) TFLite's double rounding
+ * of ep_mq_apply, plus the output zero point, is one 64-bit sum: with p = acc * multiplier,
+ *   floor((p + 2^30 + 2^(30+r) - [acc < 0] 2^31 + zp 2^(31+r)) / 2^(31+r))
+ * (adding zp 2^(31+r) inside the floor adds zp outside it). Its high word is `nudge_zp` = 2^(r-2) + zp 2^(r-1)
+ * plus that of p + 2^30 - [acc < 0] 2^31, and the result is the high word shifted right by r - 1. With |acc| and
+ * multiplier below 2^31, |zp| <= 128 and r <= 23, that high word stays below 2^31. Other channels (`fast` 0) take
+ * ep_mq_apply. */
+typedef struct {
+    int32_t bias, multiplier, shift, fast, nudge_zp;
+} ep_channel;
+typedef char ep_channel_words_check[sizeof(ep_channel) == 4 * EP_CHANNEL_WORDS ? 1 : -1];
+
+/* Where the prepared channels go: after `used` words of a kernel's scratch. */
+static inline ep_channel *ep_channels_at(uint32_t *scratch, int32_t used) {
+    return (ep_channel *)(void *)(scratch + used);
+}
+
+EP_OUT_OF_LINE static void ep_channels_prepare(const int32_t *bias, const ep_requant *q, int32_t out_c,
+                                               ep_channel *ch) {
+    int32_t co;
+    for (co = 0; co < out_c; co++) {
+        const int32_t right = -q->shift[co];
+        ch[co].bias = bias[co];
+        ch[co].multiplier = q->multiplier[co];
+        ch[co].shift = q->shift[co];
+        ch[co].fast = right >= 2 && right <= 23 ? right - 1 : 0;
+        ch[co].nudge_zp = ch[co].fast ? (int32_t)(1u << (right - 2)) + q->output_zero_point * (1 << (right - 1)) : 0;
+    }
+}
+
+/* A `fast` channel's output before the clamp (the sum above). On the DSP cores its instructions are written out,
+ * the four outputs of a group with their SSATs and stores in ep_channel_store4_full: GCC 12 interleaves the four
+ * and spills (measured in QEMU). */
+static inline int32_t ep_channel_fast(int32_t acc, int32_t multiplier, int32_t nudge_zp, int32_t fast) {
+    const int64_t t = (int64_t)acc * multiplier + (int64_t)nudge_zp * 4294967296LL + (1 << 30) -
+                      (acc < 0 ? (int64_t)1 << 31 : 0);
+    return (int32_t)(t >> 32) >> fast;
+}
+
+/* A channel's output before the clamp, any channel: a shift >= 0 (no right shift) rounds once, as
+ * SaturatingRoundingDoublingHighMul (ep_mq_apply with right 0). */
+static inline int32_t ep_channel_any(int32_t acc, const ep_channel *c, int32_t zp) {
+    if (c->fast) {
+        return ep_channel_fast(acc, c->multiplier, c->nudge_zp, c->fast);
+    }
+    if (c->shift >= 0) {
+        const int32_t shifted = (int32_t)((uint32_t)acc << c->shift);
+        return (int32_t)(((int64_t)shifted * c->multiplier + ((int64_t)1 << 30)) >> 31) + zp;
+    }
+    return ep_mq_apply(acc, ep_mq_make(c->multiplier, c->shift)) + zp;
+}
+
+/* v clamped to [lo, hi], or with `full` (a constant) to [-128, 127]: one SSAT where the core has it. */
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
-static inline void ep_group_store(const ep_group *grp, const ep_requant *q, int32_t co, const ep_acc4 a,
-                                  const int32_t full) {
-    const ep_mq m = ep_mq_make(q->multiplier[co], q->shift[co]);
-    const int32_t zp = q->output_zero_point, step = grp->out_step;
-    const int32_t lo = q->act_min, hi = q->act_max;
-    int8_t *o = grp->out + co;
+static inline int8_t ep_clamp_out(int32_t v, int32_t lo, int32_t hi, const int32_t full) {
+    if (full) {
+#if defined(__ARM_FEATURE_SAT)
+        return (int8_t)__ssat(v, 8);
+#else
+        return (int8_t)(v < -128 ? -128 : (v > 127 ? 127 : v));
+#endif
+    }
+    v = v < lo ? lo : v;
+    v = v > hi ? hi : v;
+    return (int8_t)v;
+}
+
+#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__)
+/* One output of ep_channel_store4_full: the nudge's low word 2^30 + [acc < 0] 2^31 (AND, ORR), its high word
+ * nudge_zp - [acc < 0] (ADD of acc >> 31), the product accumulated (SMLAL), the high word shifted, SSAT, STRB. */
+#define EP_FAST_OUTPUT(acc, dest) \
+    "and %[t], " acc ", #0x80000000\n\t"       \
+    "orr %[t], %[t], #0x40000000\n\t"          \
+    "add %[h], %[nz], " acc ", asr #31\n\t"    \
+    "smlal %[t], %[h], " acc ", %[m]\n\t"      \
+    "asr %[h], %[h], %[sh]\n\t"                \
+    "ssat %[h], #8, %[h]\n\t"                  \
+    "strb %[h], " dest "\n\t"
+#endif
+
+/* A fast channel's four outputs with the clamp [-128, 127], into o[0], o[step], o[2 step], o[3 step]. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void ep_channel_store4_full(const ep_channel *c, int8_t *o, int32_t step, const ep_acc4 a) {
+#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__)
+    uint32_t t, h;
+    __asm__ volatile(EP_FAST_OUTPUT("%[a0]", "[%[o]]")
+            EP_FAST_OUTPUT("%[a1]", "[%[o], %[step]]")
+            "add %[o], %[o], %[step], lsl #1\n\t"
+            EP_FAST_OUTPUT("%[a2]", "[%[o]]")
+            EP_FAST_OUTPUT("%[a3]", "[%[o], %[step]]")
+            : [t] "=&r"(t), [h] "=&r"(h), [o] "+&r"(o)
+            : [a0] "r"(a.a0), [a1] "r"(a.a1), [a2] "r"(a.a2), [a3] "r"(a.a3), [step] "r"(step),
+              [m] "r"(c->multiplier), [nz] "r"(c->nudge_zp), [sh] "r"(c->fast)
+            : "memory");
+#else
+    o[0] = ep_clamp_out(ep_channel_fast(a.a0, c->multiplier, c->nudge_zp, c->fast), -128, 127, 1);
+    o[step] = ep_clamp_out(ep_channel_fast(a.a1, c->multiplier, c->nudge_zp, c->fast), -128, 127, 1);
+    o[2 * step] = ep_clamp_out(ep_channel_fast(a.a2, c->multiplier, c->nudge_zp, c->fast), -128, 127, 1);
+    o[3 * step] = ep_clamp_out(ep_channel_fast(a.a3, c->multiplier, c->nudge_zp, c->fast), -128, 127, 1);
+#endif
+}
+
+/* Requantize output channel `c` of a group from its pixels' accumulators into o[0], o[step], ... (a pooled group,
+ * step 0: the largest of the four, once), any channel and any group; the kernels take ep_channel_store4_full
+ * instead where they can (a layer of `fast` channels clamped to all of int8, four pixels not pooled). */
+#define EP_RQ_ANY(acc) ep_clamp_out(ep_channel_any((acc), c, zp), lo, hi, 0)
+static inline void ep_channel_store(const ep_group *grp, const ep_channel *c, int8_t *o, int32_t zp, int32_t lo,
+                                    int32_t hi, const ep_acc4 a) {
+    const int32_t step = grp->out_step;
     if (step == 0) {
         const int32_t m01 = a.a0 > a.a1 ? a.a0 : a.a1, m23 = a.a2 > a.a3 ? a.a2 : a.a3;
-        o[0] = EP_GROUP_RQ(m01 > m23 ? m01 : m23);
+        o[0] = EP_RQ_ANY(m01 > m23 ? m01 : m23);
         return;
     }
-    o[0] = EP_GROUP_RQ(a.a0);
-    if (grp->pixels == 4) {
-        o[step] = EP_GROUP_RQ(a.a1);
-        o[2 * step] = EP_GROUP_RQ(a.a2);
-        o[3 * step] = EP_GROUP_RQ(a.a3);
-        return;
-    }
+    o[0] = EP_RQ_ANY(a.a0);
     if (grp->pixels > 1) {
-        o[step] = EP_GROUP_RQ(a.a1);
+        o[step] = EP_RQ_ANY(a.a1);
     }
     if (grp->pixels > 2) {
-        o[2 * step] = EP_GROUP_RQ(a.a2);
+        o[2 * step] = EP_RQ_ANY(a.a2);
+    }
+    if (grp->pixels > 3) {
+        o[3 * step] = EP_RQ_ANY(a.a3);
     }
 }
-#undef EP_GROUP_RQ
+#undef EP_RQ_ANY
+
+/* ep_channel_store out of line, for the channels that are not `fast` in a loop that stores the others with
+ * ep_channel_store4_full: inlined there, or given the accumulators as one struct, it makes GCC keep them on the stack for every channel. */
+EP_OUT_OF_LINE static void ep_channel_store_out(int32_t a0, int32_t a1, int32_t a2, int32_t a3, const ep_group *grp,
+                                                const ep_channel *c, int8_t *o, const ep_requant *q) {
+    ep_acc4 a;
+    a.a0 = a0;
+    a.a1 = a1;
+    a.a2 = a2;
+    a.a3 = a3;
+    ep_channel_store(grp, c, o, q->output_zero_point, q->act_min, q->act_max, a);
+}
 
 #endif

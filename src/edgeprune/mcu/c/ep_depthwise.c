@@ -3,46 +3,31 @@
  * register allocation of the channel loops and costs instructions per output (measured). */
 #include "ep_conv_group.h"
 
-/* ep_mq_apply arranged for the depthwise quads (the same sum, so the same result): the 2^31 taken off for a negative
- * shifted accumulator is added to the nudge as sign:(sign << 31) (ADDS, ADC), the product accumulated onto that
- * (SMLAL), then the high word shifted by right1 = right - 1 (right1 < 0: no right shift, the product rounded as
- * SaturatingRoundingDoublingHighMul alone). */
-typedef struct {
-    int32_t left, multiplier, right1;
-    uint32_t nudge_low;
-    int32_t nudge_high;
-} ep_dw_mq;
-
-static inline ep_dw_mq ep_dw_mq_make(int32_t multiplier, int32_t shift) {
-    const ep_mq m = ep_mq_make(multiplier, shift);
-    ep_dw_mq r;
-    r.left = m.left;
-    r.multiplier = m.multiplier;
-    r.right1 = m.right - 1;
-    r.nudge_low = m.nudge_low;
-    r.nudge_high = m.nudge_high;
-    return r;
-}
-
+/* Four consecutive channels' outputs of one pixel with the clamp [-128, 127], every channel `fast`
+ * (ep_conv_group.h): o[0] to o[3] from a0 to a3 and the prepared channels c[0] to c[3]. */
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
-static inline int8_t ep_dw_requantize(int32_t acc, const ep_dw_mq *m, int32_t zp, int32_t lo, int32_t hi) {
-    const int32_t shifted = (int32_t)((uint32_t)acc << m->left);
-    int32_t v;
-    if (m->right1 < 0) {
-        v = (int32_t)(((int64_t)shifted * m->multiplier + ((int64_t)1 << 30)) >> 31);
-    } else {
-        const uint64_t nudge = ((uint64_t)(uint32_t)m->nudge_high << 32) | m->nudge_low;
-        const uint32_t sign = (uint32_t)(shifted >> 31);  /* all ones when negative: -2^31 is sign:sign << 31 */
-        const uint64_t less = ((uint64_t)sign << 32) | (uint32_t)(sign << 31);
-        const int64_t t = (int64_t)(nudge + less) + (int64_t)shifted * m->multiplier;
-        v = (int32_t)(t >> 32) >> m->right1;
-    }
-    v += zp;
-    v = v < lo ? lo : v;
-    v = v > hi ? hi : v;
-    return (int8_t)v;
+static inline void ep_dw_store4_full(const ep_channel *c, int8_t *o, int32_t a0, int32_t a1, int32_t a2, int32_t a3) {
+#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__)
+/* channel k's multiplier at byte 20 k + 4 of c, its `fast` and nudge_zp at 20 k + 12 (ep_channel) */
+#define EP_DW_OUTPUT(acc, k) \
+    "ldr %[m], [%[c], #" #k "*20+4]\n\t"            \
+    "ldrd %[sh], %[nz], [%[c], #" #k "*20+12]\n\t"  \
+    EP_FAST_OUTPUT(acc, "[%[o], #" #k "]")
+    uint32_t t, h, m, sh, nz;
+    __asm__ volatile(EP_DW_OUTPUT("%[a0]", 0) EP_DW_OUTPUT("%[a1]", 1) EP_DW_OUTPUT("%[a2]", 2)
+                     EP_DW_OUTPUT("%[a3]", 3)
+                     : [t] "=&r"(t), [h] "=&r"(h), [m] "=&r"(m), [sh] "=&r"(sh), [nz] "=&r"(nz)
+                     : [a0] "r"(a0), [a1] "r"(a1), [a2] "r"(a2), [a3] "r"(a3), [c] "r"(c), [o] "r"(o)
+                     : "memory");
+#undef EP_DW_OUTPUT
+#else
+    o[0] = ep_clamp_out(ep_channel_fast(a0, c[0].multiplier, c[0].nudge_zp, c[0].fast), -128, 127, 1);
+    o[1] = ep_clamp_out(ep_channel_fast(a1, c[1].multiplier, c[1].nudge_zp, c[1].fast), -128, 127, 1);
+    o[2] = ep_clamp_out(ep_channel_fast(a2, c[2].multiplier, c[2].nudge_zp, c[2].fast), -128, 127, 1);
+    o[3] = ep_clamp_out(ep_channel_fast(a3, c[3].multiplier, c[3].nudge_zp, c[3].fast), -128, 127, 1);
+#endif
 }
 
 /* Depth multiplier 1, channels ch to ch + 3 of every output pixel. A tap's four channels are one word of input and
@@ -56,13 +41,14 @@ EP_OUT_OF_LINE static void ep_dw_m1_quad(const ep_conv_dims *d, const int8_t *in
                                          int32_t ch) {
     const int32_t c = d->in_c, taps = d->k_h * d->k_w, pix = d->stride_w * c;
     const int32_t zp = q->output_zero_point, lo = q->act_min, hi = q->act_max;
-    ep_dw_mq m[4];
-    const int32_t bias0 = bias[ch], bias1 = bias[ch + 1], bias2 = bias[ch + 2], bias3 = bias[ch + 3];
+    ep_requant q4 = *q;
+    ep_channel m[4];
     const uint32_t *end = table + 3 * taps;
-    int32_t oy, ox, t;
-    for (t = 0; t < 4; t++) {
-        m[t] = ep_dw_mq_make(q->multiplier[ch + t], q->shift[ch + t]);
-    }
+    int32_t oy, ox, t, fast;
+    q4.multiplier += ch;
+    q4.shift += ch;
+    ep_channels_prepare(bias + ch, &q4, 4, m);
+    fast = ep_requant_full_range(q) && m[0].fast && m[1].fast && m[2].fast && m[3].fast;
     for (t = 0; t < taps; t++) {
         const uint32_t wv = ep_read32(w + t * c + ch);
         table[3 * t] = (uint32_t)(((t / d->k_w) * d->dil_h * d->in_w + (t % d->k_w) * d->dil_w) * c);
@@ -74,7 +60,7 @@ EP_OUT_OF_LINE static void ep_dw_m1_quad(const ep_conv_dims *d, const int8_t *in
         int8_t *o = out + oy * d->out_w * c + ch;
         for (ox = d->out_w; ox > 0; ox--, x += pix, o += c) {
             const uint32_t *tp = table;
-            int32_t a0 = bias0, a1 = bias1, a2 = bias2, a3 = bias3;
+            int32_t a0 = m[0].bias, a1 = m[1].bias, a2 = m[2].bias, a3 = m[3].bias;
             do {
                 const uint32_t xv = ep_read32(x + (int32_t)tp[0]);
                 const uint32_t xe = EP_SXTB16(xv), xo = EP_SXTB16_ODD(xv);
@@ -84,10 +70,14 @@ EP_OUT_OF_LINE static void ep_dw_m1_quad(const ep_conv_dims *d, const int8_t *in
                 a3 = EP_SMLATT(xo, tp[2], a3);
                 tp += 3;
             } while (tp != end);
-            o[0] = ep_dw_requantize(a0, &m[0], zp, lo, hi);
-            o[1] = ep_dw_requantize(a1, &m[1], zp, lo, hi);
-            o[2] = ep_dw_requantize(a2, &m[2], zp, lo, hi);
-            o[3] = ep_dw_requantize(a3, &m[3], zp, lo, hi);
+            if (fast) {
+                ep_dw_store4_full(m, o, a0, a1, a2, a3);
+            } else {
+                o[0] = ep_clamp_out(ep_channel_any(a0, &m[0], zp), lo, hi, 0);
+                o[1] = ep_clamp_out(ep_channel_any(a1, &m[1], zp), lo, hi, 0);
+                o[2] = ep_clamp_out(ep_channel_any(a2, &m[2], zp), lo, hi, 0);
+                o[3] = ep_clamp_out(ep_channel_any(a3, &m[3], zp), lo, hi, 0);
+            }
         }
     }
 }

@@ -107,16 +107,20 @@ typedef struct {
  * kernel that takes scratch is given its size and checks it against the same macro, returning
  * EP_ERROR_DIMS when it is too small. Keep each on one line: integer arguments, + - * / and parentheses. */
 #define EP_DENSE_PADDED(k_h, k_w, in_c) (((k_h) * (k_w) * (in_c) + 3) / 4 * 4)
-#define EP_DENSE_SCRATCH_WORDS(k_h, k_w, in_c) (3 * EP_DENSE_PADDED(k_h, k_w, in_c))
+#define EP_CHANNEL_WORDS 5
+#define EP_DENSE_SCRATCH_WORDS(k_h, k_w, in_c, out_c) (3 * EP_DENSE_PADDED(k_h, k_w, in_c) + EP_CHANNEL_WORDS * (out_c))
 #define EP_PATCH_WORDS(k_h, k_w, in_c) ((k_h) * (k_w) * (in_c))
+#define EP_SPARSE_SCRATCH_WORDS(k_h, k_w, in_c, out_c) (EP_PATCH_WORDS(k_h, k_w, in_c) + EP_CHANNEL_WORDS * (out_c))
 #define EP_ADD_TABLE_WORDS 512
 #define EP_DW_SCRATCH_WORDS(k_h, k_w) (3 * (k_h) * (k_w))
 
 /* Convolution (ep_conv_dense.c, ep_conv_sparse.c). Dense weights: per output channel its window (ky, kx, ci)
- * zero-padded to EP_DENSE_PADDED bytes; scratch: EP_DENSE_SCRATCH_WORDS words for four pixels' windows. */
+ * zero-padded to EP_DENSE_PADDED bytes; scratch: EP_DENSE_SCRATCH_WORDS words for four pixels' windows and
+ * the channels' requantization prepared once per layer (EP_CHANNEL_WORDS words a channel). */
 int ep_conv_dense(const ep_conv_dims *d, const int8_t *in, const int8_t *w, const int32_t *bias,
                   const ep_requant *q, uint32_t *scratch, int32_t scratch_words, int8_t *out);
-/* patch: EP_PATCH_WORDS words of scratch for the four input windows of a group of pixels */
+/* patch: EP_SPARSE_SCRATCH_WORDS words of scratch: EP_PATCH_WORDS for the four input windows of a group of
+ * pixels, then the prepared channels */
 int ep_conv_sparse(const ep_conv_dims *d, const int8_t *in, const ep_sparse *w, const int32_t *bias,
                    const ep_requant *q, uint32_t *patch, int32_t patch_words, int8_t *out);
 /* the same with look-up-table values (w->table set) */
