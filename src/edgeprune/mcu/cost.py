@@ -1,50 +1,43 @@
 """The engine's cost model (pure): predicted Cortex-M4 instructions of each weighted layer, dense or sparse.
 
-These are instructions executed (as QEMU counts them with ``-icount``), not cycles. Each kernel's
-cost is a sum of counts the exporter knows exactly (groups of output pixels, window bytes, kernel
-rows, output channels, non-zeros, index entries) times a per-item cost, fitted by least squares on
-102 layers (three CNNs, dense and 50-98 % sparse, 4- and 8-bit entries) compiled with
-``arm-none-eabi-gcc -O2 -mcpu=cortex-m4`` and counted in QEMU (``mps2-an386``); the fit is within
-6 % on every conv and FC layer but one (9 %). A group is four output pixels (a fused 2x2 max pool's
-window, or four of a row):
+These are instructions executed (as QEMU counts them with ``-icount``), not cycles. A layer's cost is a sum of
+items the exporter counts exactly (groups of four output pixels, window words, output channels, stored values,
+index entries, requantized outputs), each priced by its entry in :data:`COSTS`. The ``*_features`` functions
+count; :func:`cost` prices. The prices were fitted by least squares (relative errors) with
+``benchmarks/fit_cost.py`` on 145 layers: MLPerf Tiny's four reference files (dense and with every layer forced
+sparse), ResNet-8 at 90 % (also under a weight budget, so with 4-bit entries), MobileNetV1 0.25 with 80 % of its
+pointwise weights pruned, and SmallNet, BasicCNN and OddNet (fused max pools, ReLU6 clamps, short last groups),
+dense and sparse (``benchmarks/mk_cost_models.py``), compiled with ``arm-none-eabi-gcc -O2 -mcpu=cortex-m4``
+and counted in QEMU (``mps2-an386``): within 6.5 % on every one (docs/benchmarks.md). ``dw_tap`` is counted by
+hand (12 instructions, the depthwise inner loop). A group is four output pixels (a fused 2x2 max pool's window,
+or four consecutive pixels of the output; the last group may be short).
 
-* dense convolution (the four pixels' windows as 16-bit pairs, ``SMLAD`` with four weights at a
-  time), per group: ``DENSE_FILL_BLOCK`` per four window bytes and ``DENSE_FILL_ROW`` per kernel row
-  copied, ``DENSE_BLOCK`` per (output channel, four window bytes) and ``DENSE_CHANNEL`` per output
-  channel (fitted separately on six layers, within 2 %), and ``FULL_RANGE_OUTPUT`` less per output as below
-  (ResNet-8's reference file: 35 less per group and channel measured, 31.9-36 per layer);
-* sparse convolution, per group: ``FILL_QUAD`` per four contiguous window bytes copied into the patch,
-  ``FILL_BYTE`` per byte left over, ``FILL_ROW`` per kernel row, ``CHANNEL`` per output channel,
-  ``NONZERO`` per multiplication (a non-zero weight, or an 8-bit filler's zero: four pixels'
-  multiply-accumulates) and ``CHECKED_ENTRY`` per index entry where the kernel tests for escapes
-  (4-bit entries; 8-bit ones have none, :mod:`edgeprune.mcu.sparse`); ``NONZERO`` and ``CHANNEL`` refitted
-  (issue 22) when the 8-bit run came to walk to an end pointer and SXTB16 to take the rotation: within 11 % on
-  each of ResNet-8's nine convolutions at uniform 90 % (3.1 % on the 3x3 ones; 10.1 % and 8.5 % over on the 1x1
-  shortcuts, 15 % and 13 % before), SmallNet's within 6 % (tests/test_device_plan.py); ``FULL_RANGE_OUTPUT``
-  less per output (8-bit entries, no look-up table) when the layer's clamp is all of int8 (no activation, or a ReLU onto zero point -128: one
-  SSAT, the bounds off the spilled registers; issue 22, third session), fitted on the same nine layers (measured
-  30 per group and channel less; with 35 they are within 8.3 %: the 1x1 shortcuts 8.3 % and 6.8 % over, the
-  others within 3.8 %); a group with a fused 2x2 max pool stores one output, ``FULL_RANGE_POOLED_DENSE`` and
-  ``FULL_RANGE_POOLED_SPARSE`` less per group and channel (SmallNet's two pooled layers: 16.9 and 4.7 measured);
-* fully connected: dense, four rows at a time (issue 22: their weights interleaved, each input word split once for
-  the four), ``FC_QUAD4`` per (row, four weights) (the inner loop's 26 instructions per four rows) and
-  ``FC_DENSE_ROW`` per output, fitted on the autoencoder's ten layers (within 1 % on each); the ``out_n % 4`` rows
-  left over two at a time, ``FC_QUAD`` per four weights and ``FC_ROW`` per output; sparse, ``FC_NONZERO`` per
-  multiplication, ``CHECKED_ENTRY`` per tested entry and ``FC_ROW`` per output;
-* dense depthwise with depth multiplier 1, four channels at a time (issue 22): ``DW_TAP`` per (tap, four channels,
-  output pixel) (the inner loop's 12 instructions: one input word, two SXTB16, four SMLABB/SMLATT, the tap's
-  table words and the loop), ``DW_QUAD_PIXEL`` per (four channels, output pixel) (four requantizations),
-  ``DW_QUAD_ROW`` per (four channels, output row) and ``DW_QUAD`` per four channels (the split taps and the
-  prepared requantization), fitted on VWW's and KWS's 3x3 layers (within 1 % on the four fitted, stride 1 and 2);
-  the other channels (in_c % 4, or every channel for another multiplier) one at a time, ``DW_SLOW_MAC`` per MAC and
-  ``REQUANT`` per output (the old kernel: 23.7 instructions per MAC on those layers);
-* sparse depthwise: ``DW_SPARSE_MAC`` per non-zero MAC and ``DW_SPARSE_OUTPUT`` per output (from VWW's 3x3 layer
-  run sparse, 14.2 instructions per non-zero MAC; one layer, so rough);
-* ``LUT_NONZERO`` more per non-zero (per group) whose value is a look-up-table code;
-* ``REQUANT`` per output requantized beyond one per (group, channel) (a group without a fused pool
-  stores four outputs); refitted when the kernels came to prepare a channel's requantization once for
-  its four pixels (issue 16): with 20, ResNet-8's dense layers are predicted within 2 % and its 90 %
-  sparse ones within 12 % (BasicCNN's within 6 %).
+A (group, output channel) takes the kernels' fast path (``ep_channel_store4_full``: seven instructions an
+output) when the layer's clamp is all of int8 (no activation, or a ReLU onto zero point -128), the group holds four
+pixels and is not pooled, the channel's requantization shift is a right shift from 2 to 23 (:func:`fast_channel`)
+and, for a sparse layer, its entries are 8-bit values with 8-bit counts; any other takes the generic path (its
+outputs after the first priced ``requant`` each):
+
+* dense convolution, per group: ``dense_fill_word`` per (pixel, window word) when a window's rows are whole
+  words, else ``dense_fill_block`` per four window bytes and ``dense_fill_row`` per row; ``dense_block`` per
+  (output channel, four window bytes: two SMLADs per pixel) and ``dense_channel_fast`` or ``dense_channel``
+  per output channel;
+* sparse convolution, per group: ``fill_quad`` per four window bytes transposed into the patch, ``fill_byte`` per
+  byte left over, ``fill_row`` per kernel row, ``sparse_channel_fast`` or ``sparse_channel`` per output channel,
+  per stored value (a non-zero, or an 8-bit filler's zero: four pixels' multiply-accumulates) ``nonzero8`` for
+  8-bit entries with int8 values (the loop written out for the DSP cores) or ``nonzero`` otherwise, plus
+  ``lut_nonzero`` for a look-up-table code, and ``checked_entry`` per index entry tested for escapes (4-bit
+  entries; 8-bit ones have none, :mod:`edgeprune.mcu.sparse`);
+* fully connected: dense, four rows at a time, ``fc_quad4`` per (row, four weights) and ``fc_dense_row`` per
+  output; the ``out_n % 4`` rows left over, ``fc_quad`` per four weights and ``fc_row`` per output; sparse,
+  ``fc_nonzero`` per multiplication, ``checked_entry`` per tested entry and ``fc_row`` per output;
+* dense depthwise with depth multiplier 1, four channels at a time: ``dw_tap`` per (tap, four channels, output
+  pixel), ``dw_quad_pixel_fast`` or ``dw_quad_pixel`` per (four channels, output pixel) (the four stores: fast
+  when the clamp is all of int8 and the four channels are fast), ``dw_quad_row`` per (four channels, output row)
+  and ``dw_quad`` per four channels (the split taps and the prepared requantization); the other channels one at a
+  time, ``dw_slow_mac`` per MAC and ``dw_slow_output`` per output (not refitted: no file here has them);
+* sparse depthwise: ``dw_sparse_mac`` per non-zero MAC and ``dw_sparse_output`` per output (from VWW's 3x3 layer
+  run sparse; one layer, so rough).
 
 The exporter (``sparse="auto"``) runs each layer in the variant of lowest cost, its predicted
 instructions plus ``FLASH_WEIGHT`` per byte of weights and index, so a variant may cost up to
@@ -69,17 +62,17 @@ LUT_NONZERO = 4.0
 # the counts, so that a fit (benchmarks/fit_cost.py) and the prediction use the same ones.
 COSTS: dict[str, float] = {
     # dense convolution
-    "dense_fill_word": 5.0, "dense_fill_block": 68.0, "dense_fill_row": 300.0, "dense_block": 17.5,
-    "dense_channel_fast": 48.0, "dense_channel": 95.0,
+    "dense_fill_word": 14.15, "dense_fill_block": 38.58, "dense_fill_row": 232.62, "dense_block": 15.22,
+    "dense_channel_fast": 71.4, "dense_channel": 74.11,
     # sparse convolution
-    "fill_quad": 22.0, "fill_byte": 20.0, "fill_row": 30.0, "sparse_channel_fast": 45.0, "sparse_channel": 95.0,
-    "nonzero8": 10.5, "nonzero": 11.2, "checked_entry": 6.0, "lut_nonzero": LUT_NONZERO,
-    # a generic channel's outputs after its first (groups of four pixels not pooled)
-    "requant": 20.0,
+    "fill_quad": 22.1, "fill_byte": 13.32, "fill_row": 73.65, "sparse_channel_fast": 60.47, "sparse_channel": 58.94,
+    "nonzero8": 11.0, "nonzero": 9.31, "checked_entry": 6.18, "lut_nonzero": LUT_NONZERO,
+    # a generic channel's outputs after its first (groups not pooled)
+    "requant": 45.27,
     # fully connected
-    "fc_quad4": 6.5, "fc_dense_row": 42.0, "fc_quad": 9.0, "fc_row": 50.0, "fc_nonzero": 6.0,
-    # depthwise
-    "dw_tap": 12.0, "dw_quad_pixel_fast": 46.0, "dw_quad_pixel": 100.0, "dw_quad_row": 44.0, "dw_quad": 394.0,
+    "fc_quad4": 6.59, "fc_dense_row": 42.17, "fc_quad": 9.71, "fc_row": 66.17, "fc_nonzero": 5.35,
+    # depthwise (dw_tap counted by hand: the inner loop's 12 instructions; the others fitted)
+    "dw_tap": 12.0, "dw_quad_pixel_fast": 60.03, "dw_quad_pixel": 110.66, "dw_quad_row": 29.08, "dw_quad": 360.54,
     "dw_slow_mac": 21.5, "dw_slow_output": 20.0, "dw_sparse_mac": 11.0, "dw_sparse_output": 30.0,
 }
 
