@@ -129,23 +129,15 @@ typedef struct {
 } ep_acc4;
 
 /* Whether a layer's activation clamp is the whole int8 range (no activation, or a ReLU whose output zero point
- * is -128): then ep_channel_store's `full` variant clamps with constants, one SSAT on the DSP cores, and keeps
- * the two bounds out of the registers that its channel loop spills. */
+ * is -128): then its `fast` channels store with ep_channel_store4_full, one SSAT an output. */
 static inline int ep_requant_full_range(const ep_requant *q) {
     return q->act_min <= -128 && q->act_max >= 127;
 }
 
 /* An output channel's bias and requantization, prepared once per layer (ep_channels_prepare) into the last
  * EP_CHANNEL_WORDS * out_c words of a convolution's scratch, so that a group's channel loop loads them instead
- * of making the multiplier again for every group.
- *
- * For a right shift r from 2 to 23 (`fast` = r - 1; the common case: no left shift then) TFLite's double rounding
- * of ep_mq_apply, plus the output zero point, is one 64-bit sum: with p = acc * multiplier,
- *   floor((p + 2^30 + 2^(30+r) - [acc < 0] 2^31 + zp 2^(31+r)) / 2^(31+r))
- * (adding zp 2^(31+r) inside the floor adds zp outside it). Its high word is `nudge_zp` = 2^(r-2) + zp 2^(r-1)
- * plus that of p + 2^30 - [acc < 0] 2^31, and the result is the high word shifted right by r - 1. With |acc| and
- * multiplier below 2^31, |zp| <= 128 and r <= 23, that high word stays below 2^31. Other channels (`fast` 0) take
- * ep_mq_apply. */
+ * of making the multiplier again for every group: `fast` and `nudge_zp` as ep_fast_shift and ep_fast_nudge make
+ * them (ep_requant.h; `fast` 0: the channel takes ep_mq_apply). */
 typedef struct {
     int32_t bias, multiplier, shift, fast, nudge_zp;
 } ep_channel;
@@ -160,29 +152,19 @@ EP_OUT_OF_LINE static void ep_channels_prepare(const int32_t *bias, const ep_req
                                                ep_channel *ch) {
     int32_t co;
     for (co = 0; co < out_c; co++) {
-        const int32_t right = -q->shift[co];
         ch[co].bias = bias[co];
         ch[co].multiplier = q->multiplier[co];
         ch[co].shift = q->shift[co];
-        ch[co].fast = right >= 2 && right <= 23 ? right - 1 : 0;
-        ch[co].nudge_zp = ch[co].fast ? (int32_t)(1u << (right - 2)) + q->output_zero_point * (1 << (right - 1)) : 0;
+        ch[co].fast = ep_fast_shift(q->shift[co]);
+        ch[co].nudge_zp = ep_fast_nudge(q->shift[co], q->output_zero_point);
     }
-}
-
-/* A `fast` channel's output before the clamp (the sum above). On the DSP cores its instructions are written out,
- * the four outputs of a group with their SSATs and stores in ep_channel_store4_full: GCC 12 interleaves the four
- * and spills (measured in QEMU). */
-static inline int32_t ep_channel_fast(int32_t acc, int32_t multiplier, int32_t nudge_zp, int32_t fast) {
-    const int64_t t = (int64_t)acc * multiplier + (int64_t)nudge_zp * 4294967296LL + (1 << 30) -
-                      (acc < 0 ? (int64_t)1 << 31 : 0);
-    return (int32_t)(t >> 32) >> fast;
 }
 
 /* A channel's output before the clamp, any channel: a shift >= 0 (no right shift) rounds once, as
  * SaturatingRoundingDoublingHighMul (ep_mq_apply with right 0). */
 static inline int32_t ep_channel_any(int32_t acc, const ep_channel *c, int32_t zp) {
     if (c->fast) {
-        return ep_channel_fast(acc, c->multiplier, c->nudge_zp, c->fast);
+        return ep_fast_apply(acc, c->multiplier, c->nudge_zp, c->fast);
     }
     if (c->shift >= 0) {
         const int32_t shifted = (int32_t)((uint32_t)acc << c->shift);
@@ -208,19 +190,6 @@ static inline int8_t ep_clamp_out(int32_t v, int32_t lo, int32_t hi, const int32
     return (int8_t)v;
 }
 
-#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__)
-/* One output of ep_channel_store4_full: the nudge's low word 2^30 + [acc < 0] 2^31 (AND, ORR), its high word
- * nudge_zp - [acc < 0] (ADD of acc >> 31), the product accumulated (SMLAL), the high word shifted, SSAT, STRB. */
-#define EP_FAST_OUTPUT(acc, dest) \
-    "and %[t], " acc ", #0x80000000\n\t"       \
-    "orr %[t], %[t], #0x40000000\n\t"          \
-    "add %[h], %[nz], " acc ", asr #31\n\t"    \
-    "smlal %[t], %[h], " acc ", %[m]\n\t"      \
-    "asr %[h], %[h], %[sh]\n\t"                \
-    "ssat %[h], #8, %[h]\n\t"                  \
-    "strb %[h], " dest "\n\t"
-#endif
-
 /* A fast channel's four outputs with the clamp [-128, 127], into o[0], o[step], o[2 step], o[3 step]. */
 #if defined(__GNUC__)
 __attribute__((always_inline))
@@ -238,10 +207,10 @@ static inline void ep_channel_store4_full(const ep_channel *c, int8_t *o, int32_
               [m] "r"(c->multiplier), [nz] "r"(c->nudge_zp), [sh] "r"(c->fast)
             : "memory");
 #else
-    o[0] = ep_clamp_out(ep_channel_fast(a.a0, c->multiplier, c->nudge_zp, c->fast), -128, 127, 1);
-    o[step] = ep_clamp_out(ep_channel_fast(a.a1, c->multiplier, c->nudge_zp, c->fast), -128, 127, 1);
-    o[2 * step] = ep_clamp_out(ep_channel_fast(a.a2, c->multiplier, c->nudge_zp, c->fast), -128, 127, 1);
-    o[3 * step] = ep_clamp_out(ep_channel_fast(a.a3, c->multiplier, c->nudge_zp, c->fast), -128, 127, 1);
+    o[0] = ep_clamp_out(ep_fast_apply(a.a0, c->multiplier, c->nudge_zp, c->fast), -128, 127, 1);
+    o[step] = ep_clamp_out(ep_fast_apply(a.a1, c->multiplier, c->nudge_zp, c->fast), -128, 127, 1);
+    o[2 * step] = ep_clamp_out(ep_fast_apply(a.a2, c->multiplier, c->nudge_zp, c->fast), -128, 127, 1);
+    o[3 * step] = ep_clamp_out(ep_fast_apply(a.a3, c->multiplier, c->nudge_zp, c->fast), -128, 127, 1);
 #endif
 }
 
@@ -271,7 +240,8 @@ static inline void ep_channel_store(const ep_group *grp, const ep_channel *c, in
 #undef EP_RQ_ANY
 
 /* ep_channel_store out of line, for the channels that are not `fast` in a loop that stores the others with
- * ep_channel_store4_full: inlined there, or given the accumulators as one struct, it makes GCC keep them on the stack for every channel. */
+ * ep_channel_store4_full: inlined there, or given the accumulators as one struct, it makes GCC keep them on the
+ * stack for every channel. */
 EP_OUT_OF_LINE static void ep_channel_store_out(int32_t a0, int32_t a1, int32_t a2, int32_t a3, const ep_group *grp,
                                                 const ep_channel *c, int8_t *o, const ep_requant *q) {
     ep_acc4 a;

@@ -23,10 +23,10 @@ static inline void ep_dw_store4_full(const ep_channel *c, int8_t *o, int32_t a0,
                      : "memory");
 #undef EP_DW_OUTPUT
 #else
-    o[0] = ep_clamp_out(ep_channel_fast(a0, c[0].multiplier, c[0].nudge_zp, c[0].fast), -128, 127, 1);
-    o[1] = ep_clamp_out(ep_channel_fast(a1, c[1].multiplier, c[1].nudge_zp, c[1].fast), -128, 127, 1);
-    o[2] = ep_clamp_out(ep_channel_fast(a2, c[2].multiplier, c[2].nudge_zp, c[2].fast), -128, 127, 1);
-    o[3] = ep_clamp_out(ep_channel_fast(a3, c[3].multiplier, c[3].nudge_zp, c[3].fast), -128, 127, 1);
+    o[0] = ep_clamp_out(ep_fast_apply(a0, c[0].multiplier, c[0].nudge_zp, c[0].fast), -128, 127, 1);
+    o[1] = ep_clamp_out(ep_fast_apply(a1, c[1].multiplier, c[1].nudge_zp, c[1].fast), -128, 127, 1);
+    o[2] = ep_clamp_out(ep_fast_apply(a2, c[2].multiplier, c[2].nudge_zp, c[2].fast), -128, 127, 1);
+    o[3] = ep_clamp_out(ep_fast_apply(a3, c[3].multiplier, c[3].nudge_zp, c[3].fast), -128, 127, 1);
 #endif
 }
 

@@ -75,23 +75,52 @@ static inline int8_t ep_requantize_mq(int32_t acc, const ep_mq q, int32_t zero_p
     return (int8_t)v;
 }
 
-/* The same with the clamp [-128, 127]: one SSAT where the core has it (GCC 12 does not find it by itself). */
+/* __ssat (ep_conv_group.h's ep_clamp_out) where the core has it. */
 #if defined(__ARM_FEATURE_SAT)
 #include <arm_acle.h>
 #endif
-static inline int8_t ep_requantize_mq_int8(int32_t acc, const ep_mq q, int32_t zero_point) {
-    const int32_t v = ep_mq_apply(acc, q) + zero_point;
-#if defined(__ARM_FEATURE_SAT)
-    return (int8_t)__ssat(v, 8);
-#else
-    return (int8_t)(v < -128 ? -128 : (v > 127 ? 127 : v));
-#endif
-}
 
 static inline int8_t ep_requantize(int32_t acc, int32_t multiplier, int32_t shift, int32_t zero_point,
                                    int32_t lo, int32_t hi) {
     return ep_requantize_mq(acc, ep_mq_make(multiplier, shift), zero_point, lo, hi);
 }
+
+/* For a right shift r from 2 to 23 (the common case; no left shift then) TFLite's double rounding of ep_mq_apply,
+ * plus the output zero point zp, is one 64-bit sum: with p = acc * multiplier,
+ *   floor((p + 2^30 + 2^(30+r) - [acc < 0] 2^31 + zp 2^(31+r)) / 2^(31+r))
+ * (adding zp 2^(31+r) inside the floor adds zp outside it). Its high word is nudge_zp = 2^(r-2) + zp 2^(r-1)
+ * plus that of p + 2^30 - [acc < 0] 2^31, and the result is the high word shifted right by `fast` = r - 1. With
+ * |acc| and multiplier below 2^31, |zp| <= 128 and r <= 23, that high word stays below 2^31 in size.
+ * ep_fast_shift gives `fast` for a shift (0: not this case), ep_fast_nudge nudge_zp, ep_fast_apply the sum. */
+static inline int32_t ep_fast_shift(int32_t shift) {
+    return shift <= -2 && shift >= -23 ? -shift - 1 : 0;
+}
+
+static inline int32_t ep_fast_nudge(int32_t shift, int32_t zero_point) {
+    return ep_fast_shift(shift) ? (int32_t)(1u << (-shift - 2)) + zero_point * (1 << (-shift - 1)) : 0;
+}
+
+static inline int32_t ep_fast_apply(int32_t acc, int32_t multiplier, int32_t nudge_zp, int32_t fast) {
+    const int64_t t = (int64_t)acc * multiplier + (int64_t)nudge_zp * 4294967296LL + (1 << 30) -
+                      (acc < 0 ? (int64_t)1 << 31 : 0);
+    return (int32_t)(t >> 32) >> fast;
+}
+
+#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__)
+/* ep_fast_apply clamped to [-128, 127] and stored, written out for the DSP cores (an asm template's lines, with
+ * operands %[t] and %[h] scratch, %[m] the multiplier, %[nz] nudge_zp, %[sh] `fast`): the nudge's low word
+ * 2^30 + [acc < 0] 2^31 (AND, ORR), its high word nudge_zp - [acc < 0] (ADD of acc >> 31), the product
+ * accumulated (SMLAL), the high word shifted, SSAT, STRB to `dest`. GCC 12 spreads the C over several outputs and
+ * spills (measured in QEMU). */
+#define EP_FAST_OUTPUT(acc, dest)              \
+    "and %[t], " acc ", #0x80000000\n\t"       \
+    "orr %[t], %[t], #0x40000000\n\t"          \
+    "add %[h], %[nz], " acc ", asr #31\n\t"    \
+    "smlal %[t], %[h], " acc ", %[m]\n\t"      \
+    "asr %[h], %[h], %[sh]\n\t"                \
+    "ssat %[h], #8, %[h]\n\t"                  \
+    "strb %[h], " dest "\n\t"
+#endif
 
 /* v clamped to [lo, hi]. */
 static inline int32_t ep_clamp32(int32_t v, int32_t lo, int32_t hi) {
