@@ -89,8 +89,13 @@ def main() -> None:
     parser.add_argument("--fit", action="store_true", help="refit the constants and report with them")
     parser.add_argument("--json", help="write the rows, the constants and the errors here")
     args = parser.parse_args()
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [row for spec in args.files for row in _recorded_layers(spec, Path(tmp), args.images)]
+        for spec in args.files:
+            try:
+                rows += _recorded_layers(spec, Path(tmp), args.images)
+            except (OSError, ValueError) as exc:
+                raise SystemExit(f"fit_cost.py: {spec}: {exc}") from None
     constants = fit(rows) if args.fit else dict(cost.COSTS)
     worst = 0.0
     for r in rows:

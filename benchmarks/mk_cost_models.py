@@ -17,21 +17,8 @@ from edgeprune.export.tflite import export_tflite
 from edgeprune.models import build_model
 from edgeprune.steps import prune_copy
 
-
-class SmallNet(nn.Module):
-    """Two 3x3 convolutions with max pooling and a linear layer, for 28x28 images (as in tests/test_mcu_board.py)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
-        self.conv2 = nn.Conv2d(4, 8, 3, padding=1)
-        self.pool = nn.MaxPool2d(2)
-        self.fc = nn.Linear(8 * 7 * 7, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(torch.relu(self.conv1(x)))
-        x = self.pool(torch.relu(self.conv2(x)))
-        return self.fc(x.flatten(1))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from test_mcu_board import SmallNet  # noqa: E402 (the tests' SmallNet: two pooled convolutions and a linear layer)
 
 
 class OddNet(nn.Module):
