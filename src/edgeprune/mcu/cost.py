@@ -98,13 +98,13 @@ def conv_features(groups: int, out_c: int, k_h: int, k_w: int, in_c: int, pooled
                   full_range: bool = False, shifts: Sequence[int] | None = None, short: int = 0,
                   long_runs: bool = False) -> dict[str, float]:
     """The counted items of a convolution over ``groups`` groups of four output pixels (a fused 2x2 max pool's
-    windows when ``pooled``; ``short`` > 0: the last group holds that many pixels, fewer than four): dense when ``multiplies`` is None,
-    else sparse with that many stored values (non-zeros, and 8-bit fillers) and ``entries`` index entries of
-    ``bits`` bits, the values as look-up-table codes when ``lut``, some run longer than 255 entries when
-    ``long_runs``. ``full_range``: the layer's clamp is all of int8; ``shifts``: the channels' requantization
-    shifts (default: every channel fast). A (group, channel) takes the fast path when the layer is clamped to all
-    of int8, the group holds four pixels not pooled, the channel is fast and, sparse, the entries are 8-bit
-    values and counts."""
+    windows when ``pooled``; ``short`` > 0: the last group holds that many pixels, fewer than four): dense when
+    ``multiplies`` is None, else sparse with that many stored values (non-zeros, and 8-bit fillers) and
+    ``entries`` index entries of ``bits`` bits, the values as look-up-table codes when ``lut``, some run longer
+    than 255 entries when ``long_runs``. ``full_range``: the layer's clamp is all of int8; ``shifts``: the
+    channels' requantization shifts (default: every channel fast). A (group, channel) takes the fast path when
+    the layer is clamped to all of int8, the group holds four pixels not pooled, the channel is fast and, sparse,
+    the entries are 8-bit values and counts."""
     span, rows = (k_w * in_c, k_h) if dil_w == 1 else (in_c, k_h * k_w)
     quads, left = divmod(span, 4)
     fast_c = out_c if shifts is None else sum(fast_channel(int(v)) for v in shifts)

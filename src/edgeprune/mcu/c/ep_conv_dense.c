@@ -26,7 +26,8 @@ EP_NO_LIBCALLS static inline void ep_copy_span(int8_t *restrict to, const int8_t
  * 0 and 2, then 1 and 3, as 16-bit halves (the layout SMLAD pairs with SXTB16 of four weights).
  * `scratch` holds EP_DENSE_SCRATCH_WORDS: 2 * padded words of pairs, then padded words of bytes (not used when
  * each row of a window is whole words). */
-EP_NO_LIBCALLS static void ep_fill_pairs(const ep_conv_dims *d, const ep_group *grp, int32_t padded, uint32_t *restrict scratch) {
+EP_NO_LIBCALLS static void ep_fill_pairs(const ep_conv_dims *d, const ep_group *grp, int32_t padded,
+                                         uint32_t *restrict scratch) {
     int8_t *bytes = (int8_t *)(void *)(scratch + 2 * padded);  /* 4 pixels x padded bytes, after the pairs */
     const int32_t span = d->dil_w == 1 ? d->k_w * d->in_c : d->in_c;
     const int32_t pieces = d->dil_w == 1 ? 1 : d->k_w;

@@ -32,7 +32,7 @@
 /* Four words of four pixels' bytes (a: pixel 0's positions k to k + 3, b: pixel 1's, c, e) transposed into
  * out[0] to out[3], position k + j's word holding the four pixels' bytes, pixel 0's in the low byte. On the DSP
  * cores: byte-interleave a with b and c with e (AND of the shifted word, UXTAB16), then PKHBT/PKHTB the halves;
- * 12 instructions where GCC 12 made 30 of the portable masks (measured in QEMU). */
+ * 12 instructions where GCC 12 made 26 of the portable masks (loads and stores apart; seen in QEMU). */
 #if defined(__ARM_FEATURE_DSP) && defined(__GNUC__)
 #define EP_TRANSPOSE4(wa, wb, wc, we, out)                                                                \
     do {                                                                                                  \
