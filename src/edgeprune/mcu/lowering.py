@@ -371,7 +371,7 @@ class _Lowering:
             engine, chosen, why, cost = self.choose(
                 conv_cost(**geometry), weight.size, self.sparse_variants(op, weight, encode_conv),
                 lambda s: conv_cost(**geometry, multiplies=s.multiplies, entries=s.entries, bits=s.bits,
-                                    lut=s.table is not None, long_runs=bool(s.counts.max(initial=0) > 255)))
+                                    lut=s.table is not None, long_runs=_count_field(s) == "count"))
             kernel = _kernel("ep_conv", engine, chosen)
         w_arg, info = _weight_arg(weight if depthwise else _padded_windows(weight), chosen)
         name = op.op

@@ -28,8 +28,7 @@ static void ep_add_fast(int32_t n, const int8_t *a, const int8_t *b, const uint3
                          : [acc] "r"(acc), [m] "r"(multiplier), [nz] "r"(nudge_zp), [sh] "r"(fast), [o] "r"(out + i)
                          : "memory");
 #else
-        const int32_t v = ep_fast_apply(acc, multiplier, nudge_zp, fast);
-        out[i] = (int8_t)(v < -128 ? -128 : (v > 127 ? 127 : v));
+        out[i] = (int8_t)ep_clamp32(ep_fast_apply(acc, multiplier, nudge_zp, fast), -128, 127);
 #endif
     }
 }

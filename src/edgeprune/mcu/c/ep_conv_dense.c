@@ -113,7 +113,7 @@ static inline void ep_conv_dense_groups(const ep_conv_dims *d, const int8_t *res
     const ep_requant rq = *q;
     const int32_t padded = EP_DENSE_PADDED(d->k_h, d->k_w, d->in_c);
     const int32_t groups = ep_group_count(d);
-    int32_t g, co, b;
+    int32_t g, co;
     for (g = 0; g < groups; g++) {
         ep_group grp;
         int32_t simple;
@@ -127,11 +127,9 @@ static inline void ep_conv_dense_groups(const ep_conv_dims *d, const int8_t *res
             int32_t a0 = ch[co].bias, a1 = a0, a2 = a0, a3 = a0;
 #if defined(__ARM_FEATURE_DSP) && defined(__GNUC__)
             EP_DENSE_WINDOW(wp, p, wp + padded, padded, a0, a1, a2, a3);
-            b = padded;
 #else
-            b = 0;
-#endif
-            for (; b < padded; b += 4, wp += 4, p += 8) {
+            int32_t b;
+            for (b = 0; b < padded; b += 4, wp += 4, p += 8) {
                 const uint32_t wv = ep_read32(wp);
                 const uint32_t even = EP_SXTB16(wv), odd = EP_SXTB16((wv >> 8) | (wv << 24));
                 a0 = EP_SMLAD(p[0], even, a0);
@@ -143,6 +141,7 @@ static inline void ep_conv_dense_groups(const ep_conv_dims *d, const int8_t *res
                 a3 = EP_SMLAD(p[6], even, a3);
                 a3 = EP_SMLAD(p[7], odd, a3);
             }
+#endif
             acc.a0 = a0;
             acc.a1 = a1;
             acc.a2 = a2;

@@ -185,7 +185,7 @@ static inline int8_t ep_clamp_out(int32_t v, int32_t lo, int32_t hi, const int32
         return (int8_t)(v < -128 ? -128 : (v > 127 ? 127 : v));
 #endif
     }
-    v = v < lo ? lo : v;
+    v = v < lo ? lo : v;  /* two steps, not ep_clamp32: GCC 12 then makes two IT-predicated moves (measured) */
     v = v > hi ? hi : v;
     return (int8_t)v;
 }
